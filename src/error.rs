@@ -1,0 +1,51 @@
+//! One error type for the library; every variant names the file, line or parameter at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{path}:{line}: {message}")]
+    DataLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("parameter `{name}`: {message}")]
+    Param { name: String, message: String },
+    #[error("model: {0}")]
+    Model(String),
+    #[error("numerical: {0}")]
+    Numerical(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub fn line(path: impl Into<PathBuf>, line: usize, message: impl Into<String>) -> Self {
+        Error::DataLine {
+            path: path.into(),
+            line,
+            message: message.into(),
+        }
+    }
+    pub fn param(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Param {
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+}

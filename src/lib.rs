@@ -1,0 +1,21 @@
+//! biaslens: locate gender bias in a language model, remove it with a least-squares MLP edit,
+//! and verify that the rest of the model survived.
+//!
+//! Modules follow the data flow: `model` (weights, tokenizer, the instrumented forward) →
+//! `data` (prompts and benchmark items) → `measure` (pronoun probabilities and bias metrics) →
+//! `trace` / `mediate` (where the bias flows) → `edit` (LSDM and baselines) → `eval`
+//! (bias and capability benchmarks) → `report` (tables, figures, snapshots).
+
+pub mod data;
+pub mod edit;
+pub mod error;
+pub mod eval;
+pub mod io;
+pub mod measure;
+pub mod model;
+pub mod report;
+pub mod stats;
+pub mod tokenizer;
+pub mod trace;
+
+pub use error::{Error, Result};
