@@ -1,0 +1,179 @@
+//! Named intervention sites and the intervention plan: what a forward pass reads and overwrites.
+//!
+//! Site names follow TransformerLens (`blocks.{l}.hook_mlp_out`). A plan is plain data handed to
+//! the forward; the model applies it in exactly one place (`Transformer::intervene`).
+
+use crate::{Error, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A place in the computation whose activation can be read or overwritten, per row and token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Site {
+    /// Output of the token-embedding module (Gemma: already scaled by sqrt(d); GPT-2: before
+    /// position embeddings are added). Noise for causal tracing is added here, as in ROME.
+    Embed,
+    /// Input of layer `l` (residual stream before the block).
+    ResidPre(usize),
+    /// Concatenated per-head attention outputs before the output projection; a head is a column range.
+    HeadZ(usize),
+    /// Attention block output (after the output projection, before any post-norm).
+    AttnOut(usize),
+    /// Input of the MLP down-projection: the "key" that LSDM edits against.
+    MlpKey(usize),
+    /// MLP block output (down-projection output, before any post-norm).
+    MlpOut(usize),
+    /// Output of layer `l` (residual stream after the block).
+    ResidPost(usize),
+    /// Residual stream after the final norm (what the unembedding reads).
+    FinalNorm,
+}
+
+impl Site {
+    pub fn name(&self) -> String {
+        match self {
+            Site::Embed => "hook_embed".into(),
+            Site::ResidPre(l) => format!("blocks.{l}.hook_resid_pre"),
+            Site::HeadZ(l) => format!("blocks.{l}.attn.hook_z"),
+            Site::AttnOut(l) => format!("blocks.{l}.hook_attn_out"),
+            Site::MlpKey(l) => format!("blocks.{l}.mlp.hook_post"),
+            Site::MlpOut(l) => format!("blocks.{l}.hook_mlp_out"),
+            Site::ResidPost(l) => format!("blocks.{l}.hook_resid_post"),
+            Site::FinalNorm => "ln_final.hook_normalized".into(),
+        }
+    }
+
+    /// Parse a site name; the error lists the accepted forms.
+    pub fn parse(s: &str) -> Result<Site> {
+        let err = || {
+            Error::param(
+                "site",
+                format!(
+                    "`{s}` is not a site name (expected hook_embed, ln_final.hook_normalized or \
+                     blocks.L.{{hook_resid_pre,attn.hook_z,hook_attn_out,mlp.hook_post,hook_mlp_out,hook_resid_post}})"
+                ),
+            )
+        };
+        match s {
+            "hook_embed" => return Ok(Site::Embed),
+            "ln_final.hook_normalized" => return Ok(Site::FinalNorm),
+            _ => {}
+        }
+        let rest = s.strip_prefix("blocks.").ok_or_else(err)?;
+        let (l, leaf) = rest.split_once('.').ok_or_else(err)?;
+        let l: usize = l.parse().map_err(|_| err())?;
+        Ok(match leaf {
+            "hook_resid_pre" => Site::ResidPre(l),
+            "attn.hook_z" => Site::HeadZ(l),
+            "hook_attn_out" => Site::AttnOut(l),
+            "mlp.hook_post" => Site::MlpKey(l),
+            "hook_mlp_out" => Site::MlpOut(l),
+            "hook_resid_post" => Site::ResidPost(l),
+            _ => return Err(err()),
+        })
+    }
+
+    pub fn layer(&self) -> Option<usize> {
+        match *self {
+            Site::Embed | Site::FinalNorm => None,
+            Site::ResidPre(l)
+            | Site::HeadZ(l)
+            | Site::AttnOut(l)
+            | Site::MlpKey(l)
+            | Site::MlpOut(l)
+            | Site::ResidPost(l) => Some(l),
+        }
+    }
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PatchOp {
+    /// Overwrite the activation.
+    Set,
+    /// Add to the activation (e.g. tracing noise).
+    Add,
+}
+
+/// Overwrite or shift one site at one (row, token); `cols` restricts it to a column range
+/// (one attention head of `HeadZ`). `value` has `cols.len()` (or the site width) elements.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub site: Site,
+    pub row: usize,
+    /// Token index within the row's own (unpadded) sequence.
+    pub token: usize,
+    pub cols: Option<(usize, usize)>,
+    pub op: PatchOp,
+    pub value: Tensor,
+}
+
+/// Which next-token log-probabilities the forward should return.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum LogitsRequest {
+    /// No unembedding at all (capture-only passes).
+    #[default]
+    None,
+    /// Log-softmax over the whole vocabulary at each row's last token: [rows, vocab].
+    LastToken,
+    /// Log-probabilities of these ids at each row's last token: [rows, ids].
+    LastTokenIds(Vec<u32>),
+    /// Log-softmax over the vocabulary at these (row, token) positions: [positions, vocab].
+    Positions(Vec<(usize, usize)>),
+}
+
+/// Everything a forward pass should do beyond the plain computation.
+#[derive(Debug, Clone, Default)]
+pub struct InterventionPlan {
+    pub capture: Vec<Site>,
+    pub patches: Vec<Patch>,
+    pub logits: LogitsRequest,
+    /// Return each layer's post-RoPE keys and values so later passes can reuse the prefix.
+    pub capture_kv: bool,
+}
+
+impl InterventionPlan {
+    pub fn logits(logits: LogitsRequest) -> Self {
+        InterventionPlan {
+            logits,
+            ..Default::default()
+        }
+    }
+    pub fn with_capture(mut self, sites: impl IntoIterator<Item = Site>) -> Self {
+        self.capture.extend(sites);
+        self
+    }
+    pub fn with_patches(mut self, patches: impl IntoIterator<Item = Patch>) -> Self {
+        self.patches.extend(patches);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in [
+            Site::Embed,
+            Site::FinalNorm,
+            Site::ResidPre(3),
+            Site::HeadZ(0),
+            Site::AttnOut(11),
+            Site::MlpKey(2),
+            Site::MlpOut(29),
+            Site::ResidPost(7),
+        ] {
+            assert_eq!(Site::parse(&s.name()).unwrap(), s);
+        }
+        assert!(Site::parse("blocks.x.hook_mlp_out").is_err());
+        assert!(Site::parse("blocks.1.hook_nothing").is_err());
+    }
+}

@@ -1,0 +1,592 @@
+//! The instrumented decoder: Llama-family (Llama, Mistral, Qwen2), Gemma-3 and GPT-2 in one
+//! plain forward. Every named site passes through [`Transformer::intervene`], the only place
+//! where a plan's captures and patches touch the computation.
+
+use super::config::{Activation, Arch, AttnKind, ModelConfig, NormKind};
+use super::sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
+use super::weights::{take, WeightMap};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::{BTreeMap, HashMap};
+
+/// y = x Wᵀ + b with W stored as [out, in] (HF layout).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        let y = x.reshape((b * t, i))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        Ok(y.reshape((b, t, ()))?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Norm {
+    /// Effective multiplier: w, or (1 + w) for Gemma.
+    scale: Tensor,
+    bias: Option<Tensor>,
+    kind: NormKind,
+    eps: f64,
+}
+
+impl Norm {
+    fn new(w: Tensor, bias: Option<Tensor>, kind: NormKind, eps: f64) -> Result<Self> {
+        let scale = match kind {
+            NormKind::RmsOnePlus => (w + 1.0)?,
+            _ => w,
+        };
+        Ok(Norm { scale, bias, kind, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let normed = match self.kind {
+            NormKind::Rms | NormKind::RmsOnePlus => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?
+            }
+            NormKind::Layer => {
+                let mu = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mu)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            }
+        };
+        let y = normed.broadcast_mul(&self.scale)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub attn_norm: Norm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    pub post_attn_norm: Option<Norm>,
+    pub mlp_norm: Norm,
+    pub gate: Option<Linear>,
+    pub up: Linear,
+    pub down: Linear,
+    pub post_mlp_norm: Option<Norm>,
+}
+
+/// Per-layer keys and values after RoPE, [rows, kv_heads, tokens, head_dim].
+pub type KvCache = Vec<(Tensor, Tensor)>;
+
+/// Resume a forward at `start_layer` from a given residual stream (the input of that layer) for
+/// tokens `offset..`, reusing `past` keys/values for tokens `..offset` (no padding allowed).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub start_layer: usize,
+    pub offset: usize,
+    /// [rows, tokens - offset, d]
+    pub resid: Tensor,
+    /// Keys/values of tokens `..offset` for every layer (index = layer); required when offset > 0.
+    pub past: Option<KvCache>,
+}
+
+/// Result of a forward pass. Tensors are [rows, padded tokens, width]; `pads[r]` leading
+/// positions of row r are padding (rows are left-padded so every row ends at the last position).
+#[derive(Debug)]
+pub struct ForwardOutput {
+    pub captures: BTreeMap<Site, Tensor>,
+    pub logprobs: Option<Tensor>,
+    pub kv: Option<KvCache>,
+    pub pads: Vec<usize>,
+    /// Token index of the first position held in the tensors (non-zero for resumed passes).
+    pub offset: usize,
+}
+
+impl ForwardOutput {
+    /// Activation of `site` at (row, token) as a [width] tensor.
+    pub fn at(&self, site: Site, row: usize, token: usize) -> Result<Tensor> {
+        let t = self
+            .captures
+            .get(&site)
+            .ok_or_else(|| Error::param("site", format!("{site} was not captured")))?;
+        let pos = self.pads[row] + token - self.offset;
+        Ok(t.get(row)?.get(pos)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    pub embed: Tensor,
+    pub pos_embed: Option<Tensor>,
+    pub layers: Vec<Layer>,
+    pub final_norm: Norm,
+    pub lm_head: Tensor,
+    pub device: Device,
+}
+
+/// Mutable bookkeeping of one pass: patches grouped by site, captured activations.
+struct PassState<'a> {
+    patches: HashMap<Site, Vec<&'a Patch>>,
+    capture: &'a [Site],
+    captured: BTreeMap<Site, Tensor>,
+    pads: &'a [usize],
+    offset: usize,
+}
+
+impl Transformer {
+    /// Build the model from HF-named f32 tensors.
+    pub fn from_weights(cfg: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.hidden_size;
+        let (h, kvh, hd, ff) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
+        let eps = cfg.norm_eps;
+        let norm = |name: &str, width: usize| -> Result<Norm> {
+            let bias = if cfg.norm == NormKind::Layer {
+                Some(take(w, &format!("{name}.bias"), &[width])?)
+            } else {
+                None
+            };
+            Norm::new(take(w, &format!("{name}.weight"), &[width])?, bias, cfg.norm, eps)
+        };
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: take(w, &format!("{name}.weight"), &[out, inp])?,
+                bias: if bias { Some(take(w, &format!("{name}.bias"), &[out])?) } else { None },
+            })
+        };
+        // GPT-2 stores Conv1D weights as [in, out]; transpose to HF Linear layout.
+        let conv1d = |name: &str, inp: usize, out: usize| -> Result<Linear> {
+            Ok(Linear {
+                weight: take(w, &format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?,
+                bias: Some(take(w, &format!("{name}.bias"), &[out])?),
+            })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let (embed, pos_embed, final_norm, lm_head);
+        match cfg.arch {
+            Arch::Gpt2 => {
+                embed = take(w, "transformer.wte.weight", &[cfg.vocab_size, d])?;
+                pos_embed = Some(take(w, "transformer.wpe.weight", &[cfg.max_positions, d])?);
+                for l in 0..cfg.num_layers {
+                    let p = format!("transformer.h.{l}");
+                    let qkv = conv1d(&format!("{p}.attn.c_attn"), d, 3 * d)?;
+                    let bias = qkv.bias.clone().ok_or_else(|| Error::Model("c_attn bias".into()))?;
+                    let part = |i: usize| -> Result<Linear> {
+                        Ok(Linear {
+                            weight: qkv.weight.narrow(0, i * d, d)?.contiguous()?,
+                            bias: Some(bias.narrow(0, i * d, d)?.contiguous()?),
+                        })
+                    };
+                    layers.push(Layer {
+                        attn_norm: norm(&format!("{p}.ln_1"), d)?,
+                        q: part(0)?,
+                        k: part(1)?,
+                        v: part(2)?,
+                        o: conv1d(&format!("{p}.attn.c_proj"), d, d)?,
+                        q_norm: None,
+                        k_norm: None,
+                        post_attn_norm: None,
+                        mlp_norm: norm(&format!("{p}.ln_2"), d)?,
+                        gate: None,
+                        up: conv1d(&format!("{p}.mlp.c_fc"), d, ff)?,
+                        down: conv1d(&format!("{p}.mlp.c_proj"), ff, d)?,
+                        post_mlp_norm: None,
+                    });
+                }
+                final_norm = norm("transformer.ln_f", d)?;
+                lm_head = match w.get("lm_head.weight") {
+                    Some(t) if !cfg.tie_embeddings => t.clone(),
+                    _ => embed.clone(),
+                };
+            }
+            Arch::Llama | Arch::Gemma3 => {
+                embed = take(w, "model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+                pos_embed = None;
+                let gemma = cfg.arch == Arch::Gemma3;
+                for l in 0..cfg.num_layers {
+                    let p = format!("model.layers.{l}");
+                    let b = cfg.qkv_bias;
+                    layers.push(Layer {
+                        attn_norm: norm(&format!("{p}.input_layernorm"), d)?,
+                        q: linear(&format!("{p}.self_attn.q_proj"), h * hd, d, b)?,
+                        k: linear(&format!("{p}.self_attn.k_proj"), kvh * hd, d, b)?,
+                        v: linear(&format!("{p}.self_attn.v_proj"), kvh * hd, d, b)?,
+                        o: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, false)?,
+                        q_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.q_norm"), hd)?) } else { None },
+                        k_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.k_norm"), hd)?) } else { None },
+                        post_attn_norm: if gemma { Some(norm(&format!("{p}.post_attention_layernorm"), d)?) } else { None },
+                        mlp_norm: if gemma {
+                            norm(&format!("{p}.pre_feedforward_layernorm"), d)?
+                        } else {
+                            norm(&format!("{p}.post_attention_layernorm"), d)?
+                        },
+                        gate: Some(linear(&format!("{p}.mlp.gate_proj"), ff, d, false)?),
+                        up: linear(&format!("{p}.mlp.up_proj"), ff, d, false)?,
+                        down: linear(&format!("{p}.mlp.down_proj"), d, ff, false)?,
+                        post_mlp_norm: if gemma { Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?) } else { None },
+                    });
+                }
+                final_norm = norm("model.norm", d)?;
+                lm_head = match w.get("lm_head.weight") {
+                    Some(t) if !cfg.tie_embeddings => t.clone(),
+                    Some(t) if t.dims() == [cfg.vocab_size, d] && !cfg.tie_embeddings => t.clone(),
+                    _ => embed.clone(),
+                };
+            }
+        }
+        Ok(Transformer { cfg, embed, pos_embed, layers, final_norm, lm_head, device: device.clone() })
+    }
+
+    /// The one place where a plan touches the computation: apply this site's patches, then record it.
+    fn intervene(&self, site: Site, x: Tensor, st: &mut PassState) -> Result<Tensor> {
+        let x = match st.patches.get(&site) {
+            Some(patches) if !patches.is_empty() => apply_patches(&x, patches, st.pads, st.offset, site)?,
+            _ => x,
+        };
+        if st.capture.contains(&site) {
+            st.captured.insert(site, x.clone());
+        }
+        Ok(x)
+    }
+
+    /// Run the model on token rows (left-padded internally) under an intervention plan.
+    pub fn forward(&self, rows: &[Vec<u32>], plan: &InterventionPlan) -> Result<ForwardOutput> {
+        if rows.is_empty() {
+            return Err(Error::param("rows", "empty batch"));
+        }
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if t == 0 || rows.iter().any(|r| r.is_empty()) {
+            return Err(Error::param("rows", "a row has no tokens"));
+        }
+        if t > self.cfg.max_positions {
+            return Err(Error::param("rows", format!("{t} tokens exceed the model's {} positions", self.cfg.max_positions)));
+        }
+        let pads: Vec<usize> = rows.iter().map(|r| t - r.len()).collect();
+        let mut flat = Vec::with_capacity(rows.len() * t);
+        for (r, p) in rows.iter().zip(&pads) {
+            for &id in r {
+                if id as usize >= self.cfg.vocab_size {
+                    return Err(Error::param("token id", format!("{id} is outside the vocabulary ({})", self.cfg.vocab_size)));
+                }
+            }
+            flat.extend(std::iter::repeat_n(0u32, *p));
+            flat.extend_from_slice(r);
+        }
+        let ids = Tensor::from_vec(flat, (rows.len(), t), &self.device)?;
+        let positions: Vec<Vec<usize>> = pads.iter().map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect()).collect();
+        let mut st = PassState::new(plan, &pads, 0);
+        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((rows.len(), t, ()))?;
+        if let Some(s) = self.cfg.embed_scale {
+            x = (x * s)?;
+        }
+        x = self.intervene(Site::Embed, x, &mut st)?;
+        if let Some(wpe) = &self.pos_embed {
+            let pos: Vec<u32> = positions.iter().flatten().map(|&p| p as u32).collect();
+            let pe = wpe.embedding(&Tensor::from_vec(pos, rows.len() * t, &self.device)?)?;
+            x = (x + pe.reshape((rows.len(), t, ()))?)?;
+        }
+        self.run_layers(x, 0, &positions, &pads, None, plan, st)
+    }
+
+    /// Continue a pass from the input of `resume.start_layer` (see [`Resume`]).
+    pub fn forward_resume(&self, resume: &Resume, plan: &InterventionPlan) -> Result<ForwardOutput> {
+        let (b, tq, _) = resume.resid.dims3()?;
+        if resume.start_layer > self.cfg.num_layers {
+            return Err(Error::param("start_layer", format!("{} > {} layers", resume.start_layer, self.cfg.num_layers)));
+        }
+        if resume.offset > 0 && resume.past.is_none() {
+            return Err(Error::param("past", "a resumed pass with offset > 0 needs past keys/values"));
+        }
+        let pads = vec![0usize; b];
+        let positions: Vec<Vec<usize>> = (0..b).map(|_| (resume.offset..resume.offset + tq).collect()).collect();
+        let st = PassState::new(plan, &pads, resume.offset);
+        self.run_layers(resume.resid.clone(), resume.start_layer, &positions, &pads, resume.past.as_ref(), plan, st)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_layers(
+        &self,
+        mut x: Tensor,
+        start: usize,
+        positions: &[Vec<usize>],
+        pads: &[usize],
+        past: Option<&KvCache>,
+        plan: &InterventionPlan,
+        mut st: PassState,
+    ) -> Result<ForwardOutput> {
+        let mut kv_out = if plan.capture_kv { Some(Vec::new()) } else { None };
+        let mut rope_cache: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
+        for l in start..self.cfg.num_layers {
+            let layer = &self.layers[l];
+            x = self.intervene(Site::ResidPre(l), x, &mut st)?;
+            let kind = self.cfg.layer_types[l];
+            let theta = match (kind, self.cfg.rope_local_theta) {
+                (AttnKind::Sliding, Some(t)) => Some(t),
+                _ => self.cfg.rope_theta,
+            };
+            let rope = match theta {
+                Some(th) => {
+                    let key = th.to_bits();
+                    if !rope_cache.contains_key(&key) {
+                        rope_cache.insert(key, self.rope_tables(positions, th)?);
+                    }
+                    rope_cache.get(&key).cloned()
+                }
+                None => None,
+            };
+            let layer_past = past.and_then(|p| p.get(l));
+            let (attn, kv) = self.attention(l, layer, &layer.attn_norm.forward(&x)?, rope.as_ref(), pads, positions, layer_past, &mut st)?;
+            if let Some(kvs) = kv_out.as_mut() {
+                kvs.push(kv);
+            }
+            let attn = match &layer.post_attn_norm {
+                Some(n) => n.forward(&attn)?,
+                None => attn,
+            };
+            x = (x + attn)?;
+            let h = layer.mlp_norm.forward(&x)?;
+            let key = match (&layer.gate, self.cfg.activation) {
+                (Some(g), Activation::Silu) => (candle_nn::ops::silu(&g.forward(&h)?)? * layer.up.forward(&h)?)?,
+                (Some(g), Activation::GeluTanhGated) => (g.forward(&h)?.gelu()? * layer.up.forward(&h)?)?,
+                (_, _) => layer.up.forward(&h)?.gelu()?,
+            };
+            let key = self.intervene(Site::MlpKey(l), key, &mut st)?;
+            let m = self.intervene(Site::MlpOut(l), layer.down.forward(&key)?, &mut st)?;
+            let m = match &layer.post_mlp_norm {
+                Some(n) => n.forward(&m)?,
+                None => m,
+            };
+            x = self.intervene(Site::ResidPost(l), (x + m)?, &mut st)?;
+        }
+        let x = self.intervene(Site::FinalNorm, self.final_norm.forward(&x)?, &mut st)?;
+        let logprobs = self.logprobs(&x, &plan.logits, pads, st.offset)?;
+        if let Some(lp) = &logprobs {
+            check_finite(lp, "log-probabilities")?;
+        }
+        Ok(ForwardOutput { captures: st.captured, logprobs, kv: kv_out, pads: pads.to_vec(), offset: st.offset })
+    }
+
+    /// cos/sin tables [rows, 1, tokens, head_dim] in HF's (non-interleaved) rotate-half layout.
+    fn rope_tables(&self, positions: &[Vec<usize>], theta: f64) -> Result<(Tensor, Tensor)> {
+        let hd = self.cfg.head_dim;
+        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+        let (b, t) = (positions.len(), positions[0].len());
+        let mut cos = Vec::with_capacity(b * t * hd);
+        let mut sin = Vec::with_capacity(b * t * hd);
+        for row in positions {
+            for &p in row {
+                for half in 0..2 {
+                    let _ = half;
+                    for f in &inv {
+                        let a = p as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (b, 1, t, hd), &self.device)?,
+            Tensor::from_vec(sin, (b, 1, t, hd), &self.device)?,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        l: usize,
+        layer: &Layer,
+        h: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        pads: &[usize],
+        positions: &[Vec<usize>],
+        past: Option<&(Tensor, Tensor)>,
+        st: &mut PassState,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let c = &self.cfg;
+        let (b, t, _) = h.dims3()?;
+        let split = |x: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, heads, c.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let mut q = split(layer.q.forward(h)?, c.num_heads)?;
+        let mut k = split(layer.k.forward(h)?, c.num_kv_heads)?;
+        let v = split(layer.v.forward(h)?, c.num_kv_heads)?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        if let Some((cos, sin)) = rope {
+            q = apply_rope(&q, cos, sin)?;
+            k = apply_rope(&k, cos, sin)?;
+        }
+        let (k_all, v_all) = match past {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k.clone(), v.clone()),
+        };
+        let tk = k_all.dim(2)?;
+        let groups = c.kv_groups();
+        let expand = |x: &Tensor| -> Result<Tensor> {
+            if groups == 1 {
+                return Ok(x.clone());
+            }
+            let (b, kvh, tk, hd) = x.dims4()?;
+            Ok(x.unsqueeze(2)?.expand((b, kvh, groups, tk, hd))?.reshape((b, kvh * groups, tk, hd))?)
+        };
+        let (ke, ve) = (expand(&k_all)?, expand(&v_all)?);
+        let scores = (q.matmul(&ke.t()?)? * c.attn_scale)?;
+        let window = match c.layer_types[l] {
+            AttnKind::Sliding => c.sliding_window,
+            AttnKind::Full => None,
+        };
+        let mask = self.attention_mask(pads, positions, tk, window)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let z = probs.matmul(&ve)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.head_dim))?;
+        let z = self.intervene(Site::HeadZ(l), z, st)?;
+        let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z)?, st)?;
+        Ok((out, (k, v)))
+    }
+
+    /// Additive mask [rows, 1, queries, keys]: causal, padding, and sliding window.
+    fn attention_mask(&self, pads: &[usize], positions: &[Vec<usize>], tk: usize, window: Option<usize>) -> Result<Tensor> {
+        let (b, tq) = (positions.len(), positions[0].len());
+        let q0 = tk - tq; // absolute index of the first query among the keys
+        let mut m = vec![0f32; b * tq * tk];
+        for r in 0..b {
+            for i in 0..tq {
+                let qi = q0 + i;
+                for j in 0..tk {
+                    let visible = if qi < pads[r] {
+                        j == qi // padding queries see themselves only; their outputs are unused
+                    } else {
+                        j >= pads[r] && j <= qi && window.is_none_or(|w| qi - j < w)
+                    };
+                    if !visible {
+                        m[(r * tq + i) * tk + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, tq, tk), &self.device)?)
+    }
+
+    /// Unembed only where the request needs it.
+    fn logprobs(&self, x: &Tensor, req: &LogitsRequest, pads: &[usize], offset: usize) -> Result<Option<Tensor>> {
+        let (b, t, d) = x.dims3()?;
+        let rows = match req {
+            LogitsRequest::None => return Ok(None),
+            LogitsRequest::LastToken | LogitsRequest::LastTokenIds(_) => x.narrow(1, t - 1, 1)?.reshape((b, d))?,
+            LogitsRequest::Positions(list) => {
+                let mut idx = Vec::with_capacity(list.len());
+                for &(r, tok) in list {
+                    if r >= b || tok < offset || pads[r] + tok - offset >= t {
+                        return Err(Error::param("logits position", format!("(row {r}, token {tok}) is outside the batch")));
+                    }
+                    idx.push((r * t + pads[r] + tok - offset) as u32);
+                }
+                let n = idx.len();
+                x.reshape((b * t, d))?.index_select(&Tensor::from_vec(idx, n, &self.device)?, 0)?
+            }
+        };
+        let logits = rows.matmul(&self.lm_head.t()?)?;
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok(Some(match req {
+            LogitsRequest::LastTokenIds(ids) => {
+                for &id in ids {
+                    if id as usize >= self.cfg.vocab_size {
+                        return Err(Error::param("token id", format!("{id} is outside the vocabulary")));
+                    }
+                }
+                let idx = Tensor::from_vec(ids.clone(), ids.len(), &self.device)?;
+                lp.index_select(&idx, 1)?
+            }
+            _ => lp,
+        }))
+    }
+}
+
+impl<'a> PassState<'a> {
+    fn new(plan: &'a InterventionPlan, pads: &'a [usize], offset: usize) -> Self {
+        let mut patches: HashMap<Site, Vec<&Patch>> = HashMap::new();
+        for p in &plan.patches {
+            patches.entry(p.site).or_default().push(p);
+        }
+        PassState { patches, capture: &plan.capture, captured: BTreeMap::new(), pads, offset }
+    }
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(3)?;
+    let x1 = x.narrow(3, 0, hd / 2)?;
+    let x2 = x.narrow(3, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Apply Set/Add patches to a [rows, tokens, width] activation with one masked blend.
+fn apply_patches(x: &Tensor, patches: &[&Patch], pads: &[usize], offset: usize, site: Site) -> Result<Tensor> {
+    let (b, t, w) = x.dims3()?;
+    let mut keep = vec![1f32; b * t * w];
+    let mut set = vec![0f32; b * t * w];
+    let mut add = vec![0f32; b * t * w];
+    let (mut any_set, mut any_add) = (false, false);
+    for p in patches {
+        if p.row >= b {
+            return Err(Error::param("patch row", format!("{} is outside a batch of {b} rows at {site}", p.row)));
+        }
+        if p.token < offset || pads[p.row] + p.token - offset >= t {
+            return Err(Error::param("patch token", format!("token {} of row {} is outside the pass at {site}", p.token, p.row)));
+        }
+        let (c0, c1) = p.cols.unwrap_or((0, w));
+        if c1 > w || c0 >= c1 {
+            return Err(Error::param("patch cols", format!("{c0}..{c1} does not fit width {w} at {site}")));
+        }
+        let vals = p.value.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if vals.len() != c1 - c0 {
+            return Err(Error::param("patch value", format!("{} values for {} columns at {site}", vals.len(), c1 - c0)));
+        }
+        let base = ((p.row * t) + pads[p.row] + p.token - offset) * w;
+        for (j, v) in vals.iter().enumerate() {
+            match p.op {
+                PatchOp::Set => {
+                    keep[base + c0 + j] = 0.0;
+                    set[base + c0 + j] = *v;
+                    any_set = true;
+                }
+                PatchOp::Add => {
+                    add[base + c0 + j] += *v;
+                    any_add = true;
+                }
+            }
+        }
+    }
+    let dev = x.device();
+    let mut y = x.clone();
+    if any_set {
+        let keep = Tensor::from_vec(keep, (b, t, w), dev)?;
+        let set = Tensor::from_vec(set, (b, t, w), dev)?;
+        y = ((y * keep)? + set)?;
+    }
+    if any_add {
+        y = (y + Tensor::from_vec(add, (b, t, w), dev)?)?;
+    }
+    Ok(y)
+}
+
+/// Fail loudly on NaN/inf instead of returning a silently wrong number.
+pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| x.is_nan()) {
+        return Err(Error::Numerical(format!("NaN in {what} at flat index {i}")));
+    }
+    Ok(())
+}
