@@ -26,7 +26,7 @@ fn student_t_matches_independent_values() {
     assert!(close(student_t_two_sided_p(2.0, 10.0), 0.07339, 5e-6));
     // df = 1 is Cauchy: P(|T| >= 1) = 1/2; df = 2 has F(t) = 1/2 + t / (2 sqrt(2 + t²)).
     assert!(close(student_t_two_sided_p(1.0, 1.0), 0.5, 1e-12));
-    for t in [-3.0, -0.5, 0.0, 0.25, 1.7, 8.0] {
+    for t in [-3.0f64, -0.5, 0.0, 0.25, 1.7, 8.0] {
         let exact = 0.5 + t / (2.0 * (2.0 + t * t).sqrt());
         assert!(close(student_t_cdf(t, 2.0), exact, 1e-12), "t={t}");
     }
@@ -55,7 +55,7 @@ fn incomplete_beta_closed_forms() {
 fn binomial_and_mcnemar() {
     // 2 · P(X <= 1), X ~ Bin(10, 1/2) = 2 · 11 / 1024.
     assert!(close(2.0 * binomial_cdf(1, 10, 0.5), 0.021484375, 1e-13));
-    let base: Vec<bool> = (0..40).map(|i| i < 20 || i >= 38).collect(); // 22 right
+    let base: Vec<bool> = (0..40).map(|i| !(20..38).contains(&i)).collect(); // 22 right
     let mut edited = base.clone();
     // 1 item lost (right -> wrong), 9 gained (wrong -> right).
     edited[0] = false;

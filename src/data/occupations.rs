@@ -205,7 +205,7 @@ pub struct BlsRow {
     pub bls_year: u32,
 }
 
-/// The Winogender occupation statistics (Bergsma text statistics and BLS 2015 % female).
+/// The Winogender occupation statistics (Bergsma text statistics and BLS 2015/2016 % female).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlsTable {
     pub rows: Vec<BlsRow>,

@@ -37,7 +37,7 @@ pub fn ols(x: &[&[f64]], y: &[f64]) -> Result<OlsFit> {
     let svd = design.clone().svd(true, true);
     let smax = svd.singular_values.max();
     let smin = svd.singular_values.min();
-    if !(smin > 1e-10 * smax) {
+    if smin.is_nan() || smin <= 1e-10 * smax {
         return Err(Error::Numerical(format!(
             "OLS design is rank-deficient (singular values {smin:.3e} .. {smax:.3e})"
         )));
