@@ -1,0 +1,118 @@
+//! Deterministic split of professions into the set an edit is fitted on, a held-out set for
+//! checking that it generalises, and definitional controls (actress, businessman: gender that is
+//! part of the word's meaning and must survive the edit).
+
+use super::occupations::Profession;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Parameters of [`split_professions`]; stored with results so a split can be reproduced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitSpec {
+    /// Professions with |definitional| >= this are controls.
+    pub definitional_threshold: f64,
+    /// Share of the non-control professions that is held out.
+    pub held_out_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for SplitSpec {
+    fn default() -> Self {
+        SplitSpec {
+            definitional_threshold: 0.5,
+            held_out_fraction: 0.5,
+            seed: 0,
+        }
+    }
+}
+
+impl SplitSpec {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.definitional_threshold.is_finite() && self.definitional_threshold >= 0.0) {
+            return Err(Error::param(
+                "definitional_threshold",
+                "must be a finite number >= 0",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.held_out_fraction) {
+            return Err(Error::param("held_out_fraction", "must lie in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
+    Edit,
+    HeldOut,
+    DefinitionalControl,
+}
+
+/// The raw profession names in each part, each list sorted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub spec: SplitSpec,
+    pub edit: Vec<String>,
+    pub held_out: Vec<String>,
+    pub controls: Vec<String>,
+}
+
+impl Split {
+    pub fn part_of(&self, raw: &str) -> Option<Part> {
+        let has = |v: &[String]| v.binary_search_by(|s| s.as_str().cmp(raw)).is_ok();
+        if has(&self.edit) {
+            Some(Part::Edit)
+        } else if has(&self.held_out) {
+            Some(Part::HeldOut)
+        } else if has(&self.controls) {
+            Some(Part::DefinitionalControl)
+        } else {
+            None
+        }
+    }
+}
+
+/// Platform-independent key of a profession under a seed: sha256(seed LE bytes ‖ raw name).
+fn hash_key(seed: u64, raw: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(raw.as_bytes());
+    h.finalize().into()
+}
+
+/// Split `professions`. Non-controls are ranked by [`hash_key`] and the first
+/// round(fraction · count) are held out, so the result depends only on the set of names and the
+/// spec, never on list order or platform.
+pub fn split_professions(professions: &[Profession], spec: &SplitSpec) -> Result<Split> {
+    spec.validate()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(p) = professions.iter().find(|p| !seen.insert(p.raw.as_str())) {
+        return Err(Error::param(
+            "professions",
+            format!("duplicate profession `{}`", p.raw),
+        ));
+    }
+    let mut controls = Vec::new();
+    let mut rest: Vec<([u8; 32], &str)> = Vec::new();
+    for p in professions {
+        if p.definitional.abs() >= spec.definitional_threshold {
+            controls.push(p.raw.clone());
+        } else {
+            rest.push((hash_key(spec.seed, &p.raw), &p.raw));
+        }
+    }
+    rest.sort();
+    let n_held = (spec.held_out_fraction * rest.len() as f64).round() as usize;
+    let mut held_out: Vec<String> = rest[..n_held].iter().map(|(_, r)| r.to_string()).collect();
+    let mut edit: Vec<String> = rest[n_held..].iter().map(|(_, r)| r.to_string()).collect();
+    controls.sort();
+    held_out.sort();
+    edit.sort();
+    Ok(Split {
+        spec: spec.clone(),
+        edit,
+        held_out,
+        controls,
+    })
+}
