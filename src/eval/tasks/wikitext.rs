@@ -42,7 +42,13 @@ pub fn load_wikitext(path: &Path, opts: &LoadOptions) -> Result<Loaded<WikiDoc>>
                 d.page.push('\n');
             }
             None if line.trim().is_empty() => {}
-            None => return Err(Error::line(path, i + 1, "text before the first ` = Title = ` heading")),
+            None => {
+                return Err(Error::line(
+                    path,
+                    i + 1,
+                    "text before the first ` = Title = ` heading",
+                ))
+            }
         }
     }
     let report = LoadReport {
@@ -51,7 +57,13 @@ pub fn load_wikitext(path: &Path, opts: &LoadOptions) -> Result<Loaded<WikiDoc>>
         kept: docs.len(),
         ..Default::default()
     };
-    subsample(Loaded { items: docs, report }, opts)
+    subsample(
+        Loaded {
+            items: docs,
+            report,
+        },
+        opts,
+    )
 }
 
 /// Replace every occurrence of `open … close` by the same with the inner text trimmed
@@ -83,7 +95,13 @@ pub fn detokenize(page: &str) -> String {
     for d in '0'..='9' {
         s = s.replace(&format!("/' {d}/"), "/'[0-9]/");
     }
-    for (a, b) in [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; ")] {
+    for (a, b) in [
+        (" @-@ ", "-"),
+        (" @,@ ", ","),
+        (" @.@ ", "."),
+        (" : ", ": "),
+        (" ; ", "; "),
+    ] {
         s = s.replace(a, b);
     }
     for (a, b) in [(" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", ")] {
@@ -92,7 +110,12 @@ pub fn detokenize(page: &str) -> String {
     for (o, c) in [('(', ')'), ('[', ']'), ('{', '}'), ('"', '"'), ('\'', '\'')] {
         s = tighten(&s, o, c);
     }
-    for (a, b) in [("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \u{b0} ", "\u{b0}")] {
+    for (a, b) in [
+        ("= = = =", "===="),
+        ("= = =", "==="),
+        ("= =", "=="),
+        (" \u{b0} ", "\u{b0}"),
+    ] {
         s = s.replace(a, b);
     }
     for (a, b) in [(" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")] {

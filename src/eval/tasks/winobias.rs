@@ -46,7 +46,10 @@ fn pronoun_gender(word: &str) -> Option<Gender> {
 /// Parse "<id> <sentence with [referent] and [pronoun] brackets>". The referent is the first
 /// bracketed span that is not a pronoun; the pronoun is the first bracketed pronoun.
 pub fn parse_winobias_line(line: &str) -> std::result::Result<WinoBiasSentence, String> {
-    let (id, rest) = line.trim().split_once(' ').ok_or("expected `<id> <sentence>`")?;
+    let (id, rest) = line
+        .trim()
+        .split_once(' ')
+        .ok_or("expected `<id> <sentence>`")?;
     let id: usize = id.parse().map_err(|_| format!("bad sentence id {id:?}"))?;
     let mut sentence = String::new();
     let mut spans = Vec::new();
@@ -103,12 +106,23 @@ pub fn parse_winobias_line(line: &str) -> std::result::Result<WinoBiasSentence, 
 }
 
 /// Load the pro and anti files of one type and split and pair them line by line.
-pub fn load_winobias(dir: &Path, wtype: u8, split: &str, opts: &LoadOptions) -> Result<Loaded<WinoBiasPair>> {
+pub fn load_winobias(
+    dir: &Path,
+    wtype: u8,
+    split: &str,
+    opts: &LoadOptions,
+) -> Result<Loaded<WinoBiasPair>> {
     if !(wtype == 1 || wtype == 2) {
-        return Err(Error::param("winobias type", format!("must be 1 or 2, got {wtype}")));
+        return Err(Error::param(
+            "winobias type",
+            format!("must be 1 or 2, got {wtype}"),
+        ));
     }
     if !(split == "dev" || split == "test") {
-        return Err(Error::param("winobias split", format!("must be dev or test, got {split}")));
+        return Err(Error::param(
+            "winobias split",
+            format!("must be dev or test, got {split}"),
+        ));
     }
     let pro_path = dir.join(format!("pro_stereotyped_type{wtype}.txt.{split}"));
     let anti_path = dir.join(format!("anti_stereotyped_type{wtype}.txt.{split}"));
@@ -123,7 +137,9 @@ pub fn load_winobias(dir: &Path, wtype: u8, split: &str, opts: &LoadOptions) -> 
     let mut pairs = Vec::new();
     for p in pro.items {
         let Some(a) = anti_by_id.get(&p.id) else {
-            report.notes.push(format!("pro sentence {} has no anti partner", p.id));
+            report
+                .notes
+                .push(format!("pro sentence {} has no anti partner", p.id));
             continue;
         };
         if a.referent != p.referent || a.gender == p.gender {
@@ -135,20 +151,32 @@ pub fn load_winobias(dir: &Path, wtype: u8, split: &str, opts: &LoadOptions) -> 
             ));
             continue;
         }
-        pairs.push(WinoBiasPair { pro: p, anti: a.clone() });
+        pairs.push(WinoBiasPair {
+            pro: p,
+            anti: a.clone(),
+        });
     }
     if pairs.is_empty() {
         return Err(Error::file(&pro_path, "no pro/anti pairs"));
     }
     // `parsed` stays the number of sentences read from both files; `kept` counts pairs.
     report.kept = pairs.len();
-    subsample(Loaded { items: pairs, report }, opts)
+    subsample(
+        Loaded {
+            items: pairs,
+            report,
+        },
+        opts,
+    )
 }
 
 /// DAMA's prompt: sentence + " '<Pronoun>' refers to the".
 pub fn winobias_prompt(s: &WinoBiasSentence) -> String {
     let mut p = s.pronoun.chars();
-    let cap: String = p.next().map(|c| c.to_uppercase().chain(p).collect()).unwrap_or_default();
+    let cap: String = p
+        .next()
+        .map(|c| c.to_uppercase().chain(p).collect())
+        .unwrap_or_default();
     format!("{} '{}' refers to the", s.sentence, cap)
 }
 
@@ -186,7 +214,10 @@ fn referent_request(lm: &dyn LanguageModel, s: &WinoBiasSentence) -> Result<LlRe
     Ok(req)
 }
 
-pub fn score_winobias(pairs: &[WinoBiasPair], lm: &mut dyn LanguageModel) -> Result<WinoBiasResult> {
+pub fn score_winobias(
+    pairs: &[WinoBiasPair],
+    lm: &mut dyn LanguageModel,
+) -> Result<WinoBiasResult> {
     let mut requests = Vec::with_capacity(pairs.len() * 4);
     for p in pairs {
         requests.push(referent_request(lm, &p.pro)?);
@@ -237,7 +268,11 @@ pub fn summarise_winobias(records: Vec<WinoBiasRecord>) -> WinoBiasResult {
         acc_anti,
         acc_male,
         acc_female,
-        pro_more_likely: Metric::accuracy(records.iter().map(|r| r.pro_sentence_loglik > r.anti_sentence_loglik)),
+        pro_more_likely: Metric::accuracy(
+            records
+                .iter()
+                .map(|r| r.pro_sentence_loglik > r.anti_sentence_loglik),
+        ),
         n_pairs: records.len(),
         records,
     }

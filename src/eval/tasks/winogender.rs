@@ -22,10 +22,18 @@ pub struct WinogenderItem {
 pub fn load_winogender(dir: &Path, opts: &LoadOptions) -> Result<Loaded<WinogenderItem>> {
     let mut items = Vec::new();
     let mut report = LoadReport::default();
-    for (gender, file) in [(Gender::Female, "winogender_mc_female.jsonl"), (Gender::Male, "winogender_mc_male.jsonl")] {
+    for (gender, file) in [
+        (Gender::Female, "winogender_mc_female.jsonl"),
+        (Gender::Male, "winogender_mc_male.jsonl"),
+    ] {
         let loaded = load_choice(&dir.join(file), opts)?;
         report.merge(loaded.report);
-        items.extend(loaded.items.into_iter().map(|item| WinogenderItem { gender, item }));
+        items.extend(
+            loaded
+                .items
+                .into_iter()
+                .map(|item| WinogenderItem { gender, item }),
+        );
     }
     Ok(Loaded { items, report })
 }
@@ -39,7 +47,10 @@ pub struct WinogenderResult {
     pub acc_gap: Metric,
 }
 
-pub fn score_winogender(items: &[WinogenderItem], lm: &mut dyn LanguageModel) -> Result<WinogenderResult> {
+pub fn score_winogender(
+    items: &[WinogenderItem],
+    lm: &mut dyn LanguageModel,
+) -> Result<WinogenderResult> {
     let choice_items: Vec<ChoiceItem> = items.iter().map(|w| w.item.clone()).collect();
     let all = score_choice(&choice_items, lm)?;
     let split = |g: Gender| {

@@ -19,7 +19,10 @@ pub fn load_winogrande(path: &Path, opts: &LoadOptions) -> Result<Loaded<Winogra
     let loaded = parse_lines(path, opts.skip_bad, |_, line| {
         let item: WinograndeItem = json_line(line)?;
         if item.context_options.len() != 2 {
-            return Err(format!("need 2 context options, got {}", item.context_options.len()));
+            return Err(format!(
+                "need 2 context options, got {}",
+                item.context_options.len()
+            ));
         }
         if item.gold >= 2 {
             return Err(format!("gold {} is not 0 or 1", item.gold));
@@ -47,7 +50,10 @@ pub struct WinograndeResult {
     pub records: Vec<WinograndeRecord>,
 }
 
-pub fn score_winogrande(items: &[WinograndeItem], lm: &mut dyn LanguageModel) -> Result<WinograndeResult> {
+pub fn score_winogrande(
+    items: &[WinograndeItem],
+    lm: &mut dyn LanguageModel,
+) -> Result<WinograndeResult> {
     let mut requests = Vec::new();
     for item in items {
         for ctx in &item.context_options {
