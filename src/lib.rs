@@ -6,6 +6,7 @@
 //! `trace` / `mediate` (where the bias flows) → `edit` (LSDM and baselines) → `eval`
 //! (bias and capability benchmarks) → `report` (tables, figures, snapshots).
 
+pub mod batching;
 pub mod data;
 pub mod edit;
 pub mod error;
@@ -13,7 +14,9 @@ pub mod eval;
 pub mod io;
 pub mod measure;
 pub mod model;
+pub mod plot;
 pub mod report;
+pub mod rundir;
 pub mod stats;
 pub mod tokenizer;
 pub mod trace;
