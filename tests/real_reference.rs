@@ -3,7 +3,7 @@
 //! on all 5,440 occupation prompts.
 
 mod common;
-use biaslens::measure::next_token_probs;
+use biaslens::measure::{measure_occupations, MeasureOptions};
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, Site};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -65,21 +65,31 @@ fn topk(alias: &str, model: &Model) {
     assert!(worst < 1e-4, "{alias}: top-20 log-prob max |diff| {worst}");
 }
 
-fn occupation_probs(alias: &str, model: &Model, pronouns: [u32; 3]) {
+/// All 5,440 prompts through the same path as `biaslens measure` (tokenizer included): every
+/// probability within 1e-4 of HF, and the headline metrics to 3 decimals.
+fn occupation_probs(alias: &str, model: &Model, headline: [f64; 5]) {
     let rows = jsonl(common::reference(alias).join("occupation_probs.jsonl"));
     assert_eq!(rows.len(), 5440);
-    let ids: Vec<Vec<u32>> = rows.iter().map(|r| ids_of(&r["ids"])).collect();
-    let probs = next_token_probs(&model.transformer, &ids, &pronouns, 64, |_| {}).unwrap();
+    let opts = MeasureOptions { data_dir: common::fixtures().join("data"), ..Default::default() };
+    let result = measure_occupations(model, &opts, |_| {}).unwrap();
+    assert_eq!(result.prompts.len(), rows.len());
     let mut worst = (0f64, 0usize);
-    for (i, (row, p)) in rows.iter().zip(&probs).enumerate() {
-        for (j, key) in ["p_he", "p_she", "p_they"].iter().enumerate() {
-            let d = (p[j] - row[key].as_f64().unwrap()).abs();
+    for (i, (row, p)) in rows.iter().zip(&result.prompts).enumerate() {
+        assert_eq!(row["text"].as_str().unwrap(), p.text);
+        for (got, key) in [(p.p_he, "p_he"), (p.p_she, "p_she"), (p.p_they, "p_they")] {
+            let d = (got - row[key].as_f64().unwrap()).abs();
             if d > worst.0 {
                 worst = (d, i);
             }
         }
     }
     assert!(worst.0 < 1e-4, "{alias}: max |Δp| {} at prompt {} ({})", worst.0, worst.1, rows[worst.1]["text"]);
+    let m = &result.metrics;
+    let f = m.regression.as_ref().unwrap();
+    let got = [m.mean_abs_gap.value, f.a_s.value, f.a_f.value, f.b.value, f.r2.value];
+    for (g, w) in got.iter().zip(headline) {
+        assert!((g - w).abs() < 5e-4, "{alias}: headline {got:?} vs reference {headline:?}");
+    }
 }
 
 #[test]
@@ -87,7 +97,7 @@ fn smollm2_matches_hf() {
     let m = common::real_model("smollm2-135m");
     hidden_states("smollm2-135m", &m);
     topk("smollm2-135m", &m);
-    occupation_probs("smollm2-135m", &m, [384, 1041, 502]);
+    occupation_probs("smollm2-135m", &m, [0.0971, 0.0898, 0.2354, -0.0069, 0.339]);
 }
 
 #[test]
@@ -95,5 +105,5 @@ fn gemma3_matches_hf() {
     let m = common::real_model("gemma-3-270m");
     hidden_states("gemma-3-270m", &m);
     topk("gemma-3-270m", &m);
-    occupation_probs("gemma-3-270m", &m, [668, 1304, 901]);
+    occupation_probs("gemma-3-270m", &m, [0.2193, 0.1447, 0.3211, 0.1301, 0.403]);
 }

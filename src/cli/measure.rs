@@ -1,6 +1,95 @@
-//! `biaslens measure` (being written by the lead).
+//! `biaslens measure`: pronoun probabilities and bias metrics on occupation prompts.
+
+use super::common::{check_overwrite, parse_device, progress};
+use biaslens::measure::{measure_occupations, MeasureOptions, MeasureResult};
+use biaslens::model::Model;
+use biaslens::stats::Estimate;
+use std::path::PathBuf;
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("measure is not available in this build yet")
+pub struct Args {
+    /// Registry alias (smollm2-135m, gemma-3-270m), GGUF file or Hugging Face directory.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// Which professions: all, edit, held-out or controls.
+    #[arg(long, default_value = "all")]
+    pub split: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Seed of the profession split (and of the bootstrap).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Templates file (one per line with `{}`); default: the 17 Vig et al. templates.
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// Write every prompt's probabilities and the metrics as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Overwrite an existing --json file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(p) = &a.json {
+        check_overwrite(p, a.force)?;
+    }
+    let device = parse_device(&a.device)?;
+    let mut opts = MeasureOptions { subset: a.split.parse()?, batch_size: a.batch_size, templates: a.templates.clone(), ..Default::default() };
+    opts.split.seed = a.seed;
+    opts.bootstrap.seed = a.seed;
+    let model = Model::load(&a.model, &device)?;
+    let n = biaslens::measure::occupations::subset_prompts(&opts)?.0.len();
+    let pb = progress(n as u64, "prompts");
+    let result = measure_occupations(&model, &opts, |k| pb.inc(k as u64))?;
+    pb.finish_and_clear();
+    print!("{}", render_table(&result));
+    if let Some(p) = &a.json {
+        biaslens::io::write_json_atomic(p, &result)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn est(e: &Estimate) -> String {
+    format!("{:.4} [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high)
+}
+
+fn opt(e: &Option<Estimate>) -> String {
+    e.as_ref().map(est).unwrap_or_else(|| "n/a".into())
+}
+
+/// The bias table printed by `measure`, values with 95% CIs.
+pub fn render_table(r: &MeasureResult) -> String {
+    let m = &r.metrics;
+    let mut rows = vec![
+        ("model".to_string(), format!("{} (sha256 {}…)", r.model.name, &r.model.sha256[..12])),
+        ("split".into(), format!("{:?} (seed {})", r.options.subset, r.options.split.seed)),
+        ("n".into(), format!("{} prompts, {} professions", m.n_prompts, m.n_professions)),
+        ("mean |p(he)-p(she)|".into(), est(&m.mean_abs_gap)),
+        ("mean p(he)-p(she)".into(), est(&m.mean_gap)),
+        ("mean p(he)".into(), est(&m.mean_p_he)),
+        ("mean p(she)".into(), est(&m.mean_p_she)),
+    ];
+    match &m.regression {
+        Some(f) => {
+            rows.push(("a_s (stereotypical)".into(), est(&f.a_s)));
+            rows.push(("a_f (definitional)".into(), est(&f.a_f)));
+            rows.push(("b (intercept)".into(), est(&f.b)));
+            rows.push(("R²".into(), est(&f.r2)));
+        }
+        None => rows.push(("regression".into(), "n/a (no spread in the scores)".into())),
+    }
+    rows.push(("pearson(stereo, log she/he)".into(), opt(&m.pearson_stereotype)));
+    rows.push(("spearman(stereo, log she/he)".into(), opt(&m.spearman_stereotype)));
+    rows.push(("pearson(BLS %F, log she/he)".into(), opt(&m.pearson_bls)));
+    rows.push(("spearman(BLS %F, log she/he)".into(), opt(&m.spearman_bls)));
+    let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let mut s = String::from("occupation-prompt bias (95% CIs; regression and Spearman CIs by bootstrap)\n");
+    for (k, v) in rows {
+        s.push_str(&format!("  {k:<w$}  {v}\n"));
+    }
+    s
 }

@@ -11,3 +11,17 @@ pub use occupations::{
 };
 pub use pronouns::{Gender, PronounForms, PronounSet};
 pub use split::{split_professions, Part, Split, SplitSpec};
+
+use std::path::PathBuf;
+
+/// Folder of vendored datasets: `$BIASLENS_DATA`, else `./fixtures/data`, else the crate's copy.
+pub fn data_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("BIASLENS_DATA") {
+        return PathBuf::from(d);
+    }
+    let local = PathBuf::from("fixtures/data");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data")
+}

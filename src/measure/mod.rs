@@ -1,0 +1,9 @@
+//! Measure: next-token pronoun probabilities on prompts and the bias metrics built on them.
+
+pub mod bias;
+pub mod occupations;
+pub mod probs;
+
+pub use bias::{bias_metrics, BiasMetrics};
+pub use occupations::{measure_occupations, MeasureOptions, MeasureResult, PromptProbs, Subset};
+pub use probs::{next_token_probs, sequence_probs, PronounTargets};

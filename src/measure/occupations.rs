@@ -1,0 +1,161 @@
+//! Measure pronoun probabilities on the occupation prompts (professions × templates) of one
+//! split and summarise them into bias metrics.
+
+use super::bias::{bias_metrics, BiasMetrics};
+use super::probs::{sequence_probs, PronounTargets};
+use crate::data::{self, occupation_prompts, split_professions, BlsTable, Part, Profession, SplitSpec, Template};
+use crate::model::{Model, ModelInfo};
+use crate::stats::BootstrapSpec;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Which professions to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Subset {
+    All,
+    Edit,
+    HeldOut,
+    Controls,
+}
+
+impl std::str::FromStr for Subset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(Subset::All),
+            "edit" => Ok(Subset::Edit),
+            "held-out" => Ok(Subset::HeldOut),
+            "controls" => Ok(Subset::Controls),
+            _ => Err(Error::param("split", format!("`{s}`: expected all, edit, held-out or controls"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeasureOptions {
+    pub subset: Subset,
+    pub split: SplitSpec,
+    pub batch_size: usize,
+    pub bootstrap: BootstrapSpec,
+    /// Folder with bolukbasi_debiaswe/ and winogender/ (default: the vendored fixtures/data).
+    pub data_dir: PathBuf,
+    /// Custom templates file (one per line, each with one `{}`); default: the 17 Vig templates.
+    pub templates: Option<PathBuf>,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions {
+            subset: Subset::All,
+            split: SplitSpec::default(),
+            batch_size: 64,
+            bootstrap: BootstrapSpec::default(),
+            data_dir: data::data_dir(),
+            templates: None,
+        }
+    }
+}
+
+/// One prompt's pronoun probabilities.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PromptProbs {
+    pub profession: String,
+    pub name: String,
+    pub template_index: usize,
+    pub text: String,
+    pub definitional: f64,
+    pub stereotypical: f64,
+    pub p_he: f64,
+    pub p_she: f64,
+    pub p_they: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeasureResult {
+    pub biaslens_version: String,
+    pub model: ModelInfo,
+    pub options: MeasureOptions,
+    pub targets: PronounTargets,
+    /// sha256 of every data file read.
+    pub data_hashes: BTreeMap<String, String>,
+    pub metrics: BiasMetrics,
+    pub prompts: Vec<PromptProbs>,
+}
+
+/// Occupation prompts of the chosen subset, with the hashes of the files they came from.
+pub fn subset_prompts(opts: &MeasureOptions) -> Result<(Vec<data::OccupationPrompt>, BTreeMap<String, String>)> {
+    let prof_path = opts.data_dir.join("bolukbasi_debiaswe/professions.json");
+    let professions = Profession::load(&prof_path)?;
+    let templates = match &opts.templates {
+        Some(p) => Template::load(p)?,
+        None => data::vig_templates(),
+    };
+    let mut hashes = BTreeMap::new();
+    hashes.insert(rel(&prof_path), crate::io::sha256_file(&prof_path)?);
+    if let Some(p) = &opts.templates {
+        hashes.insert(rel(p), crate::io::sha256_file(p)?);
+    }
+    let split = split_professions(&professions, &opts.split)?;
+    let keep: Vec<Profession> = professions
+        .into_iter()
+        .filter(|p| match (opts.subset, split.part_of(&p.raw)) {
+            (Subset::All, _) => true,
+            (Subset::Edit, Some(Part::Edit)) => true,
+            (Subset::HeldOut, Some(Part::HeldOut)) => true,
+            (Subset::Controls, Some(Part::DefinitionalControl)) => true,
+            _ => false,
+        })
+        .collect();
+    Ok((occupation_prompts(&keep, &templates), hashes))
+}
+
+fn rel(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Measure p(he), p(she), p(they) on every prompt of the subset and compute the bias metrics.
+pub fn measure_occupations(model: &Model, opts: &MeasureOptions, on_progress: impl FnMut(usize)) -> Result<MeasureResult> {
+    let tok = model.tokenizer()?;
+    let targets = PronounTargets::he_she_they(tok)?;
+    let (prompts, mut data_hashes) = subset_prompts(opts)?;
+    let mut rows = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        let ids = tok.encode(&p.text)?;
+        if ids.is_empty() {
+            return Err(Error::param("profession", format!("{:?} gives an empty prompt", p.profession)));
+        }
+        rows.push(ids);
+    }
+    let probs = sequence_probs(&model.transformer, &rows, &targets, opts.batch_size, on_progress)?;
+    let out: Vec<PromptProbs> = prompts
+        .iter()
+        .zip(&probs)
+        .map(|(p, q)| PromptProbs {
+            profession: p.profession.clone(),
+            name: p.name.clone(),
+            template_index: p.template_index,
+            text: p.text.clone(),
+            definitional: p.definitional,
+            stereotypical: p.stereotypical,
+            p_he: q[0],
+            p_she: q[1],
+            p_they: q[2],
+        })
+        .collect();
+    let bls_path = opts.data_dir.join("winogender/occupations-stats.tsv");
+    let bls = BlsTable::load(&bls_path)?;
+    data_hashes.insert(rel(&bls_path), crate::io::sha256_file(&bls_path)?);
+    let metrics = bias_metrics(&out, Some(&bls), &opts.bootstrap)?;
+    Ok(MeasureResult {
+        biaslens_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: model.info.clone(),
+        options: opts.clone(),
+        targets,
+        data_hashes,
+        metrics,
+        prompts: out,
+    })
+}
