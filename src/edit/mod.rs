@@ -5,9 +5,20 @@
 //! - [`second_moment`]: streaming C = E[k kᵀ] over a corpus, cacheable as safetensors.
 //! - [`dama_projection`]: DAMA's PLS null-space projection baseline, M = I - B Bᵀ.
 //! - [`delta`]: bit-exact store of per-layer edits, with apply and a guarded revert.
+//! - [`context`], [`keys`], [`target`], [`corpus`], [`lsdm`]: the LSDM pipeline itself.
 
 pub mod dama_projection;
 pub mod delta;
 pub mod reference;
 pub mod second_moment;
 pub mod solve;
+
+// The edit pipeline (lead): prompts, keys, targets, corpus statistics, methods.
+pub mod context;
+pub mod corpus;
+pub mod keys;
+pub mod lsdm;
+pub mod target;
+pub mod dama;
+pub mod ftl;
+pub mod method;

@@ -112,6 +112,20 @@ impl Model {
         })
     }
 
+    /// A copy of this model with `weights` replaced (e.g. after an edit); `suffix` marks the name.
+    pub fn with_weights(&self, weights: weights::WeightMap, suffix: &str) -> Result<Model> {
+        let transformer = Transformer::from_weights(self.config().clone(), &weights, &self.transformer.device)?;
+        let mut info = self.info.clone();
+        info.name = format!("{}{suffix}", info.name);
+        let mut bytes = Vec::new();
+        for (k, t) in &weights {
+            bytes.extend_from_slice(k.as_bytes());
+            bytes.extend_from_slice(crate::io::sha256_bytes(&t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).as_bytes());
+        }
+        info.sha256 = crate::io::sha256_bytes(&bytes);
+        Ok(Model { info, transformer, tokenizer: self.tokenizer.clone(), weights })
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.transformer.cfg
     }

@@ -136,6 +136,8 @@ pub struct InterventionPlan {
     pub logits: LogitsRequest,
     /// Return each layer's post-RoPE keys and values so later passes can reuse the prefix.
     pub capture_kv: bool,
+    /// Stop after this layer (captures only, no logits): statistics of bottom layers need no top.
+    pub stop_after: Option<usize>,
 }
 
 impl InterventionPlan {

@@ -313,6 +313,22 @@ impl Transformer {
         self.run_layers(resume.resid.clone(), resume.start_layer, &positions, &pads, resume.past.as_ref(), plan, st)
     }
 
+    /// Continue a pass from the input of `start_layer` for whole (left-padded) rows: `resid` is
+    /// [rows, padded tokens, d] as captured from a pass over the same rows. Used by the edit
+    /// stage to optimise a residual-stream change with gradients flowing from the top.
+    pub fn forward_from_layer(&self, start_layer: usize, resid: &Tensor, pads: &[usize], plan: &InterventionPlan) -> Result<ForwardOutput> {
+        let (b, t, _) = resid.dims3()?;
+        if pads.len() != b || pads.iter().any(|&p| p >= t) {
+            return Err(Error::param("pads", format!("{} pads for {b} rows of {t} tokens", pads.len())));
+        }
+        if start_layer > self.cfg.num_layers {
+            return Err(Error::param("start_layer", format!("{start_layer} > {} layers", self.cfg.num_layers)));
+        }
+        let positions: Vec<Vec<usize>> = pads.iter().map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect()).collect();
+        let st = PassState::new(plan, pads, 0);
+        self.run_layers(resid.clone(), start_layer, &positions, pads, None, plan, st)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn run_layers(
         &self,
@@ -367,6 +383,9 @@ impl Transformer {
                 None => m,
             };
             x = self.intervene(Site::ResidPost(l), (x + m)?, &mut st)?;
+            if plan.stop_after == Some(l) {
+                return Ok(ForwardOutput { captures: st.captured, logprobs: None, kv: kv_out, pads: pads.to_vec(), offset: st.offset });
+            }
         }
         let x = self.intervene(Site::FinalNorm, self.final_norm.forward(&x)?, &mut st)?;
         let logprobs = self.logprobs(&x, &plan.logits, pads, st.offset)?;
@@ -449,7 +468,13 @@ impl Transformer {
             AttnKind::Full => None,
         };
         let mask = self.attention_mask(pads, positions, tk, window)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let scores = scores.broadcast_add(&mask)?;
+        // The fused softmax has no backward; use the composed one when gradients are tracked.
+        let probs = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let z = probs.matmul(&ve)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.head_dim))?;
         let z = self.intervene(Site::HeadZ(l), z, st)?;
         let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z)?, st)?;

@@ -1,0 +1,95 @@
+//! Second-moment statistics C = E[k kᵀ] of MLP keys over a text corpus (WikiText-2 valid by
+//! default), for every edited layer in one pass, cached on disk per (model, layer, corpus, n).
+
+use super::second_moment::{load_moment, MomentAccumulator, MomentMeta};
+use crate::model::{InterventionPlan, Site, Transformer};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Token chunks of `seq_len` from a text file (WikiText-style: one paragraph per line), up to
+/// `max_tokens` tokens in all, in file order. Returns the chunks and the sha256 of the file.
+pub fn corpus_chunks(tok: &Tokenizer, path: &Path, seq_len: usize, max_tokens: usize) -> Result<(Vec<Vec<u32>>, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let hash = crate::io::sha256_bytes(text.as_bytes());
+    let mut stream: Vec<u32> = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('=') {
+            continue;
+        }
+        stream.extend(tok.encode_plain(&format!(" {l}"))?);
+        if stream.len() >= max_tokens {
+            break;
+        }
+    }
+    stream.truncate(max_tokens);
+    let chunks: Vec<Vec<u32>> = stream.chunks(seq_len.max(2)).filter(|c| c.len() >= 2).map(|c| c.to_vec()).collect();
+    if chunks.is_empty() {
+        return Err(Error::file(path, "corpus has no text"));
+    }
+    Ok((chunks, hash))
+}
+
+/// C for each of `layers`, from the cache when present, else computed and cached.
+pub fn key_moments(
+    model: &Transformer,
+    model_hash: &str,
+    chunks: &[Vec<u32>],
+    corpus_hash: &str,
+    layers: &[usize],
+    cache_dir: Option<&Path>,
+    batch: usize,
+    mut on_batch: impl FnMut(usize),
+) -> Result<BTreeMap<usize, Tensor>> {
+    let n_tokens: usize = chunks.iter().map(|c| c.len()).sum();
+    let path_of = |l: usize| -> Option<PathBuf> {
+        cache_dir.map(|d| d.join(format!("mom2_{}_{}_l{l}_n{n_tokens}.safetensors", &model_hash[..16.min(model_hash.len())], &corpus_hash[..16])))
+    };
+    let mut out = BTreeMap::new();
+    let mut todo = Vec::new();
+    for &l in layers {
+        match path_of(l).filter(|p| p.is_file()) {
+            Some(p) => {
+                let (c, meta) = load_moment(&p, &model.device)?;
+                if meta.model_hash != model_hash || meta.layer != l || meta.corpus_hash != corpus_hash {
+                    return Err(Error::file(&p, "cached statistics belong to another model, layer or corpus"));
+                }
+                out.insert(l, c.to_dtype(DType::F32)?);
+            }
+            None => todo.push(l),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(out);
+    }
+    let d_ff = model.cfg.intermediate_size;
+    let mut acc: BTreeMap<usize, MomentAccumulator> =
+        todo.iter().map(|&l| Ok((l, MomentAccumulator::new(d_ff, DType::F64, &model.device)?))).collect::<Result<_>>()?;
+    let stop = todo.iter().max().copied();
+    for batch_rows in chunks.chunks(batch.max(1)) {
+        let plan = InterventionPlan { capture: todo.iter().map(|&l| Site::MlpKey(l)).collect(), stop_after: stop, ..Default::default() };
+        let fwd = model.forward(batch_rows, &plan)?;
+        let t = batch_rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mask: Vec<f32> = fwd.pads.iter().flat_map(|&p| (0..t).map(move |i| if i >= p { 1.0 } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, batch_rows.len() * t, &model.device)?;
+        for (&l, a) in acc.iter_mut() {
+            let keys = fwd.captures[&Site::MlpKey(l)].reshape((batch_rows.len() * t, d_ff))?;
+            a.update(&keys, Some(&mask))?;
+        }
+        on_batch(batch_rows.len());
+    }
+    for (l, a) in acc {
+        let meta = MomentMeta { model_hash: model_hash.to_string(), layer: l, corpus_hash: corpus_hash.to_string(), n: a.count() };
+        if let Some(p) = path_of(l) {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;
+            }
+            a.save(&p, &meta)?;
+        }
+        out.insert(l, a.moment()?.to_dtype(DType::F32)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,204 @@
+//! LSDM: the least-squares debiasing edit (MEMIT-style reconstruction, see docs/method.md).
+//!
+//! 1. keys k = input of the MLP down-projection at the last occupation token, averaged over edit
+//!    templates × context prefixes, per edit profession;
+//! 2. a target residual z* = h̄ + δ after the last edited layer, δ optimised so p(he) ≈ p(she);
+//! 3. for each edited layer in turn, R = (z* − h_current) / layers left and
+//!    ΔW = Rᵀ K (λC + KᵀK + μPᵀP)⁻¹, with C the corpus second moment of keys and P the keys of
+//!    definitional professions whose outputs must stay.
+
+use super::context::{build_prompts, EditPrompt, EditSets, DEFAULT_PREFIXES};
+use super::corpus::{corpus_chunks, key_moments};
+use super::delta::{DeltaMeta, WeightDelta};
+use super::keys::{capture_at_subject, group_mean};
+use super::solve::{solve_update, LsqInput, Prior};
+use super::target::{optimise_targets, TargetParams};
+use crate::data::{vig_templates, Template};
+use crate::model::{Arch, Model, Site, Transformer};
+use crate::{Error, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LsdmParams {
+    /// λ, weight of the corpus prior tr(ΔCΔᵀ) (MEMIT's mom2_update_weight).
+    pub lambda: f64,
+    /// μ, weight of keeping the preserved (definitional) keys' outputs.
+    pub mu: f64,
+    /// "moment" (C from the corpus) or "identity" (ridge).
+    pub prior: String,
+    /// Tokens of WikiText-2 valid used for C.
+    pub corpus_tokens: usize,
+    pub corpus_seq_len: usize,
+    /// Edit templates used to optimise the target (the first n edit templates).
+    pub target_templates: usize,
+    /// Context prefixes used for keys (the first n of DEFAULT_PREFIXES).
+    pub prefixes: usize,
+    pub target: TargetParams,
+    pub batch: usize,
+}
+
+impl Default for LsdmParams {
+    fn default() -> Self {
+        LsdmParams {
+            lambda: 15_000.0,
+            mu: 1.0,
+            prior: "moment".into(),
+            corpus_tokens: 16_384,
+            corpus_seq_len: 128,
+            target_templates: 4,
+            prefixes: 3,
+            target: TargetParams::default(),
+            batch: 64,
+        }
+    }
+}
+
+/// What the edit did, for edit.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LsdmReport {
+    pub layers: Vec<usize>,
+    pub n_edit_professions: usize,
+    pub n_preserved: usize,
+    pub n_key_prompts: usize,
+    pub target_bias_loss: Vec<f64>,
+    pub target_kl: Vec<f64>,
+    /// ‖ΔW‖_F per layer.
+    pub delta_norms: Vec<f64>,
+    /// ‖R‖ per layer (mean over professions) — how much each layer was asked to move.
+    pub residual_norms: Vec<f64>,
+}
+
+/// HF name of layer l's down-projection and whether HF stores it transposed (GPT-2 Conv1D).
+pub fn down_weight_name(arch: Arch, l: usize) -> (String, bool) {
+    match arch {
+        Arch::Gpt2 => (format!("transformer.h.{l}.mlp.c_proj.weight"), true),
+        _ => (format!("model.layers.{l}.mlp.down_proj.weight"), false),
+    }
+}
+
+/// Prompts shared by the edit methods: keys (edit templates × prefixes), targets, KL, preserved.
+pub struct EditPrompts {
+    pub keys: Vec<EditPrompt>,
+    pub target: Vec<EditPrompt>,
+    pub kl: Vec<EditPrompt>,
+    pub preserve: Vec<EditPrompt>,
+}
+
+pub fn edit_prompts(model: &Model, sets: &EditSets, target_templates: usize, prefixes: usize) -> Result<EditPrompts> {
+    let tok = model.tokenizer()?;
+    let all = vig_templates();
+    let templates: Vec<Template> = sets.edit_templates.iter().map(|&i| all[i].clone()).collect();
+    let prefixes = &DEFAULT_PREFIXES[..prefixes.clamp(1, DEFAULT_PREFIXES.len())];
+    let keys = build_prompts(tok, &sets.edit, &templates, prefixes)?;
+    let target = build_prompts(tok, &sets.edit, &templates[..target_templates.clamp(1, templates.len())], &[""])?;
+    let kl = build_prompts(tok, &sets.edit, &[Template::new("The {} is")?], &[""])?;
+    let preserve = if sets.preserve.is_empty() { Vec::new() } else { build_prompts(tok, &sets.preserve, &templates, &[""])? };
+    Ok(EditPrompts { keys, target, kl, preserve })
+}
+
+fn groups(p: &[EditPrompt]) -> Vec<usize> {
+    p.iter().map(|x| x.group).collect()
+}
+
+/// Run LSDM on `layers`; returns the delta (HF names) and a report.
+#[allow(clippy::too_many_arguments)]
+pub fn lsdm(
+    model: &Model,
+    sets: &EditSets,
+    layers: &[usize],
+    params: &LsdmParams,
+    corpus: &Path,
+    cache_dir: Option<&Path>,
+    mut log: impl FnMut(&str),
+) -> Result<(WeightDelta, LsdmReport)> {
+    let mut layers = layers.to_vec();
+    layers.sort_unstable();
+    layers.dedup();
+    let n_layers = model.config().num_layers;
+    if layers.is_empty() || layers.iter().any(|&l| l >= n_layers) {
+        return Err(Error::param("layers", format!("{layers:?} must be a non-empty subset of 0..{n_layers}")));
+    }
+    let top = *layers.last().unwrap_or(&0);
+    let tok = model.tokenizer()?;
+    let pronouns = [tok.single_token_id(" he")?, tok.single_token_id(" she")?];
+    let prompts = edit_prompts(model, sets, params.target_templates, params.prefixes)?;
+    let n_groups = sets.edit.len();
+    let mut tr: Transformer = model.transformer.clone();
+
+    // Target z* = h̄ + δ after the top edited layer.
+    let h0 = capture_at_subject(&tr, &prompts.keys, &[Site::ResidPost(top)], params.batch)?;
+    let h_bar = group_mean(&h0[&Site::ResidPost(top)], &groups(&prompts.keys), n_groups)?;
+    let norms: Vec<f32> = h_bar.sqr()?.sum_keepdim(1)?.sqrt()?.flatten_all()?.to_vec1()?;
+    log(&format!("optimising targets for {n_groups} professions at layer {top}"));
+    let targets = optimise_targets(&tr, &prompts.target, &prompts.kl, top, pronouns, &norms, &params.target, |s, l| {
+        if s % 5 == 0 {
+            log(&format!("  step {s}: bias loss {l:.4}"));
+        }
+    })?;
+    let z_star = (&h_bar + &targets.delta)?;
+
+    // Corpus statistics.
+    let prior_moments = if params.prior == "moment" {
+        let (chunks, corpus_hash) = corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
+        log(&format!("second moments of keys over {} corpus tokens", chunks.iter().map(|c| c.len()).sum::<usize>()));
+        Some(key_moments(&tr, &model.info.sha256, &chunks, &corpus_hash, &layers, cache_dir, 16, |_| {})?)
+    } else if params.prior == "identity" {
+        None
+    } else {
+        return Err(Error::param("prior", format!("`{}`: expected moment or identity", params.prior)));
+    };
+
+    let mut delta = WeightDelta::new(DeltaMeta {
+        method: "lsdm".into(),
+        model_hash: model.info.sha256.clone(),
+        params: serde_json::to_value(params)?,
+    });
+    let (mut delta_norms, mut residual_norms) = (Vec::new(), Vec::new());
+    for (i, &l) in layers.iter().enumerate() {
+        let cap = capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l), Site::ResidPost(top)], params.batch)?;
+        let k = group_mean(&cap[&Site::MlpKey(l)], &groups(&prompts.keys), n_groups)?;
+        let h_cur = group_mean(&cap[&Site::ResidPost(top)], &groups(&prompts.keys), n_groups)?;
+        let r = ((&z_star - &h_cur)? / (layers.len() - i) as f64)?;
+        let preserved = if prompts.preserve.is_empty() {
+            None
+        } else {
+            let p = capture_at_subject(&tr, &prompts.preserve, &[Site::MlpKey(l)], params.batch)?;
+            Some(group_mean(&p[&Site::MlpKey(l)], &groups(&prompts.preserve), sets.preserve.len())?)
+        };
+        let prior = match &prior_moments {
+            Some(m) => Prior::Moment(&m[&l]),
+            None => Prior::Identity,
+        };
+        let dw = solve_update(&LsqInput { keys: &k, residuals: &r, prior, lambda: params.lambda, preserved: preserved.as_ref(), mu: params.mu })?;
+        residual_norms.push(r.sqr()?.sum_keepdim(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64);
+        delta_norms.push(dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64);
+        let down = &mut tr.layers[l].down;
+        down.weight = (&down.weight + &dw)?;
+        let (name, transposed) = down_weight_name(model.config().arch, l);
+        let orig = model.weights.get(&name).ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+        let hf_delta = if transposed { dw.t()?.contiguous()? } else { dw };
+        delta.insert(&name, orig, &hf_delta)?;
+        log(&format!("layer {l}: |R| {:.3}, |ΔW| {:.4}", residual_norms[i], delta_norms[i]));
+    }
+    let report = LsdmReport {
+        layers,
+        n_edit_professions: n_groups,
+        n_preserved: sets.preserve.len(),
+        n_key_prompts: prompts.keys.len(),
+        target_bias_loss: targets.bias_loss,
+        target_kl: targets.kl,
+        delta_norms,
+        residual_norms,
+    };
+    Ok((delta, report))
+}
+
+/// The model with `delta` applied (weights rebuilt from the HF map: one path for all methods).
+pub fn edited_model(model: &Model, delta: &WeightDelta) -> Result<Model> {
+    let mut w: std::collections::HashMap<String, Tensor> = model.weights.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    super::delta::apply(&mut w, delta)?;
+    model.with_weights(w.into_iter().collect(), &format!("+{}", delta.meta.method))
+}

@@ -1,0 +1,100 @@
+//! One entry point for every edit method: the same layers, the same edit prompts, the same
+//! budget; a typed, serialisable spec in and a delta plus a record out.
+
+use super::context::{edit_sets, EditSets};
+use super::dama::{dama, DamaSettings};
+use super::delta::WeightDelta;
+use super::ftl::{ft_l, FtParams};
+use super::lsdm::{edit_prompts, lsdm, LsdmParams};
+use crate::data::{Profession, SplitSpec};
+use crate::model::Model;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Lsdm,
+    Ft,
+    Dama,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lsdm" => Ok(Method::Lsdm),
+            "ft" | "ft-l" => Ok(Method::Ft),
+            "dama" => Ok(Method::Dama),
+            _ => Err(Error::param("method", format!("`{s}`: expected lsdm, ft or dama"))),
+        }
+    }
+}
+
+/// Everything that defines an edit; written to edit.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EditSpec {
+    pub method: Method,
+    pub layers: Vec<usize>,
+    pub split: SplitSpec,
+    /// Use only this many edit professions (evenly spaced); None = the whole edit split.
+    pub max_edit_professions: Option<usize>,
+    pub lsdm: LsdmParams,
+    pub ft: FtParams,
+    pub dama: DamaSettings,
+    pub data_dir: PathBuf,
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl EditSpec {
+    pub fn new(method: Method, layers: Vec<usize>) -> Self {
+        EditSpec {
+            method,
+            layers,
+            split: SplitSpec::default(),
+            max_edit_professions: None,
+            lsdm: LsdmParams::default(),
+            ft: FtParams::default(),
+            dama: DamaSettings::default(),
+            data_dir: crate::data::data_dir(),
+            cache_dir: Some(PathBuf::from(".biaslens-cache")),
+        }
+    }
+}
+
+/// The result of an edit: the delta and a JSON report of the method's internals.
+pub struct EditOutcome {
+    pub delta: WeightDelta,
+    pub sets: EditSets,
+    pub report: serde_json::Value,
+    pub seconds: f64,
+}
+
+pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Result<EditOutcome> {
+    let t0 = std::time::Instant::now();
+    let professions = Profession::load(&spec.data_dir.join("bolukbasi_debiaswe/professions.json"))?;
+    let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
+    if sets.edit.is_empty() {
+        return Err(Error::param("split", "the edit split is empty"));
+    }
+    let corpus: &Path = &spec.data_dir.join("wikitext2/wikitext-2-v1.valid.tokens");
+    let (delta, report) = match spec.method {
+        Method::Lsdm => {
+            let (d, r) = lsdm(model, &sets, &spec.layers, &spec.lsdm, corpus, spec.cache_dir.as_deref(), log)?;
+            (d, serde_json::to_value(r)?)
+        }
+        Method::Ft => {
+            let prompts = edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
+            let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, log)?;
+            (d, serde_json::to_value(r)?)
+        }
+        Method::Dama => {
+            let prompts = edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
+            let (d, r) = dama(model, &prompts, &spec.layers, &spec.dama, log)?;
+            (d, serde_json::to_value(r)?)
+        }
+    };
+    Ok(EditOutcome { delta, sets, report, seconds: t0.elapsed().as_secs_f64() })
+}
