@@ -24,6 +24,11 @@ impl Linear {
         // weight dtype, everything around it stays in the activations' dtype (f32).
         let y = if self.weight.dtype() == x.dtype() {
             x2.matmul(&self.weight.t()?)?
+        } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
+            // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
+            // f32 accumulation, as cuBLAS does).
+            let bf = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::BF16)?.to_dtype(x.dtype())?) };
+            bf(&bf(&x2)?.matmul(&self.weight.to_dtype(x.dtype())?.t()?)?)?
         } else {
             x2.to_dtype(self.weight.dtype())?.matmul(&self.weight.t()?)?.to_dtype(x.dtype())?
         };
