@@ -20,7 +20,8 @@ pub fn free_memory(device: &Device) -> Result<u64> {
     match device {
         Device::Cpu => {
             let path = "/proc/meminfo";
-            let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
             parse_mem_available(&text).ok_or_else(|| Error::file(path, "no `MemAvailable:` line"))
         }
         #[cfg(feature = "cuda")]
@@ -32,7 +33,10 @@ pub fn free_memory(device: &Device) -> Result<u64> {
             Ok(free as u64)
         }
         #[allow(unreachable_patterns)]
-        other => Err(Error::param("device", format!("free memory of {:?} is unknown", other.location()))),
+        other => Err(Error::param(
+            "device",
+            format!("free memory of {:?} is unknown", other.location()),
+        )),
     }
 }
 
@@ -52,7 +56,11 @@ pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
 /// probabilities, `captured_sites` retained activations of width d, and one row of logits with
 /// the f64 normaliser. Times 2 for the temporaries candle keeps alive within an op chain.
 pub fn bytes_per_row(cfg: &ModelConfig, tokens: usize, captured_sites: usize) -> u64 {
-    let (t, d, ff) = (tokens as u64, cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (t, d, ff) = (
+        tokens as u64,
+        cfg.hidden_size as u64,
+        cfg.intermediate_size as u64,
+    );
     let heads = cfg.num_heads as u64;
     let qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) as u64 * cfg.head_dim as u64;
     let layer = t * (4 * d + qkv + 3 * ff) + 2 * heads * t * t;
@@ -71,8 +79,18 @@ pub fn batch_for(free_bytes: u64, row_bytes: u64, max_batch: usize) -> usize {
 }
 
 /// Batch size for `device` now: [`free_memory`] and [`bytes_per_row`] through [`batch_for`].
-pub fn choose_batch(device: &Device, cfg: &ModelConfig, tokens: usize, captured_sites: usize, max_batch: usize) -> Result<usize> {
-    Ok(batch_for(free_memory(device)?, bytes_per_row(cfg, tokens, captured_sites), max_batch))
+pub fn choose_batch(
+    device: &Device,
+    cfg: &ModelConfig,
+    tokens: usize,
+    captured_sites: usize,
+    max_batch: usize,
+) -> Result<usize> {
+    Ok(batch_for(
+        free_memory(device)?,
+        bytes_per_row(cfg, tokens, captured_sites),
+        max_batch,
+    ))
 }
 
 /// Whether an error is a failed allocation (CUDA out of memory, or an allocation error that
@@ -80,9 +98,15 @@ pub fn choose_batch(device: &Device, cfg: &ModelConfig, tokens: usize, captured_
 /// may have been wrapped into a file or model error on its way up.
 pub fn is_allocation_failure(e: &Error) -> bool {
     let msg = e.to_string().to_ascii_lowercase();
-    ["out of memory", "out_of_memory", "memory allocation", "failed to allocate", "alloc failed"]
-        .iter()
-        .any(|p| msg.contains(p))
+    [
+        "out of memory",
+        "out_of_memory",
+        "memory allocation",
+        "failed to allocate",
+        "alloc failed",
+    ]
+    .iter()
+    .any(|p| msg.contains(p))
 }
 
 /// How an adaptive run went: the batch size it ended with and how many times it backed off.
@@ -97,7 +121,11 @@ pub struct AdaptiveStats {
 /// When a chunk fails with an allocation failure the batch is halved and the same chunk retried;
 /// other errors, a failure at batch size 1, or a result count that differs from the chunk's
 /// length, are returned as errors.
-pub fn run_adaptive<T, R>(items: &[T], initial_batch: usize, f: impl FnMut(&[T]) -> Result<Vec<R>>) -> Result<Vec<R>> {
+pub fn run_adaptive<T, R>(
+    items: &[T],
+    initial_batch: usize,
+    f: impl FnMut(&[T]) -> Result<Vec<R>>,
+) -> Result<Vec<R>> {
     Ok(run_adaptive_stats(items, initial_batch, f)?.0)
 }
 
@@ -108,7 +136,10 @@ pub fn run_adaptive_stats<T, R>(
     mut f: impl FnMut(&[T]) -> Result<Vec<R>>,
 ) -> Result<(Vec<R>, AdaptiveStats)> {
     if initial_batch == 0 {
-        return Err(Error::param("batch", "initial batch size must be at least 1"));
+        return Err(Error::param(
+            "batch",
+            "initial batch size must be at least 1",
+        ));
     }
     let mut batch = initial_batch;
     let mut backoffs = 0;
@@ -135,7 +166,14 @@ pub fn run_adaptive_stats<T, R>(
             Err(e) => return Err(e),
         }
     }
-    Ok((out, AdaptiveStats { initial_batch, final_batch: batch, backoffs }))
+    Ok((
+        out,
+        AdaptiveStats {
+            initial_batch,
+            final_batch: batch,
+            backoffs,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -143,7 +181,10 @@ mod tests {
     use super::*;
 
     /// A fake device that holds `capacity` rows: larger chunks fail like a CUDA allocation.
-    fn fake_forward(capacity: usize, calls: &mut Vec<usize>) -> impl FnMut(&[u32]) -> Result<Vec<u64>> + '_ {
+    fn fake_forward(
+        capacity: usize,
+        calls: &mut Vec<usize>,
+    ) -> impl FnMut(&[u32]) -> Result<Vec<u64>> + '_ {
         move |chunk: &[u32]| {
             calls.push(chunk.len());
             if chunk.len() > capacity {
@@ -160,7 +201,13 @@ mod tests {
         let items: Vec<u32> = (0..37).collect();
         let mut calls = Vec::new();
         let (out, stats) = run_adaptive_stats(&items, 32, fake_forward(5, &mut calls)).unwrap();
-        assert_eq!(out, items.iter().map(|&x| x as u64 * x as u64).collect::<Vec<_>>());
+        assert_eq!(
+            out,
+            items
+                .iter()
+                .map(|&x| x as u64 * x as u64)
+                .collect::<Vec<_>>()
+        );
         assert_eq!(stats.final_batch, 4, "32 → 16 → 8 → 4");
         assert_eq!(stats.backoffs, 3);
         assert_eq!(&calls[..4], &[32, 16, 8, 4]);
@@ -174,7 +221,14 @@ mod tests {
         let (out, stats) = run_adaptive_stats(&items, 4, fake_forward(100, &mut calls)).unwrap();
         assert_eq!(out.len(), 10);
         assert_eq!(calls, vec![4, 4, 2]);
-        assert_eq!(stats, AdaptiveStats { initial_batch: 4, final_batch: 4, backoffs: 0 });
+        assert_eq!(
+            stats,
+            AdaptiveStats {
+                initial_batch: 4,
+                final_batch: 4,
+                backoffs: 0
+            }
+        );
     }
 
     #[test]
@@ -183,7 +237,11 @@ mod tests {
         let mut calls = Vec::new();
         let e = run_adaptive(&items, 8, fake_forward(0, &mut calls)).unwrap_err();
         assert!(is_allocation_failure(&e));
-        assert_eq!(calls, vec![3, 2, 1], "a short first chunk halves from its own length");
+        assert_eq!(
+            calls,
+            vec![3, 2, 1],
+            "a short first chunk halves from its own length"
+        );
     }
 
     #[test]
@@ -197,7 +255,10 @@ mod tests {
         assert!(!is_allocation_failure(&e));
         assert_eq!(calls, 1);
         assert!(run_adaptive(&[1u32], 0, |c| Ok(c.to_vec())).is_err());
-        assert!(run_adaptive(&[1u32, 2], 2, |_| Ok(vec![0u8])).is_err(), "wrong result count");
+        assert!(
+            run_adaptive(&[1u32, 2], 2, |_| Ok(vec![0u8])).is_err(),
+            "wrong result count"
+        );
     }
 
     #[test]
@@ -214,7 +275,10 @@ mod tests {
 
     #[test]
     fn estimate_grows_with_tokens_and_captures() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/reference/tiny/llama/config.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/reference/tiny/llama/config.json"
+        );
         let cfg = ModelConfig::from_hf_json(std::path::Path::new(path)).unwrap();
         let a = bytes_per_row(&cfg, 8, 0);
         assert!(bytes_per_row(&cfg, 16, 0) > a);

@@ -16,10 +16,18 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cpu" => return Ok(Device::Cpu),
         "cuda" => 0,
         s => match s.strip_prefix("cuda:") {
-            Some(n) => n
-                .parse::<usize>()
-                .map_err(|_| Error::param("device", format!("`{spec}`: N in cuda:N must be a non-negative integer")))?,
-            None => return Err(Error::param("device", format!("`{spec}`: expected cpu, cuda or cuda:N"))),
+            Some(n) => n.parse::<usize>().map_err(|_| {
+                Error::param(
+                    "device",
+                    format!("`{spec}`: N in cuda:N must be a non-negative integer"),
+                )
+            })?,
+            None => {
+                return Err(Error::param(
+                    "device",
+                    format!("`{spec}`: expected cpu, cuda or cuda:N"),
+                ))
+            }
         },
     };
     if !cfg!(feature = "cuda") {
@@ -28,8 +36,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             format!("`{spec}`: this binary was built without CUDA; rebuild with `--features cuda` (docs/cuda.md)"),
         ));
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| Error::param("device", format!("`{spec}`: cannot open CUDA device {ordinal}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::param(
+            "device",
+            format!("`{spec}`: cannot open CUDA device {ordinal}: {e}"),
+        )
+    })
 }
 
 /// The device tests and benches run on: `$BIASLENS_DEVICE` (default `cpu`).
