@@ -16,6 +16,7 @@ py="${PYTHON:-python3}"
 wheels=(
   "nvidia-cuda-nvcc==13.0.88"
   "nvidia-cuda-crt==13.0.88"
+  "nvidia-nvvm==13.0.88"
   "nvidia-cuda-runtime==13.0.96"
   "nvidia-cuda-nvrtc==13.0.88"
   "nvidia-cuda-cccl==13.0.85"
