@@ -8,6 +8,7 @@
 
 pub mod batching;
 pub mod data;
+pub mod device;
 pub mod edit;
 pub mod error;
 pub mod eval;

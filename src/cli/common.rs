@@ -1,21 +1,13 @@
 //! Options shared by subcommands: model, device, progress bars, output paths.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 
-/// Parse `cpu`, `cuda` or `cuda:N` into a candle device.
+/// Parse `cpu`, `cuda` or `cuda:N` into a candle device (see [`biaslens::device::parse_device`]).
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("--device cuda: no CUDA device (build with --features cuda)"),
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..].parse().with_context(|| format!("--device {s}: N must be an integer"))?;
-            Device::new_cuda(n).with_context(|| format!("--device {s}: no such CUDA device (build with --features cuda)"))
-        }
-        other => bail!("--device {other}: expected cpu, cuda or cuda:N"),
-    }
+    Ok(biaslens::device::parse_device(spec)?)
 }
 
 /// A progress bar with an ETA, drawn on stderr (hidden when stderr is not a terminal).
