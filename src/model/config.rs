@@ -88,7 +88,7 @@ impl ModelConfig {
         if self.num_layers == 0 {
             return bad("num_layers", "must be > 0".into());
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_kv_heads",
                 format!("{} does not divide num_heads {}", self.num_kv_heads, self.num_heads),

@@ -388,11 +388,11 @@ impl Transformer {
             };
             let rope = match theta {
                 Some(th) => {
-                    let key = th.to_bits();
-                    if !rope_cache.contains_key(&key) {
-                        rope_cache.insert(key, self.rope_tables(positions, th)?);
-                    }
-                    rope_cache.get(&key).cloned()
+                    let tables = match rope_cache.entry(th.to_bits()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(self.rope_tables(positions, th)?).clone(),
+                    };
+                    Some(tables)
                 }
                 None => None,
             };
@@ -440,8 +440,7 @@ impl Transformer {
         let mut sin = Vec::with_capacity(b * t * hd);
         for row in positions {
             for &p in row {
-                for half in 0..2 {
-                    let _ = half;
+                for _half in 0..2 {
                     for f in &inv {
                         let a = p as f32 * f;
                         cos.push(a.cos());
