@@ -38,11 +38,21 @@ impl LanguageModel for Plain<'_> {
             let n = r.continuation.len();
             let first = row.len() - n;
             let pos: Vec<(usize, usize)> = (first..row.len()).map(|t| (0, t)).collect();
-            let fwd = self.0.transformer.forward(&[row], &InterventionPlan::logits(LogitsRequest::Positions(pos)))?;
+            let fwd = self.0.transformer.forward(
+                &[row],
+                &InterventionPlan::logits(LogitsRequest::Positions(pos)),
+            )?;
             let lp = fwd.logprobs.expect("log-probs requested");
-            let argmax = lp.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            let argmax = lp
+                .argmax(D::Minus1)?
+                .to_dtype(DType::U32)?
+                .to_vec1::<u32>()?;
             let lp = lp.to_vec2::<f32>()?;
-            let mut res = LlResult { logprob: 0.0, is_greedy: true, n_tokens: n };
+            let mut res = LlResult {
+                logprob: 0.0,
+                is_greedy: true,
+                n_tokens: n,
+            };
             for (j, &tok) in r.continuation.iter().enumerate() {
                 res.logprob += f64::from(lp[j][tok as usize]);
                 res.is_greedy &= argmax[j] == tok;
@@ -63,12 +73,29 @@ fn tiny(arch: &str) -> Model {
 fn requests() -> Vec<LlRequest> {
     let mut out = Vec::new();
     for i in 0..6u32 {
-        let ctx: Vec<u32> = (0..(3 + 7 * i)).map(|k| (k * 13 + i * 5 + 1) % 120 + 3).collect();
-        out.push(LlRequest { context: ctx.clone(), continuation: vec![5 + i] });
-        out.push(LlRequest { context: ctx.clone(), continuation: vec![9 + i] });
-        out.push(LlRequest { context: ctx.clone(), continuation: vec![9 + i, 17, 33] });
-        out.push(LlRequest { context: ctx.clone(), continuation: vec![40, 41 + i] });
-        out.push(LlRequest { context: ctx, continuation: vec![5 + i] });
+        let ctx: Vec<u32> = (0..(3 + 7 * i))
+            .map(|k| (k * 13 + i * 5 + 1) % 120 + 3)
+            .collect();
+        out.push(LlRequest {
+            context: ctx.clone(),
+            continuation: vec![5 + i],
+        });
+        out.push(LlRequest {
+            context: ctx.clone(),
+            continuation: vec![9 + i],
+        });
+        out.push(LlRequest {
+            context: ctx.clone(),
+            continuation: vec![9 + i, 17, 33],
+        });
+        out.push(LlRequest {
+            context: ctx.clone(),
+            continuation: vec![40, 41 + i],
+        });
+        out.push(LlRequest {
+            context: ctx,
+            continuation: vec![5 + i],
+        });
     }
     out
 }
@@ -76,7 +103,12 @@ fn requests() -> Vec<LlRequest> {
 fn assert_close(a: &[LlResult], b: &[LlResult], what: &str) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x.logprob - y.logprob).abs() < TOL, "{what}: request {i}: {} vs {}", x.logprob, y.logprob);
+        assert!(
+            (x.logprob - y.logprob).abs() < TOL,
+            "{what}: request {i}: {} vs {}",
+            x.logprob,
+            y.logprob
+        );
         assert_eq!(x.n_tokens, y.n_tokens, "{what}: request {i} token count");
         assert_eq!(x.is_greedy, y.is_greedy, "{what}: request {i} greedy");
     }
@@ -87,12 +119,27 @@ fn check_batched_equals_plain(arch: &str) {
     let reqs = requests();
     let want = Plain(&model).loglikelihood(&reqs).unwrap();
     let configs = [
-        LmOptions { batch_tokens: 1, max_length: 64, logit_floats: 1 },
-        LmOptions { batch_tokens: 64, max_length: 64, logit_floats: 300 },
-        LmOptions { batch_tokens: 100_000, max_length: 64, logit_floats: 1 << 24 },
+        LmOptions {
+            batch_tokens: 1,
+            max_length: 64,
+            logit_floats: 1,
+        },
+        LmOptions {
+            batch_tokens: 64,
+            max_length: 64,
+            logit_floats: 300,
+        },
+        LmOptions {
+            batch_tokens: 100_000,
+            max_length: 64,
+            logit_floats: 1 << 24,
+        },
     ];
     for opts in configs {
-        let got = ModelLm::new(&model, opts).unwrap().loglikelihood(&reqs).unwrap();
+        let got = ModelLm::new(&model, opts)
+            .unwrap()
+            .loglikelihood(&reqs)
+            .unwrap();
         assert_close(&got, &want, &format!("{arch} {opts:?}"));
     }
 }
@@ -111,11 +158,22 @@ fn batched_and_shared_prefix_scores_equal_plain_forward_gemma3_sliding_window() 
 fn a_request_scores_the_same_alone_and_beside_longer_rows() {
     let model = tiny("llama");
     let reqs = requests();
-    let mut lm = ModelLm::new(&model, LmOptions { batch_tokens: 100_000, max_length: 64, logit_floats: 1 << 20 }).unwrap();
+    let mut lm = ModelLm::new(
+        &model,
+        LmOptions {
+            batch_tokens: 100_000,
+            max_length: 64,
+            logit_floats: 1 << 20,
+        },
+    )
+    .unwrap();
     let together = lm.loglikelihood(&reqs).unwrap();
     for (i, r) in reqs.iter().enumerate() {
         let alone = lm.loglikelihood(std::slice::from_ref(r)).unwrap();
-        assert!((alone[0].logprob - together[i].logprob).abs() < 1e-5, "request {i}");
+        assert!(
+            (alone[0].logprob - together[i].logprob).abs() < 1e-5,
+            "request {i}"
+        );
         assert_eq!(alone[0].is_greedy, together[i].is_greedy);
     }
 }
@@ -126,14 +184,24 @@ fn cache_resume_returns_identical_results() {
     let reqs = requests();
     let dir = tempfile::tempdir().unwrap();
     let file = cache_path(dir.path(), &model.info.sha256, "tiny");
-    let opts = LmOptions { batch_tokens: 256, max_length: 64, logit_floats: 1 << 20 };
+    let opts = LmOptions {
+        batch_tokens: 256,
+        max_length: 64,
+        logit_floats: 1 << 20,
+    };
     let mut lm = ModelLm::new(&model, opts).unwrap();
-    let first = CachedLm::new(&mut lm, Some(file.clone()), 40).loglikelihood(&reqs).unwrap();
+    let first = CachedLm::new(&mut lm, Some(file.clone()), 40)
+        .loglikelihood(&reqs)
+        .unwrap();
     // A crash after some chunks: keep only the first lines, then resume.
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), reqs.len());
-    std::fs::write(&file, format!("{}\n{{\"key\":\"trunc", lines[..7].join("\n"))).unwrap();
+    std::fs::write(
+        &file,
+        format!("{}\n{{\"key\":\"trunc", lines[..7].join("\n")),
+    )
+    .unwrap();
     let mut calls = 0;
     let mut count = |done: usize, total: usize| {
         calls += 1;
@@ -160,10 +228,22 @@ fn smollm2_choice_scoring_equals_plain_forward() {
     use biaslens::eval::load::LoadOptions;
     use biaslens::eval::tasks::choice::{load_choice, score_choice};
     let model = common::real_model("smollm2-135m");
-    let opts = LoadOptions { limit: Some(4), ..LoadOptions::default() };
-    let items = load_choice(&common::fixtures().join("data/copa/copa.jsonl"), &opts).unwrap().items;
+    let opts = LoadOptions {
+        limit: Some(4),
+        ..LoadOptions::default()
+    };
+    let items = load_choice(&common::fixtures().join("data/copa/copa.jsonl"), &opts)
+        .unwrap()
+        .items;
     let plain = score_choice(&items, &mut Plain(&model)).unwrap();
-    let mut lm = ModelLm::new(&model, LmOptions { batch_tokens: 64, ..LmOptions::default() }).unwrap();
+    let mut lm = ModelLm::new(
+        &model,
+        LmOptions {
+            batch_tokens: 64,
+            ..LmOptions::default()
+        },
+    )
+    .unwrap();
     let fast = score_choice(&items, &mut lm).unwrap();
     for (a, b) in plain.records.iter().zip(&fast.records) {
         for (x, y) in a.loglik.iter().zip(&b.loglik) {

@@ -17,8 +17,13 @@ fn reference() -> serde_json::Value {
 }
 
 fn check(what: &str, got: f64, want: &serde_json::Value) {
-    let want = want.as_f64().unwrap_or_else(|| panic!("{what}: no reference value"));
-    assert!((got - want).abs() <= TOL, "{what}: biaslens {got:.4} vs lm-eval {want:.4}");
+    let want = want
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: no reference value"));
+    assert!(
+        (got - want).abs() <= TOL,
+        "{what}: biaslens {got:.4} vs lm-eval {want:.4}"
+    );
 }
 
 #[test]
@@ -41,16 +46,27 @@ fn smollm2_copa_and_winogender_match_lm_eval() {
     };
     assert_eq!(copa.n as u64, r["bl_copa"]["sample_len"].as_u64().unwrap());
     check("copa acc", copa.acc.value, &r["bl_copa"]["acc,none"]);
-    check("copa acc_norm", copa.acc_norm.value, &r["bl_copa"]["acc_norm,none"]);
+    check(
+        "copa acc_norm",
+        copa.acc_norm.value,
+        &r["bl_copa"]["acc_norm,none"],
+    );
     let se = copa.acc.stderr.unwrap();
     assert!((se - r["bl_copa"]["acc_stderr,none"].as_f64().unwrap()).abs() < 1e-9);
 
     let TaskScores::Winogender(wg) = &res.task("winogender").unwrap().output.result else {
         panic!("winogender task")
     };
-    for (part, key) in [(&wg.female, "bl_winogender_female"), (&wg.male, "bl_winogender_male")] {
+    for (part, key) in [
+        (&wg.female, "bl_winogender_female"),
+        (&wg.male, "bl_winogender_male"),
+    ] {
         assert_eq!(part.n as u64, r[key]["sample_len"].as_u64().unwrap());
         check(&format!("{key} acc"), part.acc.value, &r[key]["acc,none"]);
-        check(&format!("{key} acc_norm"), part.acc_norm.value, &r[key]["acc_norm,none"]);
+        check(
+            &format!("{key} acc_norm"),
+            part.acc_norm.value,
+            &r[key]["acc_norm,none"],
+        );
     }
 }

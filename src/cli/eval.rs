@@ -6,10 +6,12 @@ use anyhow::{bail, Context};
 use biaslens::eval::compare::{compare, markdown as compare_markdown};
 use biaslens::eval::load::LoadOptions;
 use biaslens::eval::model_lm::{LmOptions, ModelLm};
-use biaslens::eval::suite::{markdown, parse_tasks, run_suite, suite_tasks, SuiteOptions, SuiteResult};
+use biaslens::eval::suite::{
+    markdown, parse_tasks, run_suite, suite_tasks, SuiteOptions, SuiteResult,
+};
 use biaslens::model::Model;
 use indicatif::ProgressBar;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -80,7 +82,8 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         bail!("--data {}: not a folder", a.data.display());
     }
     let device = parse_device(&a.device)?;
-    let model = Model::load(&a.model, &device).with_context(|| format!("loading --model {}", a.model))?;
+    let model =
+        Model::load(&a.model, &device).with_context(|| format!("loading --model {}", a.model))?;
     let lm_opts = LmOptions {
         batch_tokens: a.batch_tokens,
         max_length: a.max_length,
@@ -129,14 +132,24 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_run(path: &PathBuf) -> anyhow::Result<SuiteResult> {
-    let file = if path.is_dir() { path.join("results.json") } else { path.clone() };
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a biaslens eval result", file.display()))
+fn read_run(path: &Path) -> anyhow::Result<SuiteResult> {
+    let file = if path.is_dir() {
+        path.join("results.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a biaslens eval result", file.display()))
 }
 
 pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
-    let runs = a.runs.iter().map(read_run).collect::<anyhow::Result<Vec<_>>>()?;
+    let runs = a
+        .runs
+        .iter()
+        .map(|p| read_run(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let labels: Vec<String> = a.runs.iter().map(|p| p.display().to_string()).collect();
     let c = compare(&labels, &runs)?;
     print!("{}", compare_markdown(&c));

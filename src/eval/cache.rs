@@ -59,7 +59,8 @@ fn read_cache(path: &Path) -> Result<HashMap<String, LlResult>> {
             .write(true)
             .open(path)
             .map_err(|e| Error::file(path, e.to_string()))?;
-        f.set_len(keep).map_err(|e| Error::file(path, e.to_string()))?;
+        f.set_len(keep)
+            .map_err(|e| Error::file(path, e.to_string()))?;
     }
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
@@ -102,7 +103,11 @@ pub struct CachedLm<'a> {
 
 impl<'a> CachedLm<'a> {
     /// `file = None` disables caching but keeps chunked progress.
-    pub fn new(inner: &'a mut dyn LanguageModel, file: Option<PathBuf>, chunk_tokens: usize) -> Self {
+    pub fn new(
+        inner: &'a mut dyn LanguageModel,
+        file: Option<PathBuf>,
+        chunk_tokens: usize,
+    ) -> Self {
         CachedLm {
             inner,
             file,
@@ -134,8 +139,10 @@ impl<'a> CachedLm<'a> {
             .append(true)
             .open(path)
             .map_err(|e| Error::file(path, e.to_string()))?;
-        f.write_all(&buf).map_err(|e| Error::file(path, e.to_string()))?;
-        f.sync_data().map_err(|e| Error::file(path, e.to_string()))?;
+        f.write_all(&buf)
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        f.sync_data()
+            .map_err(|e| Error::file(path, e.to_string()))?;
         Ok(())
     }
 }

@@ -21,32 +21,67 @@ pub fn per_item(scores: &TaskScores, metric: &str) -> Option<PerItem> {
     use PerItem::{Binary, Real};
     Some(match (scores, metric) {
         (TaskScores::Choice(c), "acc") => Binary(c.records.iter().map(|r| r.correct).collect()),
-        (TaskScores::Choice(c), "acc_norm") => Binary(c.records.iter().map(|r| r.correct_norm).collect()),
+        (TaskScores::Choice(c), "acc_norm") => {
+            Binary(c.records.iter().map(|r| r.correct_norm).collect())
+        }
         (TaskScores::Winogrande(w), "acc") => Binary(w.records.iter().map(|r| r.correct).collect()),
         (TaskScores::Lambada(l), "acc") => Binary(l.records.iter().map(|r| r.is_greedy).collect()),
-        (TaskScores::Lambada(l), "perplexity") => Real(l.records.iter().map(|r| r.loglik).collect()),
+        (TaskScores::Lambada(l), "perplexity") => {
+            Real(l.records.iter().map(|r| r.loglik).collect())
+        }
         (TaskScores::Perplexity(p), m) if m.ends_with("perplexity") || m == "bits_per_byte" => {
-            Real(p.records.iter().map(|r| r.loglik / r.tokens.max(1) as f64).collect())
+            Real(
+                p.records
+                    .iter()
+                    .map(|r| r.loglik / r.tokens.max(1) as f64)
+                    .collect(),
+            )
         }
         (TaskScores::Lama(l), "acc") => Binary(l.records.iter().map(|r| r.correct).collect()),
         (TaskScores::WinoBias(w), m) => match m {
             "acc" => Binary(
-                w.records.iter().map(|r| r.pro_correct).chain(w.records.iter().map(|r| r.anti_correct)).collect(),
+                w.records
+                    .iter()
+                    .map(|r| r.pro_correct)
+                    .chain(w.records.iter().map(|r| r.anti_correct))
+                    .collect(),
             ),
             "acc_pro" => Binary(w.records.iter().map(|r| r.pro_correct).collect()),
             "acc_anti" => Binary(w.records.iter().map(|r| r.anti_correct).collect()),
             "delta_s" => Real(
-                w.records.iter().map(|r| f64::from(u8::from(r.pro_correct)) - f64::from(u8::from(r.anti_correct))).collect(),
+                w.records
+                    .iter()
+                    .map(|r| {
+                        f64::from(u8::from(r.pro_correct)) - f64::from(u8::from(r.anti_correct))
+                    })
+                    .collect(),
             ),
-            "pro_more_likely" => {
-                Binary(w.records.iter().map(|r| r.pro_sentence_loglik > r.anti_sentence_loglik).collect())
-            }
+            "pro_more_likely" => Binary(
+                w.records
+                    .iter()
+                    .map(|r| r.pro_sentence_loglik > r.anti_sentence_loglik)
+                    .collect(),
+            ),
             _ => return None,
         },
-        (TaskScores::Winogender(w), "acc") => Binary(w.all.records.iter().map(|r| r.correct).collect()),
-        (TaskScores::Winogender(w), "acc_norm") => Binary(w.all.records.iter().map(|r| r.correct_norm).collect()),
-        (TaskScores::StereoSet(s), "ss") => Binary(s.records.iter().map(|r| r.stereotype > r.anti_stereotype).collect()),
-        (TaskScores::Crows(c), "pct_stereotype") => Binary(c.records.iter().map(|r| r.loglik_more > r.loglik_less).collect()),
+        (TaskScores::Winogender(w), "acc") => {
+            Binary(w.all.records.iter().map(|r| r.correct).collect())
+        }
+        (TaskScores::Winogender(w), "acc_norm") => {
+            Binary(w.all.records.iter().map(|r| r.correct_norm).collect())
+        }
+        (TaskScores::StereoSet(s), "ss") => Binary(
+            s.records
+                .iter()
+                .map(|r| r.stereotype > r.anti_stereotype)
+                .collect(),
+        ),
+        (TaskScores::Crows(c), "pct_stereotype") => Binary(
+            c.records
+                .iter()
+                .map(|r| r.loglik_more > r.loglik_less)
+                .collect(),
+        ),
         _ => return None,
     })
 }
@@ -107,7 +142,11 @@ pub fn compare(labels: &[String], runs: &[SuiteResult]) -> Result<Comparison> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let Some(base) = runs.first() else {
-        return Ok(Comparison { runs: labels.to_vec(), rows, notes });
+        return Ok(Comparison {
+            runs: labels.to_vec(),
+            rows,
+            notes,
+        });
     };
     let mut order: Vec<(String, String)> = Vec::new();
     for r in runs {
@@ -140,22 +179,38 @@ pub fn compare(labels: &[String], runs: &[SuiteResult]) -> Result<Comparison> {
                 && base.limit == r.limit
                 && base.fraction == r.fraction;
             if !same {
-                let note = format!("{task}: run {} scored different items than the baseline; no paired test", labels[k]);
+                let note = format!(
+                    "{task}: run {} scored different items than the baseline; no paired test",
+                    labels[k]
+                );
                 if !notes.contains(&note) {
                     notes.push(note);
                 }
                 tests.push(None);
                 continue;
             }
-            let test = match (per_item(&bt.output.result, &metric), per_item(&rt.output.result, &metric)) {
+            let test = match (
+                per_item(&bt.output.result, &metric),
+                per_item(&rt.output.result, &metric),
+            ) {
                 (Some(x), Some(y)) => paired(&x, &y)?,
                 _ => None,
             };
             tests.push(test);
         }
-        rows.push(CompareRow { task, metric, values, deltas, tests });
+        rows.push(CompareRow {
+            task,
+            metric,
+            values,
+            deltas,
+            tests,
+        });
     }
-    Ok(Comparison { runs: labels.to_vec(), rows, notes })
+    Ok(Comparison {
+        runs: labels.to_vec(),
+        rows,
+        notes,
+    })
 }
 
 /// Markdown: value per run, then delta and p-value of each run against the first.
@@ -177,7 +232,9 @@ pub fn markdown(c: &Comparison) -> String {
             s.push_str(&format!(" {} |", f(*v)));
         }
         for k in 1..r.values.len() {
-            let p = r.tests[k].as_ref().map_or("–".to_string(), |t| format!("{:.3e} ({})", t.p_value, t.test));
+            let p = r.tests[k].as_ref().map_or("–".to_string(), |t| {
+                format!("{:.3e} ({})", t.p_value, t.test)
+            });
             let d = r.deltas[k].map_or("–".to_string(), |x| format!("{x:+.4}"));
             s.push_str(&format!(" {d} | {p} |"));
         }

@@ -68,8 +68,9 @@ impl<'a> ModelLm<'a> {
     }
 
     fn tok(&self) -> Result<&Tokenizer> {
-        self.tokenizer
-            .ok_or_else(|| Error::Model(format!("model `{}` has no tokenizer", self.model.info.name)))
+        self.tokenizer.ok_or_else(|| {
+            Error::Model(format!("model `{}` has no tokenizer", self.model.info.name))
+        })
     }
 }
 
@@ -95,7 +96,10 @@ fn prepare(req: &LlRequest, max_positions: usize) -> Result<Prepared> {
     if input.len() > max_positions {
         return Err(Error::param(
             "request",
-            format!("{} input tokens exceed max_length {max_positions}", input.len()),
+            format!(
+                "{} input tokens exceed max_length {max_positions}",
+                input.len()
+            ),
         ));
     }
     Ok(Prepared {
@@ -124,7 +128,13 @@ fn plan_batches(prepared: &[Prepared], hosts: &[usize], budget: usize) -> Vec<Ve
     let mut rows: Vec<usize> = hosts.to_vec();
     rows.sort_unstable();
     rows.dedup();
-    rows.sort_by(|&a, &b| prepared[b].input.len().cmp(&prepared[a].input.len()).then(a.cmp(&b)));
+    rows.sort_by(|&a, &b| {
+        prepared[b]
+            .input
+            .len()
+            .cmp(&prepared[a].input.len())
+            .then(a.cmp(&b))
+    });
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut width = 0;
@@ -191,12 +201,18 @@ impl ModelLm<'_> {
         for c0 in (0..n).step_by(chunk) {
             let c = chunk.min(n - c0);
             let lp = log_softmax_accurate(&gathered.narrow(0, c0, c)?.matmul(&head_t)?)?;
-            let greedy = lp.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            let greedy = lp
+                .argmax(D::Minus1)?
+                .to_dtype(DType::U32)?
+                .to_vec1::<u32>()?;
             let mut idx = Vec::new();
             for (s, r) in reads[c0..c0 + c].iter().enumerate() {
                 for &(_, target) in r {
                     if target as usize >= vocab {
-                        return Err(Error::param("token id", format!("{target} is outside the vocabulary ({vocab})")));
+                        return Err(Error::param(
+                            "token id",
+                            format!("{target} is outside the vocabulary ({vocab})"),
+                        ));
                     }
                     idx.push((s * vocab + target as usize) as u32);
                 }
@@ -240,7 +256,9 @@ impl LanguageModel for ModelLm<'_> {
             .or(self.model.transformer.cfg.eos_token_id)
     }
     fn max_length(&self) -> usize {
-        self.opts.max_length.min(self.model.transformer.cfg.max_positions)
+        self.opts
+            .max_length
+            .min(self.model.transformer.cfg.max_positions)
     }
 
     fn loglikelihood(&mut self, requests: &[LlRequest]) -> Result<Vec<LlResult>> {
@@ -302,7 +320,11 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, hosts);
         for b in &batches {
-            let w = b.iter().map(|&r| prepared[r].input.len()).max().unwrap_or(0);
+            let w = b
+                .iter()
+                .map(|&r| prepared[r].input.len())
+                .max()
+                .unwrap_or(0);
             assert!(b.len() == 1 || b.len() * w <= 12, "batch {b:?} over budget");
         }
     }

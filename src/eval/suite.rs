@@ -65,7 +65,10 @@ pub fn parse_tasks(list: &str) -> Result<Vec<&'static TaskSpec>> {
         .collect::<Result<Vec<_>>>()?;
     if specs.is_empty() {
         let known: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
-        return Err(Error::param("tasks", format!("no task given; known: {}", known.join(", "))));
+        return Err(Error::param(
+            "tasks",
+            format!("no task given; known: {}", known.join(", ")),
+        ));
     }
     Ok(specs)
 }
@@ -143,14 +146,20 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
     match scores {
         TaskScores::Choice(c) => vec![row("acc", &c.acc, c.n), row("acc_norm", &c.acc_norm, c.n)],
         TaskScores::Winogrande(w) => vec![row("acc", &w.acc, w.n)],
-        TaskScores::Lambada(l) => vec![row("acc", &l.acc, l.n), row("perplexity", &l.perplexity, l.n)],
+        TaskScores::Lambada(l) => vec![
+            row("acc", &l.acc, l.n),
+            row("perplexity", &l.perplexity, l.n),
+        ],
         TaskScores::Perplexity(p) => vec![
             plain("word_perplexity", p.word_perplexity, p.n_docs),
             plain("token_perplexity", p.token_perplexity, p.n_docs),
             plain("byte_perplexity", p.byte_perplexity, p.n_docs),
             plain("bits_per_byte", p.bits_per_byte, p.n_docs),
         ],
-        TaskScores::Lama(l) => vec![row("acc", &l.acc, l.n), plain("acc_macro", l.acc_macro, l.n)],
+        TaskScores::Lama(l) => vec![
+            row("acc", &l.acc, l.n),
+            plain("acc_macro", l.acc_macro, l.n),
+        ],
         TaskScores::WinoBias(w) => {
             let n = w.n_pairs;
             vec![
@@ -181,7 +190,11 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
         TaskScores::Crows(c) => vec![
             row("pct_stereotype", &c.pct_stereotype, c.n),
             row("pct_stereotype_stereo", &c.pct_stereotype_stereo, c.n),
-            row("pct_stereotype_antistereo", &c.pct_stereotype_antistereo, c.n),
+            row(
+                "pct_stereotype_antistereo",
+                &c.pct_stereotype_antistereo,
+                c.n,
+            ),
             plain("likelihood_diff", c.likelihood_diff, c.n),
         ],
     }
@@ -209,7 +222,11 @@ pub fn data_hashes(spec: &TaskSpec, data_dir: &Path) -> Result<BTreeMap<String, 
     files.sort();
     let mut out = BTreeMap::new();
     for f in files {
-        let rel = f.strip_prefix(data_dir).unwrap_or(&f).to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(data_dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
         out.insert(rel, crate::io::sha256_file(&f)?);
     }
     Ok(out)
@@ -234,7 +251,8 @@ pub fn run_suite(
             .as_ref()
             .map(|d| cache_path(d, &info.sha256, spec.name));
         let mut report = |done: usize, total: usize| progress(spec.name, done, total);
-        let mut cached = CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
+        let mut cached =
+            CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
         let output = run_task(spec, &opts.data_dir, &opts.load, &mut cached)?;
         let cache = cached.stats;
         runs.push(TaskRun {
@@ -268,7 +286,10 @@ pub fn markdown(r: &SuiteResult) -> String {
     for t in &r.tasks {
         for m in &t.metrics {
             let se = m.stderr.map_or("–".to_string(), |e| format!("{e:.4}"));
-            s.push_str(&format!("| {} | {} | {:.4} | {} | {} |\n", t.task, m.name, m.value, se, m.n));
+            s.push_str(&format!(
+                "| {} | {} | {:.4} | {} | {} |\n",
+                t.task, m.name, m.value, se, m.n
+            ));
         }
     }
     s
