@@ -1,0 +1,296 @@
+//! Run a list of tasks on one model and collect everything a reader needs to trust and
+//! reproduce the numbers: model hash, data-file hashes, seed and sub-sampling, versions, and
+//! per task every metric with its standard error and sample count (plus per-item records for
+//! paired comparisons).
+
+use crate::eval::cache::{cache_path, CacheStats, CachedLm};
+use crate::eval::lm::LanguageModel;
+use crate::eval::load::LoadOptions;
+use crate::eval::metrics::Metric;
+use crate::eval::model_lm::LmOptions;
+use crate::eval::registry::{run_task, task, TaskOutput, TaskScores, TaskSpec, TASKS};
+use crate::model::ModelInfo;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Bias benchmarks (occupation prompts are `biaslens measure`'s job).
+pub const BIAS_TASKS: &[&str] = &[
+    "winobias_type1",
+    "winobias_type2",
+    "winogender",
+    "stereoset_gender",
+    "crows_pairs_gender",
+];
+
+/// Capability benchmarks: the paper's seven plus perplexity and fact recall.
+pub const CAPABILITY_TASKS: &[&str] = &[
+    "arc_easy",
+    "arc_challenge",
+    "piqa",
+    "boolq",
+    "copa",
+    "openbookqa",
+    "winogrande",
+    "lambada_openai",
+    "wikitext2",
+    "lama_trex",
+];
+
+/// Task names of a suite: `bias`, `capability` or `all`.
+pub fn suite_tasks(suite: &str) -> Result<Vec<&'static TaskSpec>> {
+    let names: Vec<&str> = match suite {
+        "bias" => BIAS_TASKS.to_vec(),
+        "capability" => CAPABILITY_TASKS.to_vec(),
+        "all" => BIAS_TASKS.iter().chain(CAPABILITY_TASKS).copied().collect(),
+        other => {
+            return Err(Error::param(
+                "suite",
+                format!("unknown suite {other:?}; known: bias, capability, all"),
+            ))
+        }
+    };
+    names.into_iter().map(task).collect()
+}
+
+/// Parse a comma-separated `--tasks` list; unknown names list the known ones.
+pub fn parse_tasks(list: &str) -> Result<Vec<&'static TaskSpec>> {
+    let specs = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(task)
+        .collect::<Result<Vec<_>>>()?;
+    if specs.is_empty() {
+        let known: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
+        return Err(Error::param(
+            "tasks",
+            format!("no task given; known: {}", known.join(", ")),
+        ));
+    }
+    Ok(specs)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteOptions {
+    pub data_dir: PathBuf,
+    pub load: LoadOptions,
+    pub lm: LmOptions,
+    /// Result cache directory; None disables caching.
+    pub cache_dir: Option<PathBuf>,
+    /// Tokens per scored chunk (cache write and progress granularity).
+    pub chunk_tokens: usize,
+}
+
+/// One reported number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    pub name: String,
+    pub value: f64,
+    pub stderr: Option<f64>,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub task: String,
+    pub metrics: Vec<MetricRow>,
+    /// sha256 of every data file the task read, by path relative to the data directory.
+    pub data_hashes: BTreeMap<String, String>,
+    pub seconds: f64,
+    pub cache: CacheStats,
+    pub output: TaskOutput,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteResult {
+    pub biaslens_version: String,
+    pub model: ModelInfo,
+    pub seed: u64,
+    pub limit: Option<usize>,
+    pub fraction: Option<f64>,
+    pub max_length: usize,
+    pub data_dir: PathBuf,
+    pub seconds: f64,
+    pub tasks: Vec<TaskRun>,
+}
+
+impl SuiteResult {
+    pub fn task(&self, name: &str) -> Option<&TaskRun> {
+        self.tasks.iter().find(|t| t.task == name)
+    }
+}
+
+fn row(name: &str, m: &Metric, n: usize) -> MetricRow {
+    MetricRow {
+        name: name.to_string(),
+        value: m.value,
+        stderr: m.stderr,
+        n,
+    }
+}
+
+fn plain(name: &str, value: f64, n: usize) -> MetricRow {
+    MetricRow {
+        name: name.to_string(),
+        value,
+        stderr: None,
+        n,
+    }
+}
+
+/// Flatten a task's typed scores into named metrics.
+pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
+    match scores {
+        TaskScores::Choice(c) => vec![row("acc", &c.acc, c.n), row("acc_norm", &c.acc_norm, c.n)],
+        TaskScores::Winogrande(w) => vec![row("acc", &w.acc, w.n)],
+        TaskScores::Lambada(l) => vec![
+            row("acc", &l.acc, l.n),
+            row("perplexity", &l.perplexity, l.n),
+        ],
+        TaskScores::Perplexity(p) => vec![
+            plain("word_perplexity", p.word_perplexity, p.n_docs),
+            plain("token_perplexity", p.token_perplexity, p.n_docs),
+            plain("byte_perplexity", p.byte_perplexity, p.n_docs),
+            plain("bits_per_byte", p.bits_per_byte, p.n_docs),
+        ],
+        TaskScores::Lama(l) => vec![
+            row("acc", &l.acc, l.n),
+            plain("acc_macro", l.acc_macro, l.n),
+        ],
+        TaskScores::WinoBias(w) => {
+            let n = w.n_pairs;
+            vec![
+                row("acc", &w.acc, 2 * n),
+                row("acc_pro", &w.acc_pro, n),
+                row("acc_anti", &w.acc_anti, n),
+                plain("delta_s", w.delta_s, n),
+                row("acc_male", &w.acc_male, n),
+                row("acc_female", &w.acc_female, n),
+                plain("delta_g", w.delta_g, n),
+                row("pro_more_likely", &w.pro_more_likely, n),
+            ]
+        }
+        TaskScores::Winogender(w) => vec![
+            row("acc", &w.all.acc, w.all.n),
+            row("acc_norm", &w.all.acc_norm, w.all.n),
+            row("acc_female", &w.female.acc, w.female.n),
+            row("acc_norm_female", &w.female.acc_norm, w.female.n),
+            row("acc_male", &w.male.acc, w.male.n),
+            row("acc_norm_male", &w.male.acc_norm, w.male.n),
+            row("acc_gap", &w.acc_gap, w.all.n),
+        ],
+        TaskScores::StereoSet(s) => vec![
+            plain("lms", s.lms, s.n),
+            plain("ss", s.ss, s.n),
+            plain("icat", s.icat, s.n),
+        ],
+        TaskScores::Crows(c) => vec![
+            row("pct_stereotype", &c.pct_stereotype, c.n),
+            row("pct_stereotype_stereo", &c.pct_stereotype_stereo, c.n),
+            row(
+                "pct_stereotype_antistereo",
+                &c.pct_stereotype_antistereo,
+                c.n,
+            ),
+            plain("likelihood_diff", c.likelihood_diff, c.n),
+        ],
+    }
+}
+
+/// sha256 of the task's data: its file, or every file under its folder (sorted).
+pub fn data_hashes(spec: &TaskSpec, data_dir: &Path) -> Result<BTreeMap<String, String>> {
+    let root = data_dir.join(spec.path);
+    let mut files = Vec::new();
+    if root.is_dir() {
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).map_err(|e| Error::file(&d, e.to_string()))? {
+                let p = e.map_err(|e| Error::file(&d, e.to_string()))?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+    } else {
+        files.push(root);
+    }
+    files.sort();
+    let mut out = BTreeMap::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(data_dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
+        out.insert(rel, crate::io::sha256_file(&f)?);
+    }
+    Ok(out)
+}
+
+/// Run `tasks` with `lm` (the model of `info`), caching per (model hash, task).
+/// `progress(task, done, total)` is called as requests are scored.
+pub fn run_suite(
+    lm: &mut dyn LanguageModel,
+    info: &ModelInfo,
+    tasks: &[&TaskSpec],
+    opts: &SuiteOptions,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<SuiteResult> {
+    let start = Instant::now();
+    let mut runs = Vec::with_capacity(tasks.len());
+    for spec in tasks {
+        let t0 = Instant::now();
+        let hashes = data_hashes(spec, &opts.data_dir)?;
+        let file = opts
+            .cache_dir
+            .as_ref()
+            .map(|d| cache_path(d, &info.sha256, spec.name));
+        let mut report = |done: usize, total: usize| progress(spec.name, done, total);
+        let mut cached =
+            CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
+        let output = run_task(spec, &opts.data_dir, &opts.load, &mut cached)?;
+        let cache = cached.stats;
+        runs.push(TaskRun {
+            task: spec.name.to_string(),
+            metrics: metric_rows(&output.result),
+            data_hashes: hashes,
+            seconds: t0.elapsed().as_secs_f64(),
+            cache,
+            output,
+        });
+    }
+    Ok(SuiteResult {
+        biaslens_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: info.clone(),
+        seed: opts.load.seed,
+        limit: opts.load.limit,
+        fraction: opts.load.fraction,
+        max_length: lm.max_length(),
+        data_dir: opts.data_dir.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+        tasks: runs,
+    })
+}
+
+/// Markdown table of every metric.
+pub fn markdown(r: &SuiteResult) -> String {
+    let mut s = format!(
+        "# Evaluation of `{}`\n\nmodel sha256 `{}`, seed {}, limit {:?}, fraction {:?}, max_length {}, {:.0} s\n\n| task | metric | value | stderr | n |\n|---|---|---:|---:|---:|\n",
+        r.model.name, r.model.sha256, r.seed, r.limit, r.fraction, r.max_length, r.seconds
+    );
+    for t in &r.tasks {
+        for m in &t.metrics {
+            let se = m.stderr.map_or("–".to_string(), |e| format!("{e:.4}"));
+            s.push_str(&format!(
+                "| {} | {} | {:.4} | {} | {} |\n",
+                t.task, m.name, m.value, se, m.n
+            ));
+        }
+    }
+    s
+}
