@@ -174,6 +174,14 @@ pub fn generation_config_json(cfg: &ModelConfig) -> Value {
     })
 }
 
+/// Whether `name` is a parameter of an HF model of family `arch`. A loaded HF directory may hold
+/// other tensors beside the weights (test fixtures keep expected activations there); those are
+/// not part of the model and are not exported.
+pub fn is_model_parameter(name: &str, arch: Arch) -> bool {
+    let prefix = if arch == Arch::Gpt2 { "transformer." } else { "model." };
+    name == "lm_head.weight" || name.starts_with(prefix)
+}
+
 /// Write the HF model files for `model` with `weights` into the existing directory `dir`
 /// (not atomic by itself: callers go through [`write_dir_atomically`]).
 pub fn write_hf_files(model: &Model, weights: &WeightMap, dir: &Path, opts: &ExportOptions) -> Result<()> {
@@ -182,7 +190,7 @@ pub fn write_hf_files(model: &Model, weights: &WeightMap, dir: &Path, opts: &Exp
     crate::io::write_json_atomic(&dir.join("generation_config.json"), &generation_config_json(cfg))?;
     let mut tensors = HashMap::new();
     for (name, t) in weights {
-        if cfg.tie_embeddings && name == "lm_head.weight" {
+        if !is_model_parameter(name, cfg.arch) || (cfg.tie_embeddings && name == "lm_head.weight") {
             continue;
         }
         if t.dtype() != DType::F32 {

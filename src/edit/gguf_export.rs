@@ -73,7 +73,7 @@ pub fn gguf_tensors(cfg: &ModelConfig, weights: &WeightMap) -> Result<BTreeMap<S
     gguf_arch(cfg)?;
     let mut out = BTreeMap::new();
     for (hf, t) in weights {
-        if cfg.tie_embeddings && hf == "lm_head.weight" {
+        if !crate::edit::export::is_model_parameter(hf, cfg.arch) || (cfg.tie_embeddings && hf == "lm_head.weight") {
             continue;
         }
         let name = hf_to_gguf_name(hf, cfg.arch)
