@@ -61,9 +61,16 @@ pub fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
     let mut record = EditRecord::new(&delta.meta.method, &model);
     record.hyperparameters = delta.meta.params.clone();
     record.layers = edited_layers(&delta);
-    let opts = ExportOptions { force: a.force, gguf: a.gguf };
+    let opts = ExportOptions {
+        force: a.force,
+        gguf: a.gguf,
+    };
     write_edit_outputs(&model, &edited, &delta, &record, &a.out, &opts)?;
-    eprintln!("wrote {} ({} tensors edited)", a.out.display(), delta.entries.len());
+    eprintln!(
+        "wrote {} ({} tensors edited)",
+        a.out.display(),
+        delta.entries.len()
+    );
     Ok(())
 }
 
@@ -71,11 +78,22 @@ pub fn run_revert(a: RevertArgs) -> anyhow::Result<()> {
     let edited = Model::load(&a.model, &Device::Cpu)?;
     let delta = WeightDelta::load(&a.delta, &Device::Cpu)?;
     let rec_path = edited.info.path.join("edit.json");
-    let record = if rec_path.is_file() { Some(EditRecord::load(&rec_path)?) } else { None };
+    let record = if rec_path.is_file() {
+        Some(EditRecord::load(&rec_path)?)
+    } else {
+        None
+    };
     let base = revert_delta(&edited, &delta, record.as_ref())?;
-    let opts = ExportOptions { force: a.force, gguf: a.gguf };
+    let opts = ExportOptions {
+        force: a.force,
+        gguf: a.gguf,
+    };
     write_hf_dir(&edited, &base, &a.out, &opts)?;
-    eprintln!("wrote {} (base model {} restored)", a.out.display(), delta.meta.model_hash);
+    eprintln!(
+        "wrote {} (base model {} restored)",
+        a.out.display(),
+        delta.meta.model_hash
+    );
     Ok(())
 }
 
@@ -85,7 +103,9 @@ fn edited_layers(delta: &WeightDelta) -> Vec<usize> {
         .entries
         .keys()
         .filter_map(|n| {
-            let rest = n.strip_prefix("model.layers.").or_else(|| n.strip_prefix("transformer.h."))?;
+            let rest = n
+                .strip_prefix("model.layers.")
+                .or_else(|| n.strip_prefix("transformer.h."))?;
             rest.split('.').next()?.parse().ok()
         })
         .collect();

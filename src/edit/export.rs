@@ -37,10 +37,14 @@ pub fn hf_config_json(cfg: &ModelConfig) -> Result<Value> {
             // ModelConfig folds Mistral (sliding window) and Qwen2 (QKV bias) into Llama.
             let sliding = cfg.layer_types.contains(&AttnKind::Sliding);
             if sliding && cfg.layer_types.contains(&AttnKind::Full) {
-                return Err(Error::Model("llama-family export needs all layers full or all sliding".into()));
+                return Err(Error::Model(
+                    "llama-family export needs all layers full or all sliding".into(),
+                ));
             }
             if cfg.qkv_bias && sliding {
-                return Err(Error::Model("a sliding-window model with QKV bias has no HF model type here".into()));
+                return Err(Error::Model(
+                    "a sliding-window model with QKV bias has no HF model type here".into(),
+                ));
             }
             let (model_type, class) = match (cfg.qkv_bias, sliding) {
                 (true, _) => ("qwen2", "Qwen2ForCausalLM"),
@@ -89,7 +93,11 @@ pub fn hf_config_json(cfg: &ModelConfig) -> Result<Value> {
                 .collect();
             // attn_scale = query_pre_attn_scalar^-1/2; recover the scalar exactly when it is an integer.
             let qpas = 1.0 / (cfg.attn_scale * cfg.attn_scale);
-            let qpas = if (qpas - qpas.round()).abs() < 1e-6 * qpas { json!(qpas.round() as u64) } else { json!(qpas) };
+            let qpas = if (qpas - qpas.round()).abs() < 1e-6 * qpas {
+                json!(qpas.round() as u64)
+            } else {
+                json!(qpas)
+            };
             json!({
                 "architectures": ["Gemma3ForCausalLM"],
                 "model_type": "gemma3_text",
@@ -121,8 +129,11 @@ pub fn hf_config_json(cfg: &ModelConfig) -> Result<Value> {
         }
         Arch::Gpt2 => {
             check(cfg, NormKind::Layer, Activation::GeluTanh)?;
-            if cfg.num_heads * cfg.head_dim != cfg.hidden_size || cfg.num_kv_heads != cfg.num_heads {
-                return Err(Error::Model("GPT-2 needs num_heads * head_dim = hidden_size and no GQA".into()));
+            if cfg.num_heads * cfg.head_dim != cfg.hidden_size || cfg.num_kv_heads != cfg.num_heads
+            {
+                return Err(Error::Model(
+                    "GPT-2 needs num_heads * head_dim = hidden_size and no GQA".into(),
+                ));
             }
             json!({
                 "architectures": ["GPT2LMHeadModel"],
@@ -178,29 +189,45 @@ pub fn generation_config_json(cfg: &ModelConfig) -> Value {
 /// other tensors beside the weights (test fixtures keep expected activations there); those are
 /// not part of the model and are not exported.
 pub fn is_model_parameter(name: &str, arch: Arch) -> bool {
-    let prefix = if arch == Arch::Gpt2 { "transformer." } else { "model." };
+    let prefix = if arch == Arch::Gpt2 {
+        "transformer."
+    } else {
+        "model."
+    };
     name == "lm_head.weight" || name.starts_with(prefix)
 }
 
 /// Write the HF model files for `model` with `weights` into the existing directory `dir`
 /// (not atomic by itself: callers go through [`write_dir_atomically`]).
-pub fn write_hf_files(model: &Model, weights: &WeightMap, dir: &Path, opts: &ExportOptions) -> Result<()> {
+pub fn write_hf_files(
+    model: &Model,
+    weights: &WeightMap,
+    dir: &Path,
+    opts: &ExportOptions,
+) -> Result<()> {
     let cfg = model.config();
     crate::io::write_json_atomic(&dir.join("config.json"), &hf_config_json(cfg)?)?;
-    crate::io::write_json_atomic(&dir.join("generation_config.json"), &generation_config_json(cfg))?;
+    crate::io::write_json_atomic(
+        &dir.join("generation_config.json"),
+        &generation_config_json(cfg),
+    )?;
     let mut tensors = HashMap::new();
     for (name, t) in weights {
         if !is_model_parameter(name, cfg.arch) || (cfg.tie_embeddings && name == "lm_head.weight") {
             continue;
         }
         if t.dtype() != DType::F32 {
-            return Err(Error::param(name, format!("export expects F32 weights, got {:?}", t.dtype())));
+            return Err(Error::param(
+                name,
+                format!("export expects F32 weights, got {:?}", t.dtype()),
+            ));
         }
         tensors.insert(name.clone(), t.clone());
     }
     let st = dir.join("model.safetensors");
     let header = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = crate::edit::second_moment::tensors_to_bytes(&tensors, &header).map_err(|e| Error::file(&st, e))?;
+    let bytes = crate::edit::second_moment::tensors_to_bytes(&tensors, &header)
+        .map_err(|e| Error::file(&st, e))?;
     crate::io::write_atomic(&st, &bytes)?;
     drop(bytes);
     if let Some(tk) = &model.tokenizer {
@@ -213,8 +240,15 @@ pub fn write_hf_files(model: &Model, weights: &WeightMap, dir: &Path, opts: &Exp
 }
 
 /// Export `model` with `weights` as a Hugging Face directory at `out` (see module docs).
-pub fn write_hf_dir(model: &Model, weights: &WeightMap, out: &Path, opts: &ExportOptions) -> Result<()> {
-    write_dir_atomically(out, &model.info.path, opts.force, |dir| write_hf_files(model, weights, dir, opts))
+pub fn write_hf_dir(
+    model: &Model,
+    weights: &WeightMap,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<()> {
+    write_dir_atomically(out, &model.info.path, opts.force, |dir| {
+        write_hf_files(model, weights, dir, opts)
+    })
 }
 
 /// Create directory `out` by letting `fill` write into a temporary sibling, then renaming it
@@ -232,18 +266,29 @@ pub fn write_dir_atomically(
     if base_abs.starts_with(&out_abs) || out_abs.starts_with(&base_abs) {
         return Err(Error::file(
             out,
-            format!("refusing to write into the base model's path {}", base.display()),
+            format!(
+                "refusing to write into the base model's path {}",
+                base.display()
+            ),
         ));
     }
     if out.exists() {
         if !force {
-            return Err(Error::file(out, "already exists; pass --force to replace it"));
+            return Err(Error::file(
+                out,
+                "already exists; pass --force to replace it",
+            ));
         }
         if !out.is_dir() {
-            return Err(Error::file(out, "exists and is not a directory; not replacing it"));
+            return Err(Error::file(
+                out,
+                "exists and is not a directory; not replacing it",
+            ));
         }
     }
-    let parent = out_abs.parent().ok_or_else(|| Error::file(out, "has no parent directory"))?;
+    let parent = out_abs
+        .parent()
+        .ok_or_else(|| Error::file(out, "has no parent directory"))?;
     std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e.to_string()))?;
     let name = out_abs
         .file_name()
@@ -267,14 +312,18 @@ pub fn write_dir_atomically(
     let old = parent.join(format!(".{name}.old-{tag}"));
     if let Err(e) = std::fs::rename(&out_abs, &old) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Error::file(out, format!("moving the old directory aside: {e}")));
+        return Err(Error::file(
+            out,
+            format!("moving the old directory aside: {e}"),
+        ));
     }
     if let Err(e) = std::fs::rename(&tmp, &out_abs) {
         let _ = std::fs::rename(&old, &out_abs);
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::file(out, e.to_string()));
     }
-    std::fs::remove_dir_all(&old).map_err(|e| Error::file(&old, format!("removing the replaced directory: {e}")))
+    std::fs::remove_dir_all(&old)
+        .map_err(|e| Error::file(&old, format!("removing the replaced directory: {e}")))
 }
 
 /// `p` made absolute with symlinks of its existing part resolved (the rest appended as given).
@@ -282,7 +331,9 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map_err(|e| Error::file(p, e.to_string()))?.join(p)
+        std::env::current_dir()
+            .map_err(|e| Error::file(p, e.to_string()))?
+            .join(p)
     };
     let mut existing = abs.as_path();
     let mut rest = Vec::new();
@@ -295,7 +346,9 @@ fn absolute(p: &Path) -> Result<PathBuf> {
             _ => break,
         }
     }
-    let mut out = existing.canonicalize().map_err(|e| Error::file(existing, e.to_string()))?;
+    let mut out = existing
+        .canonicalize()
+        .map_err(|e| Error::file(existing, e.to_string()))?;
     for name in rest.into_iter().rev() {
         out.push(name);
     }

@@ -20,9 +20,12 @@ use std::path::Path;
 /// The llama.cpp architecture name for `cfg`, or an error for configs llama.cpp would misread.
 pub fn gguf_arch(cfg: &ModelConfig) -> Result<&'static str> {
     match cfg.arch {
-        Arch::Llama if cfg.qkv_bias || cfg.layer_types.contains(&AttnKind::Sliding) => Err(Error::Model(
-            "GGUF export supports plain llama (no QKV bias, no sliding window) and gemma3".into(),
-        )),
+        Arch::Llama if cfg.qkv_bias || cfg.layer_types.contains(&AttnKind::Sliding) => {
+            Err(Error::Model(
+                "GGUF export supports plain llama (no QKV bias, no sliding window) and gemma3"
+                    .into(),
+            ))
+        }
         Arch::Llama => Ok("llama"),
         Arch::Gemma3 => Ok("gemma3"),
         Arch::Gpt2 => Err(Error::Model("GGUF export does not support GPT-2".into())),
@@ -65,7 +68,10 @@ pub fn hf_to_gguf_name(name: &str, arch: Arch) -> Option<String> {
 fn permute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let hd = out / heads;
-    Ok(w.reshape((heads, 2, hd / 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?)
+    Ok(w.reshape((heads, 2, hd / 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
 }
 
 /// The llama.cpp-convention tensors of `weights`, by GGUF name, f32 on the CPU.
@@ -73,7 +79,9 @@ pub fn gguf_tensors(cfg: &ModelConfig, weights: &WeightMap) -> Result<BTreeMap<S
     gguf_arch(cfg)?;
     let mut out = BTreeMap::new();
     for (hf, t) in weights {
-        if !crate::edit::export::is_model_parameter(hf, cfg.arch) || (cfg.tie_embeddings && hf == "lm_head.weight") {
+        if !crate::edit::export::is_model_parameter(hf, cfg.arch)
+            || (cfg.tie_embeddings && hf == "lm_head.weight")
+        {
             continue;
         }
         let name = hf_to_gguf_name(hf, cfg.arch)
@@ -95,13 +103,20 @@ pub fn gguf_tensors(cfg: &ModelConfig, weights: &WeightMap) -> Result<BTreeMap<S
 }
 
 /// GGUF metadata for `cfg`, on top of the copyable keys of `source` (the base model's GGUF).
-pub fn gguf_metadata(cfg: &ModelConfig, name: &str, source: Option<&gguf_file::Content>) -> Result<BTreeMap<String, Value>> {
+pub fn gguf_metadata(
+    cfg: &ModelConfig,
+    name: &str,
+    source: Option<&gguf_file::Content>,
+) -> Result<BTreeMap<String, Value>> {
     let a = gguf_arch(cfg)?;
     let mut md = BTreeMap::new();
     if let Some(src) = source {
         for (k, v) in &src.metadata {
             let same_arch = k.starts_with(&format!("{a}."));
-            let skip = matches!(k.as_str(), "general.file_type" | "general.quantization_version");
+            let skip = matches!(
+                k.as_str(),
+                "general.file_type" | "general.quantization_version"
+            );
             if !skip && (k.starts_with("tokenizer.") || k.starts_with("general.") || same_arch) {
                 md.insert(k.clone(), v.clone());
             }
@@ -117,10 +132,16 @@ pub fn gguf_metadata(cfg: &ModelConfig, name: &str, source: Option<&gguf_file::C
     set(&format!("{a}.context_length"), u(cfg.max_positions));
     set(&format!("{a}.embedding_length"), u(cfg.hidden_size));
     set(&format!("{a}.block_count"), u(cfg.num_layers));
-    set(&format!("{a}.feed_forward_length"), u(cfg.intermediate_size));
+    set(
+        &format!("{a}.feed_forward_length"),
+        u(cfg.intermediate_size),
+    );
     set(&format!("{a}.attention.head_count"), u(cfg.num_heads));
     set(&format!("{a}.attention.head_count_kv"), u(cfg.num_kv_heads));
-    set(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.norm_eps as f32));
+    set(
+        &format!("{a}.attention.layer_norm_rms_epsilon"),
+        Value::F32(cfg.norm_eps as f32),
+    );
     set(&format!("{a}.attention.key_length"), u(cfg.head_dim));
     set(&format!("{a}.attention.value_length"), u(cfg.head_dim));
     set(&format!("{a}.rope.dimension_count"), u(cfg.head_dim));
@@ -129,7 +150,9 @@ pub fn gguf_metadata(cfg: &ModelConfig, name: &str, source: Option<&gguf_file::C
         set(&format!("{a}.rope.freq_base"), Value::F32(theta as f32));
     }
     if cfg.arch == Arch::Gemma3 {
-        let window = cfg.sliding_window.ok_or_else(|| Error::Model("gemma3 config has no sliding window".into()))?;
+        let window = cfg
+            .sliding_window
+            .ok_or_else(|| Error::Model("gemma3 config has no sliding window".into()))?;
         set("gemma3.attention.sliding_window", u(window));
     }
     if source.is_none() {
@@ -151,9 +174,14 @@ pub fn write_gguf(model: &Model, weights: &WeightMap, path: &Path) -> Result<()>
     gguf_arch(cfg)?;
     let src_path = &model.info.path;
     let source = if src_path.is_file() {
-        let mut f = std::fs::File::open(src_path).map_err(|e| Error::file(src_path, e.to_string()))?;
-        let content = gguf_file::Content::read(&mut f)
-            .map_err(|e| Error::file(src_path, format!("re-reading the base GGUF's metadata: {e}")))?;
+        let mut f =
+            std::fs::File::open(src_path).map_err(|e| Error::file(src_path, e.to_string()))?;
+        let content = gguf_file::Content::read(&mut f).map_err(|e| {
+            Error::file(
+                src_path,
+                format!("re-reading the base GGUF's metadata: {e}"),
+            )
+        })?;
         Some(content)
     } else {
         None
@@ -168,7 +196,8 @@ pub fn write_gguf(model: &Model, weights: &WeightMap, path: &Path) -> Result<()>
     let t_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (*k, v)).collect();
     let file = std::fs::File::create(path).map_err(|e| Error::file(path, e.to_string()))?;
     let mut w = std::io::BufWriter::new(file);
-    gguf_file::write(&mut w, &md_refs, &t_refs).map_err(|e| Error::file(path, format!("writing GGUF: {e}")))?;
+    gguf_file::write(&mut w, &md_refs, &t_refs)
+        .map_err(|e| Error::file(path, format!("writing GGUF: {e}")))?;
     use std::io::Write;
     w.flush().map_err(|e| Error::file(path, e.to_string()))?;
     Ok(())
@@ -182,18 +211,39 @@ mod tests {
     #[test]
     fn names_round_trip_through_hf() {
         let leaves = [
-            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm", "ffn_norm",
-            "ffn_gate", "ffn_up", "ffn_down",
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "attn_q_norm",
+            "attn_k_norm",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
         ];
         for arch in [Arch::Llama, Arch::Gemma3] {
-            let mut names: Vec<String> = leaves.iter().map(|l| format!("blk.3.{l}.weight")).collect();
+            let mut names: Vec<String> =
+                leaves.iter().map(|l| format!("blk.3.{l}.weight")).collect();
             if arch == Arch::Gemma3 {
-                names.extend(["blk.0.post_attention_norm.weight".into(), "blk.0.post_ffw_norm.weight".into()]);
+                names.extend([
+                    "blk.0.post_attention_norm.weight".into(),
+                    "blk.0.post_ffw_norm.weight".into(),
+                ]);
             }
-            names.extend(["token_embd.weight".into(), "output_norm.weight".into(), "output.weight".into()]);
+            names.extend([
+                "token_embd.weight".into(),
+                "output_norm.weight".into(),
+                "output.weight".into(),
+            ]);
             for n in names {
                 let hf = gguf_to_hf_name(&n, arch).unwrap_or_else(|| panic!("{n} has no HF name"));
-                assert_eq!(hf_to_gguf_name(&hf, arch).as_deref(), Some(n.as_str()), "{arch:?} {hf}");
+                assert_eq!(
+                    hf_to_gguf_name(&hf, arch).as_deref(),
+                    Some(n.as_str()),
+                    "{arch:?} {hf}"
+                );
             }
         }
     }
@@ -202,9 +252,18 @@ mod tests {
     fn permutation_is_inverse_of_loader_unpermute() {
         // The loader's unpermute: reshape (heads, hd/2, 2, in), swap axes 1 and 2.
         let (heads, hd, inp) = (3, 8, 5);
-        let w = Tensor::arange(0f32, (heads * hd * inp) as f32, &Device::Cpu).unwrap().reshape((heads * hd, inp)).unwrap();
+        let w = Tensor::arange(0f32, (heads * hd * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * hd, inp))
+            .unwrap();
         let p = permute_rows(&w, heads).unwrap();
-        let back = p.reshape((heads, hd / 2, 2, inp)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let back = p
+            .reshape((heads, hd / 2, 2, inp))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
         let back = back.reshape((heads * hd, inp)).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
         assert_ne!(p.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());

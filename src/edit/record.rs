@@ -63,7 +63,8 @@ impl EditRecord {
 
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not an edit record: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("not an edit record: {e}")))
     }
 }
 
@@ -80,10 +81,16 @@ pub fn write_edit_outputs(
 ) -> Result<()> {
     let base = &model.info.sha256;
     if &delta.meta.model_hash != base {
-        return Err(Error::param("delta", format!("made for model {}, not {base}", delta.meta.model_hash)));
+        return Err(Error::param(
+            "delta",
+            format!("made for model {}, not {base}", delta.meta.model_hash),
+        ));
     }
     if &record.base_model.sha256 != base {
-        return Err(Error::param("record", format!("names base model {}, not {base}", record.base_model.sha256)));
+        return Err(Error::param(
+            "record",
+            format!("names base model {}, not {base}", record.base_model.sha256),
+        ));
     }
     write_dir_atomically(out, &model.info.path, opts.force, |dir| {
         write_hf_files(model, weights_after, dir, opts)?;
@@ -111,7 +118,11 @@ pub fn apply_delta(model: &Model, delta: &WeightDelta) -> Result<WeightMap> {
 
 /// The edited model's weights with `delta` reverted, bit for bit the base weights. When the
 /// edited directory carries an `edit.json`, its base model hash must match the delta's.
-pub fn revert_delta(edited: &Model, delta: &WeightDelta, record: Option<&EditRecord>) -> Result<WeightMap> {
+pub fn revert_delta(
+    edited: &Model,
+    delta: &WeightDelta,
+    record: Option<&EditRecord>,
+) -> Result<WeightMap> {
     if let Some(r) = record {
         if r.base_model.sha256 != delta.meta.model_hash {
             return Err(Error::param(
