@@ -1,4 +1,4 @@
-//! `biaslens edit` (filled by the editing work), `apply` and `revert` of a stored delta.
+//! `biaslens edit` (LSDM, FT-L, DAMA), `apply` and `revert` of a stored delta.
 
 use biaslens::edit::delta::WeightDelta;
 use biaslens::edit::export::{write_hf_dir, ExportOptions};
@@ -7,8 +7,44 @@ use biaslens::model::Model;
 use candle_core::Device;
 use std::path::PathBuf;
 
+/// Edit a model and write it (HF directory + delta.safetensors + edit.json).
 #[derive(clap::Args)]
-pub struct EditArgs {}
+pub struct EditArgs {
+    /// Base model: registry alias, GGUF file or Hugging Face directory.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// lsdm, ft (FT-L) or dama.
+    #[arg(long, default_value = "lsdm")]
+    pub method: String,
+    /// Edited layers, e.g. 1,2,3,4 (overrides --sites).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
+    /// sites.json from `biaslens trace`: edit its default layer window.
+    #[arg(long)]
+    pub sites: Option<PathBuf>,
+    /// A TOML file with an EditSpec (every hyperparameter; see docs/method.md); flags override it.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Use this many edit professions (evenly spaced) instead of the whole edit split.
+    #[arg(long)]
+    pub max_edit: Option<usize>,
+    /// LSDM λ (weight of the corpus prior).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Seed of the profession split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing --out directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write model.gguf (f32) for llama.cpp.
+    #[arg(long)]
+    pub gguf: bool,
+}
 
 /// Apply a delta to the base model it was made for and write the edited model.
 #[derive(clap::Args)]
@@ -50,8 +86,59 @@ pub struct RevertArgs {
     pub gguf: bool,
 }
 
-pub fn run_edit(_a: EditArgs) -> anyhow::Result<()> {
-    anyhow::bail!("edit is not available in this build yet")
+pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use biaslens::edit::method::{edit_model, EditSpec};
+    super::common::check_overwrite(&a.out, a.force)?;
+    let device = super::common::parse_device(&a.device)?;
+    let method = a.method.parse()?;
+    let mut spec = match &a.spec {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<EditSpec>(&text).with_context(|| format!("{}: not a valid edit spec", p.display()))?
+        }
+        None => EditSpec::new(method, Vec::new()),
+    };
+    spec.method = method;
+    spec.split.seed = a.seed;
+    if let Some(l) = &a.layers {
+        spec.layers = l.clone();
+    } else if let Some(p) = &a.sites {
+        spec.layers = sites_default_layers(p)?;
+    }
+    if spec.layers.is_empty() {
+        anyhow::bail!("no layers to edit: pass --layers 1,2,3 or --sites sites.json (from `biaslens trace`)");
+    }
+    if a.max_edit.is_some() {
+        spec.max_edit_professions = a.max_edit;
+    }
+    if let Some(l) = a.lambda {
+        spec.lsdm.lambda = l;
+    }
+    let model = Model::load(&a.model, &device)?;
+    eprintln!("editing {} with {:?} on layers {:?}", model.info.name, spec.method, spec.layers);
+    let before = biaslens::edit::method::edit_prompt_bias(&model, &spec)?;
+    let outcome = edit_model(&model, &spec, |s| eprintln!("{s}"))?;
+    let weights_after = apply_delta(&model, &outcome.delta)?;
+    let edited = model.with_weights(weights_after.clone(), "+edit")?;
+    let after = biaslens::edit::method::edit_prompt_bias(&edited, &spec)?;
+    let mut record = EditRecord::new(outcome.delta.meta.method.as_str(), &model);
+    record.layers = spec.layers.clone();
+    record.hyperparameters = serde_json::to_value(&spec)?;
+    record.seed = spec.split.seed;
+    record.data_hashes = outcome.data_hashes.clone();
+    record.metrics_before = serde_json::to_value(&before)?;
+    record.metrics_after = serde_json::to_value(&after)?;
+    record.wall_times_s.insert("edit".into(), outcome.seconds);
+    write_edit_outputs(&model, &weights_after, &outcome.delta, &record, &a.out, &ExportOptions { force: a.force, gguf: a.gguf })?;
+    println!(
+        "edit prompts mean |p(he)-p(she)|: {:.4} -> {:.4} (n = {}); wrote {}",
+        before.mean_abs_gap.value,
+        after.mean_abs_gap.value,
+        after.n_prompts,
+        a.out.display()
+    );
+    Ok(())
 }
 
 pub fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
@@ -112,4 +199,12 @@ fn edited_layers(delta: &WeightDelta) -> Vec<usize> {
     layers.sort_unstable();
     layers.dedup();
     layers
+}
+
+/// The default edit layers recorded in a sites.json written by `biaslens trace`.
+fn sites_default_layers(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let sites: biaslens::trace::LocatedSites = serde_json::from_str(&text).with_context(|| format!("{}: not a sites.json", path.display()))?;
+    Ok(sites.default_edit_layers())
 }

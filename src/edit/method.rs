@@ -67,6 +67,8 @@ impl EditSpec {
 /// The result of an edit: the delta and a JSON report of the method's internals.
 pub struct EditOutcome {
     pub delta: WeightDelta,
+    /// sha256 of the data files the edit read.
+    pub data_hashes: std::collections::BTreeMap<String, String>,
     pub sets: EditSets,
     pub report: serde_json::Value,
     pub seconds: f64,
@@ -74,12 +76,18 @@ pub struct EditOutcome {
 
 pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Result<EditOutcome> {
     let t0 = std::time::Instant::now();
-    let professions = Profession::load(&spec.data_dir.join("bolukbasi_debiaswe/professions.json"))?;
+    let prof_path = spec.data_dir.join("bolukbasi_debiaswe/professions.json");
+    let professions = Profession::load(&prof_path)?;
+    let mut data_hashes = std::collections::BTreeMap::new();
+    data_hashes.insert(prof_path.to_string_lossy().into_owned(), crate::io::sha256_file(&prof_path)?);
     let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
     if sets.edit.is_empty() {
         return Err(Error::param("split", "the edit split is empty"));
     }
     let corpus: &Path = &spec.data_dir.join("wikitext2/wikitext-2-v1.valid.tokens");
+    if spec.method == Method::Lsdm && spec.lsdm.prior == "moment" {
+        data_hashes.insert(corpus.to_string_lossy().into_owned(), crate::io::sha256_file(corpus)?);
+    }
     let (delta, report) = match spec.method {
         Method::Lsdm => {
             let (d, r) = lsdm(model, &sets, &spec.layers, &spec.lsdm, corpus, spec.cache_dir.as_deref(), log)?;
@@ -96,5 +104,39 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
             (d, serde_json::to_value(r)?)
         }
     };
-    Ok(EditOutcome { delta, sets, report, seconds: t0.elapsed().as_secs_f64() })
+    Ok(EditOutcome { delta, data_hashes, sets, report, seconds: t0.elapsed().as_secs_f64() })
+}
+
+/// Bias on the edit prompts (edit professions × edit templates, no prefix): what the edit was
+/// asked to change. Held-out professions and templates are measured by `biaslens measure`.
+pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure::BiasMetrics> {
+    use crate::measure::{bias_metrics, sequence_probs, PromptProbs, PronounTargets};
+    let professions = Profession::load(&spec.data_dir.join("bolukbasi_debiaswe/professions.json"))?;
+    let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
+    let tok = model.tokenizer()?;
+    let templates = crate::data::vig_templates();
+    let mut prompts = Vec::new();
+    for p in professions.iter().filter(|p| sets.edit.contains(&p.name)) {
+        for &t in &sets.edit_templates {
+            prompts.push((p, t, templates[t].fill(&p.name)));
+        }
+    }
+    let rows: Vec<Vec<u32>> = prompts.iter().map(|(_, _, text)| tok.encode(text)).collect::<Result<_>>()?;
+    let probs = sequence_probs(&model.transformer, &rows, &PronounTargets::he_she_they(tok)?, 64, |_| {})?;
+    let out: Vec<PromptProbs> = prompts
+        .iter()
+        .zip(&probs)
+        .map(|((p, t, text), q)| PromptProbs {
+            profession: p.raw.clone(),
+            name: p.name.clone(),
+            template_index: *t,
+            text: text.clone(),
+            definitional: p.definitional,
+            stereotypical: p.stereotypical,
+            p_he: q[0],
+            p_she: q[1],
+            p_they: q[2],
+        })
+        .collect();
+    bias_metrics(&out, None, &crate::stats::BootstrapSpec { resamples: 200, seed: spec.split.seed })
 }

@@ -81,7 +81,8 @@ pub fn load_gguf(
             .dequantize(device)
             .map_err(|e| Error::file(path, format!("dequantising `{name}`: {e}")))?
             .to_dtype(DType::F32)?;
-        if cfg.arch == Arch::Llama {
+        // llama.cpp permutes q/k rows for llama and mistral, not for qwen2 (the only family with QKV bias).
+        if cfg.arch == Arch::Llama && !cfg.qkv_bias {
             if hf.ends_with("q_proj.weight") {
                 t = unpermute_rows(&t, cfg.num_heads)?;
             } else if hf.ends_with("k_proj.weight") {
