@@ -35,7 +35,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let spec = Spec::load(&a.spec)?;
     let spec_bytes = std::fs::read(&a.spec).with_context(|| format!("{}", a.spec.display()))?;
-    let mut manifest = Manifest::new(&a.spec.display().to_string(), &sha256_bytes(&spec_bytes), &spec.model.name);
+    let mut manifest = Manifest::new(
+        &a.spec.display().to_string(),
+        &sha256_bytes(&spec_bytes),
+        &spec.model.name,
+    );
     manifest.device = spec.model.device.clone();
     manifest.threads = spec.run.threads;
     manifest.seeds.insert("split".into(), spec.split.seed);
@@ -43,14 +47,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for (i, s) in spec.run.seeds.iter().enumerate() {
         manifest.seeds.insert(format!("run[{i}]"), *s);
     }
-    if let Ok(biaslens::model::registry::ModelSource::Gguf(p)) = biaslens::model::registry::resolve_model(&spec.model.name) {
+    if let Ok(biaslens::model::registry::ModelSource::Gguf(p)) =
+        biaslens::model::registry::resolve_model(&spec.model.name)
+    {
         manifest.model_sha256 = Some(sha256_file(&p)?);
     }
     let inputs: ReportInputs = match &a.inputs {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
-            manifest.data_sha256.insert(p.display().to_string(), sha256_bytes(&bytes));
-            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a report inputs file", p.display()))?
+            manifest
+                .data_sha256
+                .insert(p.display().to_string(), sha256_bytes(&bytes));
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a report inputs file", p.display()))?
         }
         None => {
             let pipeline = stages(&spec);

@@ -27,7 +27,12 @@ fn variants<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
             seen.push(n.to_string());
         }
     }
-    let rank = |v: &str| VARIANT_ORDER.iter().position(|o| *o == v).unwrap_or(VARIANT_ORDER.len());
+    let rank = |v: &str| {
+        VARIANT_ORDER
+            .iter()
+            .position(|o| *o == v)
+            .unwrap_or(VARIANT_ORDER.len())
+    };
     // Stable sort keeps first-appearance order among unknown variants.
     seen.sort_by_key(|v| rank(v));
     seen
@@ -81,10 +86,16 @@ fn pivot<'a>(
     let mut keys: Vec<(&str, &str)> = vec![];
     let mut cells: Vec<(&str, &str, &str, &Estimate)> = vec![];
     for it in items {
-        if cells.iter().any(|c| c.0 == it.0 && c.1 == it.1 && c.2 == it.2) {
+        if cells
+            .iter()
+            .any(|c| c.0 == it.0 && c.1 == it.1 && c.2 == it.2)
+        {
             return Err(Error::param(
                 table,
-                format!("two rows for variant {:?}, dataset {:?}, metric {:?}", it.0, it.1, it.2),
+                format!(
+                    "two rows for variant {:?}, dataset {:?}, metric {:?}",
+                    it.0, it.1, it.2
+                ),
             ));
         }
         if !keys.contains(&(it.1, it.2)) {
@@ -92,7 +103,11 @@ fn pivot<'a>(
         }
         cells.push(it);
     }
-    Ok(Pivot { variants, keys, cells })
+    Ok(Pivot {
+        variants,
+        keys,
+        cells,
+    })
 }
 
 impl Pivot<'_> {
@@ -106,14 +121,27 @@ impl Pivot<'_> {
 
 /// Table 2: bias metrics before and after each edit.
 pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
-    let p = pivot("bias", rows.iter().map(|r| (r.model_variant.as_str(), r.dataset.as_str(), r.metric.as_str(), &r.value)))?;
+    let p = pivot(
+        "bias",
+        rows.iter().map(|r| {
+            (
+                r.model_variant.as_str(),
+                r.dataset.as_str(),
+                r.metric.as_str(),
+                &r.value,
+            )
+        }),
+    )?;
     let mut columns: Vec<String> = ["Dataset", "Metric", "Ideal"].map(String::from).to_vec();
     columns.extend(p.variants.iter().map(|v| variant_label(v)));
     let out_rows = p
         .keys
         .iter()
         .map(|&(d, m)| {
-            let ideal = rows.iter().find(|r| r.dataset == d && r.metric == m).and_then(|r| r.ideal);
+            let ideal = rows
+                .iter()
+                .find(|r| r.dataset == d && r.metric == m)
+                .and_then(|r| r.ideal);
             let mut row = vec![
                 Cell::text(d),
                 Cell::text(m),
@@ -138,7 +166,14 @@ pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
 pub fn table3_capability(rows: &[CapabilityRow], decimals: usize) -> Result<Table> {
     let p = pivot(
         "capability",
-        rows.iter().map(|r| (r.model_variant.as_str(), r.dataset.as_str(), r.metric.as_str(), &r.value)),
+        rows.iter().map(|r| {
+            (
+                r.model_variant.as_str(),
+                r.dataset.as_str(),
+                r.metric.as_str(),
+                &r.value,
+            )
+        }),
     )?;
     let mut columns: Vec<String> = ["Dataset", "Metric", "Better"].map(String::from).to_vec();
     columns.extend(p.variants.iter().map(|v| variant_label(v)));
@@ -146,8 +181,15 @@ pub fn table3_capability(rows: &[CapabilityRow], decimals: usize) -> Result<Tabl
         .keys
         .iter()
         .map(|&(d, m)| {
-            let up = rows.iter().find(|r| r.dataset == d && r.metric == m).is_some_and(|r| r.higher_is_better);
-            let mut row = vec![Cell::text(d), Cell::text(m), Cell::text(if up { "↑" } else { "↓" })];
+            let up = rows
+                .iter()
+                .find(|r| r.dataset == d && r.metric == m)
+                .is_some_and(|r| r.higher_is_better);
+            let mut row = vec![
+                Cell::text(d),
+                Cell::text(m),
+                Cell::text(if up { "↑" } else { "↓" }),
+            ];
             row.extend(p.variants.iter().map(|v| p.cell(v, d, m, decimals)));
             row
         })
@@ -167,10 +209,16 @@ pub fn table3_capability(rows: &[CapabilityRow], decimals: usize) -> Result<Tabl
 pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
     for (i, r) in rows.iter().enumerate() {
         if !(r.wall_s.is_finite() && r.wall_s >= 0.0 && r.edit_s.is_finite() && r.edit_s >= 0.0) {
-            return Err(Error::param(format!("cost[{i}]"), "times must be finite and >= 0"));
+            return Err(Error::param(
+                format!("cost[{i}]"),
+                "times must be finite and >= 0",
+            ));
         }
         if rows[..i].iter().any(|o| o.method == r.method) {
-            return Err(Error::param(format!("cost[{i}]"), format!("method {:?} listed twice", r.method)));
+            return Err(Error::param(
+                format!("cost[{i}]"),
+                format!("method {:?} listed twice", r.method),
+            ));
         }
     }
     let order = variants(rows.iter().map(|r| r.method.as_str()));
@@ -203,18 +251,38 @@ mod tests {
     use super::*;
 
     fn est(v: f64) -> Estimate {
-        Estimate { value: v, ci_low: v - 0.1, ci_high: v + 0.1, n: 10, method: "t".into() }
+        Estimate {
+            value: v,
+            ci_low: v - 0.1,
+            ci_high: v + 0.1,
+            n: 10,
+            method: "t".into(),
+        }
     }
     fn b(v: &str, d: &str, m: &str, x: f64) -> BiasRow {
-        BiasRow { model_variant: v.into(), dataset: d.into(), metric: m.into(), value: est(x), ideal: Some(0.0) }
+        BiasRow {
+            model_variant: v.into(),
+            dataset: d.into(),
+            metric: m.into(),
+            value: est(x),
+            ideal: Some(0.0),
+        }
     }
 
     #[test]
     fn bias_pivot_orders_variants_and_marks_missing() {
-        let rows = vec![b("dama", "wb", "ΔS", 1.0), b("zz", "wb", "ΔS", 4.0), b("base", "wb", "ΔS", 2.0), b("base", "ss", "SS", 3.0)];
+        let rows = vec![
+            b("dama", "wb", "ΔS", 1.0),
+            b("zz", "wb", "ΔS", 4.0),
+            b("base", "wb", "ΔS", 2.0),
+            b("base", "ss", "SS", 3.0),
+        ];
         let t = table2_bias(&rows, 1).unwrap();
         t.check().unwrap();
-        assert_eq!(t.columns, vec!["Dataset", "Metric", "Ideal", "Base", "DAMA", "zz"]);
+        assert_eq!(
+            t.columns,
+            vec!["Dataset", "Metric", "Ideal", "Base", "DAMA", "zz"]
+        );
         assert_eq!(t.rows[0][3].display(), "2.0 [1.9, 2.1]");
         assert_eq!(t.rows[0][4].display(), "1.0 [0.9, 1.1]");
         assert_eq!(t.rows[1][0].display(), "ss");
@@ -224,14 +292,27 @@ mod tests {
     #[test]
     fn duplicates_are_errors() {
         let rows = vec![b("base", "wb", "ΔS", 1.0), b("base", "wb", "ΔS", 2.0)];
-        assert!(table2_bias(&rows, 1).unwrap_err().to_string().contains("two rows"));
-        let c = CostRow { method: "lsdm".into(), wall_s: 1.0, forwards: 3, edit_s: 0.5 };
+        assert!(table2_bias(&rows, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("two rows"));
+        let c = CostRow {
+            method: "lsdm".into(),
+            wall_s: 1.0,
+            forwards: 3,
+            edit_s: 0.5,
+        };
         assert!(table4_cost(&[c.clone(), c]).is_err());
     }
 
     #[test]
     fn cost_rows_follow_method_order() {
-        let c = |m: &str| CostRow { method: m.into(), wall_s: 1.0, forwards: 3, edit_s: 0.5 };
+        let c = |m: &str| CostRow {
+            method: m.into(),
+            wall_s: 1.0,
+            forwards: 3,
+            edit_s: 0.5,
+        };
         let t = table4_cost(&[c("dama"), c("lsdm")]).unwrap();
         assert_eq!(t.rows[0][0].display(), "LSDM");
         assert_eq!(t.rows[1][0].display(), "DAMA");

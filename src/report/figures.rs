@@ -18,7 +18,9 @@ const FONT_CANDIDATES: &[&str] = &[
 ];
 
 fn find_ttf(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
@@ -35,9 +37,17 @@ fn find_ttf(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
 fn font_path() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("BIASLENS_FONT") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(Error::file(p, "BIASLENS_FONT does not name a font file")) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::file(p, "BIASLENS_FONT does not name a font file"))
+        };
     }
-    if let Some(p) = FONT_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()) {
+    if let Some(p) = FONT_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    {
         return Ok(p);
     }
     let mut found = vec![];
@@ -68,8 +78,16 @@ pub fn ensure_font() -> Result<()> {
 
 /// Diverging map: blue for negative, white at zero, red for positive; `t` in [-1, 1].
 pub fn diverging(t: f64) -> RGBColor {
-    let t = if t.is_finite() { t.clamp(-1.0, 1.0) } else { 0.0 };
-    let (end, a) = if t >= 0.0 { ((178.0, 24.0, 43.0), t) } else { ((33.0, 102.0, 172.0), -t) };
+    let t = if t.is_finite() {
+        t.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (end, a) = if t >= 0.0 {
+        ((178.0, 24.0, 43.0), t)
+    } else {
+        ((33.0, 102.0, 172.0), -t)
+    };
     let mix = |e: f64| (255.0 + (e - 255.0) * a).round() as u8;
     RGBColor(mix(end.0), mix(end.1), mix(end.2))
 }
@@ -79,7 +97,11 @@ pub fn diverging(t: f64) -> RGBColor {
 pub enum FigureKind {
     /// Panels: one row per trace kind, one column per variant, shared colour scale per row.
     Heatmaps(Vec<TraceGrid>),
-    Tradeoff { points: Vec<TradeoffPoint>, x_label: String, y_label: String },
+    Tradeoff {
+        points: Vec<TradeoffPoint>,
+        x_label: String,
+        y_label: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +137,10 @@ impl Figure {
         match &self.kind {
             FigureKind::Heatmaps(g) => {
                 let (kinds, variants) = heatmap_layout(g);
-                (560 * variants.len().max(1) as u32 + 90, 280 * kinds.len().max(1) as u32)
+                (
+                    560 * variants.len().max(1) as u32 + 90,
+                    280 * kinds.len().max(1) as u32,
+                )
             }
             FigureKind::Tradeoff { .. } => (900, 600),
         }
@@ -130,8 +155,12 @@ impl Figure {
                 }
                 for g in grids {
                     let l = g.layers();
-                    if l == 0 || g.aie.len() != g.roles.len() || g.aie.iter().any(|r| r.len() != l) {
-                        return Err(plot_err(&self.id, format!("grid {}/{} is not roles × layers", g.kind, g.variant)));
+                    if l == 0 || g.aie.len() != g.roles.len() || g.aie.iter().any(|r| r.len() != l)
+                    {
+                        return Err(plot_err(
+                            &self.id,
+                            format!("grid {}/{} is not roles × layers", g.kind, g.variant),
+                        ));
                     }
                 }
             }
@@ -139,8 +168,14 @@ impl Figure {
                 if points.is_empty() {
                     return Err(plot_err(&self.id, "no trade-off points"));
                 }
-                if let Some(p) = points.iter().find(|p| !(p.bias.is_finite() && p.capability.is_finite())) {
-                    return Err(plot_err(&self.id, format!("point {} {} is not finite", p.method, p.label)));
+                if let Some(p) = points
+                    .iter()
+                    .find(|p| !(p.bias.is_finite() && p.capability.is_finite()))
+                {
+                    return Err(plot_err(
+                        &self.id,
+                        format!("point {} {} is not finite", p.method, p.label),
+                    ));
                 }
             }
         }
@@ -153,7 +188,11 @@ impl Figure {
         root.fill(&WHITE).map_err(|e| plot_err(&self.id, e))?;
         match &self.kind {
             FigureKind::Heatmaps(g) => draw_heatmaps(&self.id, root, g),
-            FigureKind::Tradeoff { points, x_label, y_label } => draw_tradeoff(&self.id, root, points, x_label, y_label),
+            FigureKind::Tradeoff {
+                points,
+                x_label,
+                y_label,
+            } => draw_tradeoff(&self.id, root, points, x_label, y_label),
         }?;
         root.present().map_err(|e| plot_err(&self.id, e))
     }
@@ -173,11 +212,16 @@ impl Figure {
             std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;
         }
         let root = BitMapBackend::new(path, self.size()).into_drawing_area();
-        self.draw(&root).map_err(|e| Error::file(path, e.to_string()))
+        self.draw(&root)
+            .map_err(|e| Error::file(path, e.to_string()))
     }
 }
 
-fn draw_heatmaps<DB: DrawingBackend>(id: &str, root: &DrawingArea<DB, Shift>, grids: &[TraceGrid]) -> Result<()> {
+fn draw_heatmaps<DB: DrawingBackend>(
+    id: &str,
+    root: &DrawingArea<DB, Shift>,
+    grids: &[TraceGrid],
+) -> Result<()> {
     let (kinds, variants) = heatmap_layout(grids);
     let (w, _) = root.dim_in_pixel();
     let (body, bar) = root.split_horizontally(w.saturating_sub(90));
@@ -193,11 +237,18 @@ fn draw_heatmaps<DB: DrawingBackend>(id: &str, root: &DrawingArea<DB, Shift>, gr
         let scale = if scale > 0.0 { scale } else { 1.0 };
         for (vi, variant) in variants.iter().enumerate() {
             let area = &rows[ki * variants.len() + vi];
-            match grids.iter().find(|g| &g.kind == kind && &g.variant == variant) {
+            match grids
+                .iter()
+                .find(|g| &g.kind == kind && &g.variant == variant)
+            {
                 Some(g) => draw_one_heatmap(id, area, g, scale)?,
                 None => {
-                    area.draw(&Text::new(format!("{kind} / {variant}: not traced"), (20, 40), ("sans-serif", 16)))
-                        .map_err(|e| plot_err(id, e))?;
+                    area.draw(&Text::new(
+                        format!("{kind} / {variant}: not traced"),
+                        (20, 40),
+                        ("sans-serif", 16),
+                    ))
+                    .map_err(|e| plot_err(id, e))?;
                 }
             }
         }
@@ -206,7 +257,12 @@ fn draw_heatmaps<DB: DrawingBackend>(id: &str, root: &DrawingArea<DB, Shift>, gr
     Ok(())
 }
 
-fn draw_one_heatmap<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>, g: &TraceGrid, scale: f64) -> Result<()> {
+fn draw_one_heatmap<DB: DrawingBackend>(
+    id: &str,
+    area: &DrawingArea<DB, Shift>,
+    g: &TraceGrid,
+    scale: f64,
+) -> Result<()> {
     let layers = g.layers();
     let roles = g.roles.len();
     let e = |e| plot_err(id, e);
@@ -216,7 +272,10 @@ fn draw_one_heatmap<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>,
         .x_label_area_size(34)
         .y_label_area_size(170)
         // An i32 range a..b is inclusive in plotters, so 0..n-1 gives exactly n segments.
-        .build_cartesian_2d((0..layers as i32 - 1).into_segmented(), (0..roles as i32 - 1).into_segmented())
+        .build_cartesian_2d(
+            (0..layers as i32 - 1).into_segmented(),
+            (0..roles as i32 - 1).into_segmented(),
+        )
         .map_err(e)?;
     let step = layers.div_ceil(12).max(1);
     let centre = |v: &SegmentValue<i32>| match v {
@@ -235,7 +294,11 @@ fn draw_one_heatmap<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>,
         })
         // Row 0 is drawn at the top, like a table.
         .y_label_formatter(&|y| match centre(y) {
-            Some(r) => g.roles.get(roles.saturating_sub(1 + r)).cloned().unwrap_or_default(),
+            Some(r) => g
+                .roles
+                .get(roles.saturating_sub(1 + r))
+                .cloned()
+                .unwrap_or_default(),
             None => String::new(),
         })
         .label_style(("sans-serif", 13))
@@ -247,7 +310,10 @@ fn draw_one_heatmap<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>,
             row.iter().enumerate().map(move |(l, v)| {
                 let l = l as i32;
                 Rectangle::new(
-                    [(SegmentValue::Exact(l), SegmentValue::Exact(y)), (SegmentValue::Exact(l + 1), SegmentValue::Exact(y + 1))],
+                    [
+                        (SegmentValue::Exact(l), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(l + 1), SegmentValue::Exact(y + 1)),
+                    ],
                     diverging(v / scale).filled(),
                 )
             })
@@ -256,7 +322,11 @@ fn draw_one_heatmap<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>,
     Ok(())
 }
 
-fn draw_colour_bar<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>, scale: f64) -> Result<()> {
+fn draw_colour_bar<DB: DrawingBackend>(
+    id: &str,
+    area: &DrawingArea<DB, Shift>,
+    scale: f64,
+) -> Result<()> {
     let e = |e| plot_err(id, e);
     let (_, h) = area.dim_in_pixel();
     let (top, bottom) = (40i32, h as i32 - 40);
@@ -265,13 +335,20 @@ fn draw_colour_bar<DB: DrawingBackend>(id: &str, area: &DrawingArea<DB, Shift>, 
         let y0 = top + (bottom - top) * i / steps;
         let y1 = top + (bottom - top) * (i + 1) / steps;
         let t = 1.0 - 2.0 * (i as f64 + 0.5) / steps as f64;
-        area.draw(&Rectangle::new([(10, y0), (30, y1)], diverging(t).filled())).map_err(e)?;
+        area.draw(&Rectangle::new([(10, y0), (30, y1)], diverging(t).filled()))
+            .map_err(e)?;
     }
     let style = ("sans-serif", 12).into_font();
     for (y, v) in [(top, scale), ((top + bottom) / 2, 0.0), (bottom, -scale)] {
-        area.draw(&Text::new(super::table::fmt_num(v, 3), (34, y - 6), style.clone())).map_err(e)?;
+        area.draw(&Text::new(
+            super::table::fmt_num(v, 3),
+            (34, y - 6),
+            style.clone(),
+        ))
+        .map_err(e)?;
     }
-    area.draw(&Text::new("AIE", (8, top - 24), style)).map_err(e)?;
+    area.draw(&Text::new("AIE", (8, top - 24), style))
+        .map_err(e)?;
     Ok(())
 }
 
@@ -305,7 +382,10 @@ fn draw_tradeoff<DB: DrawingBackend>(
     let (x0, x1) = padded(points.iter().map(|p| p.capability));
     let (y0, y1) = padded(points.iter().map(|p| p.bias));
     let mut chart = ChartBuilder::on(root)
-        .caption("Bias vs capability (lower right is better)", ("sans-serif", 20))
+        .caption(
+            "Bias vs capability (lower right is better)",
+            ("sans-serif", 20),
+        )
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -327,19 +407,24 @@ fn draw_tradeoff<DB: DrawingBackend>(
     for m in methods {
         let c = method_colour(m);
         let pts: Vec<&TradeoffPoint> = points.iter().filter(|p| p.method == m).collect();
+        // Each point is a circle with its label offset to the upper right, so text never covers a marker.
         chart
-            .draw_series(pts.iter().map(|p| Circle::new((p.capability, p.bias), 6, c.filled())))
+            .draw_series(pts.iter().map(|p| {
+                EmptyElement::at((p.capability, p.bias))
+                    + Circle::new((0, 0), 6, c.filled())
+                    + Text::new(
+                        p.label.clone(),
+                        (9, -16),
+                        ("sans-serif", 14).into_font().color(&c),
+                    )
+            }))
             .map_err(e)?
             .label(super::builders::variant_label(m))
             .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
-        chart
-            .draw_series(pts.iter().map(|p| {
-                Text::new(p.label.clone(), (p.capability, p.bias), ("sans-serif", 12).into_font().color(&c))
-            }))
-            .map_err(e)?;
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -424,26 +509,44 @@ mod tests {
     fn ragged_grid_and_empty_tradeoff_are_errors() {
         let mut g = grid("mlp", "before");
         g.aie[1].pop();
-        let f = Figure { id: "h".into(), title: "".into(), caption: "".into(), kind: FigureKind::Heatmaps(vec![g]) };
+        let f = Figure {
+            id: "h".into(),
+            title: "".into(),
+            caption: "".into(),
+            kind: FigureKind::Heatmaps(vec![g]),
+        };
         assert!(f.to_svg().unwrap_err().to_string().contains("figure h"));
         let t = Figure {
             id: "t".into(),
             title: "".into(),
             caption: "".into(),
-            kind: FigureKind::Tradeoff { points: vec![], x_label: "x".into(), y_label: "y".into() },
+            kind: FigureKind::Tradeoff {
+                points: vec![],
+                x_label: "x".into(),
+                y_label: "y".into(),
+            },
         };
         assert!(t.to_svg().is_err());
     }
 
     #[test]
     fn tradeoff_labels_every_point() {
-        let p = |m: &str, l: &str, b, c| TradeoffPoint { method: m.into(), label: l.into(), bias: b, capability: c };
+        let p = |m: &str, l: &str, b, c| TradeoffPoint {
+            method: m.into(),
+            label: l.into(),
+            bias: b,
+            capability: c,
+        };
         let f = Figure {
             id: "t".into(),
             title: "".into(),
             caption: "".into(),
             kind: FigureKind::Tradeoff {
-                points: vec![p("base", "base", 0.3, 0.6), p("lsdm", "λ=1e4", 0.1, 0.59), p("lsdm", "λ=1e3", 0.05, 0.55)],
+                points: vec![
+                    p("base", "base", 0.3, 0.6),
+                    p("lsdm", "λ=1e4", 0.1, 0.59),
+                    p("lsdm", "λ=1e3", 0.05, 0.55),
+                ],
                 x_label: "cap".into(),
                 y_label: "bias".into(),
             },

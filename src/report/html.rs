@@ -9,7 +9,7 @@ use crate::Result;
 const CSS: &str = "body{font-family:'DejaVu Sans',Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;}\
 h1{font-size:26px;}h2{font-size:20px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px;}\
 table{border-collapse:collapse;margin:12px 0 24px 0;font-size:13px;}\
-caption{text-align:left;padding:4px 0 8px 0;caption-side:top;}caption .cap{color:#555;font-size:12px;}\
+caption{text-align:left;min-width:640px;padding:4px 0 8px 0;caption-side:top;}caption .cap{color:#555;font-size:12px;}\
 th,td{border:1px solid #bbb;padding:4px 8px;}th{background:#f0f0f0;}\
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap;}td.m{text-align:center;color:#999;}\
 figure{margin:12px 0 28px 0;}figcaption{font-size:12px;color:#555;max-width:1100px;}\
@@ -17,17 +17,33 @@ figure svg{max-width:100%;height:auto;border:1px solid #ddd;}\
 table.manifest td{font-family:'DejaVu Sans Mono',monospace;font-size:12px;word-break:break-all;}";
 
 /// Render the full page. Figures are drawn here, so a figure that cannot be drawn is an error.
-pub fn render(title: &str, tables: &[Table], figures: &[Figure], manifest: &Manifest) -> Result<String> {
+pub fn render(
+    title: &str,
+    tables: &[Table],
+    figures: &[Figure],
+    manifest: &Manifest,
+) -> Result<String> {
     let mut o = String::new();
     o.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    o.push_str(&format!("<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n", html_escape(title)));
+    o.push_str(&format!(
+        "<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
+        html_escape(title)
+    ));
     o.push_str(&format!("<h1>{}</h1>\n", html_escape(title)));
     o.push_str("<nav><ul>\n");
     for t in tables {
-        o.push_str(&format!("<li><a href=\"#{}\">{}</a></li>\n", html_escape(&t.id), html_escape(&t.title)));
+        o.push_str(&format!(
+            "<li><a href=\"#{}\">{}</a></li>\n",
+            html_escape(&t.id),
+            html_escape(&t.title)
+        ));
     }
     for f in figures {
-        o.push_str(&format!("<li><a href=\"#{}\">{}</a></li>\n", html_escape(&f.id), html_escape(&f.title)));
+        o.push_str(&format!(
+            "<li><a href=\"#{}\">{}</a></li>\n",
+            html_escape(&f.id),
+            html_escape(&f.title)
+        ));
     }
     o.push_str("<li><a href=\"#manifest\">Run manifest</a></li>\n</ul></nav>\n");
     o.push_str("<h2>Tables</h2>\n");
@@ -48,7 +64,11 @@ pub fn render(title: &str, tables: &[Table], figures: &[Figure], manifest: &Mani
     }
     o.push_str("<h2 id=\"manifest\">Run manifest</h2>\n<table class=\"manifest\">\n<tbody>\n");
     for (k, v) in manifest.display_rows() {
-        o.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>\n", html_escape(&k), html_escape(&v)));
+        o.push_str(&format!(
+            "<tr><th>{}</th><td>{}</td></tr>\n",
+            html_escape(&k),
+            html_escape(&v)
+        ));
     }
     o.push_str("</tbody>\n</table>\n");
     if !manifest.stages.is_empty() {

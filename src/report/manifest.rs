@@ -65,14 +65,36 @@ impl Manifest {
     /// Key/value lines for display, in a fixed order.
     pub fn display_rows(&self) -> Vec<(String, String)> {
         let mut r = vec![
-            ("biaslens version".to_string(), self.biaslens_version.clone()),
-            ("git revision".into(), self.git_revision.clone().unwrap_or_else(|| "unknown".into())),
+            (
+                "biaslens version".to_string(),
+                self.biaslens_version.clone(),
+            ),
+            (
+                "git revision".into(),
+                self.git_revision
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
             ("command line".into(), self.command_line.join(" ")),
-            ("spec".into(), format!("{} (sha256 {})", self.spec_path, self.spec_sha256)),
+            (
+                "spec".into(),
+                format!("{} (sha256 {})", self.spec_path, self.spec_sha256),
+            ),
             ("model".into(), self.model.clone()),
-            ("model sha256".into(), self.model_sha256.clone().unwrap_or_else(|| "not recorded".into())),
-            ("device / threads".into(), format!("{} / {}", self.device, self.threads)),
-            ("total wall time".into(), format!("{:.1} s", self.total_wall_s)),
+            (
+                "model sha256".into(),
+                self.model_sha256
+                    .clone()
+                    .unwrap_or_else(|| "not recorded".into()),
+            ),
+            (
+                "device / threads".into(),
+                format!("{} / {}", self.device, self.threads),
+            ),
+            (
+                "total wall time".into(),
+                format!("{:.1} s", self.total_wall_s),
+            ),
         ];
         for (k, v) in &self.seeds {
             r.push((format!("seed {k}"), v.to_string()));

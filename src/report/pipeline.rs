@@ -24,9 +24,12 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// Output of an earlier stage; an error if `stage` has not run (a wiring bug).
     pub fn input(&self, stage: &str) -> Result<&Value> {
-        self.outputs
-            .get(stage)
-            .ok_or_else(|| Error::param("stage", format!("output of stage {stage:?} is not available; list it in deps()")))
+        self.outputs.get(stage).ok_or_else(|| {
+            Error::param(
+                "stage",
+                format!("output of stage {stage:?} is not available; list it in deps()"),
+            )
+        })
     }
     /// A per-stage folder for large artefacts (deltas, traces) the JSON output refers to.
     pub fn artefact_dir(&self, stage: &str) -> PathBuf {
@@ -51,14 +54,22 @@ pub trait Stage {
 }
 
 /// The cache key: sha256 of the stage name, its settings and its inputs' output hashes.
-pub fn stage_key(name: &str, settings: &Value, input_hashes: &BTreeMap<String, String>) -> Result<String> {
+pub fn stage_key(
+    name: &str,
+    settings: &Value,
+    input_hashes: &BTreeMap<String, String>,
+) -> Result<String> {
     #[derive(Serialize)]
     struct KeyData<'a> {
         stage: &'a str,
         settings: &'a Value,
         inputs: &'a BTreeMap<String, String>,
     }
-    let bytes = serde_json::to_vec(&KeyData { stage: name, settings, inputs: input_hashes })?;
+    let bytes = serde_json::to_vec(&KeyData {
+        stage: name,
+        settings,
+        inputs: input_hashes,
+    })?;
     Ok(sha256_bytes(&bytes))
 }
 
@@ -105,15 +116,29 @@ impl Pipeline {
     fn check(&self) -> Result<()> {
         for (i, s) in self.stages.iter().enumerate() {
             let n = s.name();
-            if n.is_empty() || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
-                return Err(Error::param("stage", format!("name {n:?} must match [a-z0-9_-]+")));
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return Err(Error::param(
+                    "stage",
+                    format!("name {n:?} must match [a-z0-9_-]+"),
+                ));
             }
             let earlier: Vec<&str> = self.stages[..i].iter().map(|s| s.name()).collect();
             if earlier.contains(&n) {
                 return Err(Error::param("stage", format!("{n:?} appears twice")));
             }
-            if let Some(d) = s.deps().into_iter().find(|d| !earlier.contains(&d.as_str())) {
-                return Err(Error::param("stage", format!("{n:?} depends on {d:?}, which does not run before it")));
+            if let Some(d) = s
+                .deps()
+                .into_iter()
+                .find(|d| !earlier.contains(&d.as_str()))
+            {
+                return Err(Error::param(
+                    "stage",
+                    format!("{n:?} depends on {d:?}, which does not run before it"),
+                ));
             }
         }
         Ok(())
@@ -135,17 +160,32 @@ impl Pipeline {
         let mut records = vec![];
         for s in &self.stages {
             let name = s.name().to_string();
-            let inputs: BTreeMap<String, String> =
-                s.deps().into_iter().map(|d| (hashes[&d].clone(), d)).map(|(h, d)| (d, h)).collect();
+            let inputs: BTreeMap<String, String> = s
+                .deps()
+                .into_iter()
+                .map(|d| (hashes[&d].clone(), d))
+                .map(|(h, d)| (d, h))
+                .collect();
             let key = stage_key(&name, &s.settings()?, &inputs)?;
             let path = Self::stage_path(out_dir, &name);
             let start = Instant::now();
             let (file, cached) = match (!force).then(|| Self::cached(&path, &key)).flatten() {
                 Some(f) => (f, true),
                 None => {
-                    let ctx = Ctx { spec, out_dir, outputs: &outputs };
-                    let output = s.run(&ctx).map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
-                    let f = StageFile { name: name.clone(), key: key.clone(), wall_s: start.elapsed().as_secs_f64(), output };
+                    let ctx = Ctx {
+                        spec,
+                        out_dir,
+                        outputs: &outputs,
+                    };
+                    let output = s
+                        .run(&ctx)
+                        .map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
+                    let f = StageFile {
+                        name: name.clone(),
+                        key: key.clone(),
+                        wall_s: start.elapsed().as_secs_f64(),
+                        output,
+                    };
                     write_json_atomic(&path, &f)?;
                     (f, false)
                 }
@@ -167,7 +207,11 @@ impl Pipeline {
             s.contribute(&outputs[s.name()], &mut inputs)
                 .map_err(|e| Error::param(format!("stage {}", s.name()), e.to_string()))?;
         }
-        Ok(RunOutcome { outputs, records, inputs })
+        Ok(RunOutcome {
+            outputs,
+            records,
+            inputs,
+        })
     }
 }
 
@@ -225,13 +269,26 @@ mod tests {
 
     fn pipeline(fa: i64, fb: i64, rig: &Rig) -> Pipeline {
         let mut p = Pipeline::new();
-        p.push(Box::new(Counting { name: "a", deps: vec![], factor: fa, runs: rig.a.clone() }));
-        p.push(Box::new(Counting { name: "b", deps: vec!["a".into()], factor: fb, runs: rig.b.clone() }));
+        p.push(Box::new(Counting {
+            name: "a",
+            deps: vec![],
+            factor: fa,
+            runs: rig.a.clone(),
+        }));
+        p.push(Box::new(Counting {
+            name: "b",
+            deps: vec!["a".into()],
+            factor: fb,
+            runs: rig.b.clone(),
+        }));
         p
     }
 
     fn rig() -> Rig {
-        Rig { a: Rc::new(Cell::new(0)), b: Rc::new(Cell::new(0)) }
+        Rig {
+            a: Rc::new(Cell::new(0)),
+            b: Rc::new(Cell::new(0)),
+        }
     }
 
     #[test]
@@ -261,7 +318,11 @@ mod tests {
         pipeline(2, 4, &r).run(&spec(), dir.path(), false).unwrap();
         assert_eq!((r.a.get(), r.b.get()), (1, 2), "only b's settings changed");
         let out = pipeline(5, 4, &r).run(&spec(), dir.path(), false).unwrap();
-        assert_eq!((r.a.get(), r.b.get()), (2, 3), "a's output changed, so b reruns");
+        assert_eq!(
+            (r.a.get(), r.b.get()),
+            (2, 3),
+            "a's output changed, so b reruns"
+        );
         assert_eq!(out.outputs["b"]["v"], 4 * 6);
         pipeline(5, 4, &r).run(&spec(), dir.path(), true).unwrap();
         assert_eq!((r.a.get(), r.b.get()), (3, 4), "force reruns everything");
@@ -274,7 +335,11 @@ mod tests {
         pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
         std::fs::write(Pipeline::stage_path(dir.path(), "a"), b"{ truncated").unwrap();
         let out = pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
-        assert_eq!((r.a.get(), r.b.get()), (2, 1), "a recomputed with the same output, b kept");
+        assert_eq!(
+            (r.a.get(), r.b.get()),
+            (2, 1),
+            "a recomputed with the same output, b kept"
+        );
         assert!(!out.records[0].cached && out.records[1].cached);
     }
 
@@ -283,11 +348,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = rig();
         let mut p = Pipeline::new();
-        p.push(Box::new(Counting { name: "b", deps: vec!["a".into()], factor: 1, runs: r.b.clone() }));
+        p.push(Box::new(Counting {
+            name: "b",
+            deps: vec!["a".into()],
+            factor: 1,
+            runs: r.b.clone(),
+        }));
         let e = p.run(&spec(), dir.path(), false).err().unwrap().to_string();
         assert!(e.contains("does not run before"), "{e}");
         let mut p = Pipeline::new();
-        p.push(Box::new(Counting { name: "A b", deps: vec![], factor: 1, runs: r.a.clone() }));
+        p.push(Box::new(Counting {
+            name: "A b",
+            deps: vec![],
+            factor: 1,
+            runs: r.a.clone(),
+        }));
         assert!(p.run(&spec(), dir.path(), false).is_err());
     }
 
@@ -298,7 +373,10 @@ mod tests {
         let k0 = stage_key("a", &s, &i).unwrap();
         assert_eq!(k0, stage_key("a", &s, &i).unwrap());
         assert_ne!(k0, stage_key("b", &s, &i).unwrap());
-        assert_ne!(k0, stage_key("a", &serde_json::json!({"x": 2}), &i).unwrap());
+        assert_ne!(
+            k0,
+            stage_key("a", &serde_json::json!({"x": 2}), &i).unwrap()
+        );
         i.insert("d".to_string(), "h".to_string());
         assert_ne!(k0, stage_key("a", &s, &i).unwrap());
     }

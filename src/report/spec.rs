@@ -245,7 +245,10 @@ fn positive(name: &str, x: f64) -> Result<()> {
     if x.is_finite() && x > 0.0 {
         Ok(())
     } else {
-        Err(Error::param(name, format!("must be a finite number > 0, got {x}")))
+        Err(Error::param(
+            name,
+            format!("must be a finite number > 0, got {x}"),
+        ))
     }
 }
 
@@ -253,7 +256,10 @@ fn non_negative(name: &str, x: f64) -> Result<()> {
     if x.is_finite() && x >= 0.0 {
         Ok(())
     } else {
-        Err(Error::param(name, format!("must be a finite number >= 0, got {x}")))
+        Err(Error::param(
+            name,
+            format!("must be a finite number >= 0, got {x}"),
+        ))
     }
 }
 
@@ -267,9 +273,13 @@ fn at_least_one(name: &str, n: usize) -> Result<()> {
 
 fn check_tasks(name: &str, tasks: &[String]) -> Result<()> {
     for (i, t) in tasks.iter().enumerate() {
-        crate::eval::registry::task(t).map_err(|e| Error::param(format!("{name}[{i}]"), e.to_string()))?;
+        crate::eval::registry::task(t)
+            .map_err(|e| Error::param(format!("{name}[{i}]"), e.to_string()))?;
         if tasks[..i].contains(t) {
-            return Err(Error::param(format!("{name}[{i}]"), format!("task {t:?} listed twice")));
+            return Err(Error::param(
+                format!("{name}[{i}]"),
+                format!("task {t:?} listed twice"),
+            ));
         }
     }
     Ok(())
@@ -297,9 +307,15 @@ impl Spec {
     /// Range checks that TOML types cannot express.
     pub fn validate(&self) -> Result<()> {
         if self.name.trim().is_empty()
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(Error::param("name", "must be non-empty and use only [A-Za-z0-9_-]"));
+            return Err(Error::param(
+                "name",
+                "must be non-empty and use only [A-Za-z0-9_-]",
+            ));
         }
         if self.model.name.trim().is_empty() {
             return Err(Error::param("model.name", "must not be empty"));
@@ -307,7 +323,10 @@ impl Spec {
         let d = self.model.device.as_str();
         let cuda_n = d.strip_prefix("cuda:").map(|n| n.parse::<usize>().is_ok());
         if !(d == "cpu" || d == "cuda" || cuda_n == Some(true)) {
-            return Err(Error::param("model.device", format!("expected cpu, cuda or cuda:N, got {d:?}")));
+            return Err(Error::param(
+                "model.device",
+                format!("expected cpu, cuda or cuda:N, got {d:?}"),
+            ));
         }
         self.split.validate().map_err(|e| match e {
             Error::Param { name, message } => Error::param(format!("split.{name}"), message),
@@ -319,10 +338,16 @@ impl Spec {
         positive("trace.noise", t.noise)?;
         at_least_one("trace.window", t.window)?;
         if t.kinds.is_empty() {
-            return Err(Error::param("trace.kinds", "list at least one of hidden, mlp, attn"));
+            return Err(Error::param(
+                "trace.kinds",
+                "list at least one of hidden, mlp, attn",
+            ));
         }
         if t.kinds.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::param("trace.kinds", "list each kind once, in the order hidden, mlp, attn"));
+            return Err(Error::param(
+                "trace.kinds",
+                "list each kind once, in the order hidden, mlp, attn",
+            ));
         }
         if let Some(m) = &self.methods.lsdm {
             m.layers.validate("methods.lsdm.layers")?;
@@ -346,7 +371,10 @@ impl Spec {
         if (!self.sweeps.lambda.is_empty() || !self.sweeps.layer_count.is_empty())
             && self.methods.lsdm.is_none()
         {
-            return Err(Error::param("sweeps", "sweeps vary LSDM; add a [methods.lsdm] section"));
+            return Err(Error::param(
+                "sweeps",
+                "sweeps vary LSDM; add a [methods.lsdm] section",
+            ));
         }
         for (i, &l) in self.sweeps.lambda.iter().enumerate() {
             non_negative(&format!("sweeps.lambda[{i}]"), l)?;
@@ -364,7 +392,10 @@ impl Spec {
             let name = format!("benchmarks.limits.{task}");
             crate::eval::registry::task(task).map_err(|e| Error::param(&name, e.to_string()))?;
             if !b.bias.contains(task) && !b.capability.contains(task) {
-                return Err(Error::param(&name, "task is not listed in benchmarks.bias or benchmarks.capability"));
+                return Err(Error::param(
+                    &name,
+                    "task is not listed in benchmarks.bias or benchmarks.capability",
+                ));
             }
             at_least_one(&name, l)?;
         }
@@ -418,7 +449,11 @@ bootstrap = 100
 "#;
 
     fn err_of(text: &str) -> String {
-        Spec::parse(text).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default()
+        Spec::parse(text)
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -444,13 +479,37 @@ bootstrap = 100
         let cases = [
             ("noise = 3.0", "noise = -1.0", "trace.noise"),
             ("lr = 0.5", "lr = 0.0", "methods.lsdm.lr"),
-            ("layers = \"from_sites\"", "layers = \"all\"", "methods.lsdm.layers"),
-            ("layers = \"from_sites\"", "layers = [3, 2]", "methods.lsdm.layers"),
-            ("capability = [\"copa\"]", "capability = [\"copaa\"]", "benchmarks.capability[0]"),
-            ("held_out_fraction = 0.5", "held_out_fraction = 1.5", "split.held_out_fraction"),
+            (
+                "layers = \"from_sites\"",
+                "layers = \"all\"",
+                "methods.lsdm.layers",
+            ),
+            (
+                "layers = \"from_sites\"",
+                "layers = [3, 2]",
+                "methods.lsdm.layers",
+            ),
+            (
+                "capability = [\"copa\"]",
+                "capability = [\"copaa\"]",
+                "benchmarks.capability[0]",
+            ),
+            (
+                "held_out_fraction = 0.5",
+                "held_out_fraction = 1.5",
+                "split.held_out_fraction",
+            ),
             ("seeds = [0]", "seeds = []", "run.seeds"),
-            ("kinds = [\"mlp\", \"attn\"]", "kinds = [\"attn\", \"mlp\"]", "trace.kinds"),
-            ("name = \"smollm2-135m\"", "name = \"smollm2-135m\"\ndevice = \"gpu\"", "model.device"),
+            (
+                "kinds = [\"mlp\", \"attn\"]",
+                "kinds = [\"attn\", \"mlp\"]",
+                "trace.kinds",
+            ),
+            (
+                "name = \"smollm2-135m\"",
+                "name = \"smollm2-135m\"\ndevice = \"gpu\"",
+                "model.device",
+            ),
         ];
         for (from, to, param) in cases {
             let text = MINIMAL.replace(from, to);
@@ -462,7 +521,10 @@ bootstrap = 100
 
     #[test]
     fn limits_override_and_must_name_listed_tasks() {
-        let s = Spec::parse(&MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\ncopa = 3")).unwrap();
+        let s = Spec::parse(
+            &MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\ncopa = 3"),
+        )
+        .unwrap();
         assert_eq!(s.benchmarks.limit_for("copa"), Some(3));
         assert_eq!(s.benchmarks.limit_for("winobias_type1"), Some(10));
         let e = err_of(&MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\npiqa = 3"));
@@ -493,7 +555,11 @@ bootstrap = 100
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness");
         for f in ["quick.toml", "full-smollm2.toml", "full-gemma3.toml"] {
             let s = Spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(s.methods.variants(), vec!["base", "lsdm", "ft", "dama"], "{f}");
+            assert_eq!(
+                s.methods.variants(),
+                vec!["base", "lsdm", "ft", "dama"],
+                "{f}"
+            );
         }
     }
 }

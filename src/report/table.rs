@@ -45,7 +45,10 @@ impl Cell {
         match self {
             Cell::Text { text } => text.clone(),
             Cell::Number {
-                value, ci, decimals, ..
+                value,
+                ci,
+                decimals,
+                ..
             } => match ci {
                 Some((lo, hi)) => format!(
                     "{} [{}, {}]",
@@ -129,7 +132,14 @@ impl Table {
 
     pub fn to_markdown(&self) -> String {
         let mut o = format!("### {}\n\n", md_escape(&self.title));
-        o.push_str(&format!("| {} |\n", self.columns.iter().map(|c| md_escape(c)).collect::<Vec<_>>().join(" | ")));
+        o.push_str(&format!(
+            "| {} |\n",
+            self.columns
+                .iter()
+                .map(|c| md_escape(c))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
         o.push_str(&format!("|{}\n", " --- |".repeat(self.columns.len())));
         for r in &self.rows {
             let cells: Vec<String> = r.iter().map(|c| md_escape(&c.display())).collect();
@@ -156,7 +166,9 @@ impl Table {
 
     /// Tidy CSV: a number column with intervals gains `<col> ci_low`, `<col> ci_high`, `<col> n`.
     pub fn to_csv(&self) -> String {
-        let extras: Vec<(bool, bool)> = (0..self.columns.len()).map(|j| self.column_extras(j)).collect();
+        let extras: Vec<(bool, bool)> = (0..self.columns.len())
+            .map(|j| self.column_extras(j))
+            .collect();
         let mut header = vec![];
         for (c, &(ci, n)) in self.columns.iter().zip(&extras) {
             header.push(csv_field(c));
@@ -175,7 +187,10 @@ impl Table {
                 let (main, ci, n) = match cell {
                     Cell::Text { text } => (text.clone(), None, None),
                     Cell::Number {
-                        value, ci, n, decimals,
+                        value,
+                        ci,
+                        n,
+                        decimals,
                     } => (
                         fmt_num(*value, *decimals),
                         ci.map(|(l, h)| (fmt_num(l, *decimals), fmt_num(h, *decimals))),
@@ -211,7 +226,10 @@ impl Table {
             html_escape(&self.title)
         );
         if !self.caption.is_empty() {
-            o.push_str(&format!("<br><span class=\"cap\">{}</span>", html_escape(&self.caption)));
+            o.push_str(&format!(
+                "<br><span class=\"cap\">{}</span>",
+                html_escape(&self.caption)
+            ));
         }
         o.push_str("</caption>\n<thead><tr>");
         for c in &self.columns {
@@ -230,7 +248,10 @@ impl Table {
                     Cell::Number { n: Some(k), .. } => format!(" title=\"n = {k}\""),
                     _ => String::new(),
                 };
-                o.push_str(&format!("<td class=\"{class}\"{title}>{}</td>", html_escape(&c.display())));
+                o.push_str(&format!(
+                    "<td class=\"{class}\"{title}>{}</td>",
+                    html_escape(&c.display())
+                ));
             }
             o.push_str("</tr>\n");
         }
@@ -250,7 +271,15 @@ mod tests {
             caption: "cap".into(),
             columns: vec!["name".into(), "v".into()],
             rows: vec![
-                vec![Cell::text("a,b"), Cell::Number { value: -0.0001, ci: Some((-0.2, 0.3)), n: Some(7), decimals: 3 }],
+                vec![
+                    Cell::text("a,b"),
+                    Cell::Number {
+                        value: -0.0001,
+                        ci: Some((-0.2, 0.3)),
+                        n: Some(7),
+                        decimals: 3,
+                    },
+                ],
                 vec![Cell::text("c"), Cell::Missing],
             ],
         }
@@ -290,7 +319,12 @@ mod tests {
         assert_eq!(back, tb);
         let h = tb.to_html();
         assert!(h.contains("T | x") && h.contains("title=\"n = 7\""));
-        assert!(!Table { title: "<b>".into(), ..tb }.to_html().contains("<b>"));
+        assert!(!Table {
+            title: "<b>".into(),
+            ..tb
+        }
+        .to_html()
+        .contains("<b>"));
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub fn build_tables(inputs: &ReportInputs, decimals: usize) -> Result<Vec<Table>
 }
 
 /// Write everything under `out`; returns the paths written, in order.
-pub fn write_report(out: &Path, inputs: &ReportInputs, manifest: &Manifest, opts: &OutputSpec) -> Result<Vec<PathBuf>> {
+pub fn write_report(
+    out: &Path,
+    inputs: &ReportInputs,
+    manifest: &Manifest,
+    opts: &OutputSpec,
+) -> Result<Vec<PathBuf>> {
     let mut written = vec![];
     let put = |p: PathBuf, bytes: &[u8], written: &mut Vec<PathBuf>| -> Result<()> {
         write_atomic(&p, bytes)?;
@@ -43,14 +48,30 @@ pub fn write_report(out: &Path, inputs: &ReportInputs, manifest: &Manifest, opts
     let tables = build_tables(inputs, opts.decimals)?;
     for t in &tables {
         let base = out.join("tables").join(&t.id);
-        put(base.with_extension("md"), t.to_markdown().as_bytes(), &mut written)?;
-        put(base.with_extension("csv"), t.to_csv().as_bytes(), &mut written)?;
-        put(base.with_extension("json"), t.to_json()?.as_bytes(), &mut written)?;
+        put(
+            base.with_extension("md"),
+            t.to_markdown().as_bytes(),
+            &mut written,
+        )?;
+        put(
+            base.with_extension("csv"),
+            t.to_csv().as_bytes(),
+            &mut written,
+        )?;
+        put(
+            base.with_extension("json"),
+            t.to_json()?.as_bytes(),
+            &mut written,
+        )?;
     }
     let figures: Vec<Figure> = standard_figures(inputs);
     for f in &figures {
         let base = out.join("figures").join(&f.id);
-        put(base.with_extension("svg"), f.to_svg()?.as_bytes(), &mut written)?;
+        put(
+            base.with_extension("svg"),
+            f.to_svg()?.as_bytes(),
+            &mut written,
+        )?;
         if opts.png {
             let p = base.with_extension("png");
             f.write_png(&p)?;
