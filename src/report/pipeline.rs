@@ -1,0 +1,383 @@
+//! The orchestration skeleton: stages run in order, each with a cache key made from its settings
+//! and the hashes of its inputs' outputs. A stage whose stored output (`<out>/stages/<name>.json`)
+//! carries the same key is not rerun, so an interrupted or repeated report skips finished work.
+//! Stage implementations (measure, trace, edit, eval) plug in through the [`Stage`] trait.
+
+use super::inputs::ReportInputs;
+use super::manifest::StageRecord;
+use super::spec::Spec;
+use crate::io::{sha256_bytes, write_json_atomic};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a running stage can see: the spec, the output folder and its dependencies' outputs.
+pub struct Ctx<'a> {
+    pub spec: &'a Spec,
+    pub out_dir: &'a Path,
+    outputs: &'a BTreeMap<String, Value>,
+}
+
+impl Ctx<'_> {
+    /// Output of an earlier stage; an error if `stage` has not run (a wiring bug).
+    pub fn input(&self, stage: &str) -> Result<&Value> {
+        self.outputs.get(stage).ok_or_else(|| {
+            Error::param(
+                "stage",
+                format!("output of stage {stage:?} is not available; list it in deps()"),
+            )
+        })
+    }
+    /// A per-stage folder for large artefacts (deltas, traces) the JSON output refers to.
+    pub fn artefact_dir(&self, stage: &str) -> PathBuf {
+        self.out_dir.join("artefacts").join(stage)
+    }
+}
+
+pub trait Stage {
+    /// Unique name, also the cache file name: `[a-z0-9_-]+`.
+    fn name(&self) -> &str;
+    /// Stages whose outputs this one reads; they must come earlier in the pipeline.
+    fn deps(&self) -> Vec<String> {
+        vec![]
+    }
+    /// Everything that changes the output: the spec section, file hashes, a format version.
+    fn settings(&self) -> Result<Value>;
+    fn run(&self, ctx: &Ctx) -> Result<Value>;
+    /// Copy this stage's results into the report's typed inputs (tables and figures).
+    fn contribute(&self, _output: &Value, _inputs: &mut ReportInputs) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The cache key: sha256 of the stage name, its settings and its inputs' output hashes.
+pub fn stage_key(
+    name: &str,
+    settings: &Value,
+    input_hashes: &BTreeMap<String, String>,
+) -> Result<String> {
+    #[derive(Serialize)]
+    struct KeyData<'a> {
+        stage: &'a str,
+        settings: &'a Value,
+        inputs: &'a BTreeMap<String, String>,
+    }
+    let bytes = serde_json::to_vec(&KeyData {
+        stage: name,
+        settings,
+        inputs: input_hashes,
+    })?;
+    Ok(sha256_bytes(&bytes))
+}
+
+/// The stored form of a stage's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageFile {
+    pub name: String,
+    pub key: String,
+    pub wall_s: f64,
+    pub output: Value,
+}
+
+/// Result of a pipeline run: stage outputs, what happened, and the assembled report inputs.
+pub struct RunOutcome {
+    pub outputs: BTreeMap<String, Value>,
+    pub records: Vec<StageRecord>,
+    pub inputs: ReportInputs,
+}
+
+#[derive(Default)]
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+fn output_hash(v: &Value) -> Result<String> {
+    Ok(sha256_bytes(&serde_json::to_vec(v)?))
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline::default()
+    }
+
+    pub fn push(&mut self, stage: Box<dyn Stage>) -> &mut Self {
+        self.stages.push(stage);
+        self
+    }
+
+    pub fn stage_path(out_dir: &Path, name: &str) -> PathBuf {
+        out_dir.join("stages").join(format!("{name}.json"))
+    }
+
+    /// Names are unique and file-safe; dependencies refer to earlier stages.
+    fn check(&self) -> Result<()> {
+        for (i, s) in self.stages.iter().enumerate() {
+            let n = s.name();
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return Err(Error::param(
+                    "stage",
+                    format!("name {n:?} must match [a-z0-9_-]+"),
+                ));
+            }
+            let earlier: Vec<&str> = self.stages[..i].iter().map(|s| s.name()).collect();
+            if earlier.contains(&n) {
+                return Err(Error::param("stage", format!("{n:?} appears twice")));
+            }
+            if let Some(d) = s
+                .deps()
+                .into_iter()
+                .find(|d| !earlier.contains(&d.as_str()))
+            {
+                return Err(Error::param(
+                    "stage",
+                    format!("{n:?} depends on {d:?}, which does not run before it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reuse a stored output whose key matches; anything unreadable is simply recomputed.
+    fn cached(path: &Path, key: &str) -> Option<StageFile> {
+        let bytes = std::fs::read(path).ok()?;
+        let f: StageFile = serde_json::from_slice(&bytes).ok()?;
+        (f.key == key).then_some(f)
+    }
+
+    /// Run every stage (or reuse its cache unless `force`), then assemble the report inputs.
+    pub fn run(&self, spec: &Spec, out_dir: &Path, force: bool) -> Result<RunOutcome> {
+        self.check()?;
+        std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e.to_string()))?;
+        let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+        let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+        let mut records = vec![];
+        for s in &self.stages {
+            let name = s.name().to_string();
+            let inputs: BTreeMap<String, String> = s
+                .deps()
+                .into_iter()
+                .map(|d| (hashes[&d].clone(), d))
+                .map(|(h, d)| (d, h))
+                .collect();
+            let key = stage_key(&name, &s.settings()?, &inputs)?;
+            let path = Self::stage_path(out_dir, &name);
+            let start = Instant::now();
+            let (file, cached) = match (!force).then(|| Self::cached(&path, &key)).flatten() {
+                Some(f) => (f, true),
+                None => {
+                    let ctx = Ctx {
+                        spec,
+                        out_dir,
+                        outputs: &outputs,
+                    };
+                    let output = s
+                        .run(&ctx)
+                        .map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
+                    let f = StageFile {
+                        name: name.clone(),
+                        key: key.clone(),
+                        wall_s: start.elapsed().as_secs_f64(),
+                        output,
+                    };
+                    write_json_atomic(&path, &f)?;
+                    (f, false)
+                }
+            };
+            let h = output_hash(&file.output)?;
+            records.push(StageRecord {
+                name: name.clone(),
+                key,
+                cached,
+                wall_s: start.elapsed().as_secs_f64(),
+                original_wall_s: file.wall_s,
+                output_sha256: h.clone(),
+            });
+            hashes.insert(name.clone(), h);
+            outputs.insert(name, file.output);
+        }
+        let mut inputs = ReportInputs::new(spec.name.clone());
+        for s in &self.stages {
+            s.contribute(&outputs[s.name()], &mut inputs)
+                .map_err(|e| Error::param(format!("stage {}", s.name()), e.to_string()))?;
+        }
+        Ok(RunOutcome {
+            outputs,
+            records,
+            inputs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// Outputs `factor × (sum of its inputs' "v" + 1)` and counts its runs.
+    struct Counting {
+        name: &'static str,
+        deps: Vec<String>,
+        factor: i64,
+        runs: Rc<Cell<usize>>,
+    }
+
+    impl Stage for Counting {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn deps(&self) -> Vec<String> {
+            self.deps.clone()
+        }
+        fn settings(&self) -> Result<Value> {
+            Ok(serde_json::json!({ "factor": self.factor }))
+        }
+        fn run(&self, ctx: &Ctx) -> Result<Value> {
+            self.runs.set(self.runs.get() + 1);
+            let mut sum = 1;
+            for d in &self.deps {
+                sum += ctx.input(d)?["v"].as_i64().unwrap_or(0);
+            }
+            Ok(serde_json::json!({ "v": self.factor * sum }))
+        }
+        fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
+            inputs.cost.push(super::super::inputs::CostRow {
+                method: self.name.into(),
+                wall_s: 0.0,
+                forwards: output["v"].as_u64().unwrap_or(0),
+                edit_s: 0.0,
+            });
+            Ok(())
+        }
+    }
+
+    fn spec() -> Spec {
+        Spec::parse(crate::report::spec::tests::MINIMAL).unwrap()
+    }
+
+    struct Rig {
+        a: Rc<Cell<usize>>,
+        b: Rc<Cell<usize>>,
+    }
+
+    fn pipeline(fa: i64, fb: i64, rig: &Rig) -> Pipeline {
+        let mut p = Pipeline::new();
+        p.push(Box::new(Counting {
+            name: "a",
+            deps: vec![],
+            factor: fa,
+            runs: rig.a.clone(),
+        }));
+        p.push(Box::new(Counting {
+            name: "b",
+            deps: vec!["a".into()],
+            factor: fb,
+            runs: rig.b.clone(),
+        }));
+        p
+    }
+
+    fn rig() -> Rig {
+        Rig {
+            a: Rc::new(Cell::new(0)),
+            b: Rc::new(Cell::new(0)),
+        }
+    }
+
+    #[test]
+    fn unchanged_keys_are_not_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        let out1 = pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!(out1.outputs["b"]["v"], 3 * (2 + 1));
+        let out2 = pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!((r.a.get(), r.b.get()), (1, 1));
+        assert!(out2.records.iter().all(|s| s.cached));
+        assert_eq!(out1.outputs, out2.outputs);
+        assert_eq!(out2.inputs.cost[1].forwards, 9);
+        // No temporary files are left next to the outputs.
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("stages"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn changed_settings_rerun_the_stage_and_changed_outputs_rerun_dependents() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        pipeline(2, 4, &r).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!((r.a.get(), r.b.get()), (1, 2), "only b's settings changed");
+        let out = pipeline(5, 4, &r).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!(
+            (r.a.get(), r.b.get()),
+            (2, 3),
+            "a's output changed, so b reruns"
+        );
+        assert_eq!(out.outputs["b"]["v"], 4 * 6);
+        pipeline(5, 4, &r).run(&spec(), dir.path(), true).unwrap();
+        assert_eq!((r.a.get(), r.b.get()), (3, 4), "force reruns everything");
+    }
+
+    #[test]
+    fn corrupt_cache_is_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        std::fs::write(Pipeline::stage_path(dir.path(), "a"), b"{ truncated").unwrap();
+        let out = pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!(
+            (r.a.get(), r.b.get()),
+            (2, 1),
+            "a recomputed with the same output, b kept"
+        );
+        assert!(!out.records[0].cached && out.records[1].cached);
+    }
+
+    #[test]
+    fn wiring_errors_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        let mut p = Pipeline::new();
+        p.push(Box::new(Counting {
+            name: "b",
+            deps: vec!["a".into()],
+            factor: 1,
+            runs: r.b.clone(),
+        }));
+        let e = p.run(&spec(), dir.path(), false).err().unwrap().to_string();
+        assert!(e.contains("does not run before"), "{e}");
+        let mut p = Pipeline::new();
+        p.push(Box::new(Counting {
+            name: "A b",
+            deps: vec![],
+            factor: 1,
+            runs: r.a.clone(),
+        }));
+        assert!(p.run(&spec(), dir.path(), false).is_err());
+    }
+
+    #[test]
+    fn key_depends_on_name_settings_and_inputs() {
+        let s = serde_json::json!({"x": 1});
+        let mut i = BTreeMap::new();
+        let k0 = stage_key("a", &s, &i).unwrap();
+        assert_eq!(k0, stage_key("a", &s, &i).unwrap());
+        assert_ne!(k0, stage_key("b", &s, &i).unwrap());
+        assert_ne!(
+            k0,
+            stage_key("a", &serde_json::json!({"x": 2}), &i).unwrap()
+        );
+        i.insert("d".to_string(), "h".to_string());
+        assert_ne!(k0, stage_key("a", &s, &i).unwrap());
+    }
+}

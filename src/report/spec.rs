@@ -1,0 +1,565 @@
+//! Experiment specs as data: one TOML file says which model, prompts, tracing settings, edit
+//! methods, sweeps and benchmarks a report runs. Unknown keys are errors (a typo must not
+//! silently fall back to a default) and every value is range-checked with its dotted name.
+
+use crate::data::split::SplitSpec;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A whole experiment. Section names mirror the stages that consume them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Short name shown in the report title and used in output file names.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub model: ModelSpec,
+    pub split: SplitSpec,
+    pub trace: TraceSpec,
+    pub methods: MethodsSpec,
+    #[serde(default)]
+    pub sweeps: SweepSpec,
+    pub benchmarks: BenchmarkSpec,
+    pub run: RunSpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A registry alias (`smollm2-135m`), a `.gguf` path or a Hugging Face directory.
+    pub name: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Which activation a causal-tracing restore copies (ROME's three kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceKind {
+    Hidden,
+    Mlp,
+    Attn,
+}
+
+impl TraceKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TraceKind::Hidden => "hidden",
+            TraceKind::Mlp => "mlp",
+            TraceKind::Attn => "attn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSpec {
+    /// Number of occupation prompts traced (taken in split order from the edit split).
+    pub prompts: usize,
+    /// Noised rows per prompt.
+    pub samples: usize,
+    /// Noise std as a multiple of the std of occupation-token embeddings (ROME uses 3).
+    pub noise: f64,
+    /// Layers restored together around each layer for `mlp`/`attn` (ROME uses 10).
+    pub window: usize,
+    pub kinds: Vec<TraceKind>,
+    pub seed: u64,
+}
+
+/// Edited layers: an explicit list, or the peak layers found by the trace stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Layers {
+    List(Vec<usize>),
+    /// Must be the word `from_sites`.
+    Word(String),
+}
+
+impl Layers {
+    pub fn is_from_sites(&self) -> bool {
+        matches!(self, Layers::Word(w) if w == "from_sites")
+    }
+    fn validate(&self, name: &str) -> Result<()> {
+        match self {
+            Layers::Word(w) if w == "from_sites" => Ok(()),
+            Layers::Word(w) => Err(Error::param(
+                name,
+                format!("expected a list of layer indices or \"from_sites\", got {w:?}"),
+            )),
+            Layers::List(v) if v.is_empty() => Err(Error::param(name, "layer list is empty")),
+            Layers::List(v) => {
+                if v.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(Error::param(name, "layers must be strictly increasing"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LsdmSpec {
+    pub layers: Layers,
+    /// Weight of the key covariance C in (λC + KKᵀ): larger keeps the edit smaller.
+    pub lambda: f64,
+    /// Weight of the preserved (definitional-control) key/value pairs in the solve.
+    pub mu: f64,
+    /// Adam steps and learning rate of the target-vector optimisation.
+    pub steps: usize,
+    pub lr: f64,
+    /// Weight of the KL term keeping "{occupation} is a" unchanged.
+    pub kl_weight: f64,
+    /// Clamp ‖δ‖ <= norm_bound · ‖h‖ on the target residual.
+    pub norm_bound: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtSpec {
+    /// Layers fine-tuned; `from_sites` reuses the traced peak layers.
+    pub layers: Layers,
+    /// L∞ bound on the weight change, enforced after every step.
+    pub eps: f64,
+    pub steps: usize,
+    pub lr: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DamaSpec {
+    pub layers: Layers,
+    /// PLS components projected out per layer (the null-space dimension).
+    pub components: usize,
+}
+
+/// Which edit methods run; absent sections are skipped. The base model always runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodsSpec {
+    pub lsdm: Option<LsdmSpec>,
+    pub ft: Option<FtSpec>,
+    pub dama: Option<DamaSpec>,
+}
+
+impl MethodsSpec {
+    /// Model variants in the fixed column order used by every table: base first.
+    pub fn variants(&self) -> Vec<&'static str> {
+        let mut v = vec!["base"];
+        if self.lsdm.is_some() {
+            v.push("lsdm");
+        }
+        if self.ft.is_some() {
+            v.push("ft");
+        }
+        if self.dama.is_some() {
+            v.push("dama");
+        }
+        v
+    }
+}
+
+/// LSDM sweeps for the trade-off figure; each point is one extra edit + evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    #[serde(default)]
+    pub lambda: Vec<f64>,
+    /// Numbers of consecutive layers (centred on the traced peak) edited.
+    #[serde(default)]
+    pub layer_count: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkSpec {
+    /// Task names from `eval::registry`.
+    pub bias: Vec<String>,
+    pub capability: Vec<String>,
+    /// Default item limit per task; absent means every item.
+    pub limit: Option<usize>,
+    /// Per-task overrides of `limit`.
+    #[serde(default)]
+    pub limits: BTreeMap<String, usize>,
+}
+
+impl BenchmarkSpec {
+    /// The item limit in force for `task`.
+    pub fn limit_for(&self, task: &str) -> Option<usize> {
+        self.limits.get(task).copied().or(self.limit)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Seeds for the stochastic stages (target optimisation, bootstrap); one edit per seed.
+    pub seeds: Vec<u64>,
+    /// Worker threads; fixed so reductions are reproducible.
+    pub threads: usize,
+    /// Bootstrap resamples for confidence intervals.
+    pub bootstrap: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Also write PNG copies of the figures (the HTML always embeds SVG).
+    #[serde(default = "yes")]
+    pub png: bool,
+    #[serde(default = "yes")]
+    pub html: bool,
+    /// Decimals shown for metrics in Markdown/CSV/HTML tables.
+    #[serde(default = "default_decimals")]
+    pub decimals: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_decimals() -> usize {
+    3
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec {
+            png: true,
+            html: true,
+            decimals: default_decimals(),
+        }
+    }
+}
+
+fn positive(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && x > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(
+            name,
+            format!("must be a finite number > 0, got {x}"),
+        ))
+    }
+}
+
+fn non_negative(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(
+            name,
+            format!("must be a finite number >= 0, got {x}"),
+        ))
+    }
+}
+
+fn at_least_one(name: &str, n: usize) -> Result<()> {
+    if n >= 1 {
+        Ok(())
+    } else {
+        Err(Error::param(name, "must be at least 1"))
+    }
+}
+
+fn check_tasks(name: &str, tasks: &[String]) -> Result<()> {
+    for (i, t) in tasks.iter().enumerate() {
+        crate::eval::registry::task(t)
+            .map_err(|e| Error::param(format!("{name}[{i}]"), e.to_string()))?;
+        if tasks[..i].contains(t) {
+            return Err(Error::param(
+                format!("{name}[{i}]"),
+                format!("task {t:?} listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Spec {
+    /// Read, parse and validate a spec; every error names the file.
+    pub fn load(path: &Path) -> Result<Spec> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+        Spec::parse(&text).map_err(|e| match e {
+            Error::Param { name, message } => {
+                Error::file(path, format!("parameter `{name}`: {message}"))
+            }
+            other => Error::file(path, other.to_string()),
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Spec> {
+        let spec: Spec = toml::from_str(text).map_err(|e| Error::param("spec", e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Range checks that TOML types cannot express.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::param(
+                "name",
+                "must be non-empty and use only [A-Za-z0-9_-]",
+            ));
+        }
+        if self.model.name.trim().is_empty() {
+            return Err(Error::param("model.name", "must not be empty"));
+        }
+        let d = self.model.device.as_str();
+        let cuda_n = d.strip_prefix("cuda:").map(|n| n.parse::<usize>().is_ok());
+        if !(d == "cpu" || d == "cuda" || cuda_n == Some(true)) {
+            return Err(Error::param(
+                "model.device",
+                format!("expected cpu, cuda or cuda:N, got {d:?}"),
+            ));
+        }
+        self.split.validate().map_err(|e| match e {
+            Error::Param { name, message } => Error::param(format!("split.{name}"), message),
+            other => other,
+        })?;
+        let t = &self.trace;
+        at_least_one("trace.prompts", t.prompts)?;
+        at_least_one("trace.samples", t.samples)?;
+        positive("trace.noise", t.noise)?;
+        at_least_one("trace.window", t.window)?;
+        if t.kinds.is_empty() {
+            return Err(Error::param(
+                "trace.kinds",
+                "list at least one of hidden, mlp, attn",
+            ));
+        }
+        if t.kinds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::param(
+                "trace.kinds",
+                "list each kind once, in the order hidden, mlp, attn",
+            ));
+        }
+        if let Some(m) = &self.methods.lsdm {
+            m.layers.validate("methods.lsdm.layers")?;
+            non_negative("methods.lsdm.lambda", m.lambda)?;
+            non_negative("methods.lsdm.mu", m.mu)?;
+            at_least_one("methods.lsdm.steps", m.steps)?;
+            positive("methods.lsdm.lr", m.lr)?;
+            non_negative("methods.lsdm.kl_weight", m.kl_weight)?;
+            positive("methods.lsdm.norm_bound", m.norm_bound)?;
+        }
+        if let Some(m) = &self.methods.ft {
+            m.layers.validate("methods.ft.layers")?;
+            positive("methods.ft.eps", m.eps)?;
+            at_least_one("methods.ft.steps", m.steps)?;
+            positive("methods.ft.lr", m.lr)?;
+        }
+        if let Some(m) = &self.methods.dama {
+            m.layers.validate("methods.dama.layers")?;
+            at_least_one("methods.dama.components", m.components)?;
+        }
+        if (!self.sweeps.lambda.is_empty() || !self.sweeps.layer_count.is_empty())
+            && self.methods.lsdm.is_none()
+        {
+            return Err(Error::param(
+                "sweeps",
+                "sweeps vary LSDM; add a [methods.lsdm] section",
+            ));
+        }
+        for (i, &l) in self.sweeps.lambda.iter().enumerate() {
+            non_negative(&format!("sweeps.lambda[{i}]"), l)?;
+        }
+        for (i, &n) in self.sweeps.layer_count.iter().enumerate() {
+            at_least_one(&format!("sweeps.layer_count[{i}]"), n)?;
+        }
+        let b = &self.benchmarks;
+        check_tasks("benchmarks.bias", &b.bias)?;
+        check_tasks("benchmarks.capability", &b.capability)?;
+        if let Some(l) = b.limit {
+            at_least_one("benchmarks.limit", l)?;
+        }
+        for (task, &l) in &b.limits {
+            let name = format!("benchmarks.limits.{task}");
+            crate::eval::registry::task(task).map_err(|e| Error::param(&name, e.to_string()))?;
+            if !b.bias.contains(task) && !b.capability.contains(task) {
+                return Err(Error::param(
+                    &name,
+                    "task is not listed in benchmarks.bias or benchmarks.capability",
+                ));
+            }
+            at_least_one(&name, l)?;
+        }
+        if self.run.seeds.is_empty() {
+            return Err(Error::param("run.seeds", "list at least one seed"));
+        }
+        at_least_one("run.threads", self.run.threads)?;
+        at_least_one("run.bootstrap", self.run.bootstrap)?;
+        if self.output.decimals > 12 {
+            return Err(Error::param("output.decimals", "must be at most 12"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+name = "t"
+[model]
+name = "smollm2-135m"
+[split]
+definitional_threshold = 0.5
+held_out_fraction = 0.5
+seed = 0
+[trace]
+prompts = 4
+samples = 2
+noise = 3.0
+window = 3
+kinds = ["mlp", "attn"]
+seed = 1
+[methods.lsdm]
+layers = "from_sites"
+lambda = 15000.0
+mu = 1.0
+steps = 5
+lr = 0.5
+kl_weight = 0.0625
+norm_bound = 0.75
+[benchmarks]
+bias = ["winobias_type1"]
+capability = ["copa"]
+limit = 10
+[run]
+seeds = [0]
+threads = 2
+bootstrap = 100
+"#;
+
+    fn err_of(text: &str) -> String {
+        Spec::parse(text)
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn minimal_parses_with_defaults() {
+        let s = Spec::parse(MINIMAL).unwrap();
+        assert_eq!(s.model.device, "cpu");
+        assert!(s.methods.lsdm.as_ref().unwrap().layers.is_from_sites());
+        assert_eq!(s.methods.variants(), vec!["base", "lsdm"]);
+        assert_eq!(s.output, OutputSpec::default());
+        assert_eq!(s.benchmarks.limit_for("copa"), Some(10));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err_of(&MINIMAL.replace("samples = 2", "samples = 2\nsampels = 3"));
+        assert!(e.contains("sampels"), "{e}");
+        let e = err_of(&MINIMAL.replace("[run]", "[run]\nfoo = 1"));
+        assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        let cases = [
+            ("noise = 3.0", "noise = -1.0", "trace.noise"),
+            ("lr = 0.5", "lr = 0.0", "methods.lsdm.lr"),
+            (
+                "layers = \"from_sites\"",
+                "layers = \"all\"",
+                "methods.lsdm.layers",
+            ),
+            (
+                "layers = \"from_sites\"",
+                "layers = [3, 2]",
+                "methods.lsdm.layers",
+            ),
+            (
+                "capability = [\"copa\"]",
+                "capability = [\"copaa\"]",
+                "benchmarks.capability[0]",
+            ),
+            (
+                "held_out_fraction = 0.5",
+                "held_out_fraction = 1.5",
+                "split.held_out_fraction",
+            ),
+            ("seeds = [0]", "seeds = []", "run.seeds"),
+            (
+                "kinds = [\"mlp\", \"attn\"]",
+                "kinds = [\"attn\", \"mlp\"]",
+                "trace.kinds",
+            ),
+            (
+                "name = \"smollm2-135m\"",
+                "name = \"smollm2-135m\"\ndevice = \"gpu\"",
+                "model.device",
+            ),
+        ];
+        for (from, to, param) in cases {
+            let text = MINIMAL.replace(from, to);
+            assert_ne!(text, MINIMAL, "{from}");
+            let e = err_of(&text);
+            assert!(e.contains(param), "{param}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_override_and_must_name_listed_tasks() {
+        let s = Spec::parse(
+            &MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\ncopa = 3"),
+        )
+        .unwrap();
+        assert_eq!(s.benchmarks.limit_for("copa"), Some(3));
+        assert_eq!(s.benchmarks.limit_for("winobias_type1"), Some(10));
+        let e = err_of(&MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\npiqa = 3"));
+        assert!(e.contains("benchmarks.limits.piqa"), "{e}");
+    }
+
+    #[test]
+    fn sweeps_need_lsdm() {
+        let mut s = Spec::parse(MINIMAL).unwrap();
+        s.sweeps.lambda = vec![1.0];
+        s.validate().unwrap();
+        s.methods.lsdm = None;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("sweeps"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, MINIMAL.replace("window = 3", "window = 0")).unwrap();
+        let e = Spec::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("trace.window"), "{e}");
+    }
+
+    #[test]
+    fn harness_specs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness");
+        for f in ["quick.toml", "full-smollm2.toml", "full-gemma3.toml"] {
+            let s = Spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                s.methods.variants(),
+                vec!["base", "lsdm", "ft", "dama"],
+                "{f}"
+            );
+        }
+    }
+}
