@@ -38,6 +38,9 @@ pub struct LsdmParams {
     pub prefixes: usize,
     pub target: TargetParams,
     pub batch: usize,
+    /// Average keys over each profession's contexts (MEMIT's compute_ks) instead of one key per
+    /// prompt. Per-prompt keys (default) make the edit hit the target in every edit template.
+    pub average_keys: bool,
 }
 
 impl Default for LsdmParams {
@@ -52,6 +55,7 @@ impl Default for LsdmParams {
             prefixes: 3,
             target: TargetParams::default(),
             batch: 64,
+            average_keys: false,
         }
     }
 }
@@ -138,7 +142,14 @@ pub fn lsdm(
             log(&format!("  step {s}: bias loss {l:.4}"));
         }
     })?;
-    let z_star = (&h_bar + &targets.delta)?;
+    let key_groups = groups(&prompts.keys);
+    // Per-prompt targets z*_i = h_i + δ_{group(i)}, or per-profession z* = h̄ + δ when averaging.
+    let z_star = if params.average_keys {
+        (&h_bar + &targets.delta)?
+    } else {
+        let idx = Tensor::from_vec(key_groups.iter().map(|&g| g as u32).collect::<Vec<_>>(), key_groups.len(), &h_bar.device().clone())?;
+        (&h0[&Site::ResidPost(top)] + targets.delta.index_select(&idx, 0)?)?
+    };
 
     // Corpus statistics.
     let prior_moments = if params.prior == "moment" {
@@ -159,8 +170,11 @@ pub fn lsdm(
     let (mut delta_norms, mut residual_norms) = (Vec::new(), Vec::new());
     for (i, &l) in layers.iter().enumerate() {
         let cap = capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l), Site::ResidPost(top)], params.batch)?;
-        let k = group_mean(&cap[&Site::MlpKey(l)], &groups(&prompts.keys), n_groups)?;
-        let h_cur = group_mean(&cap[&Site::ResidPost(top)], &groups(&prompts.keys), n_groups)?;
+        let (k, h_cur) = if params.average_keys {
+            (group_mean(&cap[&Site::MlpKey(l)], &key_groups, n_groups)?, group_mean(&cap[&Site::ResidPost(top)], &key_groups, n_groups)?)
+        } else {
+            (cap[&Site::MlpKey(l)].clone(), cap[&Site::ResidPost(top)].clone())
+        };
         let r = ((&z_star - &h_cur)? / (layers.len() - i) as f64)?;
         let preserved = if prompts.preserve.is_empty() {
             None
