@@ -1,0 +1,1 @@
+//! placeholder for mediation (filled below)
