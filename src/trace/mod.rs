@@ -11,6 +11,7 @@ pub mod mediation;
 pub mod naive;
 pub mod noise;
 pub mod prompts;
+pub mod run;
 pub mod sites_json;
 
 pub use aggregate::{aggregate_roles, token_roles, RoleSummary, TokenRole};
