@@ -23,9 +23,11 @@ struct Job {
     start: usize,
 }
 
+/// `n` copies along dim 0, contiguous (the attention concatenates past keys along the token
+/// axis, which needs contiguous inputs to give a matmul-ready layout).
 fn repeat(x: &Tensor, n: usize) -> Result<Tensor> {
     if n == 1 {
-        return Ok(x.clone());
+        return Ok(x.contiguous()?);
     }
     Ok(Tensor::cat(&vec![x; n], 0)?)
 }
@@ -65,6 +67,9 @@ pub fn trace_fast_batched(model: &Transformer, case: &TraceCase, noise: &Tensor,
             }
         }
         jobs.sort_by_key(|j| (j.start, j.grid, j.l));
+        // Passes of `per_pass` restorations in order of start layer, each resuming at its
+        // smallest start: one pass per start layer would do the minimum work, but its tiny
+        // matmuls run slower on CPU than a few wasted layers in large ones.
         for chunk in jobs.chunks(per_pass) {
             let probs = run_chunk(model, case, settings, &clean_out, &corr, &kv, chunk, s, &logits)?;
             for (job, p) in chunk.iter().zip(probs) {
