@@ -10,6 +10,9 @@ pub struct Args {
     /// The shard directories (same settings).
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
+    /// Write summaries and plots even when items are missing (to look at a sweep in progress).
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -18,8 +21,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let expected = settings.get("items").and_then(|v| v.as_u64()).map(|v| v as usize);
     eprintln!("merge: {n} records into {}", a.out.display());
     match expected {
-        Some(e) if e != n => anyhow::bail!("the shards hold {n} of {e} items; run the missing shards, then merge again"),
+        Some(e) if e != n && !a.allow_partial => anyhow::bail!("the shards hold {n} of {e} items; run the missing shards, then merge again"),
         _ => biaslens::trace::run::finalize(&a.out)?,
+    }
+    if let Some(e) = expected.filter(|&e| e != n) {
+        eprintln!("merge: partial result, {n} of {e} items");
     }
     Ok(())
 }
