@@ -84,22 +84,31 @@ fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
     if text {
         b.caption(&h.title, ("sans-serif", 18)).x_label_area_size(30).y_label_area_size(170);
     }
-    let mut chart = b.build_cartesian_2d(0..nc.max(1), 0..nr.max(1)).map_err(|e| err(path, e))?;
+    let mut chart = b.build_cartesian_2d((0..nc.max(1) - 1).into_segmented(), (0..nr.max(1) - 1).into_segmented()).map_err(|e| err(path, e))?;
     if text {
+        // Segment centres carry the labels; row 0 is drawn at the top.
         let (rl, cl) = (h.row_labels.clone(), h.col_labels.clone());
+        let label = |v: &SegmentValue<usize>, names: &[String], flip: bool| match v {
+            SegmentValue::CenterOf(i) => {
+                let i = if flip { names.len().wrapping_sub(1 + *i) } else { *i };
+                names.get(i).cloned().unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(nc.min(30))
             .y_labels(nr)
-            .x_label_formatter(&|c| cl.get(*c).cloned().unwrap_or_default())
-            .y_label_formatter(&|r| rl.get(nr.saturating_sub(1 + *r)).cloned().unwrap_or_default())
+            .x_label_formatter(&|v| label(v, &cl, false))
+            .y_label_formatter(&|v| label(v, &rl, true))
             .draw()
             .map_err(|e| err(path, e))?;
     }
+    let cell = |c: usize, r: usize| (SegmentValue::Exact(c), SegmentValue::Exact(r));
     chart
         .draw_series(h.values.iter().enumerate().flat_map(|(r, row)| {
-            row.iter().enumerate().map(move |(c, &v)| Rectangle::new([(c, nr - 1 - r), (c + 1, nr - r)], colour(v, max_abs).filled()))
+            row.iter().enumerate().map(move |(c, &v)| Rectangle::new([cell(c, nr - 1 - r), cell(c + 1, nr - r)], colour(v, max_abs).filled()))
         }))
         .map_err(|e| err(path, e))?;
     // Colour bar: -max .. +max from bottom to top.
