@@ -26,7 +26,12 @@ impl Shard {
 
     /// Parse `i/n` with 0 <= i < n.
     pub fn parse(s: &str) -> Result<Shard> {
-        let err = |m: &str| Error::param("shard", format!("`{s}`: {m} (expected i/n with 0 <= i < n)"));
+        let err = |m: &str| {
+            Error::param(
+                "shard",
+                format!("`{s}`: {m} (expected i/n with 0 <= i < n)"),
+            )
+        };
         let (i, n) = s.split_once('/').ok_or_else(|| err("no `/`"))?;
         let index: usize = i.trim().parse().map_err(|_| err("i is not a number"))?;
         let count: usize = n.trim().parse().map_err(|_| err("n is not a number"))?;
@@ -47,18 +52,28 @@ impl Shard {
         let num = |k: &str| -> Result<Option<usize>> {
             match get(k) {
                 None => Ok(None),
-                Some(v) => v.trim().parse().map(Some).map_err(|_| Error::param(k, format!("`{v}` is not a number"))),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::param(k, format!("`{v}` is not a number"))),
             }
         };
         let (idx, cnt, min) = if let Some(i) = num("SLURM_ARRAY_TASK_ID")? {
-            (i, num("SLURM_ARRAY_TASK_COUNT")?, num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0))
+            (
+                i,
+                num("SLURM_ARRAY_TASK_COUNT")?,
+                num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0),
+            )
         } else if let Some(i) = num("JOB_COMPLETION_INDEX")? {
             (i, num("BIASLENS_SHARD_COUNT")?, 0)
         } else {
             return Ok(None);
         };
         let count = cnt.ok_or_else(|| Error::param("shard", "a task index is set but not the task count (SLURM_ARRAY_TASK_COUNT or BIASLENS_SHARD_COUNT)"))?;
-        let index = idx.checked_sub(min).ok_or_else(|| Error::param("SLURM_ARRAY_TASK_ID", "below SLURM_ARRAY_TASK_MIN"))?;
+        let index = idx
+            .checked_sub(min)
+            .ok_or_else(|| Error::param("SLURM_ARRAY_TASK_ID", "below SLURM_ARRAY_TASK_MIN"))?;
         Shard::parse(&format!("{index}/{count}")).map(Some)
     }
 
@@ -78,14 +93,22 @@ pub fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<Strin
             (Some(x), Some(y)) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     match (x.get(k), y.get(k)) {
                         (Some(u), Some(v)) => walk(u, v, &p, out),
                         _ => out.push(p),
                     }
                 }
             }
-            _ if a != b => out.push(if prefix.is_empty() { "(whole settings)".into() } else { prefix.to_string() }),
+            _ if a != b => out.push(if prefix.is_empty() {
+                "(whole settings)".into()
+            } else {
+                prefix.to_string()
+            }),
             _ => {}
         }
     }
@@ -115,7 +138,8 @@ impl RunDir {
         let sp = dir.join(SETTINGS);
         if sp.exists() {
             let text = std::fs::read_to_string(&sp).map_err(|e| Error::file(&sp, e.to_string()))?;
-            let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&sp, format!("not JSON: {e}")))?;
+            let old: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::file(&sp, format!("not JSON: {e}")))?;
             let diff = differing_keys(&old, settings);
             if !diff.is_empty() {
                 return Err(Error::file(&sp, format!("this run was made with different settings ({}); use another --out directory", diff.join(", "))));
@@ -130,17 +154,30 @@ impl RunDir {
             let keep = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
             if keep < bytes.len() {
                 // A crash mid-write left a partial line: cut it off, the item is redone.
-                let f = std::fs::OpenOptions::new().write(true).open(&rp).map_err(|e| Error::file(&rp, e.to_string()))?;
-                f.set_len(keep as u64).map_err(|e| Error::file(&rp, e.to_string()))?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&rp)
+                    .map_err(|e| Error::file(&rp, e.to_string()))?;
+                f.set_len(keep as u64)
+                    .map_err(|e| Error::file(&rp, e.to_string()))?;
             }
-            let text = std::str::from_utf8(&bytes[..keep]).map_err(|_| Error::file(&rp, "not UTF-8"))?;
+            let text =
+                std::str::from_utf8(&bytes[..keep]).map_err(|_| Error::file(&rp, "not UTF-8"))?;
             for (n, line) in text.lines().enumerate() {
                 let index = line_index(line).map_err(|m| Error::line(&rp, n + 1, m))?;
                 done.insert(index, line.to_string());
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&rp).map_err(|e| Error::file(&rp, e.to_string()))?;
-        Ok(RunDir { dir: dir.to_path_buf(), done, file })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&rp)
+            .map_err(|e| Error::file(&rp, e.to_string()))?;
+        Ok(RunDir {
+            dir: dir.to_path_buf(),
+            done,
+            file,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -158,12 +195,19 @@ impl RunDir {
     /// Append the record of item `index` and flush it to disk.
     pub fn append<T: Serialize>(&mut self, index: usize, record: &T) -> Result<()> {
         if self.done.contains_key(&index) {
-            return Err(Error::param("index", format!("item {index} is already in {}", self.dir.display())));
+            return Err(Error::param(
+                "index",
+                format!("item {index} is already in {}", self.dir.display()),
+            ));
         }
         let line = record_line(index, record)?;
         let rp = self.dir.join(RESULTS);
-        self.file.write_all(format!("{line}\n").as_bytes()).map_err(|e| Error::file(&rp, e.to_string()))?;
-        self.file.sync_data().map_err(|e| Error::file(&rp, e.to_string()))?;
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| Error::file(&rp, e.to_string()))?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::file(&rp, e.to_string()))?;
         self.done.insert(index, line);
         Ok(())
     }
@@ -171,7 +215,15 @@ impl RunDir {
     /// Finished records in index order.
     pub fn records<T: DeserializeOwned>(&self) -> Result<Vec<(usize, T)>> {
         let rp = self.dir.join(RESULTS);
-        self.done.iter().map(|(&i, line)| Ok((i, parse_record(line).map_err(|m| Error::file(&rp, format!("item {i}: {m}")))?))).collect()
+        self.done
+            .iter()
+            .map(|(&i, line)| {
+                Ok((
+                    i,
+                    parse_record(line).map_err(|m| Error::file(&rp, format!("item {i}: {m}")))?,
+                ))
+            })
+            .collect()
     }
 
     /// Rewrite `results.jsonl` in index order (a resumed run may have appended out of order), so
@@ -179,7 +231,10 @@ impl RunDir {
     pub fn normalise(&mut self) -> Result<()> {
         let rp = self.dir.join(RESULTS);
         crate::io::write_atomic(&rp, joined(&self.done).as_bytes())?;
-        self.file = std::fs::OpenOptions::new().append(true).open(&rp).map_err(|e| Error::file(&rp, e.to_string()))?;
+        self.file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&rp)
+            .map_err(|e| Error::file(&rp, e.to_string()))?;
         Ok(())
     }
 }
@@ -195,19 +250,28 @@ fn record_line<T: Serialize>(index: usize, record: &T) -> Result<String> {
 
 fn line_index(line: &str) -> std::result::Result<usize, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    v.get("index").and_then(|i| i.as_u64()).map(|i| i as usize).ok_or_else(|| "no `index`".into())
+    v.get("index")
+        .and_then(|i| i.as_u64())
+        .map(|i| i as usize)
+        .ok_or_else(|| "no `index`".into())
 }
 
 fn parse_record<T: DeserializeOwned>(line: &str) -> std::result::Result<T, String> {
-    let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    let r = v.get_mut("record").map(serde_json::Value::take).ok_or("no `record`")?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let r = v
+        .get_mut("record")
+        .map(serde_json::Value::take)
+        .ok_or("no `record`")?;
     serde_json::from_value(r).map_err(|e| e.to_string())
 }
 
 /// Merge shard directories into `out`: the settings must agree; records are ordered by index and
 /// an index found twice must carry the same record. Returns the number of records.
 pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<usize> {
-    let first = shards.first().ok_or_else(|| Error::param("shards", "name at least one shard directory"))?;
+    let first = shards
+        .first()
+        .ok_or_else(|| Error::param("shards", "name at least one shard directory"))?;
     let read_settings = |d: &Path| -> Result<serde_json::Value> {
         let p = d.join(SETTINGS);
         let t = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e.to_string()))?;
@@ -219,7 +283,10 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<usize> {
         let s = read_settings(d)?;
         let diff = differing_keys(&settings, &s);
         if !diff.is_empty() {
-            return Err(Error::file(d.join(SETTINGS), format!("differs from {} in {}", first.display(), diff.join(", "))));
+            return Err(Error::file(
+                d.join(SETTINGS),
+                format!("differs from {} in {}", first.display(), diff.join(", ")),
+            ));
         }
         let rp = d.join(RESULTS);
         let text = std::fs::read_to_string(&rp).map_err(|e| Error::file(&rp, e.to_string()))?;
@@ -228,7 +295,11 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<usize> {
             let i = line_index(line).map_err(|m| Error::line(&rp, n + 1, m))?;
             if let Some(prev) = done.insert(i, line.to_string()) {
                 if prev != line {
-                    return Err(Error::line(&rp, n + 1, format!("item {i} differs from another shard's record")));
+                    return Err(Error::line(
+                        &rp,
+                        n + 1,
+                        format!("item {i} differs from another shard's record"),
+                    ));
                 }
             }
         }
@@ -247,10 +318,31 @@ mod tests {
     #[test]
     fn shard_parsing_and_env() {
         assert_eq!(Shard::parse("1/3").unwrap(), Shard { index: 1, count: 3 });
-        assert!(Shard::parse("3/3").is_err() && Shard::parse("x/2").is_err() && Shard::parse("1").is_err());
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string());
-        assert_eq!(Shard::from_vars(env(&[("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_COUNT", "4"), ("SLURM_ARRAY_TASK_MIN", "3")])).unwrap(), Some(Shard { index: 2, count: 4 }));
-        assert_eq!(Shard::from_vars(env(&[("JOB_COMPLETION_INDEX", "0"), ("BIASLENS_SHARD_COUNT", "2")])).unwrap(), Some(Shard { index: 0, count: 2 }));
+        assert!(
+            Shard::parse("3/3").is_err()
+                && Shard::parse("x/2").is_err()
+                && Shard::parse("1").is_err()
+        );
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
+        };
+        assert_eq!(
+            Shard::from_vars(env(&[
+                ("SLURM_ARRAY_TASK_ID", "5"),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+                ("SLURM_ARRAY_TASK_MIN", "3")
+            ]))
+            .unwrap(),
+            Some(Shard { index: 2, count: 4 })
+        );
+        assert_eq!(
+            Shard::from_vars(env(&[
+                ("JOB_COMPLETION_INDEX", "0"),
+                ("BIASLENS_SHARD_COUNT", "2")
+            ]))
+            .unwrap(),
+            Some(Shard { index: 0, count: 2 })
+        );
         assert!(Shard::from_vars(env(&[("JOB_COMPLETION_INDEX", "0")])).is_err());
         assert_eq!(Shard::from_vars(env(&[])).unwrap(), None);
     }
@@ -264,14 +356,25 @@ mod tests {
         r.append(0, &json!({"x": 1})).unwrap();
         r.append(2, &json!({"x": 3})).unwrap();
         drop(r);
-        std::fs::OpenOptions::new().append(true).open(d.join(RESULTS)).unwrap().write_all(b"{\"index\":4,\"rec").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(RESULTS))
+            .unwrap()
+            .write_all(b"{\"index\":4,\"rec")
+            .unwrap();
         let r = RunDir::open(&d, &s).unwrap();
         assert!(r.is_done(0) && r.is_done(2) && !r.is_done(4) && r.done_count() == 2);
         let recs: Vec<(usize, serde_json::Value)> = r.records().unwrap();
         assert_eq!(recs[1], (2, json!({"x": 3})));
         drop(r);
-        let err = RunDir::open(&d, &json!({"samples": 5, "noise": {"fixed": 0.2}})).err().unwrap().to_string();
-        assert!(err.contains("noise.fixed") && err.contains("samples"), "{err}");
+        let err = RunDir::open(&d, &json!({"samples": 5, "noise": {"fixed": 0.2}}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("noise.fixed") && err.contains("samples"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -295,7 +398,11 @@ mod tests {
         let out = tmp.path().join("merged");
         assert_eq!(merge(&out, &shards).unwrap(), 7);
         for f in [SETTINGS, RESULTS] {
-            assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(tmp.path().join("single").join(f)).unwrap(), "{f}");
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(tmp.path().join("single").join(f)).unwrap(),
+                "{f}"
+            );
         }
     }
 }

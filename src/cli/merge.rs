@@ -17,11 +17,18 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let n = biaslens::rundir::merge(&a.out, &a.shards)?;
-    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.out.join(biaslens::rundir::SETTINGS))?)?;
-    let expected = settings.get("items").and_then(|v| v.as_u64()).map(|v| v as usize);
+    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        a.out.join(biaslens::rundir::SETTINGS),
+    )?)?;
+    let expected = settings
+        .get("items")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize);
     eprintln!("merge: {n} records into {}", a.out.display());
     match expected {
-        Some(e) if e != n && !a.allow_partial => anyhow::bail!("the shards hold {n} of {e} items; run the missing shards, then merge again"),
+        Some(e) if e != n && !a.allow_partial => anyhow::bail!(
+            "the shards hold {n} of {e} items; run the missing shards, then merge again"
+        ),
         _ => biaslens::trace::run::finalize(&a.out)?,
     }
     if let Some(e) = expected.filter(|&e| e != n) {

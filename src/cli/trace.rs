@@ -8,7 +8,10 @@ use biaslens::rundir::{RunDir, Shard};
 use biaslens::trace::mediation::{mediate, MediationCase};
 use biaslens::trace::prompts::{pronoun_ids, select_prompts, subject_span, trace_case};
 use biaslens::trace::run::{finalize, MediationRecord, TraceRecord};
-use biaslens::trace::{embedding_std, sample_noise, stereotype_sign, trace_fast, trace_naive, Kind, NoiseLevel, TraceSettings};
+use biaslens::trace::{
+    embedding_std, sample_noise, stereotype_sign, trace_fast, trace_naive, Kind, NoiseLevel,
+    TraceSettings,
+};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,7 +34,10 @@ pub struct Common {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// professions.json ([name, definitional, stereotypical] triples).
-    #[arg(long, default_value = "fixtures/data/bolukbasi_debiaswe/professions.json")]
+    #[arg(
+        long,
+        default_value = "fixtures/data/bolukbasi_debiaswe/professions.json"
+    )]
     pub professions: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -83,7 +89,14 @@ fn load(c: &Common) -> anyhow::Result<(Model, Vec<OccupationPrompt>)> {
 }
 
 /// Process the owned, unfinished items; finalise when this process ran the whole set.
-fn sweep<T: serde::Serialize>(out: &std::path::Path, settings: serde_json::Value, n: usize, sh: Shard, what: &str, mut f: impl FnMut(usize) -> anyhow::Result<T>) -> anyhow::Result<()> {
+fn sweep<T: serde::Serialize>(
+    out: &std::path::Path,
+    settings: serde_json::Value,
+    n: usize,
+    sh: Shard,
+    what: &str,
+    mut f: impl FnMut(usize) -> anyhow::Result<T>,
+) -> anyhow::Result<()> {
     let mut run = RunDir::open(out, &settings)?;
     let todo: Vec<usize> = (0..n).filter(|&i| sh.owns(i) && !run.is_done(i)).collect();
     let pb = progress(todo.len() as u64, what);
@@ -94,7 +107,12 @@ fn sweep<T: serde::Serialize>(out: &std::path::Path, settings: serde_json::Value
         pb.inc(1);
     }
     pb.finish_and_clear();
-    eprintln!("{what}: {} items in {:.1} s ({} already done)", todo.len(), start.elapsed().as_secs_f64(), run.done_count() - todo.len());
+    eprintln!(
+        "{what}: {} items in {:.1} s ({} already done)",
+        todo.len(),
+        start.elapsed().as_secs_f64(),
+        run.done_count() - todo.len()
+    );
     if sh.is_whole() && run.done_count() == n {
         run.normalise()?;
         drop(run);
@@ -107,7 +125,11 @@ fn sweep<T: serde::Serialize>(out: &std::path::Path, settings: serde_json::Value
 pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let sh = shard(&c.shard)?;
-    let kinds = a.kinds.split(',').map(|k| Kind::parse(k.trim())).collect::<biaslens::Result<Vec<_>>>()?;
+    let kinds = a
+        .kinds
+        .split(',')
+        .map(|k| Kind::parse(k.trim()))
+        .collect::<biaslens::Result<Vec<_>>>()?;
     let (model, all) = load(c)?;
     let tok = model.tokenizer()?;
     let pronouns = pronoun_ids(tok)?;
@@ -115,12 +137,21 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
         Some(s) => NoiseLevel::Fixed(s),
         None => NoiseLevel::EmbedStdTimes(a.noise_times),
     };
-    let settings = TraceSettings { samples: a.samples, window: a.window, kinds, noise, seed: c.seed };
+    let settings = TraceSettings {
+        samples: a.samples,
+        window: a.window,
+        kinds,
+        noise,
+        seed: c.seed,
+    };
     settings.validate()?;
     let std = match noise {
         NoiseLevel::Fixed(s) => s,
         NoiseLevel::EmbedStdTimes(k) => {
-            let ids = all.iter().map(|p| tok.encode(&p.text)).collect::<biaslens::Result<Vec<_>>>()?;
+            let ids = all
+                .iter()
+                .map(|p| tok.encode(&p.text))
+                .collect::<biaslens::Result<Vec<_>>>()?;
             k * embedding_std(&model.transformer, &ids)?
         }
     };
@@ -133,7 +164,14 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
     }
     let d = model.config().hidden_size;
     let noise_for = |i: usize, case: &biaslens::trace::TraceCase| {
-        sample_noise(c.seed.wrapping_mul(1_000_003).wrapping_add(i as u64), settings.samples, case.subject.1 - case.subject.0, d, std, &model.transformer.device)
+        sample_noise(
+            c.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            settings.samples,
+            case.subject.1 - case.subject.0,
+            d,
+            std,
+            &model.transformer.device,
+        )
     };
     if let Some(k) = a.bench_naive {
         return bench(&model, &items[..k.min(items.len())], &settings, &noise_for);
@@ -146,15 +184,35 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
     sweep(&c.out, s, n, sh, "trace", |i| {
         let (p, case) = &items[i];
         let noise = noise_for(i, case)?;
-        let result = biaslens::trace::fast::trace_fast_batched(&model.transformer, case, &noise, &settings, a.batch_rows)?;
-        Ok(TraceRecord { profession: p.profession.clone(), template_index: p.template_index, text: p.text.clone(), ids: case.ids.clone(), subject: case.subject, sign: stereotype_sign(p.stereotypical), result })
+        let result = biaslens::trace::fast::trace_fast_batched(
+            &model.transformer,
+            case,
+            &noise,
+            &settings,
+            a.batch_rows,
+        )?;
+        Ok(TraceRecord {
+            profession: p.profession.clone(),
+            template_index: p.template_index,
+            text: p.text.clone(),
+            ids: case.ids.clone(),
+            subject: case.subject,
+            sign: stereotype_sign(p.stereotypical),
+            result,
+        })
     })
 }
 
-type NoiseFor<'a> = dyn Fn(usize, &biaslens::trace::TraceCase) -> biaslens::Result<candle_core::Tensor> + 'a;
+type NoiseFor<'a> =
+    dyn Fn(usize, &biaslens::trace::TraceCase) -> biaslens::Result<candle_core::Tensor> + 'a;
 
 /// Fast vs naive on the same prompts and noise, in one process.
-fn bench(model: &Model, items: &[(OccupationPrompt, biaslens::trace::TraceCase)], settings: &TraceSettings, noise_for: &NoiseFor) -> anyhow::Result<()> {
+fn bench(
+    model: &Model,
+    items: &[(OccupationPrompt, biaslens::trace::TraceCase)],
+    settings: &TraceSettings,
+    noise_for: &NoiseFor,
+) -> anyhow::Result<()> {
     let (mut tf, mut tn, mut worst) = (0f64, 0f64, 0f64);
     for (i, (p, case)) in items.iter().enumerate() {
         let noise = noise_for(i, case)?;
@@ -170,7 +228,13 @@ fn bench(model: &Model, items: &[(OccupationPrompt, biaslens::trace::TraceCase)]
                 worst = (0..3).map(|k| (a[k] - b[k]).abs()).fold(worst, f64::max);
             }
         }
-        eprintln!("{:?} ({} tokens): fast {:.2} s, naive {:.2} s", p.text, case.ids.len(), (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());
+        eprintln!(
+            "{:?} ({} tokens): fast {:.2} s, naive {:.2} s",
+            p.text,
+            case.ids.len(),
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64()
+        );
     }
     println!("{{\"prompts\": {}, \"fast_s\": {tf:.3}, \"naive_s\": {tn:.3}, \"speedup\": {:.2}, \"max_abs_diff\": {worst:.2e}}}", items.len(), tn / tf);
     Ok(())
@@ -194,7 +258,16 @@ pub fn run_mediate(a: MediateArgs) -> anyhow::Result<()> {
             differ.insert(p.profession.clone());
             continue;
         }
-        items.push((p, swapped_text, MediationCase { base, swapped, pronouns, male_stereotype: male }));
+        items.push((
+            p,
+            swapped_text,
+            MediationCase {
+                base,
+                swapped,
+                pronouns,
+                male_stereotype: male,
+            },
+        ));
     }
     let s = json!({
         "command": "mediate", "model": model.info.name, "model_sha256": model.info.sha256,
@@ -209,6 +282,12 @@ pub fn run_mediate(a: MediateArgs) -> anyhow::Result<()> {
     sweep(&c.out, s, n, sh, "mediate", |i| {
         let (p, swapped_text, case) = &items[i];
         let result = mediate(&model.transformer, case)?;
-        Ok(MediationRecord { profession: p.profession.clone(), template_index: p.template_index, text: p.text.clone(), swapped_text: swapped_text.clone(), result })
+        Ok(MediationRecord {
+            profession: p.profession.clone(),
+            template_index: p.template_index,
+            text: p.text.clone(),
+            swapped_text: swapped_text.clone(),
+            result,
+        })
     })
 }

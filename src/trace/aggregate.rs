@@ -77,7 +77,13 @@ pub struct RoleSummary {
 pub fn estimate(xs: &[f64]) -> Result<Estimate> {
     if xs.len() < 2 {
         let v = xs.first().copied().unwrap_or(0.0);
-        return Ok(Estimate { value: v, ci_low: v, ci_high: v, n: xs.len(), method: "n < 2: no interval".into() });
+        return Ok(Estimate {
+            value: v,
+            ci_low: v,
+            ci_high: v,
+            n: xs.len(),
+            method: "n < 2: no interval".into(),
+        });
     }
     mean_ci(xs)
 }
@@ -92,7 +98,9 @@ pub struct Traced<'a> {
 /// Per kind and role: the per-prompt mean of IE over the role's tokens, then mean ± CI over prompts.
 pub fn aggregate_roles(items: &[Traced]) -> Result<Vec<RoleSummary>> {
     let mut out = Vec::new();
-    let Some(first) = items.first() else { return Ok(out) };
+    let Some(first) = items.first() else {
+        return Ok(out);
+    };
     let nl = first.result.layers;
     for g in &first.result.grids {
         let kind = g.kind;
@@ -100,8 +108,12 @@ pub fn aggregate_roles(items: &[Traced]) -> Result<Vec<RoleSummary>> {
             let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); nl];
             for it in items {
                 let eff = it.result.effects(it.sign);
-                let Some((_, ie)) = eff.ie.iter().find(|(k, _)| *k == kind) else { continue };
-                let toks: Vec<usize> = (0..it.result.tokens).filter(|&t| token_roles(t, it.subject, it.result.tokens).contains(&role)).collect();
+                let Some((_, ie)) = eff.ie.iter().find(|(k, _)| *k == kind) else {
+                    continue;
+                };
+                let toks: Vec<usize> = (0..it.result.tokens)
+                    .filter(|&t| token_roles(t, it.subject, it.result.tokens).contains(&role))
+                    .collect();
                 if toks.is_empty() {
                     continue;
                 }
@@ -112,7 +124,10 @@ pub fn aggregate_roles(items: &[Traced]) -> Result<Vec<RoleSummary>> {
             if per_layer[0].is_empty() {
                 continue;
             }
-            let ie = per_layer.iter().map(|xs| estimate(xs)).collect::<Result<Vec<_>>>()?;
+            let ie = per_layer
+                .iter()
+                .map(|xs| estimate(xs))
+                .collect::<Result<Vec<_>>>()?;
             out.push(RoleSummary { kind, role, ie });
         }
     }

@@ -5,7 +5,9 @@
 //! NIE = y(x, M(x'))/y(x) - 1 and NDE = y(x', M(x))/y(x) - 1.
 
 use super::aggregate::estimate;
-use crate::model::{ForwardOutput, InterventionPlan, LogitsRequest, Patch, PatchOp, Resume, Site, Transformer};
+use crate::model::{
+    ForwardOutput, InterventionPlan, LogitsRequest, Patch, PatchOp, Resume, Site, Transformer,
+};
 use crate::stats::Estimate;
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -56,18 +58,38 @@ fn mediators(l: usize, heads: usize, hd: usize) -> Vec<(Site, Option<(usize, usi
 pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationResult> {
     let t_len = case.base.len();
     if case.swapped.len() != t_len {
-        return Err(Error::param("swapped", format!("{} tokens but the base prompt has {t_len}", case.swapped.len())));
+        return Err(Error::param(
+            "swapped",
+            format!(
+                "{} tokens but the base prompt has {t_len}",
+                case.swapped.len()
+            ),
+        ));
     }
-    let (nl, heads, hd) = (model.cfg.num_layers, model.cfg.num_heads, model.cfg.head_dim);
+    let (nl, heads, hd) = (
+        model.cfg.num_layers,
+        model.cfg.num_heads,
+        model.cfg.head_dim,
+    );
     let logits = LogitsRequest::LastTokenIds(case.pronouns.to_vec());
     let mut capture = Vec::new();
     for l in 0..nl {
-        capture.extend([Site::ResidPre(l), Site::MlpOut(l), Site::AttnOut(l), Site::HeadZ(l)]);
+        capture.extend([
+            Site::ResidPre(l),
+            Site::MlpOut(l),
+            Site::AttnOut(l),
+            Site::HeadZ(l),
+        ]);
     }
     let plan = InterventionPlan::logits(logits.clone()).with_capture(capture);
     let x = model.forward(&[case.base.clone()], &plan)?;
     let xs = model.forward(&[case.swapped.clone()], &plan)?;
-    let lp = |o: &ForwardOutput| -> Result<Vec<Vec<f32>>> { Ok(o.logprobs.as_ref().ok_or_else(|| Error::Model("no log-probabilities".into()))?.to_vec2::<f32>()?) };
+    let lp = |o: &ForwardOutput| -> Result<Vec<Vec<f32>>> {
+        Ok(o.logprobs
+            .as_ref()
+            .ok_or_else(|| Error::Model("no log-probabilities".into()))?
+            .to_vec2::<f32>()?)
+    };
     let y_base = odds(&lp(&x)?[0], case.male_stereotype);
     let y_swapped = odds(&lp(&xs)?[0], case.male_stereotype);
     let mut r = MediationResult {
@@ -84,9 +106,20 @@ pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationRes
     for l in 0..nl {
         let meds = mediators(l, heads, hd);
         let m = meds.len();
-        let input = |o: &ForwardOutput| o.captures.get(&Site::ResidPre(l)).cloned().ok_or_else(|| Error::Model("layer input not captured".into()));
+        let input = |o: &ForwardOutput| {
+            o.captures
+                .get(&Site::ResidPre(l))
+                .cloned()
+                .ok_or_else(|| Error::Model("layer input not captured".into()))
+        };
         // Rows 0..m: input x with the mediator from x'; rows m..2m: input x' with it from x.
-        let resid = Tensor::cat(&[&Tensor::cat(&vec![&input(&x)?; m], 0)?, &Tensor::cat(&vec![&input(&xs)?; m], 0)?], 0)?;
+        let resid = Tensor::cat(
+            &[
+                &Tensor::cat(&vec![&input(&x)?; m], 0)?,
+                &Tensor::cat(&vec![&input(&xs)?; m], 0)?,
+            ],
+            0,
+        )?;
         let mut patches = Vec::new();
         for (i, &(site, cols)) in meds.iter().enumerate() {
             for (row, from) in [(i, &xs), (m + i, &x)] {
@@ -96,12 +129,30 @@ pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationRes
                         Some((a, b)) => v.narrow(0, a, b - a)?,
                         None => v,
                     };
-                    patches.push(Patch { site, row, token: t, cols, op: PatchOp::Set, value: v });
+                    patches.push(Patch {
+                        site,
+                        row,
+                        token: t,
+                        cols,
+                        op: PatchOp::Set,
+                        value: v,
+                    });
                 }
             }
         }
-        let out = model.forward_resume(&Resume { start_layer: l, offset: 0, resid, past: None }, &InterventionPlan::logits(logits.clone()).with_patches(patches))?;
-        let ys: Vec<f64> = lp(&out)?.iter().map(|row| odds(row, case.male_stereotype) / y_base - 1.0).collect();
+        let out = model.forward_resume(
+            &Resume {
+                start_layer: l,
+                offset: 0,
+                resid,
+                past: None,
+            },
+            &InterventionPlan::logits(logits.clone()).with_patches(patches),
+        )?;
+        let ys: Vec<f64> = lp(&out)?
+            .iter()
+            .map(|row| odds(row, case.male_stereotype) / y_base - 1.0)
+            .collect();
         r.nie_mlp[l] = ys[0];
         r.nie_attn[l] = ys[1];
         r.nde_mlp[l] = ys[m];
@@ -129,11 +180,24 @@ pub struct MediationSummary {
 }
 
 pub fn summarise(results: &[MediationResult]) -> Result<MediationSummary> {
-    let first = results.first().ok_or_else(|| Error::param("results", "no mediation results to summarise"))?;
-    let (nl, heads) = (first.nie_mlp.len(), first.nie_head.first().map_or(0, |h| h.len()));
-    let per = |f: &dyn Fn(&MediationResult, usize) -> f64| -> Result<Vec<Estimate>> { (0..nl).map(|l| estimate(&results.iter().map(|r| f(r, l)).collect::<Vec<_>>())).collect() };
+    let first = results
+        .first()
+        .ok_or_else(|| Error::param("results", "no mediation results to summarise"))?;
+    let (nl, heads) = (
+        first.nie_mlp.len(),
+        first.nie_head.first().map_or(0, |h| h.len()),
+    );
+    let per = |f: &dyn Fn(&MediationResult, usize) -> f64| -> Result<Vec<Estimate>> {
+        (0..nl)
+            .map(|l| estimate(&results.iter().map(|r| f(r, l)).collect::<Vec<_>>()))
+            .collect()
+    };
     let nie_head_ci: Vec<Vec<Estimate>> = (0..nl)
-        .map(|l| (0..heads).map(|h| estimate(&results.iter().map(|r| r.nie_head[l][h]).collect::<Vec<_>>())).collect::<Result<Vec<_>>>())
+        .map(|l| {
+            (0..heads)
+                .map(|h| estimate(&results.iter().map(|r| r.nie_head[l][h]).collect::<Vec<_>>()))
+                .collect::<Result<Vec<_>>>()
+        })
         .collect::<Result<_>>()?;
     Ok(MediationSummary {
         n_prompts: results.len(),
@@ -142,7 +206,10 @@ pub fn summarise(results: &[MediationResult]) -> Result<MediationSummary> {
         nde_mlp: per(&|r, l| r.nde_mlp[l])?,
         nie_attn: per(&|r, l| r.nie_attn[l])?,
         nde_attn: per(&|r, l| r.nde_attn[l])?,
-        nie_head: nie_head_ci.iter().map(|row| row.iter().map(|e| e.value).collect()).collect(),
+        nie_head: nie_head_ci
+            .iter()
+            .map(|row| row.iter().map(|e| e.value).collect())
+            .collect(),
         nie_head_ci,
     })
 }

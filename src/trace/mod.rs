@@ -50,7 +50,10 @@ impl Kind {
             "hidden" => Ok(Kind::Hidden),
             "mlp" => Ok(Kind::Mlp),
             "attn" => Ok(Kind::Attn),
-            _ => Err(Error::param("kind", format!("`{s}` is not one of hidden, mlp, attn"))),
+            _ => Err(Error::param(
+                "kind",
+                format!("`{s}` is not one of hidden, mlp, attn"),
+            )),
         }
     }
 
@@ -105,7 +108,13 @@ pub struct TraceSettings {
 
 impl Default for TraceSettings {
     fn default() -> Self {
-        TraceSettings { samples: 10, window: 10, kinds: Kind::ALL.to_vec(), noise: NoiseLevel::EmbedStdTimes(3.0), seed: 0 }
+        TraceSettings {
+            samples: 10,
+            window: 10,
+            kinds: Kind::ALL.to_vec(),
+            noise: NoiseLevel::EmbedStdTimes(3.0),
+            seed: 0,
+        }
     }
 }
 
@@ -118,7 +127,10 @@ impl TraceSettings {
             return Err(Error::param("window", "must be at least 1"));
         }
         if self.kinds.is_empty() {
-            return Err(Error::param("kinds", "name at least one of hidden, mlp, attn"));
+            return Err(Error::param(
+                "kinds",
+                "name at least one of hidden, mlp, attn",
+            ));
         }
         Ok(())
     }
@@ -137,7 +149,13 @@ impl TraceCase {
     pub fn validate(&self) -> Result<()> {
         let (b, e) = self.subject;
         if b >= e || e > self.ids.len() {
-            return Err(Error::param("subject", format!("[{b}, {e}) is not a token range of a {}-token prompt", self.ids.len())));
+            return Err(Error::param(
+                "subject",
+                format!(
+                    "[{b}, {e}) is not a token range of a {}-token prompt",
+                    self.ids.len()
+                ),
+            ));
         }
         Ok(())
     }
@@ -176,7 +194,15 @@ impl TraceResult {
             ie: self
                 .grids
                 .iter()
-                .map(|g| (g.kind, g.probs.iter().map(|row| row.iter().map(|p| m(p) - mc).collect()).collect()))
+                .map(|g| {
+                    (
+                        g.kind,
+                        g.probs
+                            .iter()
+                            .map(|row| row.iter().map(|p| m(p) - mc).collect())
+                            .collect(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -202,14 +228,18 @@ pub fn stereotype_sign(stereotypical: f64) -> f64 {
 
 /// Sites restored by a (kind, layer) restoration with window `w`.
 pub fn restored_sites(kind: Kind, l: usize, w: usize, num_layers: usize) -> Vec<Site> {
-    kind.window(l, w, num_layers).map(|x| kind.site(x)).collect()
+    kind.window(l, w, num_layers)
+        .map(|x| kind.site(x))
+        .collect()
 }
 
 /// Mean of exp(log-prob) over consecutive groups of `group` rows: [[rows/group][3]].
 pub(crate) fn mean_probs(logprobs: &candle_core::Tensor, group: usize) -> Result<Vec<[f64; 3]>> {
     let lp = logprobs.to_vec2::<f32>()?;
     if lp.first().is_some_and(|r| r.len() != 3) {
-        return Err(Error::Model("expected log-probabilities of three pronouns".into()));
+        return Err(Error::Model(
+            "expected log-probabilities of three pronouns".into(),
+        ));
     }
     Ok(lp
         .chunks(group)
@@ -227,10 +257,20 @@ pub(crate) fn mean_probs(logprobs: &candle_core::Tensor, group: usize) -> Result
 
 /// Embedding noise as patches: rows `first_row..first_row + samples` get `noise[s]` added at the
 /// subject tokens. `noise` is [samples, e - b, d].
-pub(crate) fn noise_patches(noise: &candle_core::Tensor, subject: (usize, usize), first_row: usize) -> Result<Vec<crate::model::Patch>> {
+pub(crate) fn noise_patches(
+    noise: &candle_core::Tensor,
+    subject: (usize, usize),
+    first_row: usize,
+) -> Result<Vec<crate::model::Patch>> {
     let (s, n, _) = noise.dims3()?;
     if n != subject.1 - subject.0 {
-        return Err(Error::param("noise", format!("has {n} tokens but the subject spans {}", subject.1 - subject.0)));
+        return Err(Error::param(
+            "noise",
+            format!(
+                "has {n} tokens but the subject spans {}",
+                subject.1 - subject.0
+            ),
+        ));
     }
     let mut out = Vec::with_capacity(s * n);
     for r in 0..s {

@@ -26,19 +26,34 @@ pub fn embedding_std(model: &Transformer, prompts: &[Vec<u32>]) -> Result<f64> {
         }
     }
     if n < 2.0 {
-        return Err(Error::param("prompts", "need at least two embedding values"));
+        return Err(Error::param(
+            "prompts",
+            "need at least two embedding values",
+        ));
     }
     let mean = s / n;
     Ok((s2 / n - mean * mean).max(0.0).sqrt())
 }
 
 /// `samples` × `tokens` × `d` draws of N(0, std²) from a ChaCha stream seeded by `seed`.
-pub fn sample_noise(seed: u64, samples: usize, tokens: usize, d: usize, std: f64, device: &candle_core::Device) -> Result<Tensor> {
+pub fn sample_noise(
+    seed: u64,
+    samples: usize,
+    tokens: usize,
+    d: usize,
+    std: f64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     if !std.is_finite() || std < 0.0 {
-        return Err(Error::param("noise std", format!("{std} is not a non-negative number")));
+        return Err(Error::param(
+            "noise std",
+            format!("{std} is not a non-negative number"),
+        ));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f64, 1.0).map_err(|e| Error::param("noise std", e.to_string()))?;
-    let v: Vec<f32> = (0..samples * tokens * d).map(|_| (normal.sample(&mut rng) * std) as f32).collect();
+    let v: Vec<f32> = (0..samples * tokens * d)
+        .map(|_| (normal.sample(&mut rng) * std) as f32)
+        .collect();
     Ok(Tensor::from_vec(v, (samples, tokens, d), device)?)
 }

@@ -56,20 +56,40 @@ pub fn finalize(dir: &Path) -> Result<()> {
     match s.get("command").and_then(|c| c.as_str()) {
         Some("trace") => finalize_trace(&run, &s),
         Some("mediate") => finalize_mediation(&run),
-        other => Err(Error::file(dir.join(SETTINGS), format!("unknown command {other:?}"))),
+        other => Err(Error::file(
+            dir.join(SETTINGS),
+            format!("unknown command {other:?}"),
+        )),
     }
 }
 
 fn finalize_trace(run: &RunDir, s: &serde_json::Value) -> Result<()> {
     let recs: Vec<(usize, TraceRecord)> = run.records()?;
-    let items: Vec<Traced> = recs.iter().map(|(_, r)| Traced { result: &r.result, subject: r.subject, sign: r.sign }).collect();
-    let te: Vec<f64> = recs.iter().map(|(_, r)| r.result.effects(r.sign).te).collect();
+    let items: Vec<Traced> = recs
+        .iter()
+        .map(|(_, r)| Traced {
+            result: &r.result,
+            subject: r.subject,
+            sign: r.sign,
+        })
+        .collect();
+    let te: Vec<f64> = recs
+        .iter()
+        .map(|(_, r)| r.result.effects(r.sign).te)
+        .collect();
     let roles = aggregate_roles(&items)?;
-    let summary = TraceSummary { n_prompts: recs.len(), te: super::aggregate::estimate(&te)?, roles };
+    let summary = TraceSummary {
+        n_prompts: recs.len(),
+        te: super::aggregate::estimate(&te)?,
+        roles,
+    };
     let dir = run.dir();
     crate::io::write_json_atomic(&dir.join("summary.json"), &summary)?;
     let nl = recs.first().map_or(0, |(_, r)| r.result.layers);
-    let window = s.pointer("/trace/window").and_then(|w| w.as_u64()).unwrap_or(10) as usize;
+    let window = s
+        .pointer("/trace/window")
+        .and_then(|w| w.as_u64())
+        .unwrap_or(10) as usize;
     let model = s.get("model").and_then(|m| m.as_str()).unwrap_or("");
     if summary.roles.iter().any(|r| r.kind == Kind::Mlp) {
         let sites = locate_sites(model, &summary.roles, nl, window, recs.len(), 3)?;
@@ -84,19 +104,39 @@ fn finalize_trace(run: &RunDir, s: &serde_json::Value) -> Result<()> {
         }
         heatmap(
             &Heatmap {
-                title: format!("{model}: average IE of restoring {} (n = {})", kind.name(), recs.len()),
+                title: format!(
+                    "{model}: average IE of restoring {} (n = {})",
+                    kind.name(),
+                    recs.len()
+                ),
                 row_labels: rows.iter().map(|r| r.role.label().to_string()).collect(),
                 col_labels: (0..nl).map(|l| l.to_string()).collect(),
-                values: rows.iter().map(|r| r.ie.iter().map(|e| e.value).collect()).collect(),
+                values: rows
+                    .iter()
+                    .map(|r| r.ie.iter().map(|e| e.value).collect())
+                    .collect(),
             },
             &plots.join(format!("heatmap_{}", kind.name())),
         )?;
         let series = rows
             .iter()
             .filter(|r| matches!(r.role, TokenRole::LastSubject | TokenRole::Last))
-            .map(|r| Series { label: r.role.label().into(), y: r.ie.iter().map(|e| e.value).collect(), low: r.ie.iter().map(|e| e.ci_low).collect(), high: r.ie.iter().map(|e| e.ci_high).collect() })
+            .map(|r| Series {
+                label: r.role.label().into(),
+                y: r.ie.iter().map(|e| e.value).collect(),
+                low: r.ie.iter().map(|e| e.ci_low).collect(),
+                high: r.ie.iter().map(|e| e.ci_high).collect(),
+            })
             .collect();
-        line_plot(&LinePlot { title: format!("{model}: {} IE by layer, 95% CI", kind.name()), x_label: "layer".into(), y_label: "IE of signed p(he) - p(she)".into(), series }, &plots.join(format!("layers_{}", kind.name())))?;
+        line_plot(
+            &LinePlot {
+                title: format!("{model}: {} IE by layer, 95% CI", kind.name()),
+                x_label: "layer".into(),
+                y_label: "IE of signed p(he) - p(she)".into(),
+                series,
+            },
+            &plots.join(format!("layers_{}", kind.name())),
+        )?;
     }
     Ok(())
 }
@@ -113,19 +153,29 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
     heatmap(
         &Heatmap {
             title: format!("NIE per attention head (n = {})", summary.n_prompts),
-            row_labels: (0..summary.nie_head.len()).map(|l| format!("layer {l}")).collect(),
+            row_labels: (0..summary.nie_head.len())
+                .map(|l| format!("layer {l}"))
+                .collect(),
             col_labels: (0..heads).map(|h| h.to_string()).collect(),
             values: summary.nie_head.clone(),
         },
         &plots.join("heads_nie"),
     )?;
-    let ser = |label: &str, e: &[Estimate]| Series { label: label.into(), y: e.iter().map(|x| x.value).collect(), low: e.iter().map(|x| x.ci_low).collect(), high: e.iter().map(|x| x.ci_high).collect() };
+    let ser = |label: &str, e: &[Estimate]| Series {
+        label: label.into(),
+        y: e.iter().map(|x| x.value).collect(),
+        low: e.iter().map(|x| x.ci_low).collect(),
+        high: e.iter().map(|x| x.ci_high).collect(),
+    };
     line_plot(
         &LinePlot {
             title: "NIE by layer, 95% CI".into(),
             x_label: "layer".into(),
             y_label: "NIE".into(),
-            series: vec![ser("MLP", &summary.nie_mlp), ser("attention", &summary.nie_attn)],
+            series: vec![
+                ser("MLP", &summary.nie_mlp),
+                ser("attention", &summary.nie_attn),
+            ],
         },
         &plots.join("layers_nie"),
     )

@@ -50,14 +50,31 @@ impl LocatedSites {
 }
 
 /// Pick the `top_k` layers per kind and role from aggregated role summaries.
-pub fn locate_sites(model: &str, summaries: &[RoleSummary], num_layers: usize, window: usize, n_prompts: usize, top_k: usize) -> Result<LocatedSites> {
+pub fn locate_sites(
+    model: &str,
+    summaries: &[RoleSummary],
+    num_layers: usize,
+    window: usize,
+    n_prompts: usize,
+    top_k: usize,
+) -> Result<LocatedSites> {
     let mut top = Vec::new();
-    for s in summaries.iter().filter(|s| matches!(s.role, TokenRole::LastSubject | TokenRole::Last)) {
+    for s in summaries
+        .iter()
+        .filter(|s| matches!(s.role, TokenRole::LastSubject | TokenRole::Last))
+    {
         let mut order: Vec<usize> = (0..s.ie.len()).collect();
         order.sort_by(|&a, &b| s.ie[b].value.total_cmp(&s.ie[a].value).then(a.cmp(&b)));
         for (rank, &l) in order.iter().take(top_k).enumerate() {
             let w = s.kind.window(l, window, num_layers);
-            top.push(SiteChoice { kind: s.kind, role: s.role, rank: rank + 1, layer: l, window: (w.start, w.end), ie: s.ie[l].clone() });
+            top.push(SiteChoice {
+                kind: s.kind,
+                role: s.role,
+                rank: rank + 1,
+                layer: l,
+                window: (w.start, w.end),
+                ie: s.ie[l].clone(),
+            });
         }
     }
     let mlp = summaries
@@ -65,7 +82,17 @@ pub fn locate_sites(model: &str, summaries: &[RoleSummary], num_layers: usize, w
         .find(|s| s.kind == Kind::Mlp && s.role == TokenRole::LastSubject)
         .ok_or_else(|| Error::param("kinds", "locating the edit layers needs the `mlp` kind"))?;
     let bottom = (num_layers / 2).max(1).min(mlp.ie.len());
-    let edit_center = (0..bottom).max_by(|&a, &b| mlp.ie[a].value.total_cmp(&mlp.ie[b].value).then(b.cmp(&a))).unwrap_or(0);
+    let edit_center = (0..bottom)
+        .max_by(|&a, &b| mlp.ie[a].value.total_cmp(&mlp.ie[b].value).then(b.cmp(&a)))
+        .unwrap_or(0);
     let edit_layers = Kind::Mlp.window(edit_center, window, num_layers).collect();
-    Ok(LocatedSites { model: model.to_string(), num_layers, window, n_prompts, top, edit_center, edit_layers })
+    Ok(LocatedSites {
+        model: model.to_string(),
+        num_layers,
+        window,
+        n_prompts,
+        top,
+        edit_center,
+        edit_layers,
+    })
 }
