@@ -7,7 +7,10 @@ use std::path::Path;
 
 /// Write `bytes` to `path` atomically: a temporary sibling file, fsync, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e.to_string()))?;
     let name = path
         .file_name()
@@ -17,7 +20,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
-        f.write_all(bytes).map_err(|e| Error::file(&tmp, e.to_string()))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::file(&tmp, e.to_string()))?;
         f.sync_all().map_err(|e| Error::file(&tmp, e.to_string()))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e.to_string()))?;
@@ -36,7 +40,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::file(path, e.to_string()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::file(path, e.to_string()))?;
         if n == 0 {
             break;
         }

@@ -17,21 +17,38 @@ fn jsonl(path: std::path::PathBuf) -> Vec<Value> {
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Every layer's residual stream for the three reference prompts. HF's hidden states are
 /// compared relative to each layer's largest magnitude (residual streams reach the hundreds).
 fn hidden_states(alias: &str, model: &Model) {
     let dir = common::reference(alias);
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    let exp = candle_core::safetensors::load(dir.join("hidden_states.safetensors"), &Device::Cpu).unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let exp = candle_core::safetensors::load(dir.join("hidden_states.safetensors"), &Device::Cpu)
+        .unwrap();
     let n = model.config().num_layers;
     let mut sites = vec![Site::ResidPre(0), Site::FinalNorm];
     sites.extend((0..n).map(Site::ResidPost));
-    for (k, case) in meta["trace"]["cases"].as_array().unwrap().iter().enumerate() {
+    for (k, case) in meta["trace"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let ids = ids_of(&case["ids"]);
-        let out = model.transformer.forward(&[ids], &InterventionPlan::default().with_capture(sites.clone())).unwrap();
+        let out = model
+            .transformer
+            .forward(
+                &[ids],
+                &InterventionPlan::default().with_capture(sites.clone()),
+            )
+            .unwrap();
         for i in 0..=n {
             let site = match i {
                 0 => Site::ResidPre(0),
@@ -40,9 +57,20 @@ fn hidden_states(alias: &str, model: &Model) {
             };
             let want = &exp[&format!("prompt{k}.hidden.{i}")];
             let got = out.captures[&site].squeeze(0).unwrap();
-            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let d = common::max_abs_diff(&got, want);
-            assert!(d <= 1e-4 * scale.max(1.0), "{alias} prompt {k} hidden.{i}: max |diff| {d} (scale {scale})");
+            assert!(
+                d <= 1e-4 * scale.max(1.0),
+                "{alias} prompt {k} hidden.{i}: max |diff| {d} (scale {scale})"
+            );
         }
     }
 }
@@ -50,14 +78,28 @@ fn hidden_states(alias: &str, model: &Model) {
 fn topk(alias: &str, model: &Model) {
     let rows = jsonl(common::reference(alias).join("topk_logprobs.jsonl"));
     let ids: Vec<Vec<u32>> = rows.iter().map(|r| ids_of(&r["ids"])).collect();
-    let out = model.transformer.forward(&ids, &InterventionPlan::logits(LogitsRequest::LastToken)).unwrap();
+    let out = model
+        .transformer
+        .forward(&ids, &InterventionPlan::logits(LogitsRequest::LastToken))
+        .unwrap();
     let lp = out.logprobs.unwrap();
     let mut worst = 0f32;
     for (r, row) in rows.iter().enumerate() {
         let top = ids_of(&row["top_ids"]);
-        let want: Vec<f32> = row["top_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> = row["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         let idx = Tensor::new(top.as_slice(), &Device::Cpu).unwrap();
-        let got = lp.get(r).unwrap().index_select(&idx, 0).unwrap().to_vec1::<f32>().unwrap();
+        let got = lp
+            .get(r)
+            .unwrap()
+            .index_select(&idx, 0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (g, w) in got.iter().zip(&want) {
             worst = worst.max((g - w).abs());
         }
@@ -70,7 +112,10 @@ fn topk(alias: &str, model: &Model) {
 fn occupation_probs(alias: &str, model: &Model, headline: [f64; 5]) {
     let rows = jsonl(common::reference(alias).join("occupation_probs.jsonl"));
     assert_eq!(rows.len(), 5440);
-    let opts = MeasureOptions { data_dir: common::fixtures().join("data"), ..Default::default() };
+    let opts = MeasureOptions {
+        data_dir: common::fixtures().join("data"),
+        ..Default::default()
+    };
     let result = measure_occupations(model, &opts, |_| {}).unwrap();
     assert_eq!(result.prompts.len(), rows.len());
     let mut worst = (0f64, 0usize);
@@ -83,12 +128,27 @@ fn occupation_probs(alias: &str, model: &Model, headline: [f64; 5]) {
             }
         }
     }
-    assert!(worst.0 < 1e-4, "{alias}: max |Δp| {} at prompt {} ({})", worst.0, worst.1, rows[worst.1]["text"]);
+    assert!(
+        worst.0 < 1e-4,
+        "{alias}: max |Δp| {} at prompt {} ({})",
+        worst.0,
+        worst.1,
+        rows[worst.1]["text"]
+    );
     let m = &result.metrics;
     let f = m.regression.as_ref().unwrap();
-    let got = [m.mean_abs_gap.value, f.a_s.value, f.a_f.value, f.b.value, f.r2.value];
+    let got = [
+        m.mean_abs_gap.value,
+        f.a_s.value,
+        f.a_f.value,
+        f.b.value,
+        f.r2.value,
+    ];
     for (g, w) in got.iter().zip(headline) {
-        assert!((g - w).abs() < 5e-4, "{alias}: headline {got:?} vs reference {headline:?}");
+        assert!(
+            (g - w).abs() < 5e-4,
+            "{alias}: headline {got:?} vs reference {headline:?}"
+        );
     }
 }
 

@@ -10,15 +10,27 @@ const TOL: f32 = 1e-4;
 fn check_arch(arch: &str) {
     let dir = common::reference("tiny").join(arch);
     let model = Model::load_hf_dir(arch, &dir, &Device::Cpu).expect("load tiny model");
-    let exp = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let exp =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let ids = exp["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
     let n_layers = model.config().num_layers;
     let mut sites = vec![Site::ResidPre(0), Site::FinalNorm];
     for l in 0..n_layers {
-        sites.extend([Site::ResidPost(l), Site::AttnOut(l), Site::MlpOut(l), Site::MlpKey(l)]);
+        sites.extend([
+            Site::ResidPost(l),
+            Site::AttnOut(l),
+            Site::MlpOut(l),
+            Site::MlpKey(l),
+        ]);
     }
     let t = ids[0].len();
-    let positions: Vec<(usize, usize)> = (0..ids.len()).flat_map(|r| (0..t).map(move |i| (r, i))).collect();
+    let positions: Vec<(usize, usize)> = (0..ids.len())
+        .flat_map(|r| (0..t).map(move |i| (r, i)))
+        .collect();
     let plan = InterventionPlan::logits(LogitsRequest::Positions(positions)).with_capture(sites);
     let out = model.transformer.forward(&ids, &plan).unwrap();
     let mut worst = Vec::new();
@@ -29,7 +41,11 @@ fn check_arch(arch: &str) {
     };
     cmp("hidden.0", &out.captures[&Site::ResidPre(0)]);
     for l in 0..n_layers {
-        let hidden = if l + 1 == n_layers { Site::FinalNorm } else { Site::ResidPost(l) };
+        let hidden = if l + 1 == n_layers {
+            Site::FinalNorm
+        } else {
+            Site::ResidPost(l)
+        };
         cmp(&format!("hidden.{}", l + 1), &out.captures[&hidden]);
         cmp(&format!("attn_out.{l}"), &out.captures[&Site::AttnOut(l)]);
         cmp(&format!("mlp_out.{l}"), &out.captures[&Site::MlpOut(l)]);
@@ -39,7 +55,10 @@ fn check_arch(arch: &str) {
     let want_lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
     let got_lp = out.logprobs.unwrap().reshape(want_lp.dims()).unwrap();
     worst.push(("logprobs".into(), common::max_abs_diff(&got_lp, &want_lp)));
-    let bad: Vec<_> = worst.iter().filter(|(_, d)| *d > TOL || d.is_nan()).collect();
+    let bad: Vec<_> = worst
+        .iter()
+        .filter(|(_, d)| *d > TOL || d.is_nan())
+        .collect();
     assert!(bad.is_empty(), "{arch}: deviations above {TOL}: {bad:?}");
 }
 

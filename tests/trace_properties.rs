@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop, clippy::cloned_ref_to_slice_refs)]
 //! Invariants of causal tracing and mediation on the random tiny models of every architecture:
 //! fast == naive, restoring everything gives the clean run, zero noise gives no effect, the last
 //! layer's hidden state at the last token carries the clean metric, an MLP window covering every

@@ -25,7 +25,10 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 /// Refuse to overwrite an existing output unless `--force` was given.
 pub fn check_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
     if path.exists() && !force {
-        bail!("{} already exists; pass --force to overwrite it", path.display());
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -94,8 +94,10 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     let method = a.method.parse()?;
     let mut spec = match &a.spec {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str::<EditSpec>(&text).with_context(|| format!("{}: not a valid edit spec", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<EditSpec>(&text)
+                .with_context(|| format!("{}: not a valid edit spec", p.display()))?
         }
         None => EditSpec::new(method, Vec::new()),
     };
@@ -107,7 +109,9 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         spec.layers = sites_default_layers(p)?;
     }
     if spec.layers.is_empty() {
-        anyhow::bail!("no layers to edit: pass --layers 1,2,3 or --sites sites.json (from `biaslens trace`)");
+        anyhow::bail!(
+            "no layers to edit: pass --layers 1,2,3 or --sites sites.json (from `biaslens trace`)"
+        );
     }
     if a.max_edit.is_some() {
         spec.max_edit_professions = a.max_edit;
@@ -116,7 +120,10 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         spec.lsdm.lambda = l;
     }
     let model = Model::load(&a.model, &device)?;
-    eprintln!("editing {} with {:?} on layers {:?}", model.info.name, spec.method, spec.layers);
+    eprintln!(
+        "editing {} with {:?} on layers {:?}",
+        model.info.name, spec.method, spec.layers
+    );
     let before = biaslens::edit::method::edit_prompt_bias(&model, &spec)?;
     let outcome = edit_model(&model, &spec, |s| eprintln!("{s}"))?;
     let weights_after = apply_delta(&model, &outcome.delta)?;
@@ -130,7 +137,17 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     record.metrics_before = serde_json::to_value(&before)?;
     record.metrics_after = serde_json::to_value(&after)?;
     record.wall_times_s.insert("edit".into(), outcome.seconds);
-    write_edit_outputs(&model, &weights_after, &outcome.delta, &record, &a.out, &ExportOptions { force: a.force, gguf: a.gguf })?;
+    write_edit_outputs(
+        &model,
+        &weights_after,
+        &outcome.delta,
+        &record,
+        &a.out,
+        &ExportOptions {
+            force: a.force,
+            gguf: a.gguf,
+        },
+    )?;
     println!(
         "edit prompts mean |p(he)-p(she)|: {:.4} -> {:.4} (n = {}); wrote {}",
         before.mean_abs_gap.value,
@@ -204,7 +221,9 @@ fn edited_layers(delta: &WeightDelta) -> Vec<usize> {
 /// The default edit layers recorded in a sites.json written by `biaslens trace`.
 fn sites_default_layers(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let sites: biaslens::trace::LocatedSites = serde_json::from_str(&text).with_context(|| format!("{}: not a sites.json", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let sites: biaslens::trace::LocatedSites = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a sites.json", path.display()))?;
     Ok(sites.default_edit_layers())
 }

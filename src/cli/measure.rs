@@ -37,11 +37,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         check_overwrite(p, a.force)?;
     }
     let device = parse_device(&a.device)?;
-    let mut opts = MeasureOptions { subset: a.split.parse()?, batch_size: a.batch_size, templates: a.templates.clone(), ..Default::default() };
+    let mut opts = MeasureOptions {
+        subset: a.split.parse()?,
+        batch_size: a.batch_size,
+        templates: a.templates.clone(),
+        ..Default::default()
+    };
     opts.split.seed = a.seed;
     opts.bootstrap.seed = a.seed;
     let model = Model::load(&a.model, &device)?;
-    let n = biaslens::measure::occupations::subset_prompts(&opts)?.0.len();
+    let n = biaslens::measure::occupations::subset_prompts(&opts)?
+        .0
+        .len();
     let pb = progress(n as u64, "prompts");
     let result = measure_occupations(&model, &opts, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
@@ -65,9 +72,18 @@ fn opt(e: &Option<Estimate>) -> String {
 pub fn render_table(r: &MeasureResult) -> String {
     let m = &r.metrics;
     let mut rows = vec![
-        ("model".to_string(), format!("{} (sha256 {}…)", r.model.name, &r.model.sha256[..12])),
-        ("split".into(), format!("{:?} (seed {})", r.options.subset, r.options.split.seed)),
-        ("n".into(), format!("{} prompts, {} professions", m.n_prompts, m.n_professions)),
+        (
+            "model".to_string(),
+            format!("{} (sha256 {}…)", r.model.name, &r.model.sha256[..12]),
+        ),
+        (
+            "split".into(),
+            format!("{:?} (seed {})", r.options.subset, r.options.split.seed),
+        ),
+        (
+            "n".into(),
+            format!("{} prompts, {} professions", m.n_prompts, m.n_professions),
+        ),
         ("mean |p(he)-p(she)|".into(), est(&m.mean_abs_gap)),
         ("mean p(he)-p(she)".into(), est(&m.mean_gap)),
         ("mean p(he)".into(), est(&m.mean_p_he)),
@@ -82,12 +98,24 @@ pub fn render_table(r: &MeasureResult) -> String {
         }
         None => rows.push(("regression".into(), "n/a (no spread in the scores)".into())),
     }
-    rows.push(("pearson(stereo, log she/he)".into(), opt(&m.pearson_stereotype)));
-    rows.push(("spearman(stereo, log she/he)".into(), opt(&m.spearman_stereotype)));
+    rows.push((
+        "pearson(stereo, log she/he)".into(),
+        opt(&m.pearson_stereotype),
+    ));
+    rows.push((
+        "spearman(stereo, log she/he)".into(),
+        opt(&m.spearman_stereotype),
+    ));
     rows.push(("pearson(BLS %F, log she/he)".into(), opt(&m.pearson_bls)));
     rows.push(("spearman(BLS %F, log she/he)".into(), opt(&m.spearman_bls)));
-    let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
-    let mut s = String::from("occupation-prompt bias (95% CIs; regression and Spearman CIs by bootstrap)\n");
+    let w = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut s = String::from(
+        "occupation-prompt bias (95% CIs; regression and Spearman CIs by bootstrap)\n",
+    );
     for (k, v) in rows {
         s.push_str(&format!("  {k:<w$}  {v}\n"));
     }

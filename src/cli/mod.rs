@@ -11,7 +11,11 @@ pub mod trace;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "biaslens", version, about = "Locate, remove and verify gender bias in language models")]
+#[command(
+    name = "biaslens",
+    version,
+    about = "Locate, remove and verify gender bias in language models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

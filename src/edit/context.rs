@@ -26,22 +26,39 @@ pub struct EditPrompt {
 }
 
 /// Token span [start, end) of `text[start_char..end_char]` under the tokenizer (BOS included).
-pub fn subject_span(tok: &Tokenizer, text: &str, start_char: usize, end_char: usize) -> Result<(usize, usize)> {
+pub fn subject_span(
+    tok: &Tokenizer,
+    text: &str,
+    start_char: usize,
+    end_char: usize,
+) -> Result<(usize, usize)> {
     let before = text[..start_char].trim_end();
-    let a = if before.is_empty() { tok.encode("")?.len() } else { tok.encode(before)?.len() };
+    let a = if before.is_empty() {
+        tok.encode("")?.len()
+    } else {
+        tok.encode(before)?.len()
+    };
     let upto = tok.encode(&text[..end_char])?;
     let full = tok.encode(text)?;
     if upto.len() <= a || full.len() < upto.len() || full[..upto.len()] != upto[..] {
         return Err(Error::param(
             "subject",
-            format!("{:?} in {text:?} does not tokenise to a clean token span", &text[start_char..end_char]),
+            format!(
+                "{:?} in {text:?} does not tokenise to a clean token span",
+                &text[start_char..end_char]
+            ),
         ));
     }
     Ok((a, upto.len()))
 }
 
 /// Build prompts for `words` (group index = position in `words`) in `templates` × `prefixes`.
-pub fn build_prompts(tok: &Tokenizer, words: &[String], templates: &[Template], prefixes: &[&str]) -> Result<Vec<EditPrompt>> {
+pub fn build_prompts(
+    tok: &Tokenizer,
+    words: &[String],
+    templates: &[Template],
+    prefixes: &[&str],
+) -> Result<Vec<EditPrompt>> {
     let mut out = Vec::new();
     for (g, w) in words.iter().enumerate() {
         for t in templates {
@@ -50,7 +67,12 @@ pub fn build_prompts(tok: &Tokenizer, words: &[String], templates: &[Template], 
                 let start = p.len() + t.as_str().find("{}").unwrap_or(0);
                 let text = format!("{p}{filled}");
                 let (_, end) = subject_span(tok, &text, start, start + w.len())?;
-                out.push(EditPrompt { group: g, ids: tok.encode(&text)?, text, last_subject_token: end - 1 });
+                out.push(EditPrompt {
+                    group: g,
+                    ids: tok.encode(&text)?,
+                    text,
+                    last_subject_token: end - 1,
+                });
             }
         }
     }
@@ -69,7 +91,11 @@ pub struct EditSets {
 
 /// Edit professions from the split (optionally the first `max_edit`), controls to preserve, and
 /// the edit templates (all Vig templates minus [`HELD_OUT_TEMPLATES`]).
-pub fn edit_sets(professions: &[Profession], split: &SplitSpec, max_edit: Option<usize>) -> Result<EditSets> {
+pub fn edit_sets(
+    professions: &[Profession],
+    split: &SplitSpec,
+    max_edit: Option<usize>,
+) -> Result<EditSets> {
     let s = split_professions(professions, split)?;
     let name = |raw: &str| raw.replace('_', " ");
     let mut edit: Vec<String> = professions
@@ -87,6 +113,12 @@ pub fn edit_sets(professions: &[Profession], split: &SplitSpec, max_edit: Option
         .filter(|p| s.part_of(&p.raw) == Some(Part::DefinitionalControl))
         .map(|p| name(&p.raw))
         .collect();
-    let edit_templates = (0..17).filter(|i| !HELD_OUT_TEMPLATES.contains(i)).collect();
-    Ok(EditSets { edit, preserve, edit_templates })
+    let edit_templates = (0..17)
+        .filter(|i| !HELD_OUT_TEMPLATES.contains(i))
+        .collect();
+    Ok(EditSets {
+        edit,
+        preserve,
+        edit_templates,
+    })
 }

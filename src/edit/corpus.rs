@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 
 /// Token chunks of `seq_len` from a text file (WikiText-style: one paragraph per line), up to
 /// `max_tokens` tokens in all, in file order. Returns the chunks and the sha256 of the file.
-pub fn corpus_chunks(tok: &Tokenizer, path: &Path, seq_len: usize, max_tokens: usize) -> Result<(Vec<Vec<u32>>, String)> {
+pub fn corpus_chunks(
+    tok: &Tokenizer,
+    path: &Path,
+    seq_len: usize,
+    max_tokens: usize,
+) -> Result<(Vec<Vec<u32>>, String)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
     let hash = crate::io::sha256_bytes(text.as_bytes());
     let mut stream: Vec<u32> = Vec::new();
@@ -26,13 +31,18 @@ pub fn corpus_chunks(tok: &Tokenizer, path: &Path, seq_len: usize, max_tokens: u
         }
     }
     stream.truncate(max_tokens);
-    let chunks: Vec<Vec<u32>> = stream.chunks(seq_len.max(2)).filter(|c| c.len() >= 2).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<u32>> = stream
+        .chunks(seq_len.max(2))
+        .filter(|c| c.len() >= 2)
+        .map(|c| c.to_vec())
+        .collect();
     if chunks.is_empty() {
         return Err(Error::file(path, "corpus has no text"));
     }
     Ok((chunks, hash))
 }
 
+#[allow(clippy::too_many_arguments)]
 /// C for each of `layers`, from the cache when present, else computed and cached.
 pub fn key_moments(
     model: &Transformer,
@@ -46,7 +56,13 @@ pub fn key_moments(
 ) -> Result<BTreeMap<usize, Tensor>> {
     let n_tokens: usize = chunks.iter().map(|c| c.len()).sum();
     let path_of = |l: usize| -> Option<PathBuf> {
-        cache_dir.map(|d| d.join(format!("mom2_{}_{}_l{l}_n{n_tokens}.safetensors", &model_hash[..16.min(model_hash.len())], &corpus_hash[..16])))
+        cache_dir.map(|d| {
+            d.join(format!(
+                "mom2_{}_{}_l{l}_n{n_tokens}.safetensors",
+                &model_hash[..16.min(model_hash.len())],
+                &corpus_hash[..16]
+            ))
+        })
     };
     let mut out = BTreeMap::new();
     let mut todo = Vec::new();
@@ -54,8 +70,14 @@ pub fn key_moments(
         match path_of(l).filter(|p| p.is_file()) {
             Some(p) => {
                 let (c, meta) = load_moment(&p, &model.device)?;
-                if meta.model_hash != model_hash || meta.layer != l || meta.corpus_hash != corpus_hash {
-                    return Err(Error::file(&p, "cached statistics belong to another model, layer or corpus"));
+                if meta.model_hash != model_hash
+                    || meta.layer != l
+                    || meta.corpus_hash != corpus_hash
+                {
+                    return Err(Error::file(
+                        &p,
+                        "cached statistics belong to another model, layer or corpus",
+                    ));
                 }
                 out.insert(l, c.to_dtype(DType::F32)?);
             }
@@ -66,14 +88,24 @@ pub fn key_moments(
         return Ok(out);
     }
     let d_ff = model.cfg.intermediate_size;
-    let mut acc: BTreeMap<usize, MomentAccumulator> =
-        todo.iter().map(|&l| Ok((l, MomentAccumulator::new(d_ff, DType::F64, &model.device)?))).collect::<Result<_>>()?;
+    let mut acc: BTreeMap<usize, MomentAccumulator> = todo
+        .iter()
+        .map(|&l| Ok((l, MomentAccumulator::new(d_ff, DType::F64, &model.device)?)))
+        .collect::<Result<_>>()?;
     let stop = todo.iter().max().copied();
     for batch_rows in chunks.chunks(batch.max(1)) {
-        let plan = InterventionPlan { capture: todo.iter().map(|&l| Site::MlpKey(l)).collect(), stop_after: stop, ..Default::default() };
+        let plan = InterventionPlan {
+            capture: todo.iter().map(|&l| Site::MlpKey(l)).collect(),
+            stop_after: stop,
+            ..Default::default()
+        };
         let fwd = model.forward(batch_rows, &plan)?;
         let t = batch_rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mask: Vec<f32> = fwd.pads.iter().flat_map(|&p| (0..t).map(move |i| if i >= p { 1.0 } else { 0.0 })).collect();
+        let mask: Vec<f32> = fwd
+            .pads
+            .iter()
+            .flat_map(|&p| (0..t).map(move |i| if i >= p { 1.0 } else { 0.0 }))
+            .collect();
         let mask = Tensor::from_vec(mask, batch_rows.len() * t, &model.device)?;
         for (&l, a) in acc.iter_mut() {
             let keys = fwd.captures[&Site::MlpKey(l)].reshape((batch_rows.len() * t, d_ff))?;
@@ -82,7 +114,12 @@ pub fn key_moments(
         on_batch(batch_rows.len());
     }
     for (l, a) in acc {
-        let meta = MomentMeta { model_hash: model_hash.to_string(), layer: l, corpus_hash: corpus_hash.to_string(), n: a.count() };
+        let meta = MomentMeta {
+            model_hash: model_hash.to_string(),
+            layer: l,
+            corpus_hash: corpus_hash.to_string(),
+            n: a.count(),
+        };
         if let Some(p) = path_of(l) {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;

@@ -27,7 +27,10 @@ pub struct DamaSettings {
 
 impl Default for DamaSettings {
     fn default() -> Self {
-        DamaSettings { components: 16, batch: 64 }
+        DamaSettings {
+            components: 16,
+            batch: 64,
+        }
     }
 }
 
@@ -39,20 +42,37 @@ pub struct DamaReport {
 }
 
 /// Gradient of Σ_rows (log p(he) − log p(she)) w.r.t. the residual after `layer` at the subject token: [rows, d].
-fn gender_gradients(model: &Transformer, prompts: &[EditPrompt], layer: usize, pronouns: &[u32], batch: usize) -> Result<Tensor> {
+fn gender_gradients(
+    model: &Transformer,
+    prompts: &[EditPrompt],
+    layer: usize,
+    pronouns: &[u32],
+    batch: usize,
+) -> Result<Tensor> {
     let mut out = Vec::new();
     for chunk in prompts.chunks(batch.max(1)) {
         let rows: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-        let plan = InterventionPlan { capture: vec![Site::ResidPost(layer)], stop_after: Some(layer), ..Default::default() };
+        let plan = InterventionPlan {
+            capture: vec![Site::ResidPost(layer)],
+            stop_after: Some(layer),
+            ..Default::default()
+        };
         let fwd = model.forward(&rows, &plan)?;
         let resid = Var::from_tensor(&fwd.captures[&Site::ResidPost(layer)].detach())?;
         let lp = model
-            .forward_from_layer(layer + 1, resid.as_tensor(), &fwd.pads, &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.to_vec())))?
+            .forward_from_layer(
+                layer + 1,
+                resid.as_tensor(),
+                &fwd.pads,
+                &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.to_vec())),
+            )?
             .logprobs
             .ok_or_else(|| Error::Model("no logits".into()))?;
         let gap = (lp.narrow(1, 0, 1)? - lp.narrow(1, 1, 1)?)?.sum_all()?;
         let grads = gap.backward()?;
-        let g = grads.get(resid.as_tensor()).ok_or_else(|| Error::Numerical("no gradient reached the residual stream".into()))?;
+        let g = grads
+            .get(resid.as_tensor())
+            .ok_or_else(|| Error::Numerical("no gradient reached the residual stream".into()))?;
         for (r, p) in chunk.iter().enumerate() {
             out.push(g.get(r)?.get(fwd.pads[r] + p.last_subject_token)?);
         }
@@ -60,26 +80,67 @@ fn gender_gradients(model: &Transformer, prompts: &[EditPrompt], layer: usize, p
     Ok(Tensor::stack(&out, 0)?)
 }
 
-pub fn dama(model: &Model, prompts: &EditPrompts, layers: &[usize], settings: &DamaSettings, mut log: impl FnMut(&str)) -> Result<(WeightDelta, DamaReport)> {
+pub fn dama(
+    model: &Model,
+    prompts: &EditPrompts,
+    layers: &[usize],
+    settings: &DamaSettings,
+    mut log: impl FnMut(&str),
+) -> Result<(WeightDelta, DamaReport)> {
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
     let tok = model.tokenizer()?;
     let pronouns = [tok.single_token_id(" he")?, tok.single_token_id(" she")?];
     let mut tr = model.transformer.clone();
-    let mut delta = WeightDelta::new(DeltaMeta { method: "dama".into(), model_hash: model.info.sha256.clone(), params: serde_json::to_value(settings)? });
+    let mut delta = WeightDelta::new(DeltaMeta {
+        method: "dama".into(),
+        model_hash: model.info.sha256.clone(),
+        params: serde_json::to_value(settings)?,
+    });
     for &l in &layers {
-        let keys = capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l)], settings.batch)?.remove(&Site::MlpKey(l)).ok_or_else(|| Error::Model("no keys".into()))?;
+        let keys = capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l)], settings.batch)?
+            .remove(&Site::MlpKey(l))
+            .ok_or_else(|| Error::Model("no keys".into()))?;
         let diffs = gender_gradients(&tr, &prompts.keys, l, &pronouns, settings.batch)?;
         let w = tr.layers[l].down.weight.clone();
-        let proj = dama_projection(&keys, &w, &diffs, &DamaParams { components: settings.components, ..Default::default() })?;
+        let proj = dama_projection(
+            &keys,
+            &w,
+            &diffs,
+            &DamaParams {
+                components: settings.components,
+                ..Default::default()
+            },
+        )?;
         let new_w = apply_projection(&proj.projection, &w)?;
         let dw = (&new_w - &w)?;
-        log(&format!("DAMA layer {l}: |ΔW| {:.4}", dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?));
+        log(&format!(
+            "DAMA layer {l}: |ΔW| {:.4}",
+            dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?
+        ));
         tr.layers[l].down.weight = new_w;
         let (name, transposed) = down_weight_name(model.config().arch, l);
-        let orig = model.weights.get(&name).ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        delta.insert(&name, orig, &if transposed { dw.t()?.contiguous()? } else { dw })?;
+        let orig = model
+            .weights
+            .get(&name)
+            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+        delta.insert(
+            &name,
+            orig,
+            &if transposed {
+                dw.t()?.contiguous()?
+            } else {
+                dw
+            },
+        )?;
     }
-    Ok((delta, DamaReport { layers, components: settings.components, n_prompts: prompts.keys.len() }))
+    Ok((
+        delta,
+        DamaReport {
+            layers,
+            components: settings.components,
+            n_prompts: prompts.keys.len(),
+        },
+    ))
 }

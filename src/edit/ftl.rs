@@ -23,7 +23,13 @@ pub struct FtParams {
 
 impl Default for FtParams {
     fn default() -> Self {
-        FtParams { eps: 5e-3, steps: 20, lr: 1e-3, kl_weight: 0.0625, chunk: 128 }
+        FtParams {
+            eps: 5e-3,
+            steps: 20,
+            lr: 1e-3,
+            kl_weight: 0.0625,
+            chunk: 128,
+        }
     }
 }
 
@@ -41,16 +47,31 @@ struct Rows {
 
 fn cache_input(model: &Transformer, prompts: &[EditPrompt], layer: usize) -> Result<Rows> {
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-    let plan = InterventionPlan { capture: vec![Site::ResidPre(layer)], stop_after: Some(layer), ..Default::default() };
+    let plan = InterventionPlan {
+        capture: vec![Site::ResidPre(layer)],
+        stop_after: Some(layer),
+        ..Default::default()
+    };
     let out = model.forward(&rows, &plan)?;
-    Ok(Rows { resid: out.captures[&Site::ResidPre(layer)].detach(), pads: out.pads })
+    Ok(Rows {
+        resid: out.captures[&Site::ResidPre(layer)].detach(),
+        pads: out.pads,
+    })
 }
 
-pub fn ft_l(model: &Model, prompts: &EditPrompts, layers: &[usize], params: &FtParams, mut log: impl FnMut(&str)) -> Result<(WeightDelta, FtReport)> {
+pub fn ft_l(
+    model: &Model,
+    prompts: &EditPrompts,
+    layers: &[usize],
+    params: &FtParams,
+    mut log: impl FnMut(&str),
+) -> Result<(WeightDelta, FtReport)> {
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
-    let first = *layers.first().ok_or_else(|| Error::param("layers", "empty"))?;
+    let first = *layers
+        .first()
+        .ok_or_else(|| Error::param("layers", "empty"))?;
     let tok = model.tokenizer()?;
     let pronouns = vec![tok.single_token_id(" he")?, tok.single_token_id(" she")?];
     let base = &model.transformer;
@@ -65,14 +86,23 @@ pub fn ft_l(model: &Model, prompts: &EditPrompts, layers: &[usize], params: &FtP
     for (l, v, _) in &vars {
         tr.layers[*l].down.weight = v.as_tensor().clone();
     }
-    let chunks: Vec<Rows> = prompts.target.chunks(params.chunk.max(1)).map(|c| cache_input(base, c, first)).collect::<Result<_>>()?;
+    let chunks: Vec<Rows> = prompts
+        .target
+        .chunks(params.chunk.max(1))
+        .map(|c| cache_input(base, c, first))
+        .collect::<Result<_>>()?;
     let kl: Vec<(Rows, Tensor)> = prompts
         .kl
         .chunks(params.chunk.max(1))
         .map(|c| {
             let r = cache_input(base, c, first)?;
             let lp = base
-                .forward_from_layer(first, &r.resid, &r.pads, &InterventionPlan::logits(LogitsRequest::LastToken))?
+                .forward_from_layer(
+                    first,
+                    &r.resid,
+                    &r.pads,
+                    &InterventionPlan::logits(LogitsRequest::LastToken),
+                )?
                 .logprobs
                 .ok_or_else(|| Error::Model("no logits".into()))?;
             Ok((r, lp))
@@ -80,10 +110,16 @@ pub fn ft_l(model: &Model, prompts: &EditPrompts, layers: &[usize], params: &FtP
         .collect::<Result<_>>()?;
     let n = prompts.target.len() as f64;
     let n_kl = prompts.kl.len().max(1) as f64;
-    let mut moments: Vec<(Tensor, Tensor)> = vars.iter().map(|(_, v, _)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?))).collect::<Result<_>>()?;
+    let mut moments: Vec<(Tensor, Tensor)> = vars
+        .iter()
+        .map(|(_, v, _)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
+        .collect::<Result<_>>()?;
     let mut hist = Vec::new();
     for step in 0..=params.steps {
-        let mut grads: Vec<Tensor> = vars.iter().map(|(_, v, _)| v.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?;
+        let mut grads: Vec<Tensor> = vars
+            .iter()
+            .map(|(_, v, _)| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<_>>()?;
         let mut total = 0f64;
         let add_grads = |loss: &Tensor, grads: &mut Vec<Tensor>| -> Result<()> {
             let g = loss.backward()?;
@@ -96,10 +132,18 @@ pub fn ft_l(model: &Model, prompts: &EditPrompts, layers: &[usize], params: &FtP
         };
         for c in &chunks {
             let lp = tr
-                .forward_from_layer(first, &c.resid, &c.pads, &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.clone())))?
+                .forward_from_layer(
+                    first,
+                    &c.resid,
+                    &c.pads,
+                    &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.clone())),
+                )?
                 .logprobs
                 .ok_or_else(|| Error::Model("no logits".into()))?;
-            let loss = ((lp.narrow(1, 0, 1)? - lp.narrow(1, 1, 1)?)?.sqr()?.sum_all()? / n)?;
+            let loss = ((lp.narrow(1, 0, 1)? - lp.narrow(1, 1, 1)?)?
+                .sqr()?
+                .sum_all()?
+                / n)?;
             total += loss.to_scalar::<f32>()? as f64;
             if step < params.steps {
                 add_grads(&loss, &mut grads)?;
@@ -108,7 +152,12 @@ pub fn ft_l(model: &Model, prompts: &EditPrompts, layers: &[usize], params: &FtP
         if params.kl_weight > 0.0 && step < params.steps {
             for (c, base_lp) in &kl {
                 let lp = tr
-                    .forward_from_layer(first, &c.resid, &c.pads, &InterventionPlan::logits(LogitsRequest::LastToken))?
+                    .forward_from_layer(
+                        first,
+                        &c.resid,
+                        &c.pads,
+                        &InterventionPlan::logits(LogitsRequest::LastToken),
+                    )?
                     .logprobs
                     .ok_or_else(|| Error::Model("no logits".into()))?;
                 let klv = (base_lp.exp()? * (base_lp - &lp)?)?.sum_all()?;
@@ -127,21 +176,44 @@ pub fn ft_l(model: &Model, prompts: &EditPrompts, layers: &[usize], params: &FtP
             let (m, s) = &mut moments[i];
             *m = ((&*m * 0.9)? + (&grads[i] * 0.1)?)?;
             *s = ((&*s * 0.999)? + (grads[i].sqr()? * 0.001)?)?;
-            let upd = ((&*m / (1.0 - 0.9f64.powi(t)))? / ((&*s / (1.0 - 0.999f64.powi(t)))?.sqrt()? + 1e-8)?)?;
+            let upd = ((&*m / (1.0 - 0.9f64.powi(t)))?
+                / ((&*s / (1.0 - 0.999f64.powi(t)))?.sqrt()? + 1e-8)?)?;
             let next = (v.as_tensor() - (upd * params.lr)?)?;
             // Project back into the L∞ ball around W₀.
             let change = (&next - w0)?.clamp(-params.eps, params.eps)?;
             v.set(&(w0 + change)?)?;
         }
     }
-    let mut delta = WeightDelta::new(DeltaMeta { method: "ft-l".into(), model_hash: model.info.sha256.clone(), params: serde_json::to_value(params)? });
+    let mut delta = WeightDelta::new(DeltaMeta {
+        method: "ft-l".into(),
+        model_hash: model.info.sha256.clone(),
+        params: serde_json::to_value(params)?,
+    });
     let mut max_change = 0f64;
     for (l, v, w0) in &vars {
         let dw = (v.as_tensor() - w0)?.detach();
         max_change = max_change.max(dw.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64);
         let (name, transposed) = down_weight_name(model.config().arch, *l);
-        let orig = model.weights.get(&name).ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        delta.insert(&name, orig, &if transposed { dw.t()?.contiguous()? } else { dw })?;
+        let orig = model
+            .weights
+            .get(&name)
+            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+        delta.insert(
+            &name,
+            orig,
+            &if transposed {
+                dw.t()?.contiguous()?
+            } else {
+                dw
+            },
+        )?;
     }
-    Ok((delta, FtReport { layers, bias_loss: hist, max_abs_change: max_change }))
+    Ok((
+        delta,
+        FtReport {
+            layers,
+            bias_loss: hist,
+            max_abs_change: max_change,
+        },
+    ))
 }

@@ -46,12 +46,14 @@ pub struct LsdmParams {
 impl Default for LsdmParams {
     fn default() -> Self {
         LsdmParams {
-            lambda: 15_000.0,
+            // MEMIT's 15,000 assumes thousands of edits; with tens of edit professions it
+            // swamped KᵀK and the edit did nothing (docs/method.md, measured on SmolLM2).
+            lambda: 10.0,
             mu: 1.0,
             prior: "moment".into(),
             corpus_tokens: 16_384,
             corpus_seq_len: 128,
-            target_templates: 4,
+            target_templates: 12,
             prefixes: 3,
             target: TargetParams::default(),
             batch: 64,
@@ -91,16 +93,39 @@ pub struct EditPrompts {
     pub preserve: Vec<EditPrompt>,
 }
 
-pub fn edit_prompts(model: &Model, sets: &EditSets, target_templates: usize, prefixes: usize) -> Result<EditPrompts> {
+pub fn edit_prompts(
+    model: &Model,
+    sets: &EditSets,
+    target_templates: usize,
+    prefixes: usize,
+) -> Result<EditPrompts> {
     let tok = model.tokenizer()?;
     let all = vig_templates();
-    let templates: Vec<Template> = sets.edit_templates.iter().map(|&i| all[i].clone()).collect();
+    let templates: Vec<Template> = sets
+        .edit_templates
+        .iter()
+        .map(|&i| all[i].clone())
+        .collect();
     let prefixes = &DEFAULT_PREFIXES[..prefixes.clamp(1, DEFAULT_PREFIXES.len())];
     let keys = build_prompts(tok, &sets.edit, &templates, prefixes)?;
-    let target = build_prompts(tok, &sets.edit, &templates[..target_templates.clamp(1, templates.len())], &[""])?;
+    let target = build_prompts(
+        tok,
+        &sets.edit,
+        &templates[..target_templates.clamp(1, templates.len())],
+        &[""],
+    )?;
     let kl = build_prompts(tok, &sets.edit, &[Template::new("The {} is")?], &[""])?;
-    let preserve = if sets.preserve.is_empty() { Vec::new() } else { build_prompts(tok, &sets.preserve, &templates, &[""])? };
-    Ok(EditPrompts { keys, target, kl, preserve })
+    let preserve = if sets.preserve.is_empty() {
+        Vec::new()
+    } else {
+        build_prompts(tok, &sets.preserve, &templates, &[""])?
+    };
+    Ok(EditPrompts {
+        keys,
+        target,
+        kl,
+        preserve,
+    })
 }
 
 fn groups(p: &[EditPrompt]) -> Vec<usize> {
@@ -123,7 +148,10 @@ pub fn lsdm(
     layers.dedup();
     let n_layers = model.config().num_layers;
     if layers.is_empty() || layers.iter().any(|&l| l >= n_layers) {
-        return Err(Error::param("layers", format!("{layers:?} must be a non-empty subset of 0..{n_layers}")));
+        return Err(Error::param(
+            "layers",
+            format!("{layers:?} must be a non-empty subset of 0..{n_layers}"),
+        ));
     }
     let top = *layers.last().unwrap_or(&0);
     let tok = model.tokenizer()?;
@@ -135,31 +163,67 @@ pub fn lsdm(
     // Target z* = h̄ + δ after the top edited layer.
     let h0 = capture_at_subject(&tr, &prompts.keys, &[Site::ResidPost(top)], params.batch)?;
     let h_bar = group_mean(&h0[&Site::ResidPost(top)], &groups(&prompts.keys), n_groups)?;
-    let norms: Vec<f32> = h_bar.sqr()?.sum_keepdim(1)?.sqrt()?.flatten_all()?.to_vec1()?;
-    log(&format!("optimising targets for {n_groups} professions at layer {top}"));
-    let targets = optimise_targets(&tr, &prompts.target, &prompts.kl, top, pronouns, &norms, &params.target, |s, l| {
-        if s % 5 == 0 {
-            log(&format!("  step {s}: bias loss {l:.4}"));
-        }
-    })?;
+    let norms: Vec<f32> = h_bar
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .flatten_all()?
+        .to_vec1()?;
+    log(&format!(
+        "optimising targets for {n_groups} professions at layer {top}"
+    ));
+    let targets = optimise_targets(
+        &tr,
+        &prompts.target,
+        &prompts.kl,
+        top,
+        pronouns,
+        &norms,
+        &params.target,
+        |s, l| {
+            if s % 5 == 0 {
+                log(&format!("  step {s}: bias loss {l:.4}"));
+            }
+        },
+    )?;
     let key_groups = groups(&prompts.keys);
     // Per-prompt targets z*_i = h_i + δ_{group(i)}, or per-profession z* = h̄ + δ when averaging.
     let z_star = if params.average_keys {
         (&h_bar + &targets.delta)?
     } else {
-        let idx = Tensor::from_vec(key_groups.iter().map(|&g| g as u32).collect::<Vec<_>>(), key_groups.len(), &h_bar.device().clone())?;
+        let idx = Tensor::from_vec(
+            key_groups.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+            key_groups.len(),
+            &h_bar.device().clone(),
+        )?;
         (&h0[&Site::ResidPost(top)] + targets.delta.index_select(&idx, 0)?)?
     };
 
     // Corpus statistics.
     let prior_moments = if params.prior == "moment" {
-        let (chunks, corpus_hash) = corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
-        log(&format!("second moments of keys over {} corpus tokens", chunks.iter().map(|c| c.len()).sum::<usize>()));
-        Some(key_moments(&tr, &model.info.sha256, &chunks, &corpus_hash, &layers, cache_dir, 16, |_| {})?)
+        let (chunks, corpus_hash) =
+            corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
+        log(&format!(
+            "second moments of keys over {} corpus tokens",
+            chunks.iter().map(|c| c.len()).sum::<usize>()
+        ));
+        Some(key_moments(
+            &tr,
+            &model.info.sha256,
+            &chunks,
+            &corpus_hash,
+            &layers,
+            cache_dir,
+            16,
+            |_| {},
+        )?)
     } else if params.prior == "identity" {
         None
     } else {
-        return Err(Error::param("prior", format!("`{}`: expected moment or identity", params.prior)));
+        return Err(Error::param(
+            "prior",
+            format!("`{}`: expected moment or identity", params.prior),
+        ));
     };
 
     let mut delta = WeightDelta::new(DeltaMeta {
@@ -169,33 +233,71 @@ pub fn lsdm(
     });
     let (mut delta_norms, mut residual_norms) = (Vec::new(), Vec::new());
     for (i, &l) in layers.iter().enumerate() {
-        let cap = capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l), Site::ResidPost(top)], params.batch)?;
+        let cap = capture_at_subject(
+            &tr,
+            &prompts.keys,
+            &[Site::MlpKey(l), Site::ResidPost(top)],
+            params.batch,
+        )?;
         let (k, h_cur) = if params.average_keys {
-            (group_mean(&cap[&Site::MlpKey(l)], &key_groups, n_groups)?, group_mean(&cap[&Site::ResidPost(top)], &key_groups, n_groups)?)
+            (
+                group_mean(&cap[&Site::MlpKey(l)], &key_groups, n_groups)?,
+                group_mean(&cap[&Site::ResidPost(top)], &key_groups, n_groups)?,
+            )
         } else {
-            (cap[&Site::MlpKey(l)].clone(), cap[&Site::ResidPost(top)].clone())
+            (
+                cap[&Site::MlpKey(l)].clone(),
+                cap[&Site::ResidPost(top)].clone(),
+            )
         };
         let r = ((&z_star - &h_cur)? / (layers.len() - i) as f64)?;
         let preserved = if prompts.preserve.is_empty() {
             None
         } else {
             let p = capture_at_subject(&tr, &prompts.preserve, &[Site::MlpKey(l)], params.batch)?;
-            Some(group_mean(&p[&Site::MlpKey(l)], &groups(&prompts.preserve), sets.preserve.len())?)
+            Some(group_mean(
+                &p[&Site::MlpKey(l)],
+                &groups(&prompts.preserve),
+                sets.preserve.len(),
+            )?)
         };
         let prior = match &prior_moments {
             Some(m) => Prior::Moment(&m[&l]),
             None => Prior::Identity,
         };
-        let dw = solve_update(&LsqInput { keys: &k, residuals: &r, prior, lambda: params.lambda, preserved: preserved.as_ref(), mu: params.mu })?;
-        residual_norms.push(r.sqr()?.sum_keepdim(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64);
+        let dw = solve_update(&LsqInput {
+            keys: &k,
+            residuals: &r,
+            prior,
+            lambda: params.lambda,
+            preserved: preserved.as_ref(),
+            mu: params.mu,
+        })?;
+        residual_norms.push(
+            r.sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .mean_all()?
+                .to_scalar::<f32>()? as f64,
+        );
         delta_norms.push(dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64);
         let down = &mut tr.layers[l].down;
         down.weight = (&down.weight + &dw)?;
         let (name, transposed) = down_weight_name(model.config().arch, l);
-        let orig = model.weights.get(&name).ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        let hf_delta = if transposed { dw.t()?.contiguous()? } else { dw };
+        let orig = model
+            .weights
+            .get(&name)
+            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+        let hf_delta = if transposed {
+            dw.t()?.contiguous()?
+        } else {
+            dw
+        };
         delta.insert(&name, orig, &hf_delta)?;
-        log(&format!("layer {l}: |R| {:.3}, |ΔW| {:.4}", residual_norms[i], delta_norms[i]));
+        log(&format!(
+            "layer {l}: |R| {:.3}, |ΔW| {:.4}",
+            residual_norms[i], delta_norms[i]
+        ));
     }
     let report = LsdmReport {
         layers,
@@ -212,7 +314,11 @@ pub fn lsdm(
 
 /// The model with `delta` applied (weights rebuilt from the HF map: one path for all methods).
 pub fn edited_model(model: &Model, delta: &WeightDelta) -> Result<Model> {
-    let mut w: std::collections::HashMap<String, Tensor> = model.weights.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut w: std::collections::HashMap<String, Tensor> = model
+        .weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     super::delta::apply(&mut w, delta)?;
     model.with_weights(w.into_iter().collect(), &format!("+{}", delta.meta.method))
 }

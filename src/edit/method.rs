@@ -27,7 +27,10 @@ impl std::str::FromStr for Method {
             "lsdm" => Ok(Method::Lsdm),
             "ft" | "ft-l" => Ok(Method::Ft),
             "dama" => Ok(Method::Dama),
-            _ => Err(Error::param("method", format!("`{s}`: expected lsdm, ft or dama"))),
+            _ => Err(Error::param(
+                "method",
+                format!("`{s}`: expected lsdm, ft or dama"),
+            )),
         }
     }
 }
@@ -79,32 +82,54 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
     let prof_path = spec.data_dir.join("bolukbasi_debiaswe/professions.json");
     let professions = Profession::load(&prof_path)?;
     let mut data_hashes = std::collections::BTreeMap::new();
-    data_hashes.insert(prof_path.to_string_lossy().into_owned(), crate::io::sha256_file(&prof_path)?);
+    data_hashes.insert(
+        prof_path.to_string_lossy().into_owned(),
+        crate::io::sha256_file(&prof_path)?,
+    );
     let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
     if sets.edit.is_empty() {
         return Err(Error::param("split", "the edit split is empty"));
     }
     let corpus: &Path = &spec.data_dir.join("wikitext2/wikitext-2-v1.valid.tokens");
     if spec.method == Method::Lsdm && spec.lsdm.prior == "moment" {
-        data_hashes.insert(corpus.to_string_lossy().into_owned(), crate::io::sha256_file(corpus)?);
+        data_hashes.insert(
+            corpus.to_string_lossy().into_owned(),
+            crate::io::sha256_file(corpus)?,
+        );
     }
     let (delta, report) = match spec.method {
         Method::Lsdm => {
-            let (d, r) = lsdm(model, &sets, &spec.layers, &spec.lsdm, corpus, spec.cache_dir.as_deref(), log)?;
+            let (d, r) = lsdm(
+                model,
+                &sets,
+                &spec.layers,
+                &spec.lsdm,
+                corpus,
+                spec.cache_dir.as_deref(),
+                log,
+            )?;
             (d, serde_json::to_value(r)?)
         }
         Method::Ft => {
-            let prompts = edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
+            let prompts =
+                edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
             let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, log)?;
             (d, serde_json::to_value(r)?)
         }
         Method::Dama => {
-            let prompts = edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
+            let prompts =
+                edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
             let (d, r) = dama(model, &prompts, &spec.layers, &spec.dama, log)?;
             (d, serde_json::to_value(r)?)
         }
     };
-    Ok(EditOutcome { delta, data_hashes, sets, report, seconds: t0.elapsed().as_secs_f64() })
+    Ok(EditOutcome {
+        delta,
+        data_hashes,
+        sets,
+        report,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Bias on the edit prompts (edit professions × edit templates, no prefix): what the edit was
@@ -121,8 +146,17 @@ pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure
             prompts.push((p, t, templates[t].fill(&p.name)));
         }
     }
-    let rows: Vec<Vec<u32>> = prompts.iter().map(|(_, _, text)| tok.encode(text)).collect::<Result<_>>()?;
-    let probs = sequence_probs(&model.transformer, &rows, &PronounTargets::he_she_they(tok)?, 64, |_| {})?;
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|(_, _, text)| tok.encode(text))
+        .collect::<Result<_>>()?;
+    let probs = sequence_probs(
+        &model.transformer,
+        &rows,
+        &PronounTargets::he_she_they(tok)?,
+        64,
+        |_| {},
+    )?;
     let out: Vec<PromptProbs> = prompts
         .iter()
         .zip(&probs)
@@ -138,5 +172,12 @@ pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure
             p_they: q[2],
         })
         .collect();
-    bias_metrics(&out, None, &crate::stats::BootstrapSpec { resamples: 200, seed: spec.split.seed })
+    bias_metrics(
+        &out,
+        None,
+        &crate::stats::BootstrapSpec {
+            resamples: 200,
+            seed: spec.split.seed,
+        },
+    )
 }

@@ -22,9 +22,9 @@ pub mod solve;
 // The edit pipeline (lead): prompts, keys, targets, corpus statistics, methods.
 pub mod context;
 pub mod corpus;
-pub mod keys;
-pub mod lsdm;
-pub mod target;
 pub mod dama;
 pub mod ftl;
+pub mod keys;
+pub mod lsdm;
 pub mod method;
+pub mod target;

@@ -30,7 +30,15 @@ pub struct TargetParams {
 
 impl Default for TargetParams {
     fn default() -> Self {
-        TargetParams { optimizer: "gauss-newton".into(), steps: 3, lr: 0.5, kl_weight: 0.0625, weight_decay: 0.5, clamp: 0.75, chunk: 128 }
+        TargetParams {
+            optimizer: "gauss-newton".into(),
+            steps: 3,
+            lr: 0.5,
+            kl_weight: 0.0625,
+            weight_decay: 0.5,
+            clamp: 0.75,
+            chunk: 128,
+        }
     }
 }
 
@@ -55,7 +63,11 @@ struct Cached {
 
 fn cache_rows(model: &Transformer, prompts: &[EditPrompt], layer: usize) -> Result<Cached> {
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-    let plan = InterventionPlan { capture: vec![Site::ResidPost(layer)], stop_after: Some(layer), ..Default::default() };
+    let plan = InterventionPlan {
+        capture: vec![Site::ResidPost(layer)],
+        stop_after: Some(layer),
+        ..Default::default()
+    };
     let out = model.forward(&rows, &plan)?;
     let resid = out.captures[&Site::ResidPost(layer)].detach();
     let (b, t, _) = resid.dims3()?;
@@ -80,6 +92,7 @@ fn shifted(c: &Cached, delta: &Tensor) -> Result<Tensor> {
 
 /// Optimise δ (one per group) added after `layer` at the last subject token.
 /// `norms[g]` is ‖h‖ of group g at that site (for decay and clamp).
+#[allow(clippy::too_many_arguments)]
 pub fn optimise_targets(
     model: &Transformer,
     target_prompts: &[EditPrompt],
@@ -96,28 +109,52 @@ pub fn optimise_targets(
     if target_prompts.is_empty() {
         return Err(Error::param("target prompts", "none"));
     }
-    let chunks: Vec<Cached> = target_prompts.chunks(params.chunk.max(1)).map(|c| cache_rows(model, c, layer)).collect::<Result<_>>()?;
+    let chunks: Vec<Cached> = target_prompts
+        .chunks(params.chunk.max(1))
+        .map(|c| cache_rows(model, c, layer))
+        .collect::<Result<_>>()?;
     let kl_chunks: Vec<(Cached, Tensor)> = kl_prompts
         .chunks(params.chunk.max(1))
         .map(|c| {
             let cached = cache_rows(model, c, layer)?;
             let base = model
-                .forward_from_layer(layer + 1, &cached.resid, &cached.pads, &InterventionPlan::logits(LogitsRequest::LastToken))?
+                .forward_from_layer(
+                    layer + 1,
+                    &cached.resid,
+                    &cached.pads,
+                    &InterventionPlan::logits(LogitsRequest::LastToken),
+                )?
                 .logprobs
                 .ok_or_else(|| Error::Model("no logits".into()))?;
             Ok((cached, base))
         })
         .collect::<Result<_>>()?;
     if params.optimizer == "gauss-newton" {
-        return gauss_newton(model, target_prompts, &chunks, &kl_chunks, layer, pronouns, norms, params, on_step);
+        return gauss_newton(
+            model,
+            target_prompts,
+            &chunks,
+            &kl_chunks,
+            layer,
+            pronouns,
+            norms,
+            params,
+            on_step,
+        );
     } else if params.optimizer != "adam" {
-        return Err(Error::param("target.optimizer", format!("`{}`: expected gauss-newton or adam", params.optimizer)));
+        return Err(Error::param(
+            "target.optimizer",
+            format!("`{}`: expected gauss-newton or adam", params.optimizer),
+        ));
     }
     let n_rows = target_prompts.len() as f64;
     let n_kl = kl_prompts.len().max(1) as f64;
     let delta = Var::zeros((n_groups, d), DType::F32, &dev)?;
     let norms_t = Tensor::from_vec(norms.to_vec(), (n_groups, 1), &dev)?;
-    let (mut m, mut v) = (Tensor::zeros((n_groups, d), DType::F32, &dev)?, Tensor::zeros((n_groups, d), DType::F32, &dev)?);
+    let (mut m, mut v) = (
+        Tensor::zeros((n_groups, d), DType::F32, &dev)?,
+        Tensor::zeros((n_groups, d), DType::F32, &dev)?,
+    );
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let (mut bias_hist, mut kl_hist) = (Vec::new(), Vec::new());
     for step in 0..=params.steps {
@@ -130,7 +167,9 @@ pub fn optimise_targets(
                 &c.pads,
                 &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.to_vec())),
             )?;
-            let lp = out.logprobs.ok_or_else(|| Error::Model("no logits".into()))?;
+            let lp = out
+                .logprobs
+                .ok_or_else(|| Error::Model("no logits".into()))?;
             let gap = (lp.narrow(1, 0, 1)? - lp.narrow(1, 1, 1)?)?;
             let loss = (gap.sqr()?.sum_all()? / n_rows)?;
             bias_loss += loss.to_scalar::<f32>()? as f64;
@@ -143,8 +182,15 @@ pub fn optimise_targets(
         }
         if params.kl_weight > 0.0 {
             for (c, base) in &kl_chunks {
-                let out = model.forward_from_layer(layer + 1, &shifted(c, delta.as_tensor())?, &c.pads, &InterventionPlan::logits(LogitsRequest::LastToken))?;
-                let lp = out.logprobs.ok_or_else(|| Error::Model("no logits".into()))?;
+                let out = model.forward_from_layer(
+                    layer + 1,
+                    &shifted(c, delta.as_tensor())?,
+                    &c.pads,
+                    &InterventionPlan::logits(LogitsRequest::LastToken),
+                )?;
+                let lp = out
+                    .logprobs
+                    .ok_or_else(|| Error::Model("no logits".into()))?;
                 let kl = (base.exp()? * (base - &lp)?)?.sum(D::Minus1)?.sum_all()?;
                 let loss = (kl * (params.kl_weight / n_kl))?;
                 kl_loss += loss.to_scalar::<f32>()? as f64 / params.kl_weight;
@@ -163,7 +209,8 @@ pub fn optimise_targets(
             break;
         }
         // Decay term: weight_decay · ‖δ‖² / ‖h‖² per group.
-        let decay = (delta.as_tensor().broadcast_div(&norms_t.sqr()?)? * (2.0 * params.weight_decay))?;
+        let decay =
+            (delta.as_tensor().broadcast_div(&norms_t.sqr()?)? * (2.0 * params.weight_decay))?;
         grad = (grad + decay)?;
         m = ((m * b1)? + (&grad * (1.0 - b1))?)?;
         v = ((v * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
@@ -179,18 +226,35 @@ pub fn optimise_targets(
         next = next.broadcast_mul(&scale)?;
         delta.set(&next)?;
     }
-    Ok(Targets { delta: delta.as_tensor().detach(), bias_loss: bias_hist, kl: kl_hist })
+    Ok(Targets {
+        delta: delta.as_tensor().detach(),
+        bias_loss: bias_hist,
+        kl: kl_hist,
+    })
 }
 
 /// Mean KL(original ‖ shifted) over the KL prompts.
-fn kl_value(model: &Transformer, kl_chunks: &[(Cached, Tensor)], layer: usize, delta: &Tensor, n: f64) -> Result<f64> {
+fn kl_value(
+    model: &Transformer,
+    kl_chunks: &[(Cached, Tensor)],
+    layer: usize,
+    delta: &Tensor,
+    n: f64,
+) -> Result<f64> {
     let mut total = 0f64;
     for (c, base) in kl_chunks {
         let lp = model
-            .forward_from_layer(layer + 1, &shifted(c, delta)?, &c.pads, &InterventionPlan::logits(LogitsRequest::LastToken))?
+            .forward_from_layer(
+                layer + 1,
+                &shifted(c, delta)?,
+                &c.pads,
+                &InterventionPlan::logits(LogitsRequest::LastToken),
+            )?
             .logprobs
             .ok_or_else(|| Error::Model("no logits".into()))?;
-        total += (base.exp()? * (base - &lp)?)?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += (base.exp()? * (base - &lp)?)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
     }
     Ok(total / n.max(1.0))
 }
@@ -226,16 +290,25 @@ fn gauss_newton(
         let mut jac: Vec<Vec<f32>> = Vec::new();
         for c in chunks {
             let rows = Var::from_tensor(&delta_t.index_select(&c.groups, 0)?)?;
-            let resid = c.resid.broadcast_add(&c.onehot.broadcast_mul(&rows.as_tensor().unsqueeze(1)?)?)?;
+            let resid = c
+                .resid
+                .broadcast_add(&c.onehot.broadcast_mul(&rows.as_tensor().unsqueeze(1)?)?)?;
             let lp = model
-                .forward_from_layer(layer + 1, &resid, &c.pads, &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.to_vec())))?
+                .forward_from_layer(
+                    layer + 1,
+                    &resid,
+                    &c.pads,
+                    &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.to_vec())),
+                )?
                 .logprobs
                 .ok_or_else(|| Error::Model("no logits".into()))?;
             let gap = (lp.narrow(1, 0, 1)? - lp.narrow(1, 1, 1)?)?.flatten_all()?;
             gaps.extend(gap.to_vec1::<f32>()?.into_iter().map(|x| x as f64));
             if step < params.steps {
                 let g = gap.sum_all()?.backward()?;
-                let gr = g.get(rows.as_tensor()).ok_or_else(|| Error::Numerical("no gradient reached δ".into()))?;
+                let gr = g
+                    .get(rows.as_tensor())
+                    .ok_or_else(|| Error::Numerical("no gradient reached δ".into()))?;
                 jac.extend(gr.to_vec2::<f32>()?);
             }
         }
@@ -246,7 +319,12 @@ fn gauss_newton(
             break;
         }
         for (gi, dg) in delta.iter_mut().enumerate() {
-            let idx: Vec<usize> = target_prompts.iter().enumerate().filter(|(_, p)| p.group == gi).map(|(i, _)| i).collect();
+            let idx: Vec<usize> = target_prompts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.group == gi)
+                .map(|(i, _)| i)
+                .collect();
             if idx.is_empty() {
                 continue;
             }
@@ -255,9 +333,15 @@ fn gauss_newton(
             let jjt = &j * j.transpose();
             let rho = 1e-3 * jjt.trace() / idx.len() as f64 + 1e-12;
             let a = jjt + DMatrix::<f64>::identity(idx.len(), idx.len()) * rho;
-            let y = a.lu().solve(&e).ok_or_else(|| Error::Numerical(format!("Gauss-Newton system of group {gi} is singular")))?;
+            let y = a.lu().solve(&e).ok_or_else(|| {
+                Error::Numerical(format!("Gauss-Newton system of group {gi} is singular"))
+            })?;
             let step_v = j.transpose() * y;
-            let mut next: Vec<f64> = dg.iter().zip(step_v.iter()).map(|(x, s)| *x as f64 - s).collect();
+            let mut next: Vec<f64> = dg
+                .iter()
+                .zip(step_v.iter())
+                .map(|(x, s)| *x as f64 - s)
+                .collect();
             let nrm = next.iter().map(|x| x * x).sum::<f64>().sqrt();
             let limit = params.clamp * norms[gi] as f64;
             if nrm > limit {
@@ -269,7 +353,17 @@ fn gauss_newton(
     let flat: Vec<f32> = delta.iter().flatten().copied().collect();
     let delta_t = Tensor::from_vec(flat, (n_groups, d), &dev)?;
     if params.kl_weight > 0.0 {
-        kl_hist.push(kl_value(model, kl_chunks, layer, &delta_t, kl_chunks.iter().map(|(c, _)| c.pads.len()).sum::<usize>() as f64)?);
+        kl_hist.push(kl_value(
+            model,
+            kl_chunks,
+            layer,
+            &delta_t,
+            kl_chunks.iter().map(|(c, _)| c.pads.len()).sum::<usize>() as f64,
+        )?);
     }
-    Ok(Targets { delta: delta_t, bias_loss: bias_hist, kl: kl_hist })
+    Ok(Targets {
+        delta: delta_t,
+        bias_loss: bias_hist,
+        kl: kl_hist,
+    })
 }

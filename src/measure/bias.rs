@@ -29,7 +29,11 @@ pub struct BiasMetrics {
 }
 
 /// Compute every metric over the given prompts.
-pub fn bias_metrics(prompts: &[PromptProbs], bls: Option<&BlsTable>, boot: &BootstrapSpec) -> Result<BiasMetrics> {
+pub fn bias_metrics(
+    prompts: &[PromptProbs],
+    bls: Option<&BlsTable>,
+    boot: &BootstrapSpec,
+) -> Result<BiasMetrics> {
     if prompts.is_empty() {
         return Err(Error::param("prompts", "no prompts to measure"));
     }
@@ -54,7 +58,10 @@ pub fn bias_metrics(prompts: &[PromptProbs], bls: Option<&BlsTable>, boot: &Boot
         }
     }
     let (pearson_bls, spearman_bls) = if bx.len() >= 4 {
-        (stats::pearson(&bx, &by).ok(), stats::spearman(&bx, &by, boot).ok())
+        (
+            stats::pearson(&bx, &by).ok(),
+            stats::spearman(&bx, &by, boot).ok(),
+        )
     } else {
         (None, None)
     };

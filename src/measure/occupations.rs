@@ -3,7 +3,9 @@
 
 use super::bias::{bias_metrics, BiasMetrics};
 use super::probs::{sequence_probs, PronounTargets};
-use crate::data::{self, occupation_prompts, split_professions, BlsTable, Part, Profession, SplitSpec, Template};
+use crate::data::{
+    self, occupation_prompts, split_professions, BlsTable, Part, Profession, SplitSpec, Template,
+};
 use crate::model::{Model, ModelInfo};
 use crate::stats::BootstrapSpec;
 use crate::{Error, Result};
@@ -29,7 +31,10 @@ impl std::str::FromStr for Subset {
             "edit" => Ok(Subset::Edit),
             "held-out" => Ok(Subset::HeldOut),
             "controls" => Ok(Subset::Controls),
-            _ => Err(Error::param("split", format!("`{s}`: expected all, edit, held-out or controls"))),
+            _ => Err(Error::param(
+                "split",
+                format!("`{s}`: expected all, edit, held-out or controls"),
+            )),
         }
     }
 }
@@ -86,7 +91,9 @@ pub struct MeasureResult {
 }
 
 /// Occupation prompts of the chosen subset, with the hashes of the files they came from.
-pub fn subset_prompts(opts: &MeasureOptions) -> Result<(Vec<data::OccupationPrompt>, BTreeMap<String, String>)> {
+pub fn subset_prompts(
+    opts: &MeasureOptions,
+) -> Result<(Vec<data::OccupationPrompt>, BTreeMap<String, String>)> {
     let prof_path = opts.data_dir.join("bolukbasi_debiaswe/professions.json");
     let professions = Profession::load(&prof_path)?;
     let templates = match &opts.templates {
@@ -101,12 +108,14 @@ pub fn subset_prompts(opts: &MeasureOptions) -> Result<(Vec<data::OccupationProm
     let split = split_professions(&professions, &opts.split)?;
     let keep: Vec<Profession> = professions
         .into_iter()
-        .filter(|p| match (opts.subset, split.part_of(&p.raw)) {
-            (Subset::All, _) => true,
-            (Subset::Edit, Some(Part::Edit)) => true,
-            (Subset::HeldOut, Some(Part::HeldOut)) => true,
-            (Subset::Controls, Some(Part::DefinitionalControl)) => true,
-            _ => false,
+        .filter(|p| {
+            matches!(
+                (opts.subset, split.part_of(&p.raw)),
+                (Subset::All, _)
+                    | (Subset::Edit, Some(Part::Edit))
+                    | (Subset::HeldOut, Some(Part::HeldOut))
+                    | (Subset::Controls, Some(Part::DefinitionalControl))
+            )
         })
         .collect();
     Ok((occupation_prompts(&keep, &templates), hashes))
@@ -117,7 +126,11 @@ fn rel(p: &Path) -> String {
 }
 
 /// Measure p(he), p(she), p(they) on every prompt of the subset and compute the bias metrics.
-pub fn measure_occupations(model: &Model, opts: &MeasureOptions, on_progress: impl FnMut(usize)) -> Result<MeasureResult> {
+pub fn measure_occupations(
+    model: &Model,
+    opts: &MeasureOptions,
+    on_progress: impl FnMut(usize),
+) -> Result<MeasureResult> {
     let tok = model.tokenizer()?;
     let targets = PronounTargets::he_she_they(tok)?;
     let (prompts, mut data_hashes) = subset_prompts(opts)?;
@@ -125,11 +138,20 @@ pub fn measure_occupations(model: &Model, opts: &MeasureOptions, on_progress: im
     for p in &prompts {
         let ids = tok.encode(&p.text)?;
         if ids.is_empty() {
-            return Err(Error::param("profession", format!("{:?} gives an empty prompt", p.profession)));
+            return Err(Error::param(
+                "profession",
+                format!("{:?} gives an empty prompt", p.profession),
+            ));
         }
         rows.push(ids);
     }
-    let probs = sequence_probs(&model.transformer, &rows, &targets, opts.batch_size, on_progress)?;
+    let probs = sequence_probs(
+        &model.transformer,
+        &rows,
+        &targets,
+        opts.batch_size,
+        on_progress,
+    )?;
     let out: Vec<PromptProbs> = prompts
         .iter()
         .zip(&probs)

@@ -21,11 +21,17 @@ impl PronounTargets {
         for w in words {
             let t = tok.encode_plain(&format!(" {w}"))?;
             if t.is_empty() {
-                return Err(Error::param("pronoun", format!("{w:?} tokenises to nothing")));
+                return Err(Error::param(
+                    "pronoun",
+                    format!("{w:?} tokenises to nothing"),
+                ));
             }
             ids.push(t);
         }
-        Ok(PronounTargets { words: words.iter().map(|w| w.to_string()).collect(), ids })
+        Ok(PronounTargets {
+            words: words.iter().map(|w| w.to_string()).collect(),
+            ids,
+        })
     }
 
     pub fn he_she_they(tok: &Tokenizer) -> Result<Self> {
@@ -85,19 +91,27 @@ pub fn sequence_probs(
     let mut out = vec![vec![0.0; targets.ids.len()]; rows.len()];
     for (r0, chunk) in rows.chunks(batch_size.max(1)).enumerate() {
         for (j, word) in targets.ids.iter().enumerate() {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|r| [r.as_slice(), &word[..word.len() - 1]].concat()).collect();
+            let batch: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|r| [r.as_slice(), &word[..word.len() - 1]].concat())
+                .collect();
             let positions: Vec<(usize, usize)> = chunk
                 .iter()
                 .enumerate()
                 .flat_map(|(b, r)| (0..word.len()).map(move |k| (b, r.len() - 1 + k)))
                 .collect();
             let lp = model
-                .forward(&batch, &InterventionPlan::logits(LogitsRequest::Positions(positions)))?
+                .forward(
+                    &batch,
+                    &InterventionPlan::logits(LogitsRequest::Positions(positions)),
+                )?
                 .logprobs
                 .ok_or_else(|| Error::Model("forward returned no log-probabilities".into()))?;
             let lp = lp.to_vec2::<f32>()?;
             for b in 0..chunk.len() {
-                let s: f64 = (0..word.len()).map(|k| lp[b * word.len() + k][word[k] as usize] as f64).sum();
+                let s: f64 = (0..word.len())
+                    .map(|k| lp[b * word.len() + k][word[k] as usize] as f64)
+                    .sum();
                 out[r0 * batch_size.max(1) + b][j] = s.exp();
             }
         }

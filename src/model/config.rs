@@ -91,11 +91,21 @@ impl ModelConfig {
         if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_kv_heads",
-                format!("{} does not divide num_heads {}", self.num_kv_heads, self.num_heads),
+                format!(
+                    "{} does not divide num_heads {}",
+                    self.num_kv_heads, self.num_heads
+                ),
             );
         }
         if self.layer_types.len() != self.num_layers {
-            return bad("layer_types", format!("has {} entries for {} layers", self.layer_types.len(), self.num_layers));
+            return bad(
+                "layer_types",
+                format!(
+                    "has {} entries for {} layers",
+                    self.layer_types.len(),
+                    self.num_layers
+                ),
+            );
         }
         if self.layer_types.contains(&AttnKind::Sliding) && self.sliding_window.is_none() {
             return bad("sliding_window", "sliding layers need a window".into());
@@ -226,8 +236,8 @@ impl ModelConfig {
     /// Read a Hugging Face `config.json` (llama, mistral, qwen2, gemma3_text, gpt2).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
         let u = |k: &str| -> Result<usize> {
             v.get(k)
                 .and_then(|x| x.as_u64())
@@ -245,7 +255,10 @@ impl ModelConfig {
             rp.and_then(|r| r.get(kind))
                 .and_then(|r| r.get("rope_theta"))
                 .and_then(|x| x.as_f64())
-                .or_else(|| rp.and_then(|r| r.get("rope_theta")).and_then(|x| x.as_f64()))
+                .or_else(|| {
+                    rp.and_then(|r| r.get("rope_theta"))
+                        .and_then(|x| x.as_f64())
+                })
                 .or_else(|| fo("rope_theta"))
         };
         let tie = v.get("tie_word_embeddings").and_then(|x| x.as_bool());

@@ -90,7 +90,10 @@ impl Model {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::file(dir, e.to_string()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && !p.ends_with("delta.safetensors"))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "safetensors")
+                    && !p.ends_with("delta.safetensors")
+            })
             .collect();
         files.sort();
         let mut hashes = String::new();
@@ -114,16 +117,31 @@ impl Model {
 
     /// A copy of this model with `weights` replaced (e.g. after an edit); `suffix` marks the name.
     pub fn with_weights(&self, weights: weights::WeightMap, suffix: &str) -> Result<Model> {
-        let transformer = Transformer::from_weights(self.config().clone(), &weights, &self.transformer.device)?;
+        let transformer =
+            Transformer::from_weights(self.config().clone(), &weights, &self.transformer.device)?;
         let mut info = self.info.clone();
         info.name = format!("{}{suffix}", info.name);
         let mut bytes = Vec::new();
         for (k, t) in &weights {
             bytes.extend_from_slice(k.as_bytes());
-            bytes.extend_from_slice(crate::io::sha256_bytes(&t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).as_bytes());
+            bytes.extend_from_slice(
+                crate::io::sha256_bytes(
+                    &t.flatten_all()?
+                        .to_vec1::<f32>()?
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect::<Vec<u8>>(),
+                )
+                .as_bytes(),
+            );
         }
         info.sha256 = crate::io::sha256_bytes(&bytes);
-        Ok(Model { info, transformer, tokenizer: self.tokenizer.clone(), weights })
+        Ok(Model {
+            info,
+            transformer,
+            tokenizer: self.tokenizer.clone(),
+            weights,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {

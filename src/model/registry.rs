@@ -10,8 +10,14 @@ pub struct KnownModel {
 }
 
 pub const KNOWN_MODELS: &[KnownModel] = &[
-    KnownModel { alias: "smollm2-135m", file: "SmolLM2-135M-Instruct.Q4_1.gguf" },
-    KnownModel { alias: "gemma-3-270m", file: "gemma-3-270m-q4_k_m.gguf" },
+    KnownModel {
+        alias: "smollm2-135m",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    KnownModel {
+        alias: "gemma-3-270m",
+        file: "gemma-3-270m-q4_k_m.gguf",
+    },
 ];
 
 /// The weights to load: one GGUF file, or a Hugging Face directory.
@@ -48,7 +54,10 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
     let p = Path::new(spec);
     if p.is_dir() {
         if !p.join("config.json").is_file() {
-            return Err(Error::file(p, "directory has no config.json (expected a Hugging Face model directory)"));
+            return Err(Error::file(
+                p,
+                "directory has no config.json (expected a Hugging Face model directory)",
+            ));
         }
         return Ok(ModelSource::HfDir(p.to_path_buf()));
     }
@@ -58,6 +67,9 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
     let known: Vec<_> = KNOWN_MODELS.iter().map(|k| k.alias).collect();
     Err(Error::param(
         "model",
-        format!("`{spec}` is neither a known alias ({}) nor an existing file or directory", known.join(", ")),
+        format!(
+            "`{spec}` is neither a known alias ({}) nor an existing file or directory",
+            known.join(", ")
+        ),
     ))
 }

@@ -27,10 +27,14 @@ impl Linear {
         } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
             // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
             // f32 accumulation, as cuBLAS does).
-            let bf = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::BF16)?.to_dtype(x.dtype())?) };
+            let bf = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.to_dtype(DType::BF16)?.to_dtype(x.dtype())?)
+            };
             bf(&bf(&x2)?.matmul(&self.weight.to_dtype(x.dtype())?.t()?)?)?
         } else {
-            x2.to_dtype(self.weight.dtype())?.matmul(&self.weight.t()?)?.to_dtype(x.dtype())?
+            x2.to_dtype(self.weight.dtype())?
+                .matmul(&self.weight.t()?)?
+                .to_dtype(x.dtype())?
         };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
@@ -55,7 +59,12 @@ impl Norm {
             NormKind::RmsOnePlus => (w + 1.0)?,
             _ => w,
         };
-        Ok(Norm { scale, bias, kind, eps })
+        Ok(Norm {
+            scale,
+            bias,
+            kind,
+            eps,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -154,12 +163,27 @@ impl Transformer {
     /// measured deviation from the f32 path. Apply weight edits before casting.
     pub fn with_weight_dtype(&self, dtype: DType) -> Result<Transformer> {
         if !matches!(dtype, DType::BF16 | DType::F16 | DType::F32) {
-            return Err(Error::param("weight dtype", format!("{dtype:?}: expected bf16, f16 or f32")));
+            return Err(Error::param(
+                "weight dtype",
+                format!("{dtype:?}: expected bf16, f16 or f32"),
+            ));
         }
-        let cast = |l: &Linear| -> Result<Linear> { Ok(Linear { weight: l.weight.to_dtype(dtype)?, bias: l.bias.clone() }) };
+        let cast = |l: &Linear| -> Result<Linear> {
+            Ok(Linear {
+                weight: l.weight.to_dtype(dtype)?,
+                bias: l.bias.clone(),
+            })
+        };
         let mut out = self.clone();
         for layer in &mut out.layers {
-            for lin in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.up, &mut layer.down] {
+            for lin in [
+                &mut layer.q,
+                &mut layer.k,
+                &mut layer.v,
+                &mut layer.o,
+                &mut layer.up,
+                &mut layer.down,
+            ] {
                 *lin = cast(lin)?;
             }
             if let Some(g) = layer.gate.as_mut() {
@@ -184,7 +208,12 @@ impl Transformer {
     pub fn from_weights(cfg: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.hidden_size;
-        let (h, kvh, hd, ff) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
+        let (h, kvh, hd, ff) = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
         let eps = cfg.norm_eps;
         let norm = |name: &str, width: usize| -> Result<Norm> {
             let bias = if cfg.norm == NormKind::Layer {
@@ -192,18 +221,29 @@ impl Transformer {
             } else {
                 None
             };
-            Norm::new(take(w, &format!("{name}.weight"), &[width])?, bias, cfg.norm, eps)
+            Norm::new(
+                take(w, &format!("{name}.weight"), &[width])?,
+                bias,
+                cfg.norm,
+                eps,
+            )
         };
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
                 weight: take(w, &format!("{name}.weight"), &[out, inp])?,
-                bias: if bias { Some(take(w, &format!("{name}.bias"), &[out])?) } else { None },
+                bias: if bias {
+                    Some(take(w, &format!("{name}.bias"), &[out])?)
+                } else {
+                    None
+                },
             })
         };
         // GPT-2 stores Conv1D weights as [in, out]; transpose to HF Linear layout.
         let conv1d = |name: &str, inp: usize, out: usize| -> Result<Linear> {
             Ok(Linear {
-                weight: take(w, &format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?,
+                weight: take(w, &format!("{name}.weight"), &[inp, out])?
+                    .t()?
+                    .contiguous()?,
                 bias: Some(take(w, &format!("{name}.bias"), &[out])?),
             })
         };
@@ -216,7 +256,10 @@ impl Transformer {
                 for l in 0..cfg.num_layers {
                     let p = format!("transformer.h.{l}");
                     let qkv = conv1d(&format!("{p}.attn.c_attn"), d, 3 * d)?;
-                    let bias = qkv.bias.clone().ok_or_else(|| Error::Model("c_attn bias".into()))?;
+                    let bias = qkv
+                        .bias
+                        .clone()
+                        .ok_or_else(|| Error::Model("c_attn bias".into()))?;
                     let part = |i: usize| -> Result<Linear> {
                         Ok(Linear {
                             weight: qkv.weight.narrow(0, i * d, d)?.contiguous()?,
@@ -258,9 +301,21 @@ impl Transformer {
                         k: linear(&format!("{p}.self_attn.k_proj"), kvh * hd, d, b)?,
                         v: linear(&format!("{p}.self_attn.v_proj"), kvh * hd, d, b)?,
                         o: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, false)?,
-                        q_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.q_norm"), hd)?) } else { None },
-                        k_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.k_norm"), hd)?) } else { None },
-                        post_attn_norm: if gemma { Some(norm(&format!("{p}.post_attention_layernorm"), d)?) } else { None },
+                        q_norm: if cfg.qk_norm {
+                            Some(norm(&format!("{p}.self_attn.q_norm"), hd)?)
+                        } else {
+                            None
+                        },
+                        k_norm: if cfg.qk_norm {
+                            Some(norm(&format!("{p}.self_attn.k_norm"), hd)?)
+                        } else {
+                            None
+                        },
+                        post_attn_norm: if gemma {
+                            Some(norm(&format!("{p}.post_attention_layernorm"), d)?)
+                        } else {
+                            None
+                        },
                         mlp_norm: if gemma {
                             norm(&format!("{p}.pre_feedforward_layernorm"), d)?
                         } else {
@@ -269,7 +324,11 @@ impl Transformer {
                         gate: Some(linear(&format!("{p}.mlp.gate_proj"), ff, d, false)?),
                         up: linear(&format!("{p}.mlp.up_proj"), ff, d, false)?,
                         down: linear(&format!("{p}.mlp.down_proj"), d, ff, false)?,
-                        post_mlp_norm: if gemma { Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?) } else { None },
+                        post_mlp_norm: if gemma {
+                            Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?)
+                        } else {
+                            None
+                        },
                     });
                 }
                 final_norm = norm("model.norm", d)?;
@@ -280,13 +339,23 @@ impl Transformer {
                 };
             }
         }
-        Ok(Transformer { cfg, embed, pos_embed, layers, final_norm, lm_head, device: device.clone() })
+        Ok(Transformer {
+            cfg,
+            embed,
+            pos_embed,
+            layers,
+            final_norm,
+            lm_head,
+            device: device.clone(),
+        })
     }
 
     /// The one place where a plan touches the computation: apply this site's patches, then record it.
     fn intervene(&self, site: Site, x: Tensor, st: &mut PassState) -> Result<Tensor> {
         let x = match st.patches.get(&site) {
-            Some(patches) if !patches.is_empty() => apply_patches(&x, patches, st.pads, st.offset, site)?,
+            Some(patches) if !patches.is_empty() => {
+                apply_patches(&x, patches, st.pads, st.offset, site)?
+            }
             _ => x,
         };
         if st.capture.contains(&site) {
@@ -305,23 +374,38 @@ impl Transformer {
             return Err(Error::param("rows", "a row has no tokens"));
         }
         if t > self.cfg.max_positions {
-            return Err(Error::param("rows", format!("{t} tokens exceed the model's {} positions", self.cfg.max_positions)));
+            return Err(Error::param(
+                "rows",
+                format!(
+                    "{t} tokens exceed the model's {} positions",
+                    self.cfg.max_positions
+                ),
+            ));
         }
         let pads: Vec<usize> = rows.iter().map(|r| t - r.len()).collect();
         let mut flat = Vec::with_capacity(rows.len() * t);
         for (r, p) in rows.iter().zip(&pads) {
             for &id in r {
                 if id as usize >= self.cfg.vocab_size {
-                    return Err(Error::param("token id", format!("{id} is outside the vocabulary ({})", self.cfg.vocab_size)));
+                    return Err(Error::param(
+                        "token id",
+                        format!("{id} is outside the vocabulary ({})", self.cfg.vocab_size),
+                    ));
                 }
             }
             flat.extend(std::iter::repeat_n(0u32, *p));
             flat.extend_from_slice(r);
         }
         let ids = Tensor::from_vec(flat, (rows.len(), t), &self.device)?;
-        let positions: Vec<Vec<usize>> = pads.iter().map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect()).collect();
+        let positions: Vec<Vec<usize>> = pads
+            .iter()
+            .map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect())
+            .collect();
         let mut st = PassState::new(plan, &pads, 0);
-        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((rows.len(), t, ()))?;
+        let mut x = self
+            .embed
+            .embedding(&ids.flatten_all()?)?
+            .reshape((rows.len(), t, ()))?;
         if let Some(s) = self.cfg.embed_scale {
             x = (x * s)?;
         }
@@ -335,32 +419,67 @@ impl Transformer {
     }
 
     /// Continue a pass from the input of `resume.start_layer` (see [`Resume`]).
-    pub fn forward_resume(&self, resume: &Resume, plan: &InterventionPlan) -> Result<ForwardOutput> {
+    pub fn forward_resume(
+        &self,
+        resume: &Resume,
+        plan: &InterventionPlan,
+    ) -> Result<ForwardOutput> {
         let (b, tq, _) = resume.resid.dims3()?;
         if resume.start_layer > self.cfg.num_layers {
-            return Err(Error::param("start_layer", format!("{} > {} layers", resume.start_layer, self.cfg.num_layers)));
+            return Err(Error::param(
+                "start_layer",
+                format!("{} > {} layers", resume.start_layer, self.cfg.num_layers),
+            ));
         }
         if resume.offset > 0 && resume.past.is_none() {
-            return Err(Error::param("past", "a resumed pass with offset > 0 needs past keys/values"));
+            return Err(Error::param(
+                "past",
+                "a resumed pass with offset > 0 needs past keys/values",
+            ));
         }
         let pads = vec![0usize; b];
-        let positions: Vec<Vec<usize>> = (0..b).map(|_| (resume.offset..resume.offset + tq).collect()).collect();
+        let positions: Vec<Vec<usize>> = (0..b)
+            .map(|_| (resume.offset..resume.offset + tq).collect())
+            .collect();
         let st = PassState::new(plan, &pads, resume.offset);
-        self.run_layers(resume.resid.clone(), resume.start_layer, &positions, &pads, resume.past.as_ref(), plan, st)
+        self.run_layers(
+            resume.resid.clone(),
+            resume.start_layer,
+            &positions,
+            &pads,
+            resume.past.as_ref(),
+            plan,
+            st,
+        )
     }
 
     /// Continue a pass from the input of `start_layer` for whole (left-padded) rows: `resid` is
     /// [rows, padded tokens, d] as captured from a pass over the same rows. Used by the edit
     /// stage to optimise a residual-stream change with gradients flowing from the top.
-    pub fn forward_from_layer(&self, start_layer: usize, resid: &Tensor, pads: &[usize], plan: &InterventionPlan) -> Result<ForwardOutput> {
+    pub fn forward_from_layer(
+        &self,
+        start_layer: usize,
+        resid: &Tensor,
+        pads: &[usize],
+        plan: &InterventionPlan,
+    ) -> Result<ForwardOutput> {
         let (b, t, _) = resid.dims3()?;
         if pads.len() != b || pads.iter().any(|&p| p >= t) {
-            return Err(Error::param("pads", format!("{} pads for {b} rows of {t} tokens", pads.len())));
+            return Err(Error::param(
+                "pads",
+                format!("{} pads for {b} rows of {t} tokens", pads.len()),
+            ));
         }
         if start_layer > self.cfg.num_layers {
-            return Err(Error::param("start_layer", format!("{start_layer} > {} layers", self.cfg.num_layers)));
+            return Err(Error::param(
+                "start_layer",
+                format!("{start_layer} > {} layers", self.cfg.num_layers),
+            ));
         }
-        let positions: Vec<Vec<usize>> = pads.iter().map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect()).collect();
+        let positions: Vec<Vec<usize>> = pads
+            .iter()
+            .map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect())
+            .collect();
         let st = PassState::new(plan, pads, 0);
         self.run_layers(resid.clone(), start_layer, &positions, pads, None, plan, st)
     }
@@ -376,7 +495,11 @@ impl Transformer {
         plan: &InterventionPlan,
         mut st: PassState,
     ) -> Result<ForwardOutput> {
-        let mut kv_out = if plan.capture_kv { Some(Vec::new()) } else { None };
+        let mut kv_out = if plan.capture_kv {
+            Some(Vec::new())
+        } else {
+            None
+        };
         let mut rope_cache: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
         for l in start..self.cfg.num_layers {
             let layer = &self.layers[l];
@@ -390,14 +513,25 @@ impl Transformer {
                 Some(th) => {
                     let tables = match rope_cache.entry(th.to_bits()) {
                         std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
-                        std::collections::hash_map::Entry::Vacant(e) => e.insert(self.rope_tables(positions, th)?).clone(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(self.rope_tables(positions, th)?).clone()
+                        }
                     };
                     Some(tables)
                 }
                 None => None,
             };
             let layer_past = past.and_then(|p| p.get(l));
-            let (attn, kv) = self.attention(l, layer, &layer.attn_norm.forward(&x)?, rope.as_ref(), pads, positions, layer_past, &mut st)?;
+            let (attn, kv) = self.attention(
+                l,
+                layer,
+                &layer.attn_norm.forward(&x)?,
+                rope.as_ref(),
+                pads,
+                positions,
+                layer_past,
+                &mut st,
+            )?;
             if let Some(kvs) = kv_out.as_mut() {
                 kvs.push(kv);
             }
@@ -408,8 +542,12 @@ impl Transformer {
             x = (x + attn)?;
             let h = layer.mlp_norm.forward(&x)?;
             let key = match (&layer.gate, self.cfg.activation) {
-                (Some(g), Activation::Silu) => (candle_nn::ops::silu(&g.forward(&h)?)? * layer.up.forward(&h)?)?,
-                (Some(g), Activation::GeluTanhGated) => (g.forward(&h)?.gelu()? * layer.up.forward(&h)?)?,
+                (Some(g), Activation::Silu) => {
+                    (candle_nn::ops::silu(&g.forward(&h)?)? * layer.up.forward(&h)?)?
+                }
+                (Some(g), Activation::GeluTanhGated) => {
+                    (g.forward(&h)?.gelu()? * layer.up.forward(&h)?)?
+                }
                 (_, _) => layer.up.forward(&h)?.gelu()?,
             };
             let key = self.intervene(Site::MlpKey(l), key, &mut st)?;
@@ -420,7 +558,13 @@ impl Transformer {
             };
             x = self.intervene(Site::ResidPost(l), (x + m)?, &mut st)?;
             if plan.stop_after == Some(l) {
-                return Ok(ForwardOutput { captures: st.captured, logprobs: None, kv: kv_out, pads: pads.to_vec(), offset: st.offset });
+                return Ok(ForwardOutput {
+                    captures: st.captured,
+                    logprobs: None,
+                    kv: kv_out,
+                    pads: pads.to_vec(),
+                    offset: st.offset,
+                });
             }
         }
         let x = self.intervene(Site::FinalNorm, self.final_norm.forward(&x)?, &mut st)?;
@@ -428,13 +572,21 @@ impl Transformer {
         if let Some(lp) = &logprobs {
             check_finite(lp, "log-probabilities")?;
         }
-        Ok(ForwardOutput { captures: st.captured, logprobs, kv: kv_out, pads: pads.to_vec(), offset: st.offset })
+        Ok(ForwardOutput {
+            captures: st.captured,
+            logprobs,
+            kv: kv_out,
+            pads: pads.to_vec(),
+            offset: st.offset,
+        })
     }
 
     /// cos/sin tables [rows, 1, tokens, head_dim] in HF's (non-interleaved) rotate-half layout.
     fn rope_tables(&self, positions: &[Vec<usize>], theta: f64) -> Result<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim;
-        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / hd as f32))
+            .collect();
         let (b, t) = (positions.len(), positions[0].len());
         let mut cos = Vec::with_capacity(b * t * hd);
         let mut sin = Vec::with_capacity(b * t * hd);
@@ -470,7 +622,9 @@ impl Transformer {
         let c = &self.cfg;
         let (b, t, _) = h.dims3()?;
         let split = |x: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(x.reshape((b, t, heads, c.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(x.reshape((b, t, heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let mut q = split(layer.q.forward(h)?, c.num_heads)?;
         let mut k = split(layer.k.forward(h)?, c.num_kv_heads)?;
@@ -494,7 +648,12 @@ impl Transformer {
                 return Ok(x.clone());
             }
             let (b, kvh, tk, hd) = x.dims4()?;
-            Ok(x.unsqueeze(2)?.expand((b, kvh, groups, tk, hd))?.reshape((b, kvh * groups, tk, hd))?)
+            Ok(x.unsqueeze(2)?.expand((b, kvh, groups, tk, hd))?.reshape((
+                b,
+                kvh * groups,
+                tk,
+                hd,
+            ))?)
         };
         let (ke, ve) = (expand(&k_all)?, expand(&v_all)?);
         let scores = (q.matmul(&ke.t()?)? * c.attn_scale)?;
@@ -510,14 +669,23 @@ impl Transformer {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let z = probs.matmul(&ve)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.head_dim))?;
+        let z = probs
+            .matmul(&ve)?
+            .transpose(1, 2)?
+            .reshape((b, t, c.num_heads * c.head_dim))?;
         let z = self.intervene(Site::HeadZ(l), z, st)?;
         let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z)?, st)?;
         Ok((out, (k, v)))
     }
 
     /// Additive mask [rows, 1, queries, keys]: causal, padding, and sliding window.
-    fn attention_mask(&self, pads: &[usize], positions: &[Vec<usize>], tk: usize, window: Option<usize>) -> Result<Tensor> {
+    fn attention_mask(
+        &self,
+        pads: &[usize],
+        positions: &[Vec<usize>],
+        tk: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
         let (b, tq) = (positions.len(), positions[0].len());
         let q0 = tk - tq; // absolute index of the first query among the keys
         let mut m = vec![0f32; b * tq * tk];
@@ -540,21 +708,33 @@ impl Transformer {
     }
 
     /// Unembed only where the request needs it.
-    fn logprobs(&self, x: &Tensor, req: &LogitsRequest, pads: &[usize], offset: usize) -> Result<Option<Tensor>> {
+    fn logprobs(
+        &self,
+        x: &Tensor,
+        req: &LogitsRequest,
+        pads: &[usize],
+        offset: usize,
+    ) -> Result<Option<Tensor>> {
         let (b, t, d) = x.dims3()?;
         let rows = match req {
             LogitsRequest::None => return Ok(None),
-            LogitsRequest::LastToken | LogitsRequest::LastTokenIds(_) => x.narrow(1, t - 1, 1)?.reshape((b, d))?,
+            LogitsRequest::LastToken | LogitsRequest::LastTokenIds(_) => {
+                x.narrow(1, t - 1, 1)?.reshape((b, d))?
+            }
             LogitsRequest::Positions(list) => {
                 let mut idx = Vec::with_capacity(list.len());
                 for &(r, tok) in list {
                     if r >= b || tok < offset || pads[r] + tok - offset >= t {
-                        return Err(Error::param("logits position", format!("(row {r}, token {tok}) is outside the batch")));
+                        return Err(Error::param(
+                            "logits position",
+                            format!("(row {r}, token {tok}) is outside the batch"),
+                        ));
                     }
                     idx.push((r * t + pads[r] + tok - offset) as u32);
                 }
                 let n = idx.len();
-                x.reshape((b * t, d))?.index_select(&Tensor::from_vec(idx, n, &self.device)?, 0)?
+                x.reshape((b * t, d))?
+                    .index_select(&Tensor::from_vec(idx, n, &self.device)?, 0)?
             }
         };
         let logits = rows.matmul(&self.lm_head.t()?)?;
@@ -563,7 +743,10 @@ impl Transformer {
             LogitsRequest::LastTokenIds(ids) => {
                 for &id in ids {
                     if id as usize >= self.cfg.vocab_size {
-                        return Err(Error::param("token id", format!("{id} is outside the vocabulary")));
+                        return Err(Error::param(
+                            "token id",
+                            format!("{id} is outside the vocabulary"),
+                        ));
                     }
                 }
                 let idx = Tensor::from_vec(ids.clone(), ids.len(), &self.device)?;
@@ -580,7 +763,13 @@ impl<'a> PassState<'a> {
         for p in &plan.patches {
             patches.entry(p.site).or_default().push(p);
         }
-        PassState { patches, capture: &plan.capture, captured: BTreeMap::new(), pads, offset }
+        PassState {
+            patches,
+            capture: &plan.capture,
+            captured: BTreeMap::new(),
+            pads,
+            offset,
+        }
     }
 }
 
@@ -593,7 +782,13 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// Apply Set/Add patches to a [rows, tokens, width] activation with one masked blend.
-fn apply_patches(x: &Tensor, patches: &[&Patch], pads: &[usize], offset: usize, site: Site) -> Result<Tensor> {
+fn apply_patches(
+    x: &Tensor,
+    patches: &[&Patch],
+    pads: &[usize],
+    offset: usize,
+    site: Site,
+) -> Result<Tensor> {
     let (b, t, w) = x.dims3()?;
     let mut keep = vec![1f32; b * t * w];
     let mut set = vec![0f32; b * t * w];
@@ -601,18 +796,37 @@ fn apply_patches(x: &Tensor, patches: &[&Patch], pads: &[usize], offset: usize, 
     let (mut any_set, mut any_add) = (false, false);
     for p in patches {
         if p.row >= b {
-            return Err(Error::param("patch row", format!("{} is outside a batch of {b} rows at {site}", p.row)));
+            return Err(Error::param(
+                "patch row",
+                format!("{} is outside a batch of {b} rows at {site}", p.row),
+            ));
         }
         if p.token < offset || pads[p.row] + p.token - offset >= t {
-            return Err(Error::param("patch token", format!("token {} of row {} is outside the pass at {site}", p.token, p.row)));
+            return Err(Error::param(
+                "patch token",
+                format!(
+                    "token {} of row {} is outside the pass at {site}",
+                    p.token, p.row
+                ),
+            ));
         }
         let (c0, c1) = p.cols.unwrap_or((0, w));
         if c1 > w || c0 >= c1 {
-            return Err(Error::param("patch cols", format!("{c0}..{c1} does not fit width {w} at {site}")));
+            return Err(Error::param(
+                "patch cols",
+                format!("{c0}..{c1} does not fit width {w} at {site}"),
+            ));
         }
-        let vals = p.value.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let vals = p
+            .value
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         if vals.len() != c1 - c0 {
-            return Err(Error::param("patch value", format!("{} values for {} columns at {site}", vals.len(), c1 - c0)));
+            return Err(Error::param(
+                "patch value",
+                format!("{} values for {} columns at {site}", vals.len(), c1 - c0),
+            ));
         }
         let base = ((p.row * t) + pads[p.row] + p.token - offset) * w;
         for (j, v) in vals.iter().enumerate() {
@@ -647,7 +861,11 @@ fn apply_patches(x: &Tensor, patches: &[&Patch], pads: &[usize], offset: usize, 
 pub fn log_softmax_accurate(logits: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?;
     let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.to_dtype(DType::F64)?.sum_keepdim(D::Minus1)?.log()?;
+    let lse = shifted
+        .exp()?
+        .to_dtype(DType::F64)?
+        .sum_keepdim(D::Minus1)?
+        .log()?;
     Ok(shifted.broadcast_sub(&lse.to_dtype(DType::F32)?)?)
 }
 

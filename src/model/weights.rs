@@ -50,8 +50,7 @@ pub fn gguf_to_hf_name(name: &str, arch: Arch) -> Option<String> {
 fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let hd = out / heads;
-    Ok(w
-        .reshape((heads, hd / 2, 2, inp))?
+    Ok(w.reshape((heads, hd / 2, 2, inp))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((out, inp))?)
@@ -70,13 +69,19 @@ pub fn load_gguf(
         let Some(hf) = gguf_to_hf_name(name, cfg.arch) else {
             // Tensors with no HF counterpart (e.g. rope_freqs) are not needed by the forward.
             if name.starts_with("blk.") || name.contains("embd") {
-                return Err(Error::file(path, format!("unrecognised GGUF tensor `{name}`")));
+                return Err(Error::file(
+                    path,
+                    format!("unrecognised GGUF tensor `{name}`"),
+                ));
             }
             continue;
         };
-        let q = content
-            .tensor(reader, name, device)
-            .map_err(|e| Error::file(path, format!("reading tensor `{name}`: {e} (truncated file?)")))?;
+        let q = content.tensor(reader, name, device).map_err(|e| {
+            Error::file(
+                path,
+                format!("reading tensor `{name}`: {e} (truncated file?)"),
+            )
+        })?;
         let mut t = q
             .dequantize(device)
             .map_err(|e| Error::file(path, format!("dequantising `{name}`: {e}")))?

@@ -60,7 +60,7 @@ pub fn trace_fast_batched(
         capture.extend([Site::ResidPost(l), Site::MlpOut(l), Site::AttnOut(l)]);
     }
     let clean_out = model.forward(
-        &[case.ids.clone()],
+        std::slice::from_ref(&case.ids),
         &InterventionPlan::logits(logits.clone()).with_capture(capture),
     )?;
     let clean = mean_probs(clean_out.logprobs.as_ref().ok_or_else(no_lp)?, 1)?[0];

@@ -82,8 +82,8 @@ pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationRes
         ]);
     }
     let plan = InterventionPlan::logits(logits.clone()).with_capture(capture);
-    let x = model.forward(&[case.base.clone()], &plan)?;
-    let xs = model.forward(&[case.swapped.clone()], &plan)?;
+    let x = model.forward(std::slice::from_ref(&case.base), &plan)?;
+    let xs = model.forward(std::slice::from_ref(&case.swapped), &plan)?;
     let lp = |o: &ForwardOutput| -> Result<Vec<Vec<f32>>> {
         Ok(o.logprobs
             .as_ref()

@@ -24,7 +24,7 @@ pub fn trace_naive(
         capture.extend([Site::ResidPost(l), Site::MlpOut(l), Site::AttnOut(l)]);
     }
     let clean_out = model.forward(
-        &[case.ids.clone()],
+        std::slice::from_ref(&case.ids),
         &InterventionPlan::logits(logits.clone()).with_capture(capture),
     )?;
     let lp = clean_out
