@@ -1,0 +1,35 @@
+//! Batched forward (64 prompts × 8 tokens) on SmolLM2 and the f32 matmul shapes it runs, so the
+//! forward's time can be read against the machine's matmul throughput.
+//! `cargo bench --bench forward` (needs `harness/fetch-models.sh smollm2-135m`).
+
+use biaslens::model::{InterventionPlan, LogitsRequest, Model};
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn forward(c: &mut Criterion) {
+    let model = match Model::load("smollm2-135m", &Device::Cpu) {
+        Ok(m) => m,
+        Err(e) => panic!("{e}\nrun harness/fetch-models.sh smollm2-135m first"),
+    };
+    let rows: Vec<Vec<u32>> = (0..64u32).map(|i| (0..8u32).map(|j| 100 + 37 * i + j).collect()).collect();
+    let plan = InterventionPlan::logits(LogitsRequest::LastTokenIds(vec![384, 1041, 502]));
+    let mut g = c.benchmark_group("forward");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(64 * 8));
+    g.bench_function("smollm2_64x8_pronoun_logits", |b| b.iter(|| model.transformer.forward(&rows, &plan).map(|o| o.logprobs)));
+    g.finish();
+
+    // The matmuls of one SmolLM2 layer at 512 tokens: q/o, k/v, gate/up, down.
+    let mut g = c.benchmark_group("matmul_f32");
+    g.sample_size(10);
+    for (name, k, n) in [("qo_576x576", 576, 576), ("kv_576x192", 576, 192), ("up_576x1536", 576, 1536), ("down_1536x576", 1536, 576)] {
+        let x = Tensor::randn(0f32, 1.0, (512, k), &Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).expect("x");
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).expect("w");
+        g.throughput(Throughput::Elements((2 * 512 * k * n) as u64));
+        g.bench_function(name, |b| b.iter(|| x.matmul(&w.t().expect("t")).expect("matmul")));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);
