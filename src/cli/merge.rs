@@ -1,6 +1,31 @@
-//! `biaslens merge` (filled by the sharding work).
+//! `biaslens merge`: shard directories of one trace / mediate run into the single-run result.
+
+use std::path::PathBuf;
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("merge is not available in this build yet")
+pub struct Args {
+    /// Where the merged run directory goes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The shard directories (same settings).
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// Write summaries and plots even when items are missing (to look at a sweep in progress).
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let n = biaslens::rundir::merge(&a.out, &a.shards)?;
+    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.out.join(biaslens::rundir::SETTINGS))?)?;
+    let expected = settings.get("items").and_then(|v| v.as_u64()).map(|v| v as usize);
+    eprintln!("merge: {n} records into {}", a.out.display());
+    match expected {
+        Some(e) if e != n && !a.allow_partial => anyhow::bail!("the shards hold {n} of {e} items; run the missing shards, then merge again"),
+        _ => biaslens::trace::run::finalize(&a.out)?,
+    }
+    if let Some(e) = expected.filter(|&e| e != n) {
+        eprintln!("merge: partial result, {n} of {e} items");
+    }
+    Ok(())
 }
