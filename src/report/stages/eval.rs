@@ -61,7 +61,7 @@ pub struct EvalStage {
 impl EvalStage {
     pub fn new(spec: &Spec, variant: &str) -> Self {
         let b = &spec.benchmarks;
-        let tasks = b
+        let tasks: Vec<(String, String, Option<usize>)> = b
             .bias
             .iter()
             .map(|t| (t.clone(), "bias".to_string(), b.limit_for(t)))
@@ -70,6 +70,8 @@ impl EvalStage {
                     .iter()
                     .map(|t| (t.clone(), "capability".to_string(), b.limit_for(t))),
             )
+            // Sweep points only feed the trade-off figure, which needs capability alone.
+            .filter(|(_, group, _)| is_method(variant) || group == "capability")
             .collect();
         EvalStage {
             name: format!("eval_{variant}"),
