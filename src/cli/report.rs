@@ -45,6 +45,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &spec.model.name,
     );
     manifest.device = spec.model.device.clone();
+    manifest.git_revision = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     manifest.threads = spec.run.threads;
     manifest.seeds.insert("split".into(), spec.split.seed);
     manifest.seeds.insert("trace".into(), spec.trace.seed);
