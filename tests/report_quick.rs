@@ -45,7 +45,11 @@ fn stable_tables(inputs: &ReportInputs) -> Vec<(String, String)> {
         .unwrap()
         .into_iter()
         .map(|t| {
-            let t = if t.id == "table4_cost" { without_times(t) } else { t };
+            let t = if t.id == "table4_cost" {
+                without_times(t)
+            } else {
+                t
+            };
             (t.id.clone(), t.to_markdown())
         })
         .collect()
@@ -59,9 +63,18 @@ fn snapshot_spec_end_to_end_is_stable() {
     let ids: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(
         ids,
-        ["table1_localisation", "table2_bias", "table3_capability", "table4_cost"]
+        [
+            "table1_localisation",
+            "table2_bias",
+            "table3_capability",
+            "table4_cost"
+        ]
     );
-    for f in ["report.html", "figures/fig1_trace_heatmaps.svg", "figures/fig2_tradeoff.svg"] {
+    for f in [
+        "report.html",
+        "figures/fig1_trace_heatmaps.svg",
+        "figures/fig2_tradeoff.svg",
+    ] {
         assert!(dir.path().join("a").join(f).is_file(), "{f} missing");
     }
     insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
@@ -73,7 +86,9 @@ fn snapshot_spec_end_to_end_is_stable() {
     let b = run_report(&dir.path().join("b"));
     assert_eq!(tables, stable_tables(&b));
     for t in ["table1_localisation", "table2_bias", "table3_capability"] {
-        let read = |d: &str| std::fs::read(dir.path().join(d).join("tables").join(format!("{t}.md"))).unwrap();
+        let read = |d: &str| {
+            std::fs::read(dir.path().join(d).join("tables").join(format!("{t}.md"))).unwrap()
+        };
         assert_eq!(read("a"), read("b"), "{t}.md differs between runs");
     }
 }

@@ -56,7 +56,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     manifest.seeds.insert("trace".into(), spec.trace.seed);
     manifest.seeds.insert("bootstrap".into(), spec.run.seeds[0]);
     manifest.nondeterminism.push(
-        "run.seeds beyond the first are not used: every edit is deterministic given the split".into(),
+        "run.seeds beyond the first are not used: every edit is deterministic given the split"
+            .into(),
     );
     if let Ok(biaslens::model::registry::ModelSource::Gguf(p)) =
         biaslens::model::registry::resolve_model(&spec.model.name)

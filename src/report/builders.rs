@@ -229,7 +229,10 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
             vec![
                 Cell::text(variant_label(&r.method)),
                 Cell::number(r.wall_s, 1),
-                Cell::text(r.forwards.map_or_else(|| "not counted".to_string(), |f| f.to_string())),
+                Cell::text(
+                    r.forwards
+                        .map_or_else(|| "not counted".to_string(), |f| f.to_string()),
+                ),
                 Cell::number(r.edit_s, 2),
             ]
         })

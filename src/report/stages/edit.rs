@@ -120,7 +120,9 @@ impl EditStage {
         }
         let sites: LocatedSites = serde_json::from_value(ctx.input("trace")?["sites"].clone())?;
         match self.variant.layer_count {
-            Some(n) => Ok(Kind::Mlp.window(sites.edit_center, n, sites.num_layers).collect()),
+            Some(n) => Ok(Kind::Mlp
+                .window(sites.edit_center, n, sites.num_layers)
+                .collect()),
             None => Ok(sites.default_edit_layers()),
         }
     }

@@ -117,8 +117,11 @@ fn bias_metrics_of(task: &str) -> &'static [(&'static str, Option<f64>)] {
 }
 
 /// Capability metrics shown in Table 3: accuracy (↑) and perplexities (↓).
-const CAPABILITY_METRICS: [(&str, bool); 3] =
-    [("acc", true), ("perplexity", false), ("word_perplexity", false)];
+const CAPABILITY_METRICS: [(&str, bool); 3] = [
+    ("acc", true),
+    ("perplexity", false),
+    ("word_perplexity", false),
+];
 
 impl Stage for EvalStage {
     fn name(&self) -> &str {
@@ -240,7 +243,11 @@ mod tests {
             tasks: vec![
                 t("copa", "capability", vec![row("acc", 0.6, None)]),
                 t("piqa", "capability", vec![row("acc", 0.8, None)]),
-                t("wikitext2", "capability", vec![row("word_perplexity", 30.0, None)]),
+                t(
+                    "wikitext2",
+                    "capability",
+                    vec![row("word_perplexity", 30.0, None)],
+                ),
                 t("winobias_type1", "bias", vec![row("acc", 0.1, None)]),
             ],
             wall_s: 0.0,

@@ -4,7 +4,9 @@
 use super::{bootstrap, edit_deps, is_method, load_variant, STAGE_VERSION};
 use crate::data::occupations::BlsTable;
 use crate::measure::occupations::subset_prompts;
-use crate::measure::{bias_metrics, sequence_probs, MeasureOptions, PromptProbs, PronounTargets, Subset};
+use crate::measure::{
+    bias_metrics, sequence_probs, MeasureOptions, PromptProbs, PronounTargets, Subset,
+};
 use crate::report::inputs::{BiasRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
@@ -107,8 +109,17 @@ impl Stage for MeasureStage {
         }
         let tok = model.tokenizer()?;
         let targets = PronounTargets::he_she_they(tok)?;
-        let rows: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(&p.text)).collect::<Result<_>>()?;
-        let probs = sequence_probs(&model.transformer, &rows, &targets, self.opts.batch_size, |_| {})?;
+        let rows: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| tok.encode(&p.text))
+            .collect::<Result<_>>()?;
+        let probs = sequence_probs(
+            &model.transformer,
+            &rows,
+            &targets,
+            self.opts.batch_size,
+            |_| {},
+        )?;
         let out: Vec<PromptProbs> = prompts
             .iter()
             .zip(&probs)

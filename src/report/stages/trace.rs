@@ -61,7 +61,10 @@ impl TraceStage {
         if self.variant == "base" {
             "before (base)".into()
         } else {
-            format!("after {}", super::super::builders::variant_label(&self.variant))
+            format!(
+                "after {}",
+                super::super::builders::variant_label(&self.variant)
+            )
         }
     }
 }
@@ -158,7 +161,10 @@ impl Stage for TraceStage {
             split: self.split.clone(),
             ..MeasureOptions::default()
         })?;
-        let ids: Vec<Vec<u32>> = all.iter().map(|p| tok.encode(&p.text)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = all
+            .iter()
+            .map(|p| tok.encode(&p.text))
+            .collect::<Result<_>>()?;
         let std = self.trace.noise * embedding_std(&model.transformer, &ids)?;
         let t = &self.trace;
         let settings = TraceSettings {
@@ -180,8 +186,21 @@ impl Stage for TraceStage {
                 }
             };
             let seed = t.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-            let noise = sample_noise(seed, t.samples, case.subject.1 - case.subject.0, d, std, &model.transformer.device)?;
-            let r = trace_fast_batched(&model.transformer, &case, &noise, &settings, DEFAULT_BATCH_ROWS)?;
+            let noise = sample_noise(
+                seed,
+                t.samples,
+                case.subject.1 - case.subject.0,
+                d,
+                std,
+                &model.transformer.device,
+            )?;
+            let r = trace_fast_batched(
+                &model.transformer,
+                &case,
+                &noise,
+                &settings,
+                DEFAULT_BATCH_ROWS,
+            )?;
             results.push((r, case.subject, stereotype_sign(p.stereotypical)));
         }
         if results.is_empty() {
@@ -189,12 +208,23 @@ impl Stage for TraceStage {
         }
         let traced: Vec<Traced> = results
             .iter()
-            .map(|(r, s, sign)| Traced { result: r, subject: *s, sign: *sign })
+            .map(|(r, s, sign)| Traced {
+                result: r,
+                subject: *s,
+                sign: *sign,
+            })
             .collect();
         let summaries = aggregate_roles(&traced)?;
         let sites = if settings.kinds.contains(&Kind::Mlp) {
             let nl = model.config().num_layers;
-            Some(locate_sites(&model.info.name, &summaries, nl, t.window, traced.len(), 3)?)
+            Some(locate_sites(
+                &model.info.name,
+                &summaries,
+                nl,
+                t.window,
+                traced.len(),
+                3,
+            )?)
         } else {
             None
         };

@@ -18,7 +18,11 @@ pub struct TradeoffStage {
 
 impl TradeoffStage {
     pub fn new(_spec: &Spec, vars: &[Variant]) -> Self {
-        let mut points = vec![("base".to_string(), "base".to_string(), variant_label("base"))];
+        let mut points = vec![(
+            "base".to_string(),
+            "base".to_string(),
+            variant_label("base"),
+        )];
         points.extend(
             vars.iter()
                 .map(|v| (v.name.clone(), v.method.clone(), v.label.clone())),
@@ -43,7 +47,8 @@ impl Stage for TradeoffStage {
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let mut out = vec![];
         for (v, method, label) in &self.points {
-            let m: MeasureOutput = serde_json::from_value(ctx.input(&format!("measure_{v}"))?.clone())?;
+            let m: MeasureOutput =
+                serde_json::from_value(ctx.input(&format!("measure_{v}"))?.clone())?;
             let e: EvalOutput = serde_json::from_value(ctx.input(&format!("eval_{v}"))?.clone())?;
             let Some(capability) = e.mean_capability_acc() else {
                 return Err(Error::param(
