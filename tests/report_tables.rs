@@ -215,19 +215,19 @@ fn fixture() -> ReportInputs {
         CostRow {
             method: "lsdm".into(),
             wall_s: 41.25,
-            forwards: 1840,
+            forwards: Some(1840),
             edit_s: 0.38,
         },
         CostRow {
             method: "ft".into(),
             wall_s: 12.5,
-            forwards: 400,
+            forwards: Some(400),
             edit_s: 11.91,
         },
         CostRow {
             method: "dama".into(),
             wall_s: 55.0,
-            forwards: 2210,
+            forwards: Some(2210),
             edit_s: 1.07,
         },
     ];

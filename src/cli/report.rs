@@ -25,15 +25,19 @@ pub struct Args {
     pub force: bool,
 }
 
-/// The stage implementations wired into the report. Measure, trace, edit and eval plug in here
-/// as they land; until then a full run says so instead of producing an empty report.
-fn stages(_spec: &Spec) -> Pipeline {
-    Pipeline::new()
+/// The stage implementations wired into the report (see `report::stages`).
+fn stages(spec: &Spec) -> biaslens::Result<Pipeline> {
+    biaslens::report::stages::standard_pipeline(spec)
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let spec = Spec::load(&a.spec)?;
+    // Fix the worker count before the first parallel kernel so reductions do not depend on the
+    // machine's core count.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", spec.run.threads.to_string());
+    }
     let spec_bytes = std::fs::read(&a.spec).with_context(|| format!("{}", a.spec.display()))?;
     let mut manifest = Manifest::new(
         &a.spec.display().to_string(),
@@ -41,12 +45,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &spec.model.name,
     );
     manifest.device = spec.model.device.clone();
+    manifest.git_revision = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     manifest.threads = spec.run.threads;
     manifest.seeds.insert("split".into(), spec.split.seed);
     manifest.seeds.insert("trace".into(), spec.trace.seed);
-    for (i, s) in spec.run.seeds.iter().enumerate() {
-        manifest.seeds.insert(format!("run[{i}]"), *s);
-    }
+    manifest.seeds.insert("bootstrap".into(), spec.run.seeds[0]);
+    manifest.nondeterminism.push(
+        "run.seeds beyond the first are not used: every edit is deterministic given the split"
+            .into(),
+    );
     if let Ok(biaslens::model::registry::ModelSource::Gguf(p)) =
         biaslens::model::registry::resolve_model(&spec.model.name)
     {
@@ -62,7 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: not a report inputs file", p.display()))?
         }
         None => {
-            let pipeline = stages(&spec);
+            let pipeline = stages(&spec)?;
             let outcome = pipeline.run(&spec, &a.out, a.force)?;
             if outcome.records.is_empty() {
                 bail!(

@@ -229,7 +229,10 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
             vec![
                 Cell::text(variant_label(&r.method)),
                 Cell::number(r.wall_s, 1),
-                Cell::text(r.forwards.to_string()),
+                Cell::text(
+                    r.forwards
+                        .map_or_else(|| "not counted".to_string(), |f| f.to_string()),
+                ),
                 Cell::number(r.edit_s, 2),
             ]
         })
@@ -237,9 +240,10 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
     Ok(Table {
         id: "table4_cost".into(),
         title: "Table 4: Cost of each method".into(),
-        caption: "Wall time covers computing targets, keys and statistics plus the edit; forwards counts \
-                  model forward passes; edit time is the weight update alone. Times vary between machines \
-                  and are not part of the snapshot."
+        caption: "Edit time is the method itself (targets, keys, statistics and the weight update); wall time \
+                  adds loading the model, measuring the edit prompts before and after, and writing the delta; \
+                  forwards counts model forward passes where the method counts them. Times vary between \
+                  machines and are not part of the snapshot."
             .into(),
         columns: ["Method", "Wall time (s)", "Forwards", "Edit time (s)"].map(String::from).to_vec(),
         rows: out_rows,
@@ -299,7 +303,7 @@ mod tests {
         let c = CostRow {
             method: "lsdm".into(),
             wall_s: 1.0,
-            forwards: 3,
+            forwards: Some(3),
             edit_s: 0.5,
         };
         assert!(table4_cost(&[c.clone(), c]).is_err());
@@ -310,7 +314,7 @@ mod tests {
         let c = |m: &str| CostRow {
             method: m.into(),
             wall_s: 1.0,
-            forwards: 3,
+            forwards: Some(3),
             edit_s: 0.5,
         };
         let t = table4_cost(&[c("dama"), c("lsdm")]).unwrap();

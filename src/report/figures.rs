@@ -381,6 +381,8 @@ fn draw_tradeoff<DB: DrawingBackend>(
     let e = |e| plot_err(id, e);
     let (x0, x1) = padded(points.iter().map(|p| p.capability));
     let (y0, y1) = padded(points.iter().map(|p| p.bias));
+    // Empty band above the data for the legend, so it never hides a point.
+    let y1 = y1 + 0.4 * (y1 - y0);
     let mut chart = ChartBuilder::on(root)
         .caption(
             "Bias vs capability (lower right is better)",

@@ -72,7 +72,9 @@ pub struct CapabilityRow {
 pub struct CostRow {
     pub method: String,
     pub wall_s: f64,
-    pub forwards: u64,
+    /// Model forward passes, where the method counts them (None: not counted).
+    #[serde(default)]
+    pub forwards: Option<u64>,
     pub edit_s: f64,
 }
 

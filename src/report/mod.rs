@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod manifest;
 pub mod pipeline;
 pub mod spec;
+pub mod stages;
 pub mod table;
 pub mod write;
 

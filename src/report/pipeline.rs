@@ -112,8 +112,13 @@ impl Pipeline {
         out_dir.join("stages").join(format!("{name}.json"))
     }
 
+    /// Stage names in run order.
+    pub fn names(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.name().to_string()).collect()
+    }
+
     /// Names are unique and file-safe; dependencies refer to earlier stages.
-    fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         for (i, s) in self.stages.iter().enumerate() {
             let n = s.name();
             if n.is_empty()
@@ -251,7 +256,7 @@ mod tests {
             inputs.cost.push(super::super::inputs::CostRow {
                 method: self.name.into(),
                 wall_s: 0.0,
-                forwards: output["v"].as_u64().unwrap_or(0),
+                forwards: output["v"].as_u64(),
                 edit_s: 0.0,
             });
             Ok(())
@@ -301,7 +306,7 @@ mod tests {
         assert_eq!((r.a.get(), r.b.get()), (1, 1));
         assert!(out2.records.iter().all(|s| s.cached));
         assert_eq!(out1.outputs, out2.outputs);
-        assert_eq!(out2.inputs.cost[1].forwards, 9);
+        assert_eq!(out2.inputs.cost[1].forwards, Some(9));
         // No temporary files are left next to the outputs.
         let names: Vec<String> = std::fs::read_dir(dir.path().join("stages"))
             .unwrap()

@@ -19,6 +19,8 @@ pub struct Spec {
     pub model: ModelSpec,
     pub split: SplitSpec,
     pub trace: TraceSpec,
+    #[serde(default)]
+    pub measure: MeasureSpec,
     pub methods: MethodsSpec,
     #[serde(default)]
     pub sweeps: SweepSpec,
@@ -74,6 +76,33 @@ pub struct TraceSpec {
     pub window: usize,
     pub kinds: Vec<TraceKind>,
     pub seed: u64,
+    /// Trace the LSDM-edited model too (the "after" heatmaps).
+    #[serde(default)]
+    pub after_edit: bool,
+}
+
+/// Held-out bias measurement (occupation prompts, all 17 templates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureSpec {
+    /// Held-out professions measured (evenly spaced over the held-out split); absent = all.
+    pub max_professions: Option<usize>,
+    /// Prompts per forward.
+    #[serde(default = "default_measure_batch")]
+    pub batch: usize,
+}
+
+fn default_measure_batch() -> usize {
+    64
+}
+
+impl Default for MeasureSpec {
+    fn default() -> Self {
+        MeasureSpec {
+            max_professions: None,
+            batch: default_measure_batch(),
+        }
+    }
 }
 
 /// Edited layers: an explicit list, or the peak layers found by the trace stage.
@@ -107,23 +136,64 @@ impl Layers {
     }
 }
 
+/// LSDM hyperparameters; names match `edit::lsdm::LsdmParams` and its `target` (TargetParams).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LsdmSpec {
     pub layers: Layers,
-    /// Weight of the key covariance C in (λC + KKᵀ): larger keeps the edit smaller.
+    /// λ, weight of the corpus prior tr(ΔCΔᵀ): larger keeps the edit smaller.
     pub lambda: f64,
-    /// Weight of the preserved (definitional-control) key/value pairs in the solve.
+    /// μ, weight of keeping the preserved (definitional-control) keys' outputs.
     pub mu: f64,
-    /// Adam steps and learning rate of the target-vector optimisation.
+    /// `moment` (C from WikiText-2) or `identity` (ridge).
+    #[serde(default = "default_prior")]
+    pub prior: String,
+    /// WikiText-2 tokens used for C.
+    #[serde(default = "default_corpus_tokens")]
+    pub corpus_tokens: usize,
+    /// Edit templates used to optimise the targets, and context prefixes used for keys.
+    #[serde(default = "default_target_templates")]
+    pub target_templates: usize,
+    #[serde(default = "default_prefixes")]
+    pub prefixes: usize,
+    /// Target optimiser: `gauss-newton` or `adam`.
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
     pub steps: usize,
+    /// Adam learning rate on δ (unused by Gauss-Newton).
     pub lr: f64,
-    /// Weight of the KL term keeping "{occupation} is a" unchanged.
+    /// Weight of the KL term keeping "The {occupation} is" unchanged.
     pub kl_weight: f64,
-    /// Clamp ‖δ‖ <= norm_bound · ‖h‖ on the target residual.
-    pub norm_bound: f64,
+    /// Weight of ‖δ‖²/‖h‖².
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Clamp ‖δ‖ <= clamp · ‖h‖ on the target residual.
+    pub clamp: f64,
 }
 
+fn default_prior() -> String {
+    "moment".into()
+}
+fn default_corpus_tokens() -> usize {
+    16_384
+}
+fn default_target_templates() -> usize {
+    4
+}
+fn default_prefixes() -> usize {
+    3
+}
+fn default_optimizer() -> String {
+    "gauss-newton".into()
+}
+fn default_weight_decay() -> f64 {
+    0.5
+}
+fn default_kl() -> f64 {
+    0.0625
+}
+
+/// FT-L hyperparameters; names match `edit::ftl::FtParams`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FtSpec {
@@ -133,8 +203,11 @@ pub struct FtSpec {
     pub eps: f64,
     pub steps: usize,
     pub lr: f64,
+    #[serde(default = "default_kl")]
+    pub kl_weight: f64,
 }
 
+/// DAMA hyperparameters; names match `edit::dama::DamaSettings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DamaSpec {
@@ -147,6 +220,9 @@ pub struct DamaSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MethodsSpec {
+    /// Edit professions used by every method (evenly spaced over the edit split); absent = all.
+    #[serde(default)]
+    pub max_edit_professions: Option<usize>,
     pub lsdm: Option<LsdmSpec>,
     pub ft: Option<FtSpec>,
     pub dama: Option<DamaSpec>,
@@ -353,21 +429,45 @@ impl Spec {
             m.layers.validate("methods.lsdm.layers")?;
             non_negative("methods.lsdm.lambda", m.lambda)?;
             non_negative("methods.lsdm.mu", m.mu)?;
+            if !matches!(m.prior.as_str(), "moment" | "identity") {
+                return Err(Error::param(
+                    "methods.lsdm.prior",
+                    format!("expected moment or identity, got {:?}", m.prior),
+                ));
+            }
+            at_least_one("methods.lsdm.corpus_tokens", m.corpus_tokens)?;
+            at_least_one("methods.lsdm.target_templates", m.target_templates)?;
+            at_least_one("methods.lsdm.prefixes", m.prefixes)?;
+            if !matches!(m.optimizer.as_str(), "gauss-newton" | "adam") {
+                return Err(Error::param(
+                    "methods.lsdm.optimizer",
+                    format!("expected gauss-newton or adam, got {:?}", m.optimizer),
+                ));
+            }
             at_least_one("methods.lsdm.steps", m.steps)?;
             positive("methods.lsdm.lr", m.lr)?;
             non_negative("methods.lsdm.kl_weight", m.kl_weight)?;
-            positive("methods.lsdm.norm_bound", m.norm_bound)?;
+            non_negative("methods.lsdm.weight_decay", m.weight_decay)?;
+            positive("methods.lsdm.clamp", m.clamp)?;
         }
         if let Some(m) = &self.methods.ft {
             m.layers.validate("methods.ft.layers")?;
             positive("methods.ft.eps", m.eps)?;
             at_least_one("methods.ft.steps", m.steps)?;
             positive("methods.ft.lr", m.lr)?;
+            non_negative("methods.ft.kl_weight", m.kl_weight)?;
         }
         if let Some(m) = &self.methods.dama {
             m.layers.validate("methods.dama.layers")?;
             at_least_one("methods.dama.components", m.components)?;
         }
+        if let Some(n) = self.methods.max_edit_professions {
+            at_least_one("methods.max_edit_professions", n)?;
+        }
+        if let Some(n) = self.measure.max_professions {
+            at_least_one("measure.max_professions", n)?;
+        }
+        at_least_one("measure.batch", self.measure.batch)?;
         if (!self.sweeps.lambda.is_empty() || !self.sweeps.layer_count.is_empty())
             && self.methods.lsdm.is_none()
         {
@@ -437,7 +537,7 @@ mu = 1.0
 steps = 5
 lr = 0.5
 kl_weight = 0.0625
-norm_bound = 0.75
+clamp = 0.75
 [benchmarks]
 bias = ["winobias_type1"]
 capability = ["copa"]

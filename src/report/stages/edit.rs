@@ -1,0 +1,198 @@
+//! `edit_<variant>`: one LSDM / FT-L / DAMA edit with the spec's hyperparameters, on explicit
+//! layers or on the layers the trace stage located; the delta goes to
+//! `artefacts/edit_<variant>/delta.safetensors` for the later stages to apply.
+
+use super::{Variant, STAGE_VERSION};
+use crate::edit::dama::DamaSettings;
+use crate::edit::ftl::FtParams;
+use crate::edit::lsdm::LsdmParams;
+use crate::edit::method::{edit_model, edit_prompt_bias, EditSpec, Method};
+use crate::edit::target::TargetParams;
+use crate::model::Model;
+use crate::report::inputs::{CostRow, ReportInputs};
+use crate::report::pipeline::{Ctx, Stage};
+use crate::report::spec::{Layers, Spec};
+use crate::stats::Estimate;
+use crate::trace::{Kind, LocatedSites};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditOutput {
+    pub variant: String,
+    pub method: String,
+    pub layers: Vec<usize>,
+    /// Delta file, relative to the report folder.
+    pub delta: String,
+    pub delta_sha256: String,
+    /// Bias on the edit prompts before and after (what the edit was asked to change).
+    pub edit_prompts_before: Estimate,
+    pub edit_prompts_after: Estimate,
+    /// `edit_model` alone (targets, keys, statistics, solve) and the whole stage.
+    pub edit_s: f64,
+    pub wall_s: f64,
+    /// The method's own report (losses, norms).
+    pub report: Value,
+}
+
+pub struct EditStage {
+    name: String,
+    variant: Variant,
+    layers: Layers,
+    edit: EditSpec,
+    model: String,
+    uses_sites: bool,
+}
+
+/// The spec's method sections as the library's [`EditSpec`] (layers filled in at run time).
+pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
+    let method: Method = v.method.parse()?;
+    let mut e = EditSpec::new(method, vec![]);
+    e.split = spec.split.clone();
+    e.max_edit_professions = spec.methods.max_edit_professions;
+    let m = &spec.methods;
+    if let Some(l) = &m.lsdm {
+        let d = LsdmParams::default();
+        e.lsdm = LsdmParams {
+            lambda: v.lambda.unwrap_or(l.lambda),
+            mu: l.mu,
+            prior: l.prior.clone(),
+            corpus_tokens: l.corpus_tokens,
+            target_templates: l.target_templates,
+            prefixes: l.prefixes,
+            target: TargetParams {
+                optimizer: l.optimizer.clone(),
+                steps: l.steps,
+                lr: l.lr,
+                kl_weight: l.kl_weight,
+                weight_decay: l.weight_decay,
+                clamp: l.clamp,
+                ..TargetParams::default()
+            },
+            ..d
+        };
+    }
+    if let Some(f) = &m.ft {
+        e.ft = FtParams {
+            eps: f.eps,
+            steps: f.steps,
+            lr: f.lr,
+            kl_weight: f.kl_weight,
+            ..FtParams::default()
+        };
+    }
+    if let Some(d) = &m.dama {
+        e.dama = DamaSettings {
+            components: d.components,
+            ..DamaSettings::default()
+        };
+    }
+    let layers = match v.method.as_str() {
+        "lsdm" => m.lsdm.as_ref().map(|x| x.layers.clone()),
+        "ft" => m.ft.as_ref().map(|x| x.layers.clone()),
+        _ => m.dama.as_ref().map(|x| x.layers.clone()),
+    }
+    .ok_or_else(|| Error::param(format!("methods.{}", v.method), "section missing"))?;
+    Ok((e, layers))
+}
+
+impl EditStage {
+    pub fn new(spec: &Spec, variant: Variant) -> Result<Self> {
+        let (edit, layers) = edit_spec(spec, &variant)?;
+        let uses_sites = layers.is_from_sites() || variant.layer_count.is_some();
+        Ok(EditStage {
+            name: format!("edit_{}", variant.name),
+            variant,
+            layers,
+            edit,
+            model: spec.model.name.clone(),
+            uses_sites,
+        })
+    }
+
+    fn resolve_layers(&self, ctx: &Ctx) -> Result<Vec<usize>> {
+        if !self.uses_sites {
+            if let Layers::List(l) = &self.layers {
+                return Ok(l.clone());
+            }
+        }
+        let sites: LocatedSites = serde_json::from_value(ctx.input("trace")?["sites"].clone())?;
+        match self.variant.layer_count {
+            Some(n) => Ok(Kind::Mlp
+                .window(sites.edit_center, n, sites.num_layers)
+                .collect()),
+            None => Ok(sites.default_edit_layers()),
+        }
+    }
+}
+
+impl Stage for EditStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn deps(&self) -> Vec<String> {
+        if self.uses_sites {
+            vec!["trace".into()]
+        } else {
+            vec![]
+        }
+    }
+    fn settings(&self) -> Result<Value> {
+        Ok(json!({
+            "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
+            "layers": self.layers, "edit": self.edit,
+        }))
+    }
+    fn run(&self, ctx: &Ctx) -> Result<Value> {
+        let t0 = Instant::now();
+        let mut spec = self.edit.clone();
+        spec.layers = self.resolve_layers(ctx)?;
+        if spec.layers.is_empty() {
+            return Err(Error::param("layers", "no layers to edit"));
+        }
+        let model = Model::load(&self.model, &super::device(ctx.spec)?)?;
+        let before = edit_prompt_bias(&model, &spec)?;
+        let name = self.name.clone();
+        let outcome = edit_model(&model, &spec, |s| eprintln!("{name}: {s}"))?;
+        let weights = crate::edit::record::apply_delta(&model, &outcome.delta)?;
+        let edited = model.with_weights(weights, "+edit")?;
+        let after = edit_prompt_bias(&edited, &spec)?;
+        let dir = ctx.artefact_dir(&self.name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e.to_string()))?;
+        let path = dir.join("delta.safetensors");
+        outcome.delta.save(&path)?;
+        let rel = path
+            .strip_prefix(ctx.out_dir)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        let out = EditOutput {
+            variant: self.variant.name.clone(),
+            method: self.variant.method.clone(),
+            layers: spec.layers.clone(),
+            delta: rel,
+            delta_sha256: crate::io::sha256_file(&path)?,
+            edit_prompts_before: before.mean_abs_gap,
+            edit_prompts_after: after.mean_abs_gap,
+            edit_s: outcome.seconds,
+            wall_s: t0.elapsed().as_secs_f64(),
+            report: outcome.report,
+        };
+        Ok(serde_json::to_value(out)?)
+    }
+    fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
+        if !super::is_method(&self.variant.name) {
+            return Ok(());
+        }
+        let o: EditOutput = serde_json::from_value(output.clone())?;
+        inputs.cost.push(CostRow {
+            method: self.variant.name.clone(),
+            wall_s: o.wall_s,
+            forwards: None,
+            edit_s: o.edit_s,
+        });
+        Ok(())
+    }
+}

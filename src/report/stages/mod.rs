@@ -1,0 +1,182 @@
+//! The real stages of a report: measure, trace, edit, eval, the LSDM sweeps and the trade-off
+//! summary, plugged into the [`Pipeline`] in a fixed order by [`standard_pipeline`].
+//!
+//! Variants are model versions: `base` (the loaded model), `lsdm`/`ft`/`dama` (the spec's method
+//! sections) and sweep points (`lsdm_lambda_<i>`, `lsdm_layers_<i>`). Every edited variant is
+//! one `edit_<variant>` stage whose delta later stages apply to a freshly loaded base model.
+
+pub mod edit;
+pub mod eval;
+pub mod measure;
+pub mod trace;
+pub mod tradeoff;
+
+use super::pipeline::{Ctx, Pipeline};
+use super::spec::Spec;
+use crate::edit::delta::WeightDelta;
+use crate::edit::record::apply_delta;
+use crate::model::Model;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Bump when a stage's output format or computation changes, so old caches are not reused.
+pub const STAGE_VERSION: u32 = 1;
+
+/// What an edited variant changes relative to the spec's method section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Stage-name suffix and table column: `lsdm`, `ft`, `dama`, `lsdm_lambda_0`, ...
+    pub name: String,
+    /// `lsdm`, `ft` or `dama`.
+    pub method: String,
+    /// Overrides of LSDM's λ and of the number of edited layers (sweeps).
+    pub lambda: Option<f64>,
+    pub layer_count: Option<usize>,
+    /// Label drawn in the trade-off figure.
+    pub label: String,
+}
+
+/// The edited variants of a spec, in table order, then the sweep points.
+pub fn variants(spec: &Spec) -> Vec<Variant> {
+    let mut v: Vec<Variant> = spec
+        .methods
+        .variants()
+        .into_iter()
+        .filter(|m| *m != "base")
+        .map(|m| Variant {
+            name: m.into(),
+            method: m.into(),
+            lambda: None,
+            layer_count: None,
+            label: super::builders::variant_label(m),
+        })
+        .collect();
+    for (i, &l) in spec.sweeps.lambda.iter().enumerate() {
+        v.push(Variant {
+            name: format!("lsdm_lambda_{i}"),
+            method: "lsdm".into(),
+            lambda: Some(l),
+            layer_count: None,
+            label: format!("λ={l:e}"),
+        });
+    }
+    for (i, &n) in spec.sweeps.layer_count.iter().enumerate() {
+        v.push(Variant {
+            name: format!("lsdm_layers_{i}"),
+            method: "lsdm".into(),
+            lambda: None,
+            layer_count: Some(n),
+            label: format!("{n} layers"),
+        });
+    }
+    v
+}
+
+/// Whether a variant is one of the spec's methods (tables) rather than a sweep point (figure only).
+pub fn is_method(v: &str) -> bool {
+    matches!(v, "base" | "lsdm" | "ft" | "dama")
+}
+
+/// Whether any method edits the layers the trace stage locates.
+pub fn needs_sites(spec: &Spec) -> bool {
+    let m = &spec.methods;
+    m.lsdm.as_ref().is_some_and(|x| x.layers.is_from_sites())
+        || m.ft.as_ref().is_some_and(|x| x.layers.is_from_sites())
+        || m.dama.as_ref().is_some_and(|x| x.layers.is_from_sites())
+        || !spec.sweeps.layer_count.is_empty()
+}
+
+/// Every stage the spec asks for, in dependency order.
+pub fn standard_pipeline(spec: &Spec) -> Result<Pipeline> {
+    let mut p = Pipeline::new();
+    let vars = variants(spec);
+    p.push(Box::new(measure::MeasureStage::new(spec, "base")));
+    p.push(Box::new(trace::TraceStage::new(spec, "base")));
+    for v in &vars {
+        p.push(Box::new(edit::EditStage::new(spec, v.clone())?));
+    }
+    if spec.trace.after_edit && spec.methods.lsdm.is_some() {
+        p.push(Box::new(trace::TraceStage::new(spec, "lsdm")));
+    }
+    for v in &vars {
+        p.push(Box::new(measure::MeasureStage::new(spec, &v.name)));
+    }
+    p.push(Box::new(eval::EvalStage::new(spec, "base")));
+    for v in &vars {
+        p.push(Box::new(eval::EvalStage::new(spec, &v.name)));
+    }
+    if !spec.benchmarks.capability.is_empty() {
+        p.push(Box::new(tradeoff::TradeoffStage::new(spec, &vars)));
+    }
+    Ok(p)
+}
+
+pub(crate) fn device(spec: &Spec) -> Result<candle_core::Device> {
+    crate::device::parse_device(&spec.model.device)
+}
+
+/// The model of `variant`: the base model, or the base with the delta of `edit_<variant>` applied.
+/// Returns the model and the seconds spent loading it.
+pub(crate) fn load_variant(ctx: &Ctx, variant: &str) -> Result<(Model, f64)> {
+    let t0 = Instant::now();
+    let dev = device(ctx.spec)?;
+    let base = Model::load(&ctx.spec.model.name, &dev)?;
+    if variant == "base" {
+        return Ok((base, t0.elapsed().as_secs_f64()));
+    }
+    let stage = format!("edit_{variant}");
+    let out = ctx.input(&stage)?;
+    let rel = out["delta"]
+        .as_str()
+        .ok_or_else(|| Error::param(&stage, "output has no `delta` path"))?;
+    let path = ctx.out_dir.join(rel);
+    let delta = WeightDelta::load(&path, &dev)?;
+    let weights = apply_delta(&base, &delta)?;
+    let edited = base.with_weights(weights, &format!("+{variant}"))?;
+    Ok((edited, t0.elapsed().as_secs_f64()))
+}
+
+/// Stages a variant's measure/eval/trace stage reads: its edit stage (none for base).
+pub(crate) fn edit_deps(variant: &str) -> Vec<String> {
+    if variant == "base" {
+        vec![]
+    } else {
+        vec![format!("edit_{variant}")]
+    }
+}
+
+/// The bootstrap seed: the first of `run.seeds`.
+pub(crate) fn bootstrap(spec: &Spec) -> crate::stats::BootstrapSpec {
+    crate::stats::BootstrapSpec {
+        resamples: spec.run.bootstrap,
+        seed: spec.run.seeds[0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_spec_wires_every_stage_in_dependency_order() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/quick.toml");
+        let spec = Spec::load(&root).unwrap();
+        let names: Vec<String> = variants(&spec).into_iter().map(|v| v.name).collect();
+        assert_eq!(&names[..3], ["lsdm", "ft", "dama"]);
+        assert_eq!(
+            names.len(),
+            3 + spec.sweeps.lambda.len() + spec.sweeps.layer_count.len()
+        );
+        // check() in Pipeline::run validates the order; here a dry check of the names.
+        let p = standard_pipeline(&spec).unwrap();
+        let stage_names = p.names();
+        for v in ["base", "lsdm", "ft", "dama"] {
+            assert!(stage_names.contains(&format!("measure_{v}")), "{v}");
+            assert!(stage_names.contains(&format!("eval_{v}")), "{v}");
+        }
+        assert!(stage_names.contains(&"trace".to_string()));
+        assert!(stage_names.contains(&"trace_lsdm".to_string()));
+        p.check().unwrap();
+    }
+}

@@ -1,0 +1,72 @@
+//! `tradeoff`: one point per model variant (methods and sweep points) pairing the held-out bias of
+//! `measure_<v>` with the mean capability accuracy of `eval_<v>`, for the trade-off figure.
+
+use super::eval::EvalOutput;
+use super::measure::MeasureOutput;
+use super::{Variant, STAGE_VERSION};
+use crate::report::builders::variant_label;
+use crate::report::inputs::{ReportInputs, TradeoffPoint};
+use crate::report::pipeline::{Ctx, Stage};
+use crate::report::spec::Spec;
+use crate::{Error, Result};
+use serde_json::{json, Value};
+
+pub struct TradeoffStage {
+    /// (variant name, method family, label)
+    points: Vec<(String, String, String)>,
+}
+
+impl TradeoffStage {
+    pub fn new(_spec: &Spec, vars: &[Variant]) -> Self {
+        let mut points = vec![(
+            "base".to_string(),
+            "base".to_string(),
+            variant_label("base"),
+        )];
+        points.extend(
+            vars.iter()
+                .map(|v| (v.name.clone(), v.method.clone(), v.label.clone())),
+        );
+        TradeoffStage { points }
+    }
+}
+
+impl Stage for TradeoffStage {
+    fn name(&self) -> &str {
+        "tradeoff"
+    }
+    fn deps(&self) -> Vec<String> {
+        self.points
+            .iter()
+            .flat_map(|(v, _, _)| [format!("measure_{v}"), format!("eval_{v}")])
+            .collect()
+    }
+    fn settings(&self) -> Result<Value> {
+        Ok(json!({ "version": STAGE_VERSION, "points": self.points }))
+    }
+    fn run(&self, ctx: &Ctx) -> Result<Value> {
+        let mut out = vec![];
+        for (v, method, label) in &self.points {
+            let m: MeasureOutput =
+                serde_json::from_value(ctx.input(&format!("measure_{v}"))?.clone())?;
+            let e: EvalOutput = serde_json::from_value(ctx.input(&format!("eval_{v}"))?.clone())?;
+            let Some(capability) = e.mean_capability_acc() else {
+                return Err(Error::param(
+                    "benchmarks.capability",
+                    "the trade-off figure needs at least one capability task reporting accuracy",
+                ));
+            };
+            out.push(TradeoffPoint {
+                method: method.clone(),
+                label: label.clone(),
+                bias: m.mean_abs_gap.value,
+                capability,
+            });
+        }
+        Ok(serde_json::to_value(out)?)
+    }
+    fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
+        inputs.tradeoff = serde_json::from_value(output.clone())?;
+        Ok(())
+    }
+}
