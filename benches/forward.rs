@@ -11,22 +11,35 @@ fn forward(c: &mut Criterion) {
         Ok(m) => m,
         Err(e) => panic!("{e}\nrun harness/fetch-models.sh smollm2-135m first"),
     };
-    let rows: Vec<Vec<u32>> = (0..64u32).map(|i| (0..8u32).map(|j| 100 + 37 * i + j).collect()).collect();
+    let rows: Vec<Vec<u32>> = (0..64u32)
+        .map(|i| (0..8u32).map(|j| 100 + 37 * i + j).collect())
+        .collect();
     let plan = InterventionPlan::logits(LogitsRequest::LastTokenIds(vec![384, 1041, 502]));
     let mut g = c.benchmark_group("forward");
     g.sample_size(10);
     g.throughput(Throughput::Elements(64 * 8));
-    g.bench_function("smollm2_64x8_pronoun_logits", |b| b.iter(|| model.transformer.forward(&rows, &plan).map(|o| o.logprobs)));
+    g.bench_function("smollm2_64x8_pronoun_logits", |b| {
+        b.iter(|| model.transformer.forward(&rows, &plan).map(|o| o.logprobs))
+    });
     g.finish();
 
     // The matmuls of one SmolLM2 layer at 512 tokens: q/o, k/v, gate/up, down.
     let mut g = c.benchmark_group("matmul_f32");
     g.sample_size(10);
-    for (name, k, n) in [("qo_576x576", 576, 576), ("kv_576x192", 576, 192), ("up_576x1536", 576, 1536), ("down_1536x576", 1536, 576)] {
-        let x = Tensor::randn(0f32, 1.0, (512, k), &Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).expect("x");
+    for (name, k, n) in [
+        ("qo_576x576", 576, 576),
+        ("kv_576x192", 576, 192),
+        ("up_576x1536", 576, 1536),
+        ("down_1536x576", 1536, 576),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (512, k), &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .expect("x");
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).expect("w");
         g.throughput(Throughput::Elements((2 * 512 * k * n) as u64));
-        g.bench_function(name, |b| b.iter(|| x.matmul(&w.t().expect("t")).expect("matmul")));
+        g.bench_function(name, |b| {
+            b.iter(|| x.matmul(&w.t().expect("t")).expect("matmul"))
+        });
     }
     g.finish();
 }
