@@ -11,7 +11,7 @@ use super::context::EditPrompt;
 use super::dama_projection::{apply_projection, dama_projection, DamaParams};
 use super::delta::{DeltaMeta, WeightDelta};
 use super::keys::capture_at_subject;
-use super::lsdm::{down_weight_name, EditPrompts};
+use super::lsdm::{record_down_delta, EditPrompts};
 use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
@@ -120,20 +120,7 @@ pub fn dama(
             dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?
         ));
         tr.layers[l].down.weight = new_w;
-        let (name, transposed) = down_weight_name(model.config().arch, l);
-        let orig = model
-            .weights
-            .get(&name)
-            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        delta.insert(
-            &name,
-            orig,
-            &if transposed {
-                dw.t()?.contiguous()?
-            } else {
-                dw
-            },
-        )?;
+        record_down_delta(model, &mut delta, l, dw)?;
     }
     Ok((
         delta,

@@ -4,7 +4,7 @@
 
 use super::context::EditPrompt;
 use super::delta::{DeltaMeta, WeightDelta};
-use super::lsdm::{down_weight_name, EditPrompts};
+use super::lsdm::{record_down_delta, EditPrompts};
 use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
@@ -193,20 +193,7 @@ pub fn ft_l(
     for (l, v, w0) in &vars {
         let dw = (v.as_tensor() - w0)?.detach();
         max_change = max_change.max(dw.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64);
-        let (name, transposed) = down_weight_name(model.config().arch, *l);
-        let orig = model
-            .weights
-            .get(&name)
-            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        delta.insert(
-            &name,
-            orig,
-            &if transposed {
-                dw.t()?.contiguous()?
-            } else {
-                dw
-            },
-        )?;
+        record_down_delta(model, &mut delta, *l, dw)?;
     }
     Ok((
         delta,

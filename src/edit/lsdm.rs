@@ -85,6 +85,27 @@ pub fn down_weight_name(arch: Arch, l: usize) -> (String, bool) {
     }
 }
 
+/// Record layer `l`'s down-projection change `dw` (transformer layout [d_model, d_ff]) in `delta`
+/// under its HF name and layout, with the base model's original bits.
+pub fn record_down_delta(
+    model: &Model,
+    delta: &mut WeightDelta,
+    l: usize,
+    dw: Tensor,
+) -> Result<()> {
+    let (name, transposed) = down_weight_name(model.config().arch, l);
+    let orig = model
+        .weights
+        .get(&name)
+        .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+    let hf = if transposed {
+        dw.t()?.contiguous()?
+    } else {
+        dw
+    };
+    delta.insert(&name, orig, &hf)
+}
+
 /// Prompts shared by the edit methods: keys (edit templates × prefixes), targets, KL, preserved.
 pub struct EditPrompts {
     pub keys: Vec<EditPrompt>,
@@ -283,17 +304,7 @@ pub fn lsdm(
         delta_norms.push(dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64);
         let down = &mut tr.layers[l].down;
         down.weight = (&down.weight + &dw)?;
-        let (name, transposed) = down_weight_name(model.config().arch, l);
-        let orig = model
-            .weights
-            .get(&name)
-            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        let hf_delta = if transposed {
-            dw.t()?.contiguous()?
-        } else {
-            dw
-        };
-        delta.insert(&name, orig, &hf_delta)?;
+        record_down_delta(model, &mut delta, l, dw)?;
         log(&format!(
             "layer {l}: |R| {:.3}, |ΔW| {:.4}",
             residual_norms[i], delta_norms[i]
