@@ -135,43 +135,25 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
 /// Bias on the edit prompts (edit professions × edit templates, no prefix): what the edit was
 /// asked to change. Held-out professions and templates are measured by `biaslens measure`.
 pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure::BiasMetrics> {
-    use crate::measure::{bias_metrics, sequence_probs, PromptProbs, PronounTargets};
+    use crate::measure::{bias_metrics, prompt_probs};
     let professions = Profession::load(&spec.data_dir.join("bolukbasi_debiaswe/professions.json"))?;
     let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
-    let tok = model.tokenizer()?;
     let templates = crate::data::vig_templates();
-    let mut prompts = Vec::new();
-    for p in professions.iter().filter(|p| sets.edit.contains(&p.name)) {
-        for &t in &sets.edit_templates {
-            prompts.push((p, t, templates[t].fill(&p.name)));
-        }
-    }
-    let rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|(_, _, text)| tok.encode(text))
-        .collect::<Result<_>>()?;
-    let probs = sequence_probs(
-        &model.transformer,
-        &rows,
-        &PronounTargets::he_she_they(tok)?,
-        64,
-        |_| {},
-    )?;
-    let out: Vec<PromptProbs> = prompts
-        .iter()
-        .zip(&probs)
-        .map(|((p, t, text), q)| PromptProbs {
-            profession: p.raw.clone(),
-            name: p.name.clone(),
-            template_index: *t,
-            text: text.clone(),
-            definitional: p.definitional,
-            stereotypical: p.stereotypical,
-            p_he: q[0],
-            p_she: q[1],
-            p_they: q[2],
-        })
+    let edited: Vec<Profession> = professions
+        .into_iter()
+        .filter(|p| sets.edit.contains(&p.name))
         .collect();
+    let chosen: Vec<crate::data::Template> = sets
+        .edit_templates
+        .iter()
+        .map(|&t| templates[t].clone())
+        .collect();
+    let mut prompts = crate::data::occupation_prompts(&edited, &chosen);
+    // occupation_prompts numbers templates within `chosen`; record the Vig index instead.
+    for p in &mut prompts {
+        p.template_index = sets.edit_templates[p.template_index];
+    }
+    let (_, out) = prompt_probs(model, &prompts, 64, |_| {})?;
     bias_metrics(
         &out,
         None,

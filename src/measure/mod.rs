@@ -5,5 +5,7 @@ pub mod occupations;
 pub mod probs;
 
 pub use bias::{bias_metrics, BiasMetrics};
-pub use occupations::{measure_occupations, MeasureOptions, MeasureResult, PromptProbs, Subset};
+pub use occupations::{
+    measure_occupations, prompt_probs, MeasureOptions, MeasureResult, PromptProbs, Subset,
+};
 pub use probs::{next_token_probs, sequence_probs, PronounTargets};

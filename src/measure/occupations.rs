@@ -125,17 +125,18 @@ fn rel(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Measure p(he), p(she), p(they) on every prompt of the subset and compute the bias metrics.
-pub fn measure_occupations(
+/// p(he), p(she), p(they) after each occupation prompt (tokenised as HF does), in prompt order.
+/// The one path from prompts to probabilities: `measure`, the edit record and the report use it.
+pub fn prompt_probs(
     model: &Model,
-    opts: &MeasureOptions,
+    prompts: &[data::OccupationPrompt],
+    batch_size: usize,
     on_progress: impl FnMut(usize),
-) -> Result<MeasureResult> {
+) -> Result<(PronounTargets, Vec<PromptProbs>)> {
     let tok = model.tokenizer()?;
     let targets = PronounTargets::he_she_they(tok)?;
-    let (prompts, mut data_hashes) = subset_prompts(opts)?;
     let mut rows = Vec::with_capacity(prompts.len());
-    for p in &prompts {
+    for p in prompts {
         let ids = tok.encode(&p.text)?;
         if ids.is_empty() {
             return Err(Error::param(
@@ -145,14 +146,8 @@ pub fn measure_occupations(
         }
         rows.push(ids);
     }
-    let probs = sequence_probs(
-        &model.transformer,
-        &rows,
-        &targets,
-        opts.batch_size,
-        on_progress,
-    )?;
-    let out: Vec<PromptProbs> = prompts
+    let probs = sequence_probs(&model.transformer, &rows, &targets, batch_size, on_progress)?;
+    let out = prompts
         .iter()
         .zip(&probs)
         .map(|(p, q)| PromptProbs {
@@ -167,6 +162,17 @@ pub fn measure_occupations(
             p_they: q[2],
         })
         .collect();
+    Ok((targets, out))
+}
+
+/// Measure p(he), p(she), p(they) on every prompt of the subset and compute the bias metrics.
+pub fn measure_occupations(
+    model: &Model,
+    opts: &MeasureOptions,
+    on_progress: impl FnMut(usize),
+) -> Result<MeasureResult> {
+    let (prompts, mut data_hashes) = subset_prompts(opts)?;
+    let (targets, out) = prompt_probs(model, &prompts, opts.batch_size, on_progress)?;
     let bls_path = opts.data_dir.join("winogender/occupations-stats.tsv");
     let bls = BlsTable::load(&bls_path)?;
     data_hashes.insert(rel(&bls_path), crate::io::sha256_file(&bls_path)?);

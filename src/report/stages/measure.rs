@@ -4,9 +4,7 @@
 use super::{bootstrap, edit_deps, is_method, load_variant, STAGE_VERSION};
 use crate::data::occupations::BlsTable;
 use crate::measure::occupations::subset_prompts;
-use crate::measure::{
-    bias_metrics, sequence_probs, MeasureOptions, PromptProbs, PronounTargets, Subset,
-};
+use crate::measure::{bias_metrics, prompt_probs, MeasureOptions, Subset};
 use crate::report::inputs::{BiasRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
@@ -107,34 +105,7 @@ impl Stage for MeasureStage {
         if prompts.is_empty() {
             return Err(Error::param("split", "the held-out split is empty"));
         }
-        let tok = model.tokenizer()?;
-        let targets = PronounTargets::he_she_they(tok)?;
-        let rows: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| tok.encode(&p.text))
-            .collect::<Result<_>>()?;
-        let probs = sequence_probs(
-            &model.transformer,
-            &rows,
-            &targets,
-            self.opts.batch_size,
-            |_| {},
-        )?;
-        let out: Vec<PromptProbs> = prompts
-            .iter()
-            .zip(&probs)
-            .map(|(p, q)| PromptProbs {
-                profession: p.profession.clone(),
-                name: p.name.clone(),
-                template_index: p.template_index,
-                text: p.text.clone(),
-                definitional: p.definitional,
-                stereotypical: p.stereotypical,
-                p_he: q[0],
-                p_she: q[1],
-                p_they: q[2],
-            })
-            .collect();
+        let (_, out) = prompt_probs(&model, &prompts, self.opts.batch_size, |_| {})?;
         let bls = BlsTable::load(&self.opts.data_dir.join("winogender/occupations-stats.tsv"))?;
         let m = bias_metrics(&out, Some(&bls), &self.opts.bootstrap)?;
         let output = MeasureOutput {
@@ -145,7 +116,7 @@ impl Stage for MeasureStage {
             mean_gap: m.mean_gap,
             a_s: m.regression.as_ref().map(|r| r.a_s.clone()),
             r2: m.regression.as_ref().map(|r| r.r2.clone()),
-            forwards: rows.len().div_ceil(self.opts.batch_size) as u64,
+            forwards: prompts.len().div_ceil(self.opts.batch_size) as u64,
             wall_s: t0.elapsed().as_secs_f64(),
         };
         Ok(serde_json::to_value(output)?)
