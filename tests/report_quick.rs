@@ -1,9 +1,13 @@
-//! End to end: `biaslens report --spec harness/snapshot.toml` on SmolLM2 (trace → LSDM/FT-L/DAMA
-//! edits on the located layers → held-out measurement → COPA), twice into fresh folders. The
-//! Markdown tables must match the insta snapshots under snapshots/ (Table 4 without its
-//! wall-time columns) and the two runs must give byte-identical tables.
+//! End to end through the report binary, compared with insta snapshots under snapshots/
+//! (Table 4 without its wall-time columns):
+//! - `snapshot_spec_matches_snapshots` (in `cargo test`): harness/snapshot.toml on SmolLM2
+//!   (trace → LSDM/FT-L/DAMA edits on the located layers → held-out measurement → COPA), once;
+//!   about 2-3 minutes on 2 idle cores.
+//! - `quick_spec_matches_snapshots_and_is_deterministic` (`--ignored`, ~10 minutes):
+//!   harness/quick.toml twice into fresh folders; tables must match the `quick_*` snapshots and
+//!   the two runs must give byte-identical tables.
 //!
-//! Needs models/smollm2-135m (harness/fetch-models.sh). About 2-3 minutes on 2 idle cores.
+//! Needs models/smollm2-135m (harness/fetch-models.sh).
 
 use biaslens::report::write::build_tables;
 use biaslens::report::{ReportInputs, Table};
@@ -14,10 +18,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn run_report(out: &Path) -> ReportInputs {
+fn run_report(spec: &str, out: &Path) -> ReportInputs {
     let st = Command::new(env!("CARGO_BIN_EXE_biaslens"))
         .current_dir(root())
-        .args(["report", "--spec", "harness/snapshot.toml", "--out"])
+        .args(["report", "--spec", spec, "--out"])
         .arg(out)
         .status()
         .expect("run biaslens");
@@ -55,15 +59,11 @@ fn stable_tables(inputs: &ReportInputs) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Runs harness/snapshot.toml twice end to end (trace, three edits, held-out measurement, COPA).
-/// Ignored in `cargo test`: on the 2-core machine it has not yet finished inside the CI budget and
-/// its snapshots have not been reviewed. Run it with
-/// `cargo test --test report_quick -- --ignored` (first run: `INSTA_UPDATE=always`, then review).
-#[test]
-#[ignore = "minutes of real-model work; snapshots pending review (see doc comment)"]
-fn snapshot_spec_end_to_end_is_stable() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = run_report(&dir.path().join("a"));
+/// Runs `spec` into `dir/a`, checks the files and the snapshots `<prefix>_<table>_md`; with
+/// `twice`, runs it again into `dir/b` and requires byte-identical tables.
+fn check_spec(spec: &str, prefix: &str, twice: bool) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let a = run_report(spec, &dir.path().join("a"));
     let tables = stable_tables(&a);
     let ids: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(
@@ -84,11 +84,14 @@ fn snapshot_spec_end_to_end_is_stable() {
     }
     insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
         for (id, md) in &tables {
-            insta::assert_snapshot!(format!("snapshot_{id}_md"), md);
+            insta::assert_snapshot!(format!("{prefix}_{id}_md"), md);
         }
     });
+    if !twice {
+        return;
+    }
     // A second run from scratch gives the same bytes.
-    let b = run_report(&dir.path().join("b"));
+    let b = run_report(spec, &dir.path().join("b"));
     assert_eq!(tables, stable_tables(&b));
     for t in ["table1_localisation", "table2_bias", "table3_capability"] {
         let read = |d: &str| {
@@ -96,4 +99,18 @@ fn snapshot_spec_end_to_end_is_stable() {
         };
         assert_eq!(read("a"), read("b"), "{t}.md differs between runs");
     }
+}
+
+#[test]
+fn snapshot_spec_matches_snapshots() {
+    check_spec("harness/snapshot.toml", "snapshot", false);
+}
+
+/// The quick spec (README's main command) twice. Ignored in `cargo test` for CI time; run with
+/// `cargo test --test report_quick -- --ignored` (first run: `INSTA_UPDATE=always`,
+/// then review the `.snap` files).
+#[test]
+#[ignore = "about 10 minutes per run of real-model work, run twice"]
+fn quick_spec_matches_snapshots_and_is_deterministic() {
+    check_spec("harness/quick.toml", "quick", true);
 }

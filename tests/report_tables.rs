@@ -216,18 +216,21 @@ fn fixture() -> ReportInputs {
             method: "lsdm".into(),
             wall_s: 41.25,
             forwards: Some(1840),
+            token_layers: Some(1766400),
             edit_s: 0.38,
         },
         CostRow {
             method: "ft".into(),
             wall_s: 12.5,
             forwards: Some(400),
+            token_layers: Some(384000),
             edit_s: 11.91,
         },
         CostRow {
             method: "dama".into(),
             wall_s: 55.0,
             forwards: Some(2210),
+            token_layers: Some(2121600),
             edit_s: 1.07,
         },
     ];

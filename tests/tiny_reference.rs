@@ -82,3 +82,22 @@ fn tiny_gemma3_matches_hf() {
 fn tiny_gpt2_matches_hf() {
     check_arch("gpt2");
 }
+
+/// The work counter behind Table 4: one pass per forward, rows × tokens × layers run, shared
+/// with clones (the edit methods run on clones of the model's transformer).
+#[test]
+fn work_counter_counts_passes_and_token_layers() {
+    let dir = common::reference("tiny").join("llama");
+    let m = Model::load_hf_dir("llama", &dir, &Device::Cpu).unwrap();
+    let layers = m.config().num_layers as u64;
+    let start = m.transformer.work.read();
+    let rows = vec![vec![1u32, 2, 3], vec![4u32, 5]];
+    let plan = InterventionPlan::logits(LogitsRequest::LastToken);
+    m.transformer.forward(&rows, &plan).unwrap();
+    let clone = m.transformer.clone();
+    clone.forward(&rows[..1], &plan).unwrap();
+    let w = m.transformer.work.read() - start;
+    assert_eq!(w.passes, 2);
+    // Rows are left-padded to the longest: 2 × 3 tokens, then 1 × 3.
+    assert_eq!(w.token_layers, (2 * 3 + 3) * layers);
+}

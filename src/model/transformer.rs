@@ -8,6 +8,8 @@ use super::weights::{take, WeightMap};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// y = x Wᵀ + b with W stored as [out, in] (HF layout).
 #[derive(Debug, Clone)]
@@ -153,6 +155,47 @@ pub struct Transformer {
     pub final_norm: Norm,
     pub lm_head: Tensor,
     pub device: Device,
+    /// Passes and token-layers run by this transformer and its clones (shared), so cost
+    /// tables report counted work.
+    pub work: Arc<WorkCounter>,
+}
+
+/// Counted work: `passes` (calls that run layers: forward, forward_resume, forward_from_layer)
+/// and `token_layers` (rows × tokens × layers run, the unit matmul work scales with).
+#[derive(Debug, Default)]
+pub struct WorkCounter {
+    passes: AtomicU64,
+    token_layers: AtomicU64,
+}
+
+/// A reading of a [`WorkCounter`]; subtract two readings to get the work in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Work {
+    pub passes: u64,
+    pub token_layers: u64,
+}
+
+impl WorkCounter {
+    fn record(&self, token_layers: u64) {
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.token_layers.fetch_add(token_layers, Ordering::Relaxed);
+    }
+    pub fn read(&self) -> Work {
+        Work {
+            passes: self.passes.load(Ordering::Relaxed),
+            token_layers: self.token_layers.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::Sub for Work {
+    type Output = Work;
+    fn sub(self, earlier: Work) -> Work {
+        Work {
+            passes: self.passes.saturating_sub(earlier.passes),
+            token_layers: self.token_layers.saturating_sub(earlier.token_layers),
+        }
+    }
 }
 
 // --- Reduced-precision weights (issue 7, item 4) ---------------------------------------------
@@ -347,6 +390,7 @@ impl Transformer {
             final_norm,
             lm_head,
             device: device.clone(),
+            work: Arc::default(),
         })
     }
 
@@ -495,6 +539,9 @@ impl Transformer {
         plan: &InterventionPlan,
         mut st: PassState,
     ) -> Result<ForwardOutput> {
+        let (rows, tokens, _) = x.dims3()?;
+        self.work
+            .record((rows * tokens * self.cfg.num_layers.saturating_sub(start)) as u64);
         let mut kv_out = if plan.capture_kv {
             Some(Vec::new())
         } else {

@@ -233,6 +233,10 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
                     r.forwards
                         .map_or_else(|| "not counted".to_string(), |f| f.to_string()),
                 ),
+                Cell::text(
+                    r.token_layers
+                        .map_or_else(|| "not counted".to_string(), |f| f.to_string()),
+                ),
                 Cell::number(r.edit_s, 2),
             ]
         })
@@ -242,10 +246,11 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
         title: "Table 4: Cost of each method".into(),
         caption: "Edit time is the method itself (targets, keys, statistics and the weight update); wall time \
                   adds loading the model, measuring the edit prompts before and after, and writing the delta; \
-                  forwards counts model forward passes where the method counts them. Times vary between \
-                  machines and are not part of the snapshot."
+                  passes counts the model passes the method ran (forward, resumed or from a layer) and \
+                  token-layers the rows × tokens × layers they covered, both counted by the transformer. \
+                  Times vary between machines and are not part of the snapshot."
             .into(),
-        columns: ["Method", "Wall time (s)", "Forwards", "Edit time (s)"].map(String::from).to_vec(),
+        columns: ["Method", "Wall time (s)", "Passes", "Token-layers", "Edit time (s)"].map(String::from).to_vec(),
         rows: out_rows,
     })
 }
@@ -304,6 +309,7 @@ mod tests {
             method: "lsdm".into(),
             wall_s: 1.0,
             forwards: Some(3),
+            token_layers: Some(2880),
             edit_s: 0.5,
         };
         assert!(table4_cost(&[c.clone(), c]).is_err());
@@ -315,6 +321,7 @@ mod tests {
             method: m.into(),
             wall_s: 1.0,
             forwards: Some(3),
+            token_layers: Some(2880),
             edit_s: 0.5,
         };
         let t = table4_cost(&[c("dama"), c("lsdm")]).unwrap();

@@ -72,9 +72,12 @@ pub struct CapabilityRow {
 pub struct CostRow {
     pub method: String,
     pub wall_s: f64,
-    /// Model forward passes, where the method counts them (None: not counted).
+    /// Model passes run by the method (counted by the transformer; None: not counted).
     #[serde(default)]
     pub forwards: Option<u64>,
+    /// Rows × tokens × layers run by those passes (None: not counted).
+    #[serde(default)]
+    pub token_layers: Option<u64>,
     pub edit_s: f64,
 }
 

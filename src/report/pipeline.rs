@@ -257,6 +257,7 @@ mod tests {
                 method: self.name.into(),
                 wall_s: 0.0,
                 forwards: output["v"].as_u64(),
+                token_layers: None,
                 edit_s: 0.0,
             });
             Ok(())

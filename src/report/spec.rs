@@ -174,14 +174,15 @@ pub struct LsdmSpec {
 fn default_prior() -> String {
     "moment".into()
 }
+// Defaults come from the library's LsdmParams so a spec and `biaslens edit` agree.
 fn default_corpus_tokens() -> usize {
-    16_384
+    crate::edit::lsdm::LsdmParams::default().corpus_tokens
 }
 fn default_target_templates() -> usize {
-    4
+    crate::edit::lsdm::LsdmParams::default().target_templates
 }
 fn default_prefixes() -> usize {
-    3
+    crate::edit::lsdm::LsdmParams::default().prefixes
 }
 fn default_optimizer() -> String {
     "gauss-newton".into()
@@ -532,7 +533,7 @@ kinds = ["mlp", "attn"]
 seed = 1
 [methods.lsdm]
 layers = "from_sites"
-lambda = 15000.0
+lambda = 10.0
 mu = 1.0
 steps = 5
 lr = 0.5

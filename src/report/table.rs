@@ -40,16 +40,23 @@ impl Cell {
         }
     }
 
-    /// The cell as shown to a reader: `0.123 [0.100, 0.150]`; `n` is left to the CSV/JSON.
+    /// The cell as shown to a reader: `0.123 [0.100, 0.150]`; `n` is left to the CSV/JSON,
+    /// except that an estimate from fewer than 2 observations says so instead of showing a
+    /// zero-width interval.
     pub fn display(&self) -> String {
         match self {
             Cell::Text { text } => text.clone(),
             Cell::Number {
                 value,
                 ci,
+                n,
                 decimals,
-                ..
             } => match ci {
+                Some(_) if n.is_some_and(|n| n < 2) => format!(
+                    "{} (n = {}, no CI)",
+                    fmt_num(*value, *decimals),
+                    n.unwrap_or(0)
+                ),
                 Some((lo, hi)) => format!(
                     "{} [{}, {}]",
                     fmt_num(*value, *decimals),

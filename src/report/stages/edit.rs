@@ -32,6 +32,11 @@ pub struct EditOutput {
     pub edit_prompts_after: Estimate,
     /// `edit_model` alone (targets, keys, statistics, solve) and the whole stage.
     pub edit_s: f64,
+    /// Work of `edit_model` as counted by the transformer (its clones included).
+    #[serde(default)]
+    pub passes: u64,
+    #[serde(default)]
+    pub token_layers: u64,
     pub wall_s: f64,
     /// The method's own report (losses, norms).
     pub report: Value,
@@ -155,7 +160,9 @@ impl Stage for EditStage {
         let model = Model::load(&self.model, &super::device(ctx.spec)?)?;
         let before = edit_prompt_bias(&model, &spec)?;
         let name = self.name.clone();
+        let work_before = model.transformer.work.read();
         let outcome = edit_model(&model, &spec, |s| eprintln!("{name}: {s}"))?;
+        let work = model.transformer.work.read() - work_before;
         let weights = crate::edit::record::apply_delta(&model, &outcome.delta)?;
         let edited = model.with_weights(weights, "+edit")?;
         let after = edit_prompt_bias(&edited, &spec)?;
@@ -177,6 +184,8 @@ impl Stage for EditStage {
             edit_prompts_before: before.mean_abs_gap,
             edit_prompts_after: after.mean_abs_gap,
             edit_s: outcome.seconds,
+            passes: work.passes,
+            token_layers: work.token_layers,
             wall_s: t0.elapsed().as_secs_f64(),
             report: outcome.report,
         };
@@ -190,7 +199,8 @@ impl Stage for EditStage {
         inputs.cost.push(CostRow {
             method: self.variant.name.clone(),
             wall_s: o.wall_s,
-            forwards: None,
+            forwards: Some(o.passes),
+            token_layers: Some(o.token_layers),
             edit_s: o.edit_s,
         });
         Ok(())

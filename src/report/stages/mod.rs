@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Bump when a stage's output format or computation changes, so old caches are not reused.
-pub const STAGE_VERSION: u32 = 1;
+pub const STAGE_VERSION: u32 = 2;
 
 /// What an edited variant changes relative to the spec's method section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
