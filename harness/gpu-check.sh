@@ -3,6 +3,7 @@
 # Runs on the GPU machine from the repo root, using the executables that harness/gpu-bundle.sh
 # built here (that machine has the NVIDIA driver and a CUDA 13 runtime but no cargo).
 #   BIASLENS_DEVICE=cuda:0 harness/gpu-check.sh        (default cuda)
+#   GPU_CHECK_BENCHES_ONLY=1 harness/gpu-check.sh      (skip the tests, run only the benches)
 # Real-model checks (SmolLM2) run only when the model is present under $BIASLENS_MODELS or
 # ./models; otherwise they are skipped BY NAME and the table says so.
 set -uo pipefail
@@ -36,7 +37,9 @@ fi
 
 log=$(mktemp -d)
 declare -A status
-for exe in gpu-bundle/bin/test-*; do
+tests=(gpu-bundle/bin/test-*)
+[ "${GPU_CHECK_BENCHES_ONLY:-0}" = 1 ] && tests=()
+for exe in "${tests[@]}"; do
   name=$(basename "$exe")
   "$exe" --nocapture --test-threads=1 "${skip[@]}" >"$log/$name.out" 2>&1
   rc=$?; status[$name]=$([ $rc -eq 0 ] && echo PASS || echo "FAIL(rc=$rc)")

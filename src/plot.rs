@@ -1,38 +1,100 @@
-//! Small plot primitives (plotters): a labelled heatmap with a colour bar and a line plot with CI
-//! bands, each written as SVG and PNG. Text needs a TTF: the first of a few system paths (or
-//! `BIASLENS_FONT`) is registered at run time; without one the plots are drawn without text.
+//! Small plot primitives (plotters), shared by `biaslens trace` and the report's figures: the
+//! figure font, the diverging colour map, heatmap cells with row/column labels, a colour bar,
+//! and a line plot with CI bands; `heatmap` and `line_plot` write SVG and PNG. Text needs a TTF
+//! (`BIASLENS_FONT` or a system font); without one the trace plots are drawn without text.
 
 use crate::{Error, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const FONT_CANDIDATES: [&str; 4] = [
+/// Font files tried first (Debian's fonts-dejavu-core, then common alternatives).
+const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
 
-/// Register a sans-serif font once; false when none was found (plots then carry no text).
-pub fn font_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let mut paths: Vec<PathBuf> = std::env::var_os("BIASLENS_FONT")
-            .map(PathBuf::from)
-            .into_iter()
-            .collect();
-        paths.extend(FONT_CANDIDATES.iter().map(PathBuf::from));
-        for p in paths {
-            if let Ok(bytes) = std::fs::read(&p) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
-            }
+fn find_ttf(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() && depth > 0 {
+            find_ttf(&p, depth - 1, out);
+        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
+            out.push(p);
         }
-        false
+    }
+}
+
+/// The font used for all text: `$BIASLENS_FONT`, a known sans font, else any TTF under the
+/// system font folders (sorted, so the choice is stable).
+fn font_path() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("BIASLENS_FONT") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::file(p, "BIASLENS_FONT does not name a font file"))
+        };
+    }
+    if let Some(p) = FONT_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    let mut found = vec![];
+    for d in ["/usr/share/fonts", "/usr/local/share/fonts"] {
+        find_ttf(Path::new(d), 4, &mut found);
+    }
+    found.into_iter().next().ok_or_else(|| {
+        Error::param(
+            "font",
+            "no TrueType font found for figure text; install one (apt-get install -y fonts-dejavu-core) or set BIASLENS_FONT=/path/to/font.ttf",
+        )
     })
+}
+
+/// Register a system font as plotters' `sans-serif` once per process.
+pub fn ensure_font() -> Result<()> {
+    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let path = font_path().map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, leaked)
+            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))
+    })
+    .clone()
+    .map_err(|m| Error::param("font", m))
+}
+
+/// Diverging map: blue for negative, white at zero, red for positive; `t` in [-1, 1].
+pub fn diverging(t: f64) -> RGBColor {
+    let t = if t.is_finite() {
+        t.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (end, a) = if t >= 0.0 {
+        ((178.0, 24.0, 43.0), t)
+    } else {
+        ((33.0, 102.0, 172.0), -t)
+    };
+    let mix = |e: f64| (255.0 + (e - 255.0) * a).round() as u8;
+    RGBColor(mix(end.0), mix(end.1), mix(end.2))
+}
+
+/// Whether figure text can be drawn; the trace plots are drawn without text when not.
+pub fn font_available() -> bool {
+    ensure_font().is_ok()
 }
 
 /// A matrix to draw: `values[r][c]`, with row and column labels.
@@ -61,117 +123,156 @@ pub struct LinePlot {
     pub series: Vec<Series>,
 }
 
-/// Diverging white-centred map for signed effects: blue < 0 < red, scaled by `max_abs`.
-fn colour(v: f64, max_abs: f64) -> RGBColor {
-    let x = if max_abs > 0.0 {
-        (v / max_abs).clamp(-1.0, 1.0)
-    } else {
-        0.0
-    };
-    let f = |a: f64| (255.0 * (1.0 - a.abs())).round() as u8;
-    if x >= 0.0 {
-        RGBColor(255, f(x), f(x))
-    } else {
-        RGBColor(f(x), f(x), 255)
-    }
-}
-
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::file(path, format!("plot: {e}"))
 }
 
+/// Heatmap cells of `values[r][c]` on `area`, row 0 at the top, coloured by
+/// `diverging(v / scale)`; labels (and the caption) only when `text`. Column labels are thinned
+/// to about 12 so 30-layer axes stay legible.
+pub fn draw_heatmap_cells<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    row_labels: &[String],
+    col_labels: &[String],
+    values: &[Vec<f64>],
+    scale: f64,
+    text: bool,
+) -> std::result::Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    // Every heatmap here is token role × layer.
+    let x_desc = "layer";
+    let (nr, nc) = (values.len(), values.first().map_or(0, |r| r.len()));
+    let mut b = ChartBuilder::on(area);
+    b.margin(8);
+    if text {
+        b.caption(caption, ("sans-serif", 18))
+            .x_label_area_size(34)
+            .y_label_area_size(170);
+    }
+    // An i32 range a..b is inclusive in plotters, so 0..n-1 gives exactly n segments.
+    let mut chart = b
+        .build_cartesian_2d(
+            (0..nc.max(1) as i32 - 1).into_segmented(),
+            (0..nr.max(1) as i32 - 1).into_segmented(),
+        )
+        .map_err(e)?;
+    if text {
+        let step = nc.div_ceil(12).max(1);
+        let centre = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) => Some(*i as usize),
+            _ => None,
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(x_desc)
+            .x_labels(nc)
+            .y_labels(nr)
+            .x_label_formatter(&|x| match centre(x) {
+                Some(c) if c % step == 0 => col_labels.get(c).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_label_formatter(&|y| match centre(y) {
+                Some(r) => row_labels
+                    .get(nr.saturating_sub(1 + r))
+                    .cloned()
+                    .unwrap_or_default(),
+                None => String::new(),
+            })
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+    }
+    let scale = if scale > 0.0 && scale.is_finite() {
+        scale
+    } else {
+        1.0
+    };
+    chart
+        .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
+            let y = (nr - 1 - r) as i32;
+            row.iter().enumerate().map(move |(c, v)| {
+                let c = c as i32;
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    diverging(v / scale).filled(),
+                )
+            })
+        }))
+        .map_err(e)?;
+    Ok(())
+}
+
+/// A vertical colour bar from +scale (top) to -scale (bottom), labelled when `text`.
+pub fn draw_colour_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    scale: f64,
+    label: &str,
+    text: bool,
+) -> std::result::Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let (_, h) = area.dim_in_pixel();
+    let (top, bottom) = (40i32, h as i32 - 40);
+    let steps = 40;
+    for i in 0..steps {
+        let y0 = top + (bottom - top) * i / steps;
+        let y1 = top + (bottom - top) * (i + 1) / steps;
+        let t = 1.0 - 2.0 * (i as f64 + 0.5) / steps as f64;
+        area.draw(&Rectangle::new([(10, y0), (30, y1)], diverging(t).filled()))
+            .map_err(e)?;
+    }
+    if !text {
+        return Ok(());
+    }
+    let style = ("sans-serif", 12).into_font();
+    for (y, v) in [(top, scale), ((top + bottom) / 2, 0.0), (bottom, -scale)] {
+        area.draw(&Text::new(
+            crate::report::table::fmt_num(v, 3),
+            (34, y - 6),
+            style.clone(),
+        ))
+        .map_err(e)?;
+    }
+    area.draw(&Text::new(label.to_string(), (8, top - 24), style))
+        .map_err(e)?;
+    Ok(())
+}
+
 fn draw_heatmap<DB: DrawingBackend>(
-    root: DrawingArea<DB, plotters::coord::Shift>,
+    root: DrawingArea<DB, Shift>,
     h: &Heatmap,
     path: &Path,
 ) -> Result<()> {
     let text = font_available();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let (nr, nc) = (h.values.len(), h.values.first().map_or(0, |r| r.len()));
-    let max_abs = h.values.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
+    let max_abs = h
+        .values
+        .iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold(0f64, |m, v| m.max(v.abs()));
     let (main, bar) = root.split_horizontally(root.dim_in_pixel().0 as i32 - 90);
-    let mut b = ChartBuilder::on(&main);
-    b.margin(10);
-    if text {
-        b.caption(&h.title, ("sans-serif", 18))
-            .x_label_area_size(30)
-            .y_label_area_size(170);
-    }
-    let mut chart = b
-        .build_cartesian_2d(
-            (0..nc.max(1) - 1).into_segmented(),
-            (0..nr.max(1) - 1).into_segmented(),
-        )
-        .map_err(|e| err(path, e))?;
-    if text {
-        // Segment centres carry the labels; row 0 is drawn at the top.
-        let (rl, cl) = (h.row_labels.clone(), h.col_labels.clone());
-        let label = |v: &SegmentValue<usize>, names: &[String], flip: bool| match v {
-            SegmentValue::CenterOf(i) => {
-                let i = if flip {
-                    names.len().wrapping_sub(1 + *i)
-                } else {
-                    *i
-                };
-                names.get(i).cloned().unwrap_or_default()
-            }
-            _ => String::new(),
-        };
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(nc.min(30))
-            .y_labels(nr)
-            .x_label_formatter(&|v| label(v, &cl, false))
-            .y_label_formatter(&|v| label(v, &rl, true))
-            .draw()
-            .map_err(|e| err(path, e))?;
-    }
-    let cell = |c: usize, r: usize| (SegmentValue::Exact(c), SegmentValue::Exact(r));
-    chart
-        .draw_series(h.values.iter().enumerate().flat_map(|(r, row)| {
-            row.iter().enumerate().map(move |(c, &v)| {
-                Rectangle::new(
-                    [cell(c, nr - 1 - r), cell(c + 1, nr - r)],
-                    colour(v, max_abs).filled(),
-                )
-            })
-        }))
-        .map_err(|e| err(path, e))?;
-    // Colour bar: -max .. +max from bottom to top.
-    let (bw, bh) = bar.dim_in_pixel();
-    let steps = 50;
-    for i in 0..steps {
-        let v = max_abs * (2.0 * (i as f64 + 0.5) / steps as f64 - 1.0);
-        let y1 = (bh as f64 * (1.0 - i as f64 / steps as f64) * 0.8 + bh as f64 * 0.1) as i32;
-        let y0 = y1 - (bh as f64 * 0.8 / steps as f64).ceil() as i32;
-        bar.draw(&Rectangle::new(
-            [(10, y0), (30, y1)],
-            colour(v, max_abs).filled(),
-        ))
-        .map_err(|e| err(path, e))?;
-    }
-    if text && bw > 40 {
-        let style = ("sans-serif", 12).into_font();
-        bar.draw(&Text::new(
-            format!("{max_abs:+.3}"),
-            (32, (bh as f64 * 0.1) as i32 - 6),
-            style.clone(),
-        ))
-        .map_err(|e| err(path, e))?;
-        bar.draw(&Text::new(
-            format!("{:+.3}", -max_abs),
-            (32, (bh as f64 * 0.9) as i32 - 6),
-            style,
-        ))
-        .map_err(|e| err(path, e))?;
-    }
+    draw_heatmap_cells(
+        &main,
+        &h.title,
+        &h.row_labels,
+        &h.col_labels,
+        &h.values,
+        max_abs,
+        text,
+    )
+    .map_err(|e| err(path, e))?;
+    draw_colour_bar(&bar, max_abs, "IE", text).map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())
 }
 
 fn draw_lines<DB: DrawingBackend>(
-    root: DrawingArea<DB, plotters::coord::Shift>,
+    root: DrawingArea<DB, Shift>,
     p: &LinePlot,
     path: &Path,
 ) -> Result<()> {
@@ -308,8 +409,9 @@ mod tests {
 
     #[test]
     fn colours_are_signed() {
-        assert_eq!(colour(1.0, 1.0), RGBColor(255, 0, 0));
-        assert_eq!(colour(-1.0, 1.0), RGBColor(0, 0, 255));
-        assert_eq!(colour(0.0, 1.0), RGBColor(255, 255, 255));
+        assert_eq!(diverging(0.0), RGBColor(255, 255, 255));
+        assert_eq!(diverging(1.0), RGBColor(178, 24, 43));
+        assert_eq!(diverging(-1.0), RGBColor(33, 102, 172));
+        assert_eq!(diverging(f64::NAN), RGBColor(255, 255, 255));
     }
 }

@@ -3,94 +3,12 @@
 //! the same code yields the SVG embedded in the HTML and the PNG written next to it.
 
 use super::inputs::{TraceGrid, TradeoffPoint};
+pub use crate::plot::{diverging, ensure_font};
+use crate::plot::{draw_colour_bar, draw_heatmap_cells};
 use crate::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-/// Font files tried first (Debian's fonts-dejavu-core, then common alternatives).
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
-
-fn find_ttf(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() && depth > 0 {
-            find_ttf(&p, depth - 1, out);
-        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
-            out.push(p);
-        }
-    }
-}
-
-/// The font used for all text: `$BIASLENS_FONT`, a known sans font, else any TTF under the
-/// system font folders (sorted, so the choice is stable).
-fn font_path() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("BIASLENS_FONT") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::file(p, "BIASLENS_FONT does not name a font file"))
-        };
-    }
-    if let Some(p) = FONT_CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    {
-        return Ok(p);
-    }
-    let mut found = vec![];
-    for d in ["/usr/share/fonts", "/usr/local/share/fonts"] {
-        find_ttf(Path::new(d), 4, &mut found);
-    }
-    found.into_iter().next().ok_or_else(|| {
-        Error::param(
-            "font",
-            "no TrueType font found for figure text; install one (apt-get install -y fonts-dejavu-core) or set BIASLENS_FONT=/path/to/font.ttf",
-        )
-    })
-}
-
-/// Register a system font as plotters' `sans-serif` once per process.
-pub fn ensure_font() -> Result<()> {
-    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let path = font_path().map_err(|e| e.to_string())?;
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, leaked)
-            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))
-    })
-    .clone()
-    .map_err(|m| Error::param("font", m))
-}
-
-/// Diverging map: blue for negative, white at zero, red for positive; `t` in [-1, 1].
-pub fn diverging(t: f64) -> RGBColor {
-    let t = if t.is_finite() {
-        t.clamp(-1.0, 1.0)
-    } else {
-        0.0
-    };
-    let (end, a) = if t >= 0.0 {
-        ((178.0, 24.0, 43.0), t)
-    } else {
-        ((33.0, 102.0, 172.0), -t)
-    };
-    let mix = |e: f64| (255.0 + (e - 255.0) * a).round() as u8;
-    RGBColor(mix(end.0), mix(end.1), mix(end.2))
-}
+use std::path::Path;
 
 /// What a figure shows; drawing is dispatched on this.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,7 +170,7 @@ fn draw_heatmaps<DB: DrawingBackend>(
                 }
             }
         }
-        draw_colour_bar(id, &bars[ki], scale)?;
+        draw_colour_bar(&bars[ki], scale, "AIE", true).map_err(|e| plot_err(id, e))?;
     }
     Ok(())
 }
@@ -263,93 +181,17 @@ fn draw_one_heatmap<DB: DrawingBackend>(
     g: &TraceGrid,
     scale: f64,
 ) -> Result<()> {
-    let layers = g.layers();
-    let roles = g.roles.len();
-    let e = |e| plot_err(id, e);
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("{} — {}", g.kind, g.variant), ("sans-serif", 18))
-        .margin(8)
-        .x_label_area_size(34)
-        .y_label_area_size(170)
-        // An i32 range a..b is inclusive in plotters, so 0..n-1 gives exactly n segments.
-        .build_cartesian_2d(
-            (0..layers as i32 - 1).into_segmented(),
-            (0..roles as i32 - 1).into_segmented(),
-        )
-        .map_err(e)?;
-    let step = layers.div_ceil(12).max(1);
-    let centre = |v: &SegmentValue<i32>| match v {
-        SegmentValue::CenterOf(i) => Some(*i as usize),
-        _ => None,
-    };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc("layer")
-        .x_labels(layers)
-        .y_labels(roles)
-        .x_label_formatter(&|x| match centre(x) {
-            Some(l) if l % step == 0 => l.to_string(),
-            _ => String::new(),
-        })
-        // Row 0 is drawn at the top, like a table.
-        .y_label_formatter(&|y| match centre(y) {
-            Some(r) => g
-                .roles
-                .get(roles.saturating_sub(1 + r))
-                .cloned()
-                .unwrap_or_default(),
-            None => String::new(),
-        })
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-    chart
-        .draw_series(g.aie.iter().enumerate().flat_map(|(r, row)| {
-            let y = (roles - 1 - r) as i32;
-            row.iter().enumerate().map(move |(l, v)| {
-                let l = l as i32;
-                Rectangle::new(
-                    [
-                        (SegmentValue::Exact(l), SegmentValue::Exact(y)),
-                        (SegmentValue::Exact(l + 1), SegmentValue::Exact(y + 1)),
-                    ],
-                    diverging(v / scale).filled(),
-                )
-            })
-        }))
-        .map_err(e)?;
-    Ok(())
-}
-
-fn draw_colour_bar<DB: DrawingBackend>(
-    id: &str,
-    area: &DrawingArea<DB, Shift>,
-    scale: f64,
-) -> Result<()> {
-    let e = |e| plot_err(id, e);
-    let (_, h) = area.dim_in_pixel();
-    let (top, bottom) = (40i32, h as i32 - 40);
-    let steps = 40;
-    for i in 0..steps {
-        let y0 = top + (bottom - top) * i / steps;
-        let y1 = top + (bottom - top) * (i + 1) / steps;
-        let t = 1.0 - 2.0 * (i as f64 + 0.5) / steps as f64;
-        area.draw(&Rectangle::new([(10, y0), (30, y1)], diverging(t).filled()))
-            .map_err(e)?;
-    }
-    let style = ("sans-serif", 12).into_font();
-    for (y, v) in [(top, scale), ((top + bottom) / 2, 0.0), (bottom, -scale)] {
-        area.draw(&Text::new(
-            super::table::fmt_num(v, 3),
-            (34, y - 6),
-            style.clone(),
-        ))
-        .map_err(e)?;
-    }
-    area.draw(&Text::new("AIE", (8, top - 24), style))
-        .map_err(e)?;
-    Ok(())
+    let layers: Vec<String> = (0..g.layers()).map(|l| l.to_string()).collect();
+    draw_heatmap_cells(
+        area,
+        &format!("{} — {}", g.kind, g.variant),
+        &g.roles,
+        &layers,
+        &g.aie,
+        scale,
+        true,
+    )
+    .map_err(|e| plot_err(id, e))
 }
 
 /// Axis range with 10% padding (or ±0.05 for a single value).

@@ -79,6 +79,12 @@ pub struct TraceSpec {
     /// Trace the LSDM-edited model too (the "after" heatmaps).
     #[serde(default)]
     pub after_edit: bool,
+    /// Take the edits' located sites (`from_sites` layers, layer-count sweeps) from this
+    /// `sites.json`, e.g. of a 100-prompt `biaslens trace` run, instead of from this spec's own
+    /// smaller trace, whose peak layer is noisy at tens of prompts. Relative to the working
+    /// directory. This spec's trace still runs for Table 1 and the heatmaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites: Option<std::path::PathBuf>,
 }
 
 /// Held-out bias measurement (occupation prompts, all 17 templates).
@@ -425,6 +431,17 @@ impl Spec {
                 "trace.kinds",
                 "list each kind once, in the order hidden, mlp, attn",
             ));
+        }
+        if let Some(p) = &t.sites {
+            if !p.is_file() {
+                return Err(Error::param(
+                    "trace.sites",
+                    format!(
+                        "{} is not a file (a sites.json from `biaslens trace`)",
+                        p.display()
+                    ),
+                ));
+            }
         }
         if let Some(m) = &self.methods.lsdm {
             m.layers.validate("methods.lsdm.layers")?;

@@ -49,6 +49,8 @@ pub struct EditStage {
     edit: EditSpec,
     model: String,
     uses_sites: bool,
+    /// `trace.sites`: located sites from a file instead of the trace stage.
+    sites_file: Option<std::path::PathBuf>,
 }
 
 /// The spec's method sections as the library's [`EditSpec`] (layers filled in at run time).
@@ -114,7 +116,17 @@ impl EditStage {
             edit,
             model: spec.model.name.clone(),
             uses_sites,
+            sites_file: spec.trace.sites.clone(),
         })
+    }
+
+    fn sites(&self, ctx: &Ctx) -> Result<LocatedSites> {
+        match &self.sites_file {
+            Some(path) => LocatedSites::load(path),
+            None => Ok(serde_json::from_value(
+                ctx.input("trace")?["sites"].clone(),
+            )?),
+        }
     }
 
     fn resolve_layers(&self, ctx: &Ctx) -> Result<Vec<usize>> {
@@ -123,7 +135,7 @@ impl EditStage {
                 return Ok(l.clone());
             }
         }
-        let sites: LocatedSites = serde_json::from_value(ctx.input("trace")?["sites"].clone())?;
+        let sites = self.sites(ctx)?;
         match self.variant.layer_count {
             Some(n) => Ok(Kind::Mlp
                 .window(sites.edit_center, n, sites.num_layers)
@@ -138,17 +150,22 @@ impl Stage for EditStage {
         &self.name
     }
     fn deps(&self) -> Vec<String> {
-        if self.uses_sites {
+        if self.uses_sites && self.sites_file.is_none() {
             vec!["trace".into()]
         } else {
             vec![]
         }
     }
     fn settings(&self) -> Result<Value> {
-        Ok(json!({
+        let mut v = json!({
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
             "layers": self.layers, "edit": self.edit,
-        }))
+        });
+        if let (true, Some(path)) = (self.uses_sites, &self.sites_file) {
+            // The edit depends on the file's content, not its name.
+            v["sites_sha256"] = json!(crate::io::sha256_file(path)?);
+        }
+        Ok(v)
     }
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let t0 = Instant::now();
