@@ -36,6 +36,8 @@ fn smollm2_copa_and_winogender_match_lm_eval() {
         lm: LmOptions::default(),
         cache_dir: None,
         chunk_tokens: 1 << 15,
+        shard: None,
+        cache_only: false,
     };
     let tasks = parse_tasks("copa,winogender").unwrap();
     let res = run_suite(&mut lm, &model.info, &tasks, &opts, &mut |_, _, _| {}).unwrap();

@@ -5,7 +5,7 @@ use biaslens::edit::dama_projection::{apply_projection, dama_projection, nipals_
 use biaslens::edit::delta::{apply, bits, revert, DeltaMeta, WeightDelta};
 use biaslens::edit::reference::{matrix_from_rows, reference_update, LsqProblemF64, PriorF64};
 use biaslens::edit::second_moment::{load_moment, reference_moment, MomentAccumulator, MomentMeta};
-use biaslens::edit::solve::{solve_update, LsqInput, Prior};
+use biaslens::edit::solve::{solve_update, solve_update_robust, LsqInput, Prior, SolvePath};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
 use proptest::prelude::*;
@@ -538,4 +538,42 @@ fn timing_real_sizes() {
             rel_err(&got, &want)
         );
     }
+}
+
+/// Keys whose Gram matrix dwarfs λC (as SmolLM2's layer-0 keys with λ = 10 did): f32 cannot
+/// factorise the normal matrix, the robust solve falls back to f64 and matches the reference.
+#[test]
+fn f32_failure_falls_back_to_f64_and_matches_the_reference() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (n, d_ff, d) = (8, 64, 16);
+    let k = randn(&mut rng, n, d_ff) * 1e4;
+    let r = randn(&mut rng, n, d);
+    let c = DMatrix::<f64>::identity(d_ff, d_ff) * 1e-6;
+    let (kt, rt, ct) = (tensor(&k), tensor(&r), tensor(&c));
+    let input = LsqInput {
+        keys: &kt,
+        residuals: &rt,
+        prior: Prior::Moment(&ct),
+        lambda: 1.0,
+        preserved: None,
+        mu: 0.0,
+    };
+    assert!(
+        solve_update(&input).is_err(),
+        "f32 solved it: the case no longer exercises the fallback"
+    );
+    let (x, path) = solve_update_robust(&input).unwrap();
+    assert_eq!(path, SolvePath::F64Fallback);
+    // Against the reference on the same (f32-rounded) inputs: the system's condition number
+    // is ~1e14, so rounding the inputs alone would move the answer.
+    let want = reference_update(&LsqProblemF64 {
+        keys: matrix(&kt),
+        residuals: matrix(&rt),
+        prior: PriorF64::Moment(matrix(&ct)),
+        lambda: 1.0,
+        preserved: None,
+        mu: 0.0,
+    })
+    .unwrap();
+    assert!(rel_err(&matrix(&x), &want) < 1e-6);
 }

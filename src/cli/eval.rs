@@ -10,10 +10,11 @@ use biaslens::eval::suite::{
     markdown, parse_tasks, run_suite, suite_tasks, SuiteOptions, SuiteResult,
 };
 use biaslens::model::Model;
+use biaslens::rundir::Shard;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EvalArgs {
     /// Registry alias (smollm2-135m, gemma-3-270m), GGUF file or HF directory.
     #[arg(long)]
@@ -57,6 +58,31 @@ pub struct EvalArgs {
     /// Overwrite existing results in --out.
     #[arg(long)]
     pub force: bool,
+    /// This process's part of the requests, `i/n` (default: SLURM_ARRAY_TASK_ID/COUNT or
+    /// JOB_COMPLETION_INDEX). A shard scores its requests into OUT/cache and writes
+    /// OUT/eval-shard.json instead of results; `biaslens merge` turns the shards into the
+    /// single-run results.
+    #[arg(long)]
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// Answer only from the cache; a missing request is an error (used by `biaslens merge`).
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub cache_only: bool,
+}
+
+/// What one `eval --shard` run leaves for `biaslens merge`.
+pub const SHARD_RECORD: &str = "eval-shard.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ShardRecord {
+    pub command: String,
+    pub shard: Shard,
+    pub model_sha256: String,
+    /// The arguments, to rerun the merged evaluation from the cache.
+    pub args: EvalArgs,
+    /// Requests scored by this shard, per task.
+    pub scored: Vec<(String, usize)>,
 }
 
 #[derive(clap::Args)]
@@ -74,10 +100,23 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         Some(list) => parse_tasks(list)?,
         None => suite_tasks(&a.suite)?,
     };
+    let shard = match &a.shard {
+        Some(s) => Some(Shard::parse(s)?),
+        None => Shard::from_env()?,
+    }
+    .filter(|s| !s.is_whole());
     let json_path = a.out.join("results.json");
     let md_path = a.out.join("results.md");
-    check_overwrite(&json_path, a.force)?;
-    check_overwrite(&md_path, a.force)?;
+    let shard_path = a.out.join(SHARD_RECORD);
+    if shard.is_some() {
+        check_overwrite(&shard_path, a.force)?;
+        if a.no_cache {
+            bail!("--shard needs the cache (it is the shard's output): drop --no-cache");
+        }
+    } else {
+        check_overwrite(&json_path, a.force)?;
+        check_overwrite(&md_path, a.force)?;
+    }
     if !a.data.is_dir() {
         bail!("--data {}: not a folder", a.data.display());
     }
@@ -99,8 +138,14 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
             seed: a.seed,
         },
         lm: lm_opts,
-        cache_dir: (!a.no_cache).then(|| a.cache.clone()),
+        // A shard's cache is its output, kept inside OUT for `biaslens merge`.
+        cache_dir: match shard {
+            Some(_) => Some(a.out.join("cache")),
+            None => (!a.no_cache).then(|| a.cache.clone()),
+        },
         chunk_tokens: 8 * a.batch_tokens,
+        shard,
+        cache_only: a.cache_only,
     };
     let mut bar: Option<(String, ProgressBar)> = None;
     let mut on_progress = |task: &str, done: usize, total: usize| {
@@ -123,6 +168,31 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         for s in &t.output.load.skipped {
             eprintln!("skipped {}:{}: {}", s.path.display(), s.line, s.message);
         }
+    }
+    if let Some(shard) = shard {
+        let record = ShardRecord {
+            command: "eval".into(),
+            shard,
+            model_sha256: model.info.sha256.clone(),
+            args: a.clone(),
+            scored: result
+                .tasks
+                .iter()
+                .map(|t| {
+                    let c = &t.cache;
+                    (t.task.clone(), c.requests - c.from_cache - c.other_shards)
+                })
+                .collect(),
+        };
+        biaslens::io::write_json_atomic(&shard_path, &record)?;
+        eprintln!(
+            "shard {}/{}: cache in {}; run `biaslens merge --out DIR` over all {} shard folders",
+            shard.index,
+            shard.count,
+            a.out.join("cache").display(),
+            shard.count
+        );
+        return Ok(());
     }
     biaslens::io::write_json_atomic(&json_path, &result)?;
     let md = markdown(&result);
@@ -157,4 +227,88 @@ pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         biaslens::io::write_json_atomic(j, &c)?;
     }
     Ok(())
+}
+
+/// Merge `eval --shard` folders: union their caches into OUT/cache, then run the evaluation
+/// from that cache alone (`cache_only`: nothing is scored, a missing request is an error), so
+/// OUT/results.json holds exactly the single-run metrics.
+pub fn merge_eval_shards(out: &Path, shards: &[PathBuf], force: bool) -> anyhow::Result<()> {
+    let mut records = vec![];
+    for d in shards {
+        let p = d.join(SHARD_RECORD);
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let r: ShardRecord = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an eval shard record", p.display()))?;
+        records.push((d.clone(), r));
+    }
+    let (_, first) = &records[0];
+    let n = first.shard.count;
+    let settings = |r: &ShardRecord| {
+        let mut a = r.args.clone();
+        a.out = PathBuf::new();
+        a.shard = None;
+        a.force = false;
+        serde_json::to_value(a).unwrap_or_default()
+    };
+    let mut seen = vec![false; n];
+    for (d, r) in &records {
+        if r.shard.count != n
+            || r.model_sha256 != first.model_sha256
+            || settings(r) != settings(first)
+        {
+            bail!(
+                "{}: made with other settings, model or shard count than {}",
+                d.display(),
+                records[0].0.display()
+            );
+        }
+        if std::mem::replace(&mut seen[r.shard.index], true) {
+            bail!("shard {}/{n} given twice ({})", r.shard.index, d.display());
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        bail!("shard {i}/{n} is missing");
+    }
+    // Union of the cache files, sorted by key so the merged cache is byte-stable.
+    let cache = out.join("cache");
+    let mut files: std::collections::BTreeMap<PathBuf, std::collections::BTreeMap<String, String>> =
+        Default::default();
+    for (d, _) in &records {
+        let root = d.join("cache");
+        for model_dir in
+            std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))?
+        {
+            let model_dir = model_dir?.path();
+            for f in std::fs::read_dir(&model_dir)? {
+                let f = f?.path();
+                let rel = f.strip_prefix(&root)?.to_path_buf();
+                let text = std::fs::read_to_string(&f)?;
+                let lines = files.entry(rel).or_default();
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("{}: bad cache line", f.display()))?;
+                    let key = v["key"].as_str().unwrap_or_default().to_string();
+                    lines.insert(key, line.to_string());
+                }
+            }
+        }
+    }
+    for (rel, lines) in &files {
+        let mut body = String::new();
+        for l in lines.values() {
+            body.push_str(l);
+            body.push('\n');
+        }
+        biaslens::io::write_atomic(&cache.join(rel), body.as_bytes())?;
+    }
+    let mut a = first.args.clone();
+    a.out = out.to_path_buf();
+    a.cache = cache;
+    a.no_cache = false;
+    a.shard = Some("0/1".into());
+    a.cache_only = true;
+    a.force = force;
+    eprintln!("merge: {n} eval shards; computing the results from the merged cache");
+    run_eval(a)
 }

@@ -1,4 +1,5 @@
-//! `biaslens merge`: shard directories of one trace / mediate run into the single-run result.
+//! `biaslens merge`: shard directories of one trace / mediate / eval run into the single-run
+//! result.
 
 use std::path::PathBuf;
 
@@ -13,9 +14,15 @@ pub struct Args {
     /// Write summaries and plots even when items are missing (to look at a sweep in progress).
     #[arg(long)]
     pub allow_partial: bool,
+    /// Overwrite results in --out (eval shards).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.shards[0].join(super::eval::SHARD_RECORD).is_file() {
+        return super::eval::merge_eval_shards(&a.out, &a.shards, a.force);
+    }
     let n = biaslens::rundir::merge(&a.out, &a.shards)?;
     let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         a.out.join(biaslens::rundir::SETTINGS),

@@ -11,7 +11,7 @@ use super::context::{build_prompts, EditPrompt, EditSets, DEFAULT_PREFIXES};
 use super::corpus::{corpus_chunks, key_moments};
 use super::delta::{DeltaMeta, WeightDelta};
 use super::keys::{capture_at_subject, group_mean};
-use super::solve::{solve_update, LsqInput, Prior};
+use super::solve::{solve_update_robust, LsqInput, Prior, SolvePath};
 use super::target::{optimise_targets, TargetParams};
 use crate::data::{vig_templates, Template};
 use crate::model::{Arch, Model, Site, Transformer};
@@ -73,6 +73,9 @@ pub struct LsdmReport {
     pub target_kl: Vec<f64>,
     /// ‖ΔW‖_F per layer.
     pub delta_norms: Vec<f64>,
+    /// Per edited layer: f32 solve, or the f64 fallback (see `solve::solve_update_robust`).
+    #[serde(default)]
+    pub solve_paths: Vec<SolvePath>,
     /// ‖R‖ per layer (mean over professions) — how much each layer was asked to move.
     pub residual_norms: Vec<f64>,
 }
@@ -253,6 +256,7 @@ pub fn lsdm(
         params: serde_json::to_value(params)?,
     });
     let (mut delta_norms, mut residual_norms) = (Vec::new(), Vec::new());
+    let mut solve_paths = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
         let cap = capture_at_subject(
             &tr,
@@ -286,7 +290,7 @@ pub fn lsdm(
             Some(m) => Prior::Moment(&m[&l]),
             None => Prior::Identity,
         };
-        let dw = solve_update(&LsqInput {
+        let (dw, path) = solve_update_robust(&LsqInput {
             keys: &k,
             residuals: &r,
             prior,
@@ -294,6 +298,12 @@ pub fn lsdm(
             preserved: preserved.as_ref(),
             mu: params.mu,
         })?;
+        if path == SolvePath::F64Fallback {
+            log(&format!(
+                "layer {l}: f32 factorisation failed (KᵀK ≫ λC); solved in f64 (nalgebra)"
+            ));
+        }
+        solve_paths.push(path);
         residual_norms.push(
             r.sqr()?
                 .sum_keepdim(1)?
@@ -318,6 +328,7 @@ pub fn lsdm(
         target_bias_loss: targets.bias_loss,
         target_kl: targets.kl,
         delta_norms,
+        solve_paths,
         residual_norms,
     };
     Ok((delta, report))

@@ -27,6 +27,7 @@
 
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// Block size of the Cholesky factorisation: diagonal blocks are factorised on the CPU, the rest
 /// is candle matmuls; 128 keeps the CPU part negligible at d_ff = 2048.
@@ -356,4 +357,56 @@ fn lower_inverse(l: &[f64], b: usize) -> Vec<f32> {
         }
     }
     inv.into_iter().map(|x| x as f32).collect()
+}
+
+/// Which arithmetic produced an update (recorded in edit.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SolvePath {
+    /// [`solve_update`]: f32 on the keys' device.
+    F32,
+    /// The f32 factorisation met a numerically indefinite matrix and the nalgebra f64
+    /// reference solved it instead (`edit::reference`).
+    F64Fallback,
+}
+
+/// [`solve_update`], redone in f64 with the nalgebra reference when f32 cannot factorise the
+/// normal matrix. That happens when the keys' Gram matrix KᵀK outweighs λC by more than f32
+/// resolves (measured: SmolLM2 layer 0 keys with λ = 10 left a pivot of -1e-2): the
+/// directions the keys do not span then hold only rounding noise.
+pub fn solve_update_robust(input: &LsqInput) -> Result<(Tensor, SolvePath)> {
+    match solve_update(input) {
+        Ok(x) => Ok((x, SolvePath::F32)),
+        Err(Error::Numerical(_)) => {
+            use crate::edit::reference::{reference_update, LsqProblemF64, PriorF64};
+            let f64_matrix = |t: &Tensor| -> Result<nalgebra::DMatrix<f64>> {
+                let rows = t.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+                let ncols = rows.first().map_or(0, |r| r.len());
+                Ok(nalgebra::DMatrix::from_fn(rows.len(), ncols, |i, j| {
+                    rows[i][j]
+                }))
+            };
+            let problem = LsqProblemF64 {
+                keys: f64_matrix(input.keys)?,
+                residuals: f64_matrix(input.residuals)?,
+                prior: match input.prior {
+                    Prior::Zero => PriorF64::Zero,
+                    Prior::Identity => PriorF64::Identity,
+                    Prior::Moment(c) => PriorF64::Moment(f64_matrix(c)?),
+                },
+                lambda: input.lambda,
+                preserved: input.preserved.map(f64_matrix).transpose()?,
+                mu: input.mu,
+            };
+            let x = reference_update(&problem)?;
+            let (r, c) = (x.nrows(), x.ncols());
+            let data: Vec<f32> = (0..r)
+                .flat_map(|i| (0..c).map(move |j| (i, j)))
+                .map(|(i, j)| x[(i, j)] as f32)
+                .collect();
+            let t = Tensor::from_vec(data, (r, c), input.keys.device())?;
+            Ok((t, SolvePath::F64Fallback))
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -7,6 +7,7 @@
 //! as f64 bits so a resumed run is bit-identical to an uninterrupted one.
 
 use crate::eval::lm::{LanguageModel, LlRequest, LlResult};
+use crate::rundir::Shard;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -88,6 +89,9 @@ fn read_cache(path: &Path) -> Result<HashMap<String, LlResult>> {
 pub struct CacheStats {
     pub requests: usize,
     pub from_cache: usize,
+    /// Requests left to other shards (answered with a placeholder, not scored) in a `--shard` run.
+    #[serde(default)]
+    pub other_shards: usize,
 }
 
 /// Wraps a model: answers from the cache file, scores the rest in chunks of about
@@ -98,6 +102,8 @@ pub struct CachedLm<'a> {
     file: Option<PathBuf>,
     chunk_tokens: usize,
     progress: Option<&'a mut dyn FnMut(usize, usize)>,
+    shard: Shard,
+    cache_only: bool,
     pub stats: CacheStats,
 }
 
@@ -113,8 +119,31 @@ impl<'a> CachedLm<'a> {
             file,
             chunk_tokens: chunk_tokens.max(1),
             progress: None,
+            shard: Shard::WHOLE,
+            cache_only: false,
             stats: CacheStats::default(),
         }
+    }
+
+    /// Score only this shard's chunks: missing requests are cut into chunks exactly as an
+    /// unsharded run would cut them and dealt round-robin (from an offset derived from the
+    /// first request's key), so every request is
+    /// scored in the same batch composition, hence bit for bit, as in the single run (batch
+    /// shapes change float rounding by ~1e-5 nats). Requests of other shards' chunks are
+    /// answered with a placeholder log-likelihood (0) and not sent to the model, so the metrics
+    /// of such a run are meaningless: it fills its part of the cache, and the merged cache then
+    /// gives the single-run result without scoring anything (`biaslens merge`). Shards must
+    /// start from the same cache state as the single run they stand for (e.g. empty).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Answer from the cache alone: a request missing from it is an error (merging shards must
+    /// never silently score what a shard did not).
+    pub fn cache_only(mut self) -> Self {
+        self.cache_only = true;
+        self
     }
 
     pub fn with_progress(mut self, progress: &'a mut dyn FnMut(usize, usize)) -> Self {
@@ -179,6 +208,12 @@ impl LanguageModel for CachedLm<'_> {
             p(done, total);
         }
         let mut missing: Vec<usize> = (0..total).filter(|&i| out[i].is_none()).collect();
+        if self.cache_only && !missing.is_empty() {
+            return Err(Error::Model(format!(
+                "{} of {total} requests are in no shard's cache (a shard is missing or unfinished)",
+                missing.len()
+            )));
+        }
         missing.sort_by(|&a, &b| {
             let (ra, rb) = (&requests[a], &requests[b]);
             ra.context
@@ -187,6 +222,11 @@ impl LanguageModel for CachedLm<'_> {
                 .cmp(rb.context.iter().chain(&rb.continuation))
         });
         let mut start = 0;
+        // Deal chunks round-robin from a content-derived offset, so the first chunk of every
+        // task (call) does not always land on shard 0.
+        let mut n_chunks = missing.first().map_or(0, |&i| {
+            usize::from_str_radix(&keys[i][..8.min(keys[i].len())], 16).unwrap_or(0)
+        });
         while start < missing.len() {
             let mut end = start;
             let mut tokens = 0;
@@ -196,6 +236,22 @@ impl LanguageModel for CachedLm<'_> {
                 end += 1;
             }
             let idx = &missing[start..end];
+            let chunk_index = n_chunks;
+            n_chunks += 1;
+            if !self.shard.owns(chunk_index) {
+                // Another shard scores this chunk, in exactly this composition.
+                for &i in idx {
+                    out[i] = Some(LlResult {
+                        logprob: 0.0,
+                        is_greedy: false,
+                        n_tokens: requests[i].continuation.len(),
+                    });
+                }
+                self.stats.other_shards += idx.len();
+                done += idx.len();
+                start = end;
+                continue;
+            }
             let chunk: Vec<LlRequest> = idx.iter().map(|&i| requests[i].clone()).collect();
             let res = self.inner.loglikelihood(&chunk)?;
             if res.len() != chunk.len() {

@@ -82,6 +82,13 @@ pub struct SuiteOptions {
     pub cache_dir: Option<PathBuf>,
     /// Tokens per scored chunk (cache write and progress granularity).
     pub chunk_tokens: usize,
+    /// Score only this part of the requests (`biaslens eval --shard`); metrics are then
+    /// meaningless and come from the merged cache instead.
+    #[serde(default)]
+    pub shard: Option<crate::rundir::Shard>,
+    /// Answer every request from the cache; a missing one is an error (merged shards).
+    #[serde(default)]
+    pub cache_only: bool,
 }
 
 /// One reported number.
@@ -253,6 +260,12 @@ pub fn run_suite(
         let mut report = |done: usize, total: usize| progress(spec.name, done, total);
         let mut cached =
             CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
+        if let Some(shard) = opts.shard {
+            cached = cached.with_shard(shard);
+        }
+        if opts.cache_only {
+            cached = cached.cache_only();
+        }
         let output = run_task(spec, &opts.data_dir, &opts.load, &mut cached)?;
         let cache = cached.stats;
         runs.push(TaskRun {

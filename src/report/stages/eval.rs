@@ -152,6 +152,8 @@ impl Stage for EvalStage {
                 lm: self.lm,
                 cache_dir: Some(self.cache_dir.clone()),
                 chunk_tokens: 8 * self.lm.batch_tokens,
+                shard: None,
+                cache_only: false,
             };
             let r = run_suite(&mut lm, &model.info, &[spec], &opts, &mut |_, _, _| {})?;
             for t in r.tasks {
