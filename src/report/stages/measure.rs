@@ -8,7 +8,7 @@ use crate::measure::{bias_metrics, prompt_probs, MeasureOptions, Subset};
 use crate::report::inputs::{BiasRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
-use crate::stats::Estimate;
+use crate::stats::{mean_ci, Estimate};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -16,6 +16,11 @@ use std::time::Instant;
 
 /// Dataset name of the held-out rows in Table 2.
 pub const DATASET: &str = "occupations (held-out)";
+/// Definitional professions (actress, businessman, ...): their gender is a fact an edit must
+/// keep, so these rows should stay at Base, not go to 0.
+pub const CONTROLS: &str = "definitional controls (keep)";
+/// Mean of e = p(he) − p(she) signed toward the profession's definitional gender.
+pub const KEPT: &str = "mean gap toward definitional gender";
 pub const GAP: &str = "mean |p(he) - p(she)|";
 pub const SLOPE: &str = "a_s (stereotype slope)";
 
@@ -30,6 +35,12 @@ pub struct MeasureOutput {
     /// DAMA regression slope on the stereotypical score, and its R².
     pub a_s: Option<Estimate>,
     pub r2: Option<Estimate>,
+    /// The definitional controls (all of them, 17 templates): mean |e| and mean e signed toward
+    /// each word's definitional gender (absent in outputs of older versions).
+    #[serde(default)]
+    pub controls_abs_gap: Option<Estimate>,
+    #[serde(default)]
+    pub controls_toward_definitional: Option<Estimate>,
     pub forwards: u64,
     pub wall_s: f64,
 }
@@ -94,7 +105,7 @@ impl Stage for MeasureStage {
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
             "split": self.opts.split, "batch": self.opts.batch_size,
             "bootstrap": self.opts.bootstrap, "max_professions": self.max_professions,
-            "data_dir": self.opts.data_dir,
+            "data_dir": self.opts.data_dir, "controls": true,
         }))
     }
     fn run(&self, ctx: &Ctx) -> Result<Value> {
@@ -108,6 +119,23 @@ impl Stage for MeasureStage {
         let (_, out) = prompt_probs(&model, &prompts, self.opts.batch_size, |_| {})?;
         let bls = BlsTable::load(&self.opts.data_dir.join("winogender/occupations-stats.tsv"))?;
         let m = bias_metrics(&out, Some(&bls), &self.opts.bootstrap)?;
+        let (controls, _) = subset_prompts(&MeasureOptions {
+            subset: Subset::Controls,
+            ..self.opts.clone()
+        })?;
+        let (controls_abs_gap, controls_toward_definitional) = if controls.is_empty() {
+            (None, None)
+        } else {
+            let (_, c) = prompt_probs(&model, &controls, self.opts.batch_size, |_| {})?;
+            let gaps: Vec<f64> = c.iter().map(|o| o.p_he - o.p_she).collect();
+            let toward: Vec<f64> = c
+                .iter()
+                .zip(&controls)
+                .map(|(o, p)| (o.p_he - o.p_she) * p.definitional.signum())
+                .collect();
+            let abs: Vec<f64> = gaps.iter().map(|g| g.abs()).collect();
+            (Some(mean_ci(&abs)?), Some(mean_ci(&toward)?))
+        };
         let output = MeasureOutput {
             variant: self.variant.clone(),
             n_prompts: m.n_prompts,
@@ -116,7 +144,10 @@ impl Stage for MeasureStage {
             mean_gap: m.mean_gap,
             a_s: m.regression.as_ref().map(|r| r.a_s.clone()),
             r2: m.regression.as_ref().map(|r| r.r2.clone()),
-            forwards: prompts.len().div_ceil(self.opts.batch_size) as u64,
+            controls_abs_gap,
+            controls_toward_definitional,
+            forwards: (prompts.len().div_ceil(self.opts.batch_size)
+                + controls.len().div_ceil(self.opts.batch_size)) as u64,
             wall_s: t0.elapsed().as_secs_f64(),
         };
         Ok(serde_json::to_value(output)?)
@@ -136,6 +167,21 @@ impl Stage for MeasureStage {
         inputs.bias.push(row(GAP, o.mean_abs_gap));
         if let Some(a) = o.a_s {
             inputs.bias.push(row(SLOPE, a));
+        }
+        // Controls: no ideal value; the edit should leave them at Base.
+        for (metric, v) in [
+            (GAP, o.controls_abs_gap),
+            (KEPT, o.controls_toward_definitional),
+        ] {
+            if let Some(value) = v {
+                inputs.bias.push(BiasRow {
+                    model_variant: self.variant.clone(),
+                    dataset: CONTROLS.into(),
+                    metric: metric.into(),
+                    value,
+                    ideal: None,
+                });
+            }
         }
         Ok(())
     }
