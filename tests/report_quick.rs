@@ -114,3 +114,20 @@ fn snapshot_spec_matches_snapshots() {
 fn quick_spec_matches_snapshots_and_is_deterministic() {
     check_spec("harness/quick.toml", "quick", true);
 }
+
+/// Re-derive the `quick_*` snapshots from a stored run's `inputs.json` (for instance after a
+/// table gains rows whose stages were rerun from the cache): set BIASLENS_QUICK_INPUTS to the
+/// file and run with `--ignored` (and `INSTA_UPDATE=always` to rewrite, then review the diff).
+#[test]
+#[ignore = "needs BIASLENS_QUICK_INPUTS (a stored quick run's inputs.json)"]
+fn quick_snapshots_from_stored_inputs() {
+    let path = std::env::var("BIASLENS_QUICK_INPUTS")
+        .expect("set BIASLENS_QUICK_INPUTS to a quick run's inputs.json");
+    let inputs: ReportInputs =
+        serde_json::from_slice(&std::fs::read(path).expect("read inputs.json")).unwrap();
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        for (id, md) in &stable_tables(&inputs) {
+            insta::assert_snapshot!(format!("quick_{id}_md"), md);
+        }
+    });
+}
