@@ -119,9 +119,35 @@ impl Pivot<'_> {
     }
 }
 
+/// Rows of (dataset, metric) × variant estimates, with one extra column after Metric whose cell
+/// `extra(dataset, metric)` gives (Table 2's Ideal, Table 3's Better).
+fn variant_rows<'a>(
+    kind: &str,
+    entries: impl Iterator<Item = (&'a str, &'a str, &'a str, &'a Estimate)> + Clone,
+    extra_header: &str,
+    extra: impl Fn(&str, &str) -> Cell,
+    decimals: usize,
+) -> Result<(Vec<String>, Vec<Vec<Cell>>)> {
+    let p = pivot(kind, entries)?;
+    let mut columns: Vec<String> = ["Dataset", "Metric", extra_header]
+        .map(String::from)
+        .to_vec();
+    columns.extend(p.variants.iter().map(|v| variant_label(v)));
+    let rows = p
+        .keys
+        .iter()
+        .map(|&(d, m)| {
+            let mut row = vec![Cell::text(d), Cell::text(m), extra(d, m)];
+            row.extend(p.variants.iter().map(|v| p.cell(v, d, m, decimals)));
+            row
+        })
+        .collect();
+    Ok((columns, rows))
+}
+
 /// Table 2: bias metrics before and after each edit.
 pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
-    let p = pivot(
+    let (columns, out_rows) = variant_rows(
         "bias",
         rows.iter().map(|r| {
             (
@@ -131,26 +157,15 @@ pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
                 &r.value,
             )
         }),
-    )?;
-    let mut columns: Vec<String> = ["Dataset", "Metric", "Ideal"].map(String::from).to_vec();
-    columns.extend(p.variants.iter().map(|v| variant_label(v)));
-    let out_rows = p
-        .keys
-        .iter()
-        .map(|&(d, m)| {
-            let ideal = rows
-                .iter()
+        "Ideal",
+        |d, m| {
+            rows.iter()
                 .find(|r| r.dataset == d && r.metric == m)
-                .and_then(|r| r.ideal);
-            let mut row = vec![
-                Cell::text(d),
-                Cell::text(m),
-                ideal.map_or(Cell::Missing, |x| Cell::number(x, decimals)),
-            ];
-            row.extend(p.variants.iter().map(|v| p.cell(v, d, m, decimals)));
-            row
-        })
-        .collect();
+                .and_then(|r| r.ideal)
+                .map_or(Cell::Missing, |x| Cell::number(x, decimals))
+        },
+        decimals,
+    )?;
     Ok(Table {
         id: "table2_bias".into(),
         title: "Table 2: Bias before and after editing".into(),
@@ -164,7 +179,7 @@ pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
 
 /// Table 3: capability benchmarks for the same variants.
 pub fn table3_capability(rows: &[CapabilityRow], decimals: usize) -> Result<Table> {
-    let p = pivot(
+    let (columns, out_rows) = variant_rows(
         "capability",
         rows.iter().map(|r| {
             (
@@ -174,26 +189,16 @@ pub fn table3_capability(rows: &[CapabilityRow], decimals: usize) -> Result<Tabl
                 &r.value,
             )
         }),
-    )?;
-    let mut columns: Vec<String> = ["Dataset", "Metric", "Better"].map(String::from).to_vec();
-    columns.extend(p.variants.iter().map(|v| variant_label(v)));
-    let out_rows = p
-        .keys
-        .iter()
-        .map(|&(d, m)| {
+        "Better",
+        |d, m| {
             let up = rows
                 .iter()
                 .find(|r| r.dataset == d && r.metric == m)
                 .is_some_and(|r| r.higher_is_better);
-            let mut row = vec![
-                Cell::text(d),
-                Cell::text(m),
-                Cell::text(if up { "↑" } else { "↓" }),
-            ];
-            row.extend(p.variants.iter().map(|v| p.cell(v, d, m, decimals)));
-            row
-        })
-        .collect();
+            Cell::text(if up { "↑" } else { "↓" })
+        },
+        decimals,
+    )?;
     Ok(Table {
         id: "table3_capability".into(),
         title: "Table 3: Capabilities before and after editing".into(),
