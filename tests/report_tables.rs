@@ -217,6 +217,7 @@ fn fixture() -> ReportInputs {
             wall_s: 41.25,
             forwards: Some(1840),
             token_layers: Some(1766400),
+            statistics_tokens: None,
             edit_s: 0.38,
         },
         CostRow {
@@ -224,6 +225,7 @@ fn fixture() -> ReportInputs {
             wall_s: 12.5,
             forwards: Some(400),
             token_layers: Some(384000),
+            statistics_tokens: None,
             edit_s: 11.91,
         },
         CostRow {
@@ -231,6 +233,7 @@ fn fixture() -> ReportInputs {
             wall_s: 55.0,
             forwards: Some(2210),
             token_layers: Some(2121600),
+            statistics_tokens: None,
             edit_s: 1.07,
         },
     ];

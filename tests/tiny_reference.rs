@@ -100,4 +100,14 @@ fn work_counter_counts_passes_and_token_layers() {
     assert_eq!(w.passes, 2);
     // Rows are left-padded to the longest: 2 × 3 tokens, then 1 × 3.
     assert_eq!(w.token_layers, (2 * 3 + 3) * layers);
+    // A capture pass that stops after layer 0 runs (and counts) one layer.
+    let before = m.transformer.work.read();
+    let capture = InterventionPlan {
+        capture: vec![Site::MlpKey(0)],
+        stop_after: Some(0),
+        ..Default::default()
+    };
+    m.transformer.forward(&rows, &capture).unwrap();
+    let w = m.transformer.work.read() - before;
+    assert_eq!((w.passes, w.token_layers), (1, 2 * 3));
 }

@@ -31,6 +31,10 @@ pub struct EditArgs {
     /// LSDM λ (weight of the corpus prior).
     #[arg(long)]
     pub lambda: Option<f64>,
+    /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
+    /// treats it as absent (MEMIT as written).
+    #[arg(long)]
+    pub post_norm: Option<biaslens::edit::lsdm::PostNorm>,
     /// Seed of the profession split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -118,6 +122,9 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     }
     if let Some(l) = a.lambda {
         spec.lsdm.lambda = l;
+    }
+    if let Some(p) = a.post_norm {
+        spec.lsdm.post_norm = p;
     }
     let model = Model::load(&a.model, &device)?;
     eprintln!(

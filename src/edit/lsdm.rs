@@ -41,6 +41,45 @@ pub struct LsdmParams {
     /// Average keys over each profession's contexts (MEMIT's compute_ks) instead of one key per
     /// prompt. Per-prompt keys (default) make the edit hit the target in every edit template.
     pub average_keys: bool,
+    /// What to do when the MLP output passes a norm before joining the residual (Gemma-3's
+    /// post-feedforward RMSNorm). Not serialised at its default, so stage keys of models
+    /// without such a norm (where it has no effect) stay as they were.
+    #[serde(default, skip_serializing_if = "PostNorm::is_default")]
+    pub post_norm: PostNorm,
+}
+
+/// How LSDM treats a norm between the down-projection and the residual stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostNorm {
+    /// Turn each layer's residual-side target into a target for the down-projection's output
+    /// through the norm ([`crate::model::transformer::Norm::rms_preimage`]), keeping the output's
+    /// scale: the closed form then fits what the norm will pass on.
+    #[default]
+    Invert,
+    /// Treat the norm as absent (MEMIT's closed form as written): ΔW k is assumed to add to the
+    /// residual unchanged. Kept to reproduce the destructive Gemma edit (docs/findings.md §3d).
+    Ignore,
+}
+
+impl PostNorm {
+    fn is_default(&self) -> bool {
+        *self == PostNorm::default()
+    }
+}
+
+impl std::str::FromStr for PostNorm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "invert" => Ok(PostNorm::Invert),
+            "ignore" => Ok(PostNorm::Ignore),
+            _ => Err(Error::param(
+                "post_norm",
+                format!("`{s}`: expected invert or ignore"),
+            )),
+        }
+    }
 }
 
 impl Default for LsdmParams {
@@ -58,6 +97,7 @@ impl Default for LsdmParams {
             target: TargetParams::default(),
             batch: 64,
             average_keys: false,
+            post_norm: PostNorm::Invert,
         }
     }
 }
@@ -78,6 +118,15 @@ pub struct LsdmReport {
     pub solve_paths: Vec<SolvePath>,
     /// ‖R‖ per layer (mean over professions) — how much each layer was asked to move.
     pub residual_norms: Vec<f64>,
+    /// Corpus tokens behind C (0 with the identity prior).
+    #[serde(default)]
+    pub statistics_tokens: u64,
+    /// Passes and token-layers this run spent on C: 0 when every layer came from the cache, so
+    /// cost tables count them apart from the method's own work (which does not depend on caches).
+    #[serde(default)]
+    pub statistics_passes: u64,
+    #[serde(default)]
+    pub statistics_token_layers: u64,
 }
 
 /// HF name of layer l's down-projection and whether HF stores it transposed (GPT-2 Conv1D).
@@ -223,13 +272,15 @@ pub fn lsdm(
         (&h0[&Site::ResidPost(top)] + targets.delta.index_select(&idx, 0)?)?
     };
 
-    // Corpus statistics.
+    // Corpus statistics (cacheable; their work is counted apart from the method's).
+    let work_before_statistics = tr.work.read();
+    let mut statistics_tokens = 0u64;
     let prior_moments = if params.prior == "moment" {
         let (chunks, corpus_hash) =
             corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
+        statistics_tokens = chunks.iter().map(|c| c.len() as u64).sum();
         log(&format!(
-            "second moments of keys over {} corpus tokens",
-            chunks.iter().map(|c| c.len()).sum::<usize>()
+            "second moments of keys over {statistics_tokens} corpus tokens"
         ));
         Some(key_moments(
             &tr,
@@ -249,6 +300,7 @@ pub fn lsdm(
             format!("`{}`: expected moment or identity", params.prior),
         ));
     };
+    let statistics_work = tr.work.read() - work_before_statistics;
 
     let mut delta = WeightDelta::new(DeltaMeta {
         method: "lsdm".into(),
@@ -258,24 +310,33 @@ pub fn lsdm(
     let (mut delta_norms, mut residual_norms) = (Vec::new(), Vec::new());
     let mut solve_paths = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
-        let cap = capture_at_subject(
-            &tr,
-            &prompts.keys,
-            &[Site::MlpKey(l), Site::ResidPost(top)],
-            params.batch,
-        )?;
-        let (k, h_cur) = if params.average_keys {
-            (
-                group_mean(&cap[&Site::MlpKey(l)], &key_groups, n_groups)?,
-                group_mean(&cap[&Site::ResidPost(top)], &key_groups, n_groups)?,
-            )
-        } else {
-            (
-                cap[&Site::MlpKey(l)].clone(),
-                cap[&Site::ResidPost(top)].clone(),
-            )
+        let post_norm = match params.post_norm {
+            PostNorm::Invert => tr.layers[l].post_mlp_norm.clone(),
+            PostNorm::Ignore => None,
         };
+        let mut sites = vec![Site::MlpKey(l), Site::ResidPost(top)];
+        if post_norm.is_some() {
+            sites.push(Site::MlpOut(l));
+        }
+        let cap = capture_at_subject(&tr, &prompts.keys, &sites, params.batch)?;
+        let per_key = |s: Site| -> Result<Tensor> {
+            if params.average_keys {
+                group_mean(&cap[&s], &key_groups, n_groups)
+            } else {
+                Ok(cap[&s].clone())
+            }
+        };
+        let (k, h_cur) = (per_key(Site::MlpKey(l))?, per_key(Site::ResidPost(top))?);
         let r = ((&z_star - &h_cur)? / (layers.len() - i) as f64)?;
+        // What the down-projection's output must change by for the residual to change by r.
+        let r_down = match &post_norm {
+            Some(norm) => {
+                let m = per_key(Site::MlpOut(l))?;
+                let target = (norm.forward(&m)? + &r)?;
+                (norm.rms_preimage(&m, &target)? - &m)?
+            }
+            None => r.clone(),
+        };
         let preserved = if prompts.preserve.is_empty() {
             None
         } else {
@@ -292,7 +353,7 @@ pub fn lsdm(
         };
         let (dw, path) = solve_update_robust(&LsqInput {
             keys: &k,
-            residuals: &r,
+            residuals: &r_down,
             prior,
             lambda: params.lambda,
             preserved: preserved.as_ref(),
@@ -330,6 +391,9 @@ pub fn lsdm(
         delta_norms,
         solve_paths,
         residual_norms,
+        statistics_tokens,
+        statistics_passes: statistics_work.passes,
+        statistics_token_layers: statistics_work.token_layers,
     };
     Ok((delta, report))
 }

@@ -75,6 +75,11 @@ pub struct EditOutcome {
     pub sets: EditSets,
     pub report: serde_json::Value,
     pub seconds: f64,
+    /// Work spent this run on cacheable corpus statistics (LSDM's C), included in the
+    /// transformer's counter; subtract it for the method's own, cache-independent work.
+    pub statistics_work: crate::model::Work,
+    /// Corpus tokens behind those statistics (0 when the method uses none).
+    pub statistics_tokens: u64,
 }
 
 pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Result<EditOutcome> {
@@ -97,6 +102,8 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
             crate::io::sha256_file(corpus)?,
         );
     }
+    let mut statistics_work = crate::model::Work::default();
+    let mut statistics_tokens = 0;
     let (delta, report) = match spec.method {
         Method::Lsdm => {
             let (d, r) = lsdm(
@@ -108,6 +115,11 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
                 spec.cache_dir.as_deref(),
                 log,
             )?;
+            statistics_work = crate::model::Work {
+                passes: r.statistics_passes,
+                token_layers: r.statistics_token_layers,
+            };
+            statistics_tokens = r.statistics_tokens;
             (d, serde_json::to_value(r)?)
         }
         Method::Ft => {
@@ -129,6 +141,8 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         sets,
         report,
         seconds: t0.elapsed().as_secs_f64(),
+        statistics_work,
+        statistics_tokens,
     })
 }
 

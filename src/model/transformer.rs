@@ -3,6 +3,7 @@
 //! where a plan's captures and patches touch the computation.
 
 use super::config::{Activation, Arch, AttnKind, ModelConfig, NormKind};
+pub use super::norm::Norm;
 use super::sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
 use super::weights::{take, WeightMap};
 use crate::{Error, Result};
@@ -43,50 +44,6 @@ impl Linear {
             None => y,
         };
         Ok(y.reshape((b, t, ()))?)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Norm {
-    /// Effective multiplier: w, or (1 + w) for Gemma.
-    scale: Tensor,
-    bias: Option<Tensor>,
-    kind: NormKind,
-    eps: f64,
-}
-
-impl Norm {
-    fn new(w: Tensor, bias: Option<Tensor>, kind: NormKind, eps: f64) -> Result<Self> {
-        let scale = match kind {
-            NormKind::RmsOnePlus => (w + 1.0)?,
-            _ => w,
-        };
-        Ok(Norm {
-            scale,
-            bias,
-            kind,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let normed = match self.kind {
-            NormKind::Rms | NormKind::RmsOnePlus => {
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?
-            }
-            NormKind::Layer => {
-                let mu = x.mean_keepdim(D::Minus1)?;
-                let xc = x.broadcast_sub(&mu)?;
-                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-                xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
-            }
-        };
-        let y = normed.broadcast_mul(&self.scale)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
     }
 }
 
@@ -540,8 +497,13 @@ impl Transformer {
         mut st: PassState,
     ) -> Result<ForwardOutput> {
         let (rows, tokens, _) = x.dims3()?;
+        // Layers this pass runs: to `stop_after` when the plan stops early.
+        let end = match plan.stop_after {
+            Some(s) if s >= start => (s + 1).min(self.cfg.num_layers),
+            _ => self.cfg.num_layers,
+        };
         self.work
-            .record((rows * tokens * self.cfg.num_layers.saturating_sub(start)) as u64);
+            .record((rows * tokens * end.saturating_sub(start)) as u64);
         let mut kv_out = if plan.capture_kv {
             Some(Vec::new())
         } else {

@@ -242,6 +242,10 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
                     r.token_layers
                         .map_or_else(|| "not counted".to_string(), |f| f.to_string()),
                 ),
+                Cell::text(
+                    r.statistics_tokens
+                        .map_or_else(|| "—".to_string(), |n| n.to_string()),
+                ),
                 Cell::number(r.edit_s, 2),
             ]
         })
@@ -253,9 +257,12 @@ pub fn table4_cost(rows: &[CostRow]) -> Result<Table> {
                   adds loading the model, measuring the edit prompts before and after, and writing the delta; \
                   passes counts the model passes the method ran (forward, resumed or from a layer) and \
                   token-layers the rows × tokens × layers they covered, both counted by the transformer. \
+                  Passes over the corpus for cached statistics (LSDM's C = E[kkᵀ], computed once per model \
+                  and layer, as MEMIT does) are not in those counts, so they do not depend on the cache; \
+                  statistics tokens is the corpus size behind C. \
                   Times vary between machines and are not part of the snapshot."
             .into(),
-        columns: ["Method", "Wall time (s)", "Passes", "Token-layers", "Edit time (s)"].map(String::from).to_vec(),
+        columns: ["Method", "Wall time (s)", "Passes", "Token-layers", "Statistics tokens", "Edit time (s)"].map(String::from).to_vec(),
         rows: out_rows,
     })
 }
@@ -315,6 +322,7 @@ mod tests {
             wall_s: 1.0,
             forwards: Some(3),
             token_layers: Some(2880),
+            statistics_tokens: None,
             edit_s: 0.5,
         };
         assert!(table4_cost(&[c.clone(), c]).is_err());
@@ -327,6 +335,7 @@ mod tests {
             wall_s: 1.0,
             forwards: Some(3),
             token_layers: Some(2880),
+            statistics_tokens: None,
             edit_s: 0.5,
         };
         let t = table4_cost(&[c("dama"), c("lsdm")]).unwrap();

@@ -78,6 +78,10 @@ pub struct CostRow {
     /// Rows × tokens × layers run by those passes (None: not counted).
     #[serde(default)]
     pub token_layers: Option<u64>,
+    /// Corpus tokens behind statistics the method caches between runs (LSDM's C); their passes
+    /// are not in `forwards`, so the counted work does not depend on the cache.
+    #[serde(default)]
+    pub statistics_tokens: Option<u64>,
     pub edit_s: f64,
 }
 

@@ -258,6 +258,7 @@ mod tests {
                 wall_s: 0.0,
                 forwards: output["v"].as_u64(),
                 token_layers: None,
+                statistics_tokens: None,
                 edit_s: 0.0,
             });
             Ok(())

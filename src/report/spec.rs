@@ -175,6 +175,9 @@ pub struct LsdmSpec {
     pub weight_decay: f64,
     /// Clamp ‖δ‖ <= clamp · ‖h‖ on the target residual.
     pub clamp: f64,
+    /// `invert` (default) or `ignore`: how a norm after the MLP (Gemma-3) is treated.
+    #[serde(default)]
+    pub post_norm: crate::edit::lsdm::PostNorm,
 }
 
 fn default_prior() -> String {

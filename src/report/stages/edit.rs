@@ -37,6 +37,9 @@ pub struct EditOutput {
     pub passes: u64,
     #[serde(default)]
     pub token_layers: u64,
+    /// Corpus tokens behind cacheable statistics (LSDM's C); their passes are excluded above.
+    #[serde(default)]
+    pub statistics_tokens: u64,
     pub wall_s: f64,
     /// The method's own report (losses, norms).
     pub report: Value,
@@ -69,6 +72,7 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
             corpus_tokens: l.corpus_tokens,
             target_templates: l.target_templates,
             prefixes: l.prefixes,
+            post_norm: l.post_norm,
             target: TargetParams {
                 optimizer: l.optimizer.clone(),
                 steps: l.steps,
@@ -179,7 +183,8 @@ impl Stage for EditStage {
         let name = self.name.clone();
         let work_before = model.transformer.work.read();
         let outcome = edit_model(&model, &spec, |s| eprintln!("{name}: {s}"))?;
-        let work = model.transformer.work.read() - work_before;
+        // The method's own work: statistics may come from the cache, so they are counted apart.
+        let work = model.transformer.work.read() - work_before - outcome.statistics_work;
         let weights = crate::edit::record::apply_delta(&model, &outcome.delta)?;
         let edited = model.with_weights(weights, "+edit")?;
         let after = edit_prompt_bias(&edited, &spec)?;
@@ -203,6 +208,7 @@ impl Stage for EditStage {
             edit_s: outcome.seconds,
             passes: work.passes,
             token_layers: work.token_layers,
+            statistics_tokens: outcome.statistics_tokens,
             wall_s: t0.elapsed().as_secs_f64(),
             report: outcome.report,
         };
@@ -218,6 +224,7 @@ impl Stage for EditStage {
             wall_s: o.wall_s,
             forwards: Some(o.passes),
             token_layers: Some(o.token_layers),
+            statistics_tokens: (o.statistics_tokens > 0).then_some(o.statistics_tokens),
             edit_s: o.edit_s,
         });
         Ok(())

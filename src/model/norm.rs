@@ -1,0 +1,152 @@
+//! The three norms of the supported families (RMS, Gemma's RMS with 1 + w, LayerNorm), and the
+//! inverse an edit needs when a norm sits between a weight and the residual.
+
+use super::config::NormKind;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, D};
+
+#[derive(Debug, Clone)]
+pub struct Norm {
+    /// Effective multiplier: w, or (1 + w) for Gemma.
+    scale: Tensor,
+    bias: Option<Tensor>,
+    kind: NormKind,
+    eps: f64,
+}
+
+impl Norm {
+    pub(crate) fn new(w: Tensor, bias: Option<Tensor>, kind: NormKind, eps: f64) -> Result<Self> {
+        let scale = match kind {
+            NormKind::RmsOnePlus => (w + 1.0)?,
+            _ => w,
+        };
+        Ok(Norm {
+            scale,
+            bias,
+            kind,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let normed = match self.kind {
+            NormKind::Rms | NormKind::RmsOnePlus => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?
+            }
+            NormKind::Layer => {
+                let mu = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mu)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            }
+        };
+        let y = normed.broadcast_mul(&self.scale)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// An input for which this RMS norm outputs (the direction of) `target`, row by row, at the
+    /// scale of `x`: x* = t · rms(x) / rms(t) with t = target / g. An RMS norm only reaches
+    /// outputs whose t has the rms of forward(x)/g; forward(x*) is `target` rescaled onto that
+    /// set, and exactly `target` when it is already there (so rms_preimage(x, forward(x)) = x).
+    /// Edits of a weight feeding a post-norm (Gemma's MLP output) use it to turn a target for
+    /// the norm's output into one for its input.
+    pub fn rms_preimage(&self, x: &Tensor, target: &Tensor) -> Result<Tensor> {
+        if self.kind == NormKind::Layer {
+            return Err(Error::Model(
+                "rms_preimage: LayerNorm is not an RMS norm".into(),
+            ));
+        }
+        let g = self.scale.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if let Some(i) = g.iter().position(|v| v.abs() < 1e-6) {
+            return Err(Error::Model(format!(
+                "rms_preimage: norm scale {i} is {} (that output coordinate cannot be steered)",
+                g[i]
+            )));
+        }
+        let t = target.broadcast_div(&self.scale)?;
+        let rms = |v: &Tensor| -> Result<Tensor> { Ok(v.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?) };
+        Ok(t.broadcast_mul(&(rms(x)? / rms(&t)?)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use proptest::prelude::*;
+
+    fn rms_norm(scale: Vec<f32>, one_plus: bool) -> Norm {
+        let d = scale.len();
+        let w = Tensor::from_vec(scale, d, &Device::Cpu).unwrap();
+        let kind = if one_plus {
+            NormKind::RmsOnePlus
+        } else {
+            NormKind::Rms
+        };
+        Norm::new(w, None, kind, 1e-6).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    proptest! {
+        /// forward(rms_preimage(x, forward(x) + r)) lands on forward(x) + r rescaled onto the
+        /// norm's reachable set, keeps x's scale, and r = 0 gives x back.
+        #[test]
+        fn rms_preimage_inverts_the_norm(
+            x in prop::collection::vec(-3.0f32..3.0, 8),
+            r in prop::collection::vec(-0.5f32..0.5, 8),
+            scale in prop::collection::vec(0.2f32..2.0, 8),
+            one_plus in any::<bool>(),
+        ) {
+            let norm = rms_norm(scale.iter().map(|s| if one_plus { s - 1.0 } else { *s }).collect(), one_plus);
+            let xs = Tensor::from_vec(x.clone(), (1, 8), &Device::Cpu).unwrap();
+            let rms_x = (x.iter().map(|v| v * v).sum::<f32>() / 8.0).sqrt();
+            prop_assume!(rms_x > 0.1);
+            let y = norm.forward(&xs).unwrap();
+            let back = norm.rms_preimage(&xs, &y).unwrap();
+            prop_assert!(max_diff(&back, &xs) < 1e-4 * (1.0 + rms_x));
+
+            let rs = Tensor::from_vec(r, (1, 8), &Device::Cpu).unwrap();
+            let target = (&y + &rs).unwrap();
+            let pre = norm.rms_preimage(&xs, &target).unwrap();
+            let rms_pre = pre.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!((rms_pre - rms_x).abs() < 1e-4 * rms_x);
+            // The output is the target, rescaled so that target/g has the rms forward(x)/g has.
+            let g = Tensor::from_vec(scale, 8, &Device::Cpu).unwrap();
+            let rms_over_g = |v: &Tensor| v.broadcast_div(&g).unwrap().sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+            let expected = (&target * (rms_over_g(&y) / rms_over_g(&target)) as f64).unwrap();
+            prop_assert!(max_diff(&norm.forward(&pre).unwrap(), &expected) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn rms_preimage_refuses_layer_norm_and_dead_scales() {
+        let x = Tensor::ones((1, 2), DType::F32, &Device::Cpu).unwrap();
+        let ln = Norm::new(
+            Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
+            None,
+            NormKind::Layer,
+            1e-5,
+        )
+        .unwrap();
+        assert!(ln.rms_preimage(&x, &x).is_err());
+        let dead = rms_norm(vec![1.0, 0.0], false);
+        let e = dead.rms_preimage(&x, &x).unwrap_err().to_string();
+        assert!(e.contains("norm scale 1"), "{e}");
+    }
+}
