@@ -3,7 +3,7 @@
 
 use super::config::NormKind;
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 #[derive(Debug, Clone)]
 pub struct Norm {
@@ -52,22 +52,21 @@ impl Norm {
     /// scale of `x`: x* = t · rms(x) / rms(t) with t = target / g. An RMS norm only reaches
     /// outputs whose t has the rms of forward(x)/g; forward(x*) is `target` rescaled onto that
     /// set, and exactly `target` when it is already there (so rms_preimage(x, forward(x)) = x).
-    /// Edits of a weight feeding a post-norm (Gemma's MLP output) use it to turn a target for
-    /// the norm's output into one for its input.
+    /// Coordinates whose scale g is 0 always output 0 (Gemma-3 has some); there t keeps x's
+    /// normalised value. Edits of a weight feeding a post-norm (Gemma's MLP output) use this to
+    /// turn a target for the norm's output into one for its input.
     pub fn rms_preimage(&self, x: &Tensor, target: &Tensor) -> Result<Tensor> {
         if self.kind == NormKind::Layer {
             return Err(Error::Model(
                 "rms_preimage: LayerNorm is not an RMS norm".into(),
             ));
         }
-        let g = self.scale.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        if let Some(i) = g.iter().position(|v| v.abs() < 1e-6) {
-            return Err(Error::Model(format!(
-                "rms_preimage: norm scale {i} is {} (that output coordinate cannot be steered)",
-                g[i]
-            )));
-        }
-        let t = target.broadcast_div(&self.scale)?;
+        let dead = self.scale.abs()?.lt(1e-6)?;
+        let safe_scale = dead.where_cond(&self.scale.ones_like()?, &self.scale)?;
+        let x_normed = x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?)?;
+        let t = dead
+            .broadcast_as(x.shape())?
+            .where_cond(&x_normed, &target.broadcast_div(&safe_scale)?)?;
         let rms = |v: &Tensor| -> Result<Tensor> { Ok(v.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?) };
         Ok(t.broadcast_mul(&(rms(x)? / rms(&t)?)?)?)
     }
@@ -76,7 +75,7 @@ impl Norm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use proptest::prelude::*;
 
     fn rms_norm(scale: Vec<f32>, one_plus: bool) -> Norm {
@@ -135,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn rms_preimage_refuses_layer_norm_and_dead_scales() {
+    fn rms_preimage_refuses_layer_norm() {
         let x = Tensor::ones((1, 2), DType::F32, &Device::Cpu).unwrap();
         let ln = Norm::new(
             Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
@@ -145,8 +144,29 @@ mod tests {
         )
         .unwrap();
         assert!(ln.rms_preimage(&x, &x).is_err());
-        let dead = rms_norm(vec![1.0, 0.0], false);
-        let e = dead.rms_preimage(&x, &x).unwrap_err().to_string();
-        assert!(e.contains("norm scale 1"), "{e}");
+    }
+
+    /// A coordinate with scale 0 outputs 0 whatever the input; the others still reach the target.
+    #[test]
+    fn rms_preimage_skips_dead_coordinates() {
+        let norm = rms_norm(vec![1.0, 0.0, 2.0, 0.5], false);
+        let x = Tensor::new(&[[0.5f32, -1.0, 2.0, 1.5]], &Device::Cpu).unwrap();
+        let y = norm.forward(&x).unwrap();
+        assert!(max_diff(&norm.rms_preimage(&x, &y).unwrap(), &x) < 1e-5);
+        // A target reachable by construction: the output of another input.
+        let other = Tensor::new(&[[1.0f32, 3.0, -0.5, 0.25]], &Device::Cpu).unwrap();
+        let target = norm.forward(&other).unwrap();
+        let pre = norm.rms_preimage(&x, &target).unwrap();
+        let out = norm.forward(&pre).unwrap().to_vec2::<f32>().unwrap()[0].clone();
+        assert_eq!(out[1], 0.0);
+        let t = target.to_vec2::<f32>().unwrap()[0].clone();
+        let ratio: Vec<f32> = [0, 2, 3].iter().map(|&i| out[i] / t[i]).collect();
+        // Same direction on the live coordinates (the rescale onto the reachable set is shared).
+        assert!(
+            ratio
+                .iter()
+                .all(|r| (r - ratio[0]).abs() < 1e-5 && *r > 0.0),
+            "{ratio:?}"
+        );
     }
 }
