@@ -9,8 +9,7 @@
 
 mod common;
 use biaslens::device::{device_name, test_device};
-use biaslens::edit::reference::{matrix_from_rows, reference_update, LsqProblemF64, PriorF64};
-use biaslens::edit::solve::{solve_update, LsqInput, Prior};
+use biaslens::edit::reference::{reference_update, LsqProblemF64, PriorF64};
 use biaslens::measure::next_token_probs;
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, Resume, Site};
 use candle_core::{DType, Device, Tensor, D};
@@ -54,21 +53,7 @@ fn tiny_forward(arch: &str) {
         .to_vec2::<u32>()
         .unwrap();
     let n = on_dev.config().num_layers;
-    let mut sites = vec![Site::FinalNorm];
-    for l in 0..n {
-        sites.extend([
-            Site::ResidPost(l),
-            Site::AttnOut(l),
-            Site::MlpOut(l),
-            Site::MlpKey(l),
-        ]);
-    }
-    let t = ids[0].len();
-    let positions: Vec<(usize, usize)> = (0..ids.len())
-        .flat_map(|r| (0..t).map(move |i| (r, i)))
-        .collect();
-    let plan =
-        InterventionPlan::logits(LogitsRequest::Positions(positions)).with_capture(sites.clone());
+    let (sites, plan) = common::every_site_plan(n, ids.len(), ids[0].len());
     let a = on_dev.transformer.forward(&ids, &plan).unwrap();
     let b = on_cpu.transformer.forward(&ids, &plan).unwrap();
     let mut vs_cpu = 0f64;
@@ -258,39 +243,8 @@ fn randn(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
     DMatrix::from_fn(rows, cols, |_, _| rng.sample::<f64, _>(StandardNormal))
 }
 
-fn tensor(m: &DMatrix<f64>, dev: &Device) -> Tensor {
-    let v: Vec<f32> = (0..m.nrows())
-        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
-        .collect();
-    Tensor::from_vec(v, (m.nrows(), m.ncols()), dev).unwrap()
-}
-
 fn solve_on(p: &LsqProblemF64, dev: &Device) -> DMatrix<f64> {
-    let (k, r) = (tensor(&p.keys, dev), tensor(&p.residuals, dev));
-    let c = match &p.prior {
-        PriorF64::Moment(c) => Some(tensor(c, dev)),
-        _ => None,
-    };
-    let pk = p.preserved.as_ref().map(|m| tensor(m, dev));
-    let prior = match (&p.prior, &c) {
-        (PriorF64::Moment(_), Some(c)) => Prior::Moment(c),
-        (PriorF64::Identity, _) => Prior::Identity,
-        _ => Prior::Zero,
-    };
-    let input = LsqInput {
-        keys: &k,
-        residuals: &r,
-        prior,
-        lambda: p.lambda,
-        preserved: pk.as_ref(),
-        mu: p.mu,
-    };
-    let delta = solve_update(&input).unwrap();
-    assert!(
-        delta.device().same_device(dev),
-        "the update stays on the keys' device"
-    );
-    matrix_from_rows(&to_cpu_f32(&delta).to_vec2::<f32>().unwrap())
+    common::candle_solve(p, dev)
 }
 
 /// LSDM's f32 candle solve on the device against the nalgebra f64 reference, for the three

@@ -1,9 +1,11 @@
 //! LSDM least-squares update, second moments, DAMA projection and the delta store, checked
 //! against an independent f64 reference and against the properties the method promises.
 
+mod common;
+
 use biaslens::edit::dama_projection::{apply_projection, dama_projection, nipals_pls2, DamaParams};
 use biaslens::edit::delta::{apply, bits, revert, DeltaMeta, WeightDelta};
-use biaslens::edit::reference::{matrix_from_rows, reference_update, LsqProblemF64, PriorF64};
+use biaslens::edit::reference::{reference_update, LsqProblemF64, PriorF64};
 use biaslens::edit::second_moment::{load_moment, reference_moment, MomentAccumulator, MomentMeta};
 use biaslens::edit::solve::{solve_update, solve_update_robust, LsqInput, Prior, SolvePath};
 use candle_core::{DType, Device, Tensor};
@@ -27,14 +29,11 @@ fn randn(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
 }
 
 fn tensor(m: &DMatrix<f64>) -> Tensor {
-    let v: Vec<f32> = (0..m.nrows())
-        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
-        .collect();
-    Tensor::from_vec(v, (m.nrows(), m.ncols()), &Device::Cpu).unwrap()
+    common::f32_tensor(m, &Device::Cpu)
 }
 
 fn matrix(t: &Tensor) -> DMatrix<f64> {
-    matrix_from_rows(&t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap())
+    common::f64_matrix(t)
 }
 
 fn rel_err(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
@@ -50,27 +49,8 @@ fn random_moment(rng: &mut StdRng, d_ff: usize) -> DMatrix<f64> {
 
 /// Run both solvers on the same f64 problem (the candle one sees its f32 rounding).
 fn both(p: &LsqProblemF64) -> (DMatrix<f64>, DMatrix<f64>) {
-    let (k, r) = (tensor(&p.keys), tensor(&p.residuals));
-    let c = match &p.prior {
-        PriorF64::Moment(c) => Some(tensor(c)),
-        _ => None,
-    };
-    let pk = p.preserved.as_ref().map(tensor);
-    let prior = match (&p.prior, &c) {
-        (PriorF64::Moment(_), Some(c)) => Prior::Moment(c),
-        (PriorF64::Identity, _) => Prior::Identity,
-        _ => Prior::Zero,
-    };
-    let input = LsqInput {
-        keys: &k,
-        residuals: &r,
-        prior,
-        lambda: p.lambda,
-        preserved: pk.as_ref(),
-        mu: p.mu,
-    };
     (
-        matrix(&solve_update(&input).unwrap()),
+        common::candle_solve(p, &Device::Cpu),
         reference_update(p).unwrap(),
     )
 }

@@ -217,7 +217,7 @@ fn fixture() -> ReportInputs {
             wall_s: 41.25,
             forwards: Some(1840),
             token_layers: Some(1766400),
-            statistics_tokens: None,
+            statistics_tokens: Some(16384),
             edit_s: 0.38,
         },
         CostRow {

@@ -18,20 +18,7 @@ fn check_arch(arch: &str) {
         .to_vec2::<u32>()
         .unwrap();
     let n_layers = model.config().num_layers;
-    let mut sites = vec![Site::ResidPre(0), Site::FinalNorm];
-    for l in 0..n_layers {
-        sites.extend([
-            Site::ResidPost(l),
-            Site::AttnOut(l),
-            Site::MlpOut(l),
-            Site::MlpKey(l),
-        ]);
-    }
-    let t = ids[0].len();
-    let positions: Vec<(usize, usize)> = (0..ids.len())
-        .flat_map(|r| (0..t).map(move |i| (r, i)))
-        .collect();
-    let plan = InterventionPlan::logits(LogitsRequest::Positions(positions)).with_capture(sites);
+    let (_, plan) = common::every_site_plan(n_layers, ids.len(), ids[0].len());
     let out = model.transformer.forward(&ids, &plan).unwrap();
     let mut worst = Vec::new();
     let mut cmp = |name: &str, got: &Tensor| {

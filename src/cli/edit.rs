@@ -35,30 +35,24 @@ pub struct EditArgs {
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
     pub post_norm: Option<biaslens::edit::lsdm::PostNorm>,
+    /// Context prefixes per edit prompt (keys and DAMA's PLS data; default 3).
+    #[arg(long)]
+    pub prefixes: Option<usize>,
+    /// DAMA: null-space dimension (PLS components) per layer (default 16).
+    #[arg(long)]
+    pub components: Option<usize>,
     /// Seed of the profession split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace an existing --out directory.
-    #[arg(long)]
-    pub force: bool,
-    /// Also write model.gguf (f32) for llama.cpp.
-    #[arg(long)]
-    pub gguf: bool,
+    #[command(flatten)]
+    pub output: ModelOutArgs,
 }
 
-/// Apply a delta to the base model it was made for and write the edited model.
+/// Where an edited (or restored) model is written: shared by edit, apply and revert.
 #[derive(clap::Args)]
-pub struct ApplyArgs {
-    /// Base model: registry alias, GGUF file or Hugging Face directory.
-    #[arg(long)]
-    pub model: String,
-    /// delta.safetensors written by `biaslens edit`.
-    #[arg(long)]
-    pub delta: PathBuf,
+pub struct ModelOutArgs {
     /// Output directory (HF model + delta.safetensors + edit.json).
     #[arg(long)]
     pub out: PathBuf,
@@ -70,6 +64,28 @@ pub struct ApplyArgs {
     pub gguf: bool,
 }
 
+impl ModelOutArgs {
+    fn export_options(&self) -> ExportOptions {
+        ExportOptions {
+            force: self.force,
+            gguf: self.gguf,
+        }
+    }
+}
+
+/// Apply a delta to the base model it was made for and write the edited model.
+#[derive(clap::Args)]
+pub struct ApplyArgs {
+    /// Base model: registry alias, GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: String,
+    /// delta.safetensors written by `biaslens edit`.
+    #[arg(long)]
+    pub delta: PathBuf,
+    #[command(flatten)]
+    pub output: ModelOutArgs,
+}
+
 /// Revert a delta from an edited model, restoring the base weights bit for bit.
 #[derive(clap::Args)]
 pub struct RevertArgs {
@@ -79,21 +95,14 @@ pub struct RevertArgs {
     /// The delta that was applied.
     #[arg(long)]
     pub delta: PathBuf,
-    /// Output directory for the restored model.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace an existing --out directory.
-    #[arg(long)]
-    pub force: bool,
-    /// Also write model.gguf (f32) for llama.cpp.
-    #[arg(long)]
-    pub gguf: bool,
+    #[command(flatten)]
+    pub output: ModelOutArgs,
 }
 
 pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use biaslens::edit::method::{edit_model, EditSpec};
-    super::common::check_overwrite(&a.out, a.force)?;
+    super::common::check_overwrite(&a.output.out, a.output.force)?;
     let device = super::common::parse_device(&a.device)?;
     let method = a.method.parse()?;
     let mut spec = match &a.spec {
@@ -126,6 +135,12 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     if let Some(p) = a.post_norm {
         spec.lsdm.post_norm = p;
     }
+    if let Some(p) = a.prefixes {
+        spec.lsdm.prefixes = p;
+    }
+    if let Some(c) = a.components {
+        spec.dama.components = c;
+    }
     let model = Model::load(&a.model, &device)?;
     eprintln!(
         "editing {} with {:?} on layers {:?}",
@@ -149,18 +164,15 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         &weights_after,
         &outcome.delta,
         &record,
-        &a.out,
-        &ExportOptions {
-            force: a.force,
-            gguf: a.gguf,
-        },
+        &a.output.out,
+        &a.output.export_options(),
     )?;
     println!(
         "edit prompts mean |p(he)-p(she)|: {:.4} -> {:.4} (n = {}); wrote {}",
         before.mean_abs_gap.value,
         after.mean_abs_gap.value,
         after.n_prompts,
-        a.out.display()
+        a.output.out.display()
     );
     Ok(())
 }
@@ -172,14 +184,11 @@ pub fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
     let mut record = EditRecord::new(&delta.meta.method, &model);
     record.hyperparameters = delta.meta.params.clone();
     record.layers = edited_layers(&delta);
-    let opts = ExportOptions {
-        force: a.force,
-        gguf: a.gguf,
-    };
-    write_edit_outputs(&model, &edited, &delta, &record, &a.out, &opts)?;
+    let opts = a.output.export_options();
+    write_edit_outputs(&model, &edited, &delta, &record, &a.output.out, &opts)?;
     eprintln!(
         "wrote {} ({} tensors edited)",
-        a.out.display(),
+        a.output.out.display(),
         delta.entries.len()
     );
     Ok(())
@@ -195,14 +204,11 @@ pub fn run_revert(a: RevertArgs) -> anyhow::Result<()> {
         None
     };
     let base = revert_delta(&edited, &delta, record.as_ref())?;
-    let opts = ExportOptions {
-        force: a.force,
-        gguf: a.gguf,
-    };
-    write_hf_dir(&edited, &base, &a.out, &opts)?;
+    let opts = a.output.export_options();
+    write_hf_dir(&edited, &base, &a.output.out, &opts)?;
     eprintln!(
         "wrote {} (base model {} restored)",
-        a.out.display(),
+        a.output.out.display(),
         delta.meta.model_hash
     );
     Ok(())
