@@ -108,6 +108,10 @@ pub fn render_table(r: &MeasureResult) -> String {
     ));
     rows.push(("pearson(BLS %F, log she/he)".into(), opt(&m.pearson_bls)));
     rows.push(("spearman(BLS %F, log she/he)".into(), opt(&m.spearman_bls)));
+    rows.push((
+        "gap toward definitional gender".into(),
+        opt(&m.gap_toward_definitional),
+    ));
     let w = rows
         .iter()
         .map(|(k, _)| k.chars().count())

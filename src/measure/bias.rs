@@ -26,6 +26,25 @@ pub struct BiasMetrics {
     /// The same against BLS % female, over prompts whose profession is in the BLS table.
     pub pearson_bls: Option<Estimate>,
     pub spearman_bls: Option<Estimate>,
+    /// Mean of p(he) − p(she) signed toward each prompt's definitional gender (+ for male
+    /// words), over prompts that have one: how much factual gender the model keeps (the
+    /// definitional controls should stay at the base model's value). None when no prompt has one.
+    #[serde(default)]
+    pub gap_toward_definitional: Option<Estimate>,
+}
+
+/// Mean of p(he) − p(she) · sign(definitional) over the prompts with a definitional gender;
+/// None when fewer than two have one (no CI).
+pub fn gap_toward_definitional(prompts: &[PromptProbs]) -> Result<Option<Estimate>> {
+    let toward: Vec<f64> = prompts
+        .iter()
+        .filter(|p| p.definitional != 0.0)
+        .map(|p| (p.p_he - p.p_she) * p.definitional.signum())
+        .collect();
+    if toward.len() < 2 {
+        return Ok(None);
+    }
+    Ok(Some(stats::mean_ci(&toward)?))
 }
 
 /// Compute every metric over the given prompts.
@@ -77,5 +96,45 @@ pub fn bias_metrics(
         spearman_stereotype,
         pearson_bls,
         spearman_bls,
+        gap_toward_definitional: gap_toward_definitional(prompts)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(definitional: f64, p_he: f64, p_she: f64) -> PromptProbs {
+        PromptProbs {
+            profession: "x".into(),
+            name: "x".into(),
+            template_index: 0,
+            text: "The x said that".into(),
+            definitional,
+            stereotypical: 0.0,
+            p_he,
+            p_she,
+            p_they: 0.0,
+        }
+    }
+
+    /// A male word preferring "he" and a female word preferring "she" both count as kept
+    /// gender; prompts without a definitional gender are left out.
+    #[test]
+    fn gap_toward_definitional_signs_by_word_gender() {
+        let ps = [
+            prompt(0.8, 0.5, 0.1),
+            prompt(-0.9, 0.1, 0.3),
+            prompt(0.0, 0.9, 0.0),
+        ];
+        let e = gap_toward_definitional(&ps).unwrap().unwrap();
+        assert_eq!(e.n, 2);
+        assert!((e.value - 0.3).abs() < 1e-12, "{}", e.value);
+        // Female words preferring "he" count against.
+        let against = [prompt(-0.9, 0.4, 0.1), prompt(-0.5, 0.3, 0.2)];
+        let e = gap_toward_definitional(&against).unwrap().unwrap();
+        assert!((e.value + 0.2).abs() < 1e-12, "{}", e.value);
+        // Fewer than two definitional prompts: no estimate.
+        assert!(gap_toward_definitional(&ps[..1]).unwrap().is_none());
+    }
 }

@@ -4,7 +4,7 @@ pub mod bias;
 pub mod occupations;
 pub mod probs;
 
-pub use bias::{bias_metrics, BiasMetrics};
+pub use bias::{bias_metrics, gap_toward_definitional, BiasMetrics};
 pub use occupations::{
     measure_occupations, prompt_probs, MeasureOptions, MeasureResult, PromptProbs, Subset,
 };

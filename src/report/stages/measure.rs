@@ -4,7 +4,7 @@
 use super::{bootstrap, edit_deps, is_method, load_variant, STAGE_VERSION};
 use crate::data::occupations::BlsTable;
 use crate::measure::occupations::subset_prompts;
-use crate::measure::{bias_metrics, prompt_probs, MeasureOptions, Subset};
+use crate::measure::{bias_metrics, gap_toward_definitional, prompt_probs, MeasureOptions, Subset};
 use crate::report::inputs::{BiasRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
@@ -127,14 +127,8 @@ impl Stage for MeasureStage {
             (None, None)
         } else {
             let (_, c) = prompt_probs(&model, &controls, self.opts.batch_size, |_| {})?;
-            let gaps: Vec<f64> = c.iter().map(|o| o.p_he - o.p_she).collect();
-            let toward: Vec<f64> = c
-                .iter()
-                .zip(&controls)
-                .map(|(o, p)| (o.p_he - o.p_she) * p.definitional.signum())
-                .collect();
-            let abs: Vec<f64> = gaps.iter().map(|g| g.abs()).collect();
-            (Some(mean_ci(&abs)?), Some(mean_ci(&toward)?))
+            let abs: Vec<f64> = c.iter().map(|o| (o.p_he - o.p_she).abs()).collect();
+            (Some(mean_ci(&abs)?), gap_toward_definitional(&c)?)
         };
         let output = MeasureOutput {
             variant: self.variant.clone(),
