@@ -28,6 +28,29 @@ pub struct Estimate {
     pub method: String,
 }
 
+/// `Estimate::method` of a value reported without any interval (a metric whose task gives no
+/// standard error: StereoSet's LMS/SS/ICAT, perplexities, WinoBias ΔS/ΔG): ci_low = ci_high =
+/// value, and tables say "no CI" instead of showing a zero-width interval.
+pub const POINT_METHOD: &str = "point (no stderr)";
+
+impl Estimate {
+    /// A value reported without an interval (see [`POINT_METHOD`]).
+    pub fn point(value: f64, n: usize) -> Estimate {
+        Estimate {
+            value,
+            ci_low: value,
+            ci_high: value,
+            n,
+            method: POINT_METHOD.into(),
+        }
+    }
+
+    /// Whether this is a value without an interval.
+    pub fn is_point(&self) -> bool {
+        self.method == POINT_METHOD
+    }
+}
+
 /// z quantile of a two-sided 95% normal interval.
 pub const Z95: f64 = 1.96;
 

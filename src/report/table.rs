@@ -34,15 +34,15 @@ impl Cell {
     pub fn estimate(e: &crate::stats::Estimate, decimals: usize) -> Cell {
         Cell::Number {
             value: e.value,
-            ci: Some((e.ci_low, e.ci_high)),
+            ci: (!e.is_point()).then_some((e.ci_low, e.ci_high)),
             n: Some(e.n),
             decimals,
         }
     }
 
     /// The cell as shown to a reader: `0.123 [0.100, 0.150]`; `n` is left to the CSV/JSON,
-    /// except that an estimate from fewer than 2 observations says so instead of showing a
-    /// zero-width interval.
+    /// except that an estimate from fewer than 2 observations, or one reported without an
+    /// interval, says so instead of showing a zero-width interval.
     pub fn display(&self) -> String {
         match self {
             Cell::Text { text } => text.clone(),
@@ -63,6 +63,7 @@ impl Cell {
                     fmt_num(*lo, *decimals),
                     fmt_num(*hi, *decimals)
                 ),
+                None if n.is_some() => format!("{} (no CI)", fmt_num(*value, *decimals)),
                 None => fmt_num(*value, *decimals),
             },
             Cell::Missing => "—".into(),
@@ -308,6 +309,16 @@ mod tests {
         assert!(md.starts_with("### T \\| x\n"), "{md}");
         assert!(md.contains("| a,b | 0.000 [-0.200, 0.300] |"), "{md}");
         assert!(md.contains("| c | — |"), "{md}");
+    }
+
+    /// A value reported without an interval says so; a plain number (a time) does not.
+    #[test]
+    fn point_estimates_say_no_ci() {
+        let point = Cell::estimate(&crate::stats::Estimate::point(77.6614, 40), 3);
+        assert_eq!(point.display(), "77.661 (no CI)");
+        assert_eq!(Cell::number(12.25, 1).display(), "12.2");
+        let single = Cell::estimate(&crate::stats::mean_ci(&[1.0, 1.0]).unwrap(), 1);
+        assert_eq!(single.display(), "1.0 [1.0, 1.0]");
     }
 
     #[test]

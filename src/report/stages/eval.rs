@@ -95,13 +95,7 @@ pub fn metric_estimate(m: &MetricRow) -> Estimate {
             n: m.n,
             method: "normal (±1.96 stderr)".into(),
         },
-        _ => Estimate {
-            value: m.value,
-            ci_low: m.value,
-            ci_high: m.value,
-            n: m.n,
-            method: "point (no stderr)".into(),
-        },
+        _ => Estimate::point(m.value, m.n),
     }
 }
 
