@@ -29,7 +29,7 @@ pub struct Estimate {
 }
 
 /// `Estimate::method` of a value reported without any interval (a metric whose task gives no
-/// standard error: StereoSet's LMS/SS/ICAT, perplexities, WinoBias ΔS/ΔG): ci_low = ci_high =
+/// standard error: StereoSet's LMS/SS/ICAT, perplexities): ci_low = ci_high =
 /// value, and tables say "no CI" instead of showing a zero-width interval.
 pub const POINT_METHOD: &str = "point (no stderr)";
 

@@ -139,6 +139,31 @@ fn row(name: &str, m: &Metric, n: usize) -> MetricRow {
     }
 }
 
+/// Differences of two accuracies and their parts: WinoBias ΔS = acc_pro − acc_anti and
+/// ΔG = acc_male − acc_female.
+const DIFFERENCES: [(&str, &str, &str); 2] = [
+    ("delta_s", "acc_pro", "acc_anti"),
+    ("delta_g", "acc_male", "acc_female"),
+];
+
+/// Give each difference row without a stderr √(se_a² + se_b²) from its two accuracy rows. The
+/// two are measured on the same sentence pairs and positively correlated, so treating them as
+/// independent overstates the stderr: the interval is conservative. Used when scoring and when a
+/// report reads results stored before differences carried a stderr, so both agree.
+pub fn fill_difference_stderr(rows: &mut [MetricRow]) {
+    for (diff, a, b) in DIFFERENCES {
+        let se = |name: &str| rows.iter().find(|r| r.name == name).and_then(|r| r.stderr);
+        if let (Some(sa), Some(sb)) = (se(a), se(b)) {
+            if let Some(r) = rows
+                .iter_mut()
+                .find(|r| r.name == diff && r.stderr.is_none())
+            {
+                r.stderr = Some((sa * sa + sb * sb).sqrt());
+            }
+        }
+    }
+}
+
 fn plain(name: &str, value: f64, n: usize) -> MetricRow {
     MetricRow {
         name: name.to_string(),
@@ -169,7 +194,7 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
         ],
         TaskScores::WinoBias(w) => {
             let n = w.n_pairs;
-            vec![
+            let mut rows = vec![
                 row("acc", &w.acc, 2 * n),
                 row("acc_pro", &w.acc_pro, n),
                 row("acc_anti", &w.acc_anti, n),
@@ -178,7 +203,9 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
                 row("acc_female", &w.acc_female, n),
                 plain("delta_g", w.delta_g, n),
                 row("pro_more_likely", &w.pro_more_likely, n),
-            ]
+            ];
+            fill_difference_stderr(&mut rows);
+            rows
         }
         TaskScores::Winogender(w) => vec![
             row("acc", &w.all.acc, w.all.n),
@@ -306,4 +333,38 @@ pub fn markdown(r: &SuiteResult) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str, value: f64, stderr: Option<f64>) -> MetricRow {
+        MetricRow {
+            name: name.into(),
+            value,
+            stderr,
+            n: 100,
+        }
+    }
+
+    /// ΔS gets √(se_pro² + se_anti²); a row that already has a stderr, or whose parts lack
+    /// one, is left alone.
+    #[test]
+    fn differences_get_the_stderr_of_their_parts() {
+        let mut rows = vec![
+            r("acc_pro", 0.6, Some(0.03)),
+            r("acc_anti", 0.5, Some(0.04)),
+            r("delta_s", 0.1, None),
+            r("acc_male", 0.6, None),
+            r("acc_female", 0.5, Some(0.04)),
+            r("delta_g", 0.1, None),
+        ];
+        fill_difference_stderr(&mut rows);
+        assert!((rows[2].stderr.unwrap() - 0.05).abs() < 1e-12);
+        assert_eq!(rows[5].stderr, None);
+        rows[2].stderr = Some(0.5);
+        fill_difference_stderr(&mut rows);
+        assert_eq!(rows[2].stderr, Some(0.5));
+    }
 }

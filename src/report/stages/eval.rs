@@ -174,9 +174,12 @@ impl Stage for EvalStage {
         }
         let o: EvalOutput = serde_json::from_value(output.clone())?;
         for t in &o.tasks {
+            // Outputs stored before ΔS/ΔG carried a stderr get the same one now.
+            let mut metrics = t.metrics.clone();
+            crate::eval::suite::fill_difference_stderr(&mut metrics);
             if t.group == "bias" {
                 for &(name, ideal) in bias_metrics_of(&t.task) {
-                    if let Some(m) = t.metrics.iter().find(|m| m.name == name) {
+                    if let Some(m) = metrics.iter().find(|m| m.name == name) {
                         inputs.bias.push(BiasRow {
                             model_variant: self.variant.clone(),
                             dataset: t.task.clone(),
@@ -188,7 +191,7 @@ impl Stage for EvalStage {
                 }
             } else {
                 for (name, up) in CAPABILITY_METRICS {
-                    if let Some(m) = t.metrics.iter().find(|m| m.name == name) {
+                    if let Some(m) = metrics.iter().find(|m| m.name == name) {
                         inputs.capability.push(CapabilityRow {
                             model_variant: self.variant.clone(),
                             dataset: t.task.clone(),
