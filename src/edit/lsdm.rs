@@ -42,9 +42,9 @@ pub struct LsdmParams {
     /// prompt. Per-prompt keys (default) make the edit hit the target in every edit template.
     pub average_keys: bool,
     /// What to do when the MLP output passes a norm before joining the residual (Gemma-3's
-    /// post-feedforward RMSNorm). Not serialised at its default, so stage keys of models
-    /// without such a norm (where it has no effect) stay as they were.
-    #[serde(default, skip_serializing_if = "PostNorm::is_default")]
+    /// post-feedforward RMSNorm). Always written to edit.json and to stage keys, so a record
+    /// says which rule made it; records made before the option existed used `ignore`.
+    #[serde(default)]
     pub post_norm: PostNorm,
 }
 
@@ -60,12 +60,6 @@ pub enum PostNorm {
     /// Treat the norm as absent (MEMIT's closed form as written): ΔW k is assumed to add to the
     /// residual unchanged. Kept to reproduce the destructive Gemma edit (docs/findings.md §3d).
     Ignore,
-}
-
-impl PostNorm {
-    fn is_default(&self) -> bool {
-        *self == PostNorm::default()
-    }
 }
 
 impl std::str::FromStr for PostNorm {

@@ -4,11 +4,11 @@
 use super::{bootstrap, edit_deps, is_method, load_variant, STAGE_VERSION};
 use crate::data::occupations::BlsTable;
 use crate::measure::occupations::subset_prompts;
-use crate::measure::{bias_metrics, gap_toward_definitional, prompt_probs, MeasureOptions, Subset};
+use crate::measure::{bias_metrics, prompt_probs, MeasureOptions, Subset};
 use crate::report::inputs::{BiasRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
-use crate::stats::{mean_ci, Estimate};
+use crate::stats::Estimate;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -127,8 +127,8 @@ impl Stage for MeasureStage {
             (None, None)
         } else {
             let (_, c) = prompt_probs(&model, &controls, self.opts.batch_size, |_| {})?;
-            let abs: Vec<f64> = c.iter().map(|o| (o.p_he - o.p_she).abs()).collect();
-            (Some(mean_ci(&abs)?), gap_toward_definitional(&c)?)
+            let cm = bias_metrics(&c, None, &self.opts.bootstrap)?;
+            (Some(cm.mean_abs_gap), cm.gap_toward_definitional)
         };
         let output = MeasureOutput {
             variant: self.variant.clone(),
