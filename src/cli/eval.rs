@@ -52,6 +52,17 @@ pub struct EvalArgs {
     /// Longest model input (lm-eval max_length), capped by the model's positions.
     #[arg(long, default_value_t = 2048)]
     pub max_length: usize,
+    /// Longest row of requests packed as a token trie to share their common prefix (the
+    /// choices of an item, questions on one passage); 0 scores every request in its own row.
+    #[arg(long, default_value_t = 128)]
+    pub pack_tokens: usize,
+    /// Fewest shared leading tokens for two requests to share a packed row.
+    #[arg(long, default_value_t = 4)]
+    pub pack_min_shared: usize,
+    /// Fill rows with several packed requests up to this many tokens (less padding); 0 keeps
+    /// one per row.
+    #[arg(long, default_value_t = 128)]
+    pub row_tokens: usize,
     /// Output folder for results.json and results.md.
     #[arg(long)]
     pub out: PathBuf,
@@ -126,6 +137,9 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let lm_opts = LmOptions {
         batch_tokens: a.batch_tokens,
         max_length: a.max_length,
+        pack_tokens: a.pack_tokens,
+        pack_min_shared: a.pack_min_shared,
+        row_tokens: a.row_tokens,
         ..LmOptions::default()
     };
     let mut lm = ModelLm::new(&model, lm_opts)?;

@@ -214,6 +214,14 @@ impl LanguageModel for CachedLm<'_> {
                 missing.len()
             )));
         }
+        // Score each distinct request once (a duplicate scored in another chunk could differ in
+        // the last bits, since packing makes a row depend on its neighbours) and copy the answer.
+        let mut copies: HashMap<&str, Vec<usize>> = HashMap::new();
+        missing.retain(|&i| {
+            let same = copies.entry(keys[i].as_str()).or_default();
+            same.push(i);
+            same.len() == 1
+        });
         missing.sort_by(|&a, &b| {
             let (ra, rb) = (&requests[a], &requests[b]);
             ra.context
@@ -240,15 +248,15 @@ impl LanguageModel for CachedLm<'_> {
             n_chunks += 1;
             if !self.shard.owns(chunk_index) {
                 // Another shard scores this chunk, in exactly this composition.
-                for &i in idx {
-                    out[i] = Some(LlResult {
+                for &j in idx.iter().flat_map(|&i| &copies[keys[i].as_str()]) {
+                    out[j] = Some(LlResult {
                         logprob: 0.0,
                         is_greedy: false,
-                        n_tokens: requests[i].continuation.len(),
+                        n_tokens: requests[j].continuation.len(),
                     });
+                    self.stats.other_shards += 1;
+                    done += 1;
                 }
-                self.stats.other_shards += idx.len();
-                done += idx.len();
                 start = end;
                 continue;
             }
@@ -274,9 +282,11 @@ impl LanguageModel for CachedLm<'_> {
                 .collect();
             self.append(&lines)?;
             for (&i, r) in idx.iter().zip(res) {
-                out[i] = Some(r);
+                for &j in &copies[keys[i].as_str()] {
+                    out[j] = Some(r);
+                    done += 1;
+                }
             }
-            done += idx.len();
             if let Some(p) = self.progress.as_mut() {
                 p(done, total);
             }

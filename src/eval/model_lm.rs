@@ -6,6 +6,12 @@
 //!   lexicographically puts every such pair next to each other. This runs a context once for
 //!   one-token choices (BoolQ " yes"/" no", WinoBias referents) and removes duplicate requests;
 //!   choices with different multi-token continuations stay separate rows in the same batch.
+//! * Shared-prefix packing: requests whose inputs share at least `pack_min_shared` leading
+//!   tokens (the choices of one item, BoolQ questions on one passage) are packed into one row
+//!   as a token trie ([`TreeRow`]): the shared tokens run once, each branch attends to its own
+//!   ancestors at its own positions, so the numbers are those of separate rows.
+//! * Rows are filled with several packs up to `row_tokens` (best fit), as a forest: each pack
+//!   attends to itself only, and rows of nearly equal length leave almost no padding.
 //! * Batches: rows sorted by length (longest first, so an out-of-memory shows at once) and cut
 //!   so `rows × padded length` stays under a token budget; left padding is masked.
 //! * Only the continuation positions are unembedded: the forward returns the final-norm states,
@@ -16,7 +22,7 @@
 
 use crate::eval::lm::{LanguageModel, LlRequest, LlResult};
 use crate::model::transformer::log_softmax_accurate;
-use crate::model::{InterventionPlan, LogitsRequest, Model, Site};
+use crate::model::{InterventionPlan, LogitsRequest, Model, Site, TreeRow};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
@@ -32,6 +38,17 @@ pub struct LmOptions {
     pub max_length: usize,
     /// Upper bound on floats of one logits chunk (`positions × vocab`).
     pub logit_floats: usize,
+    /// Longest packed row of requests sharing a prefix; 0 runs every request as its own row
+    /// (and is what records written before packing existed read as).
+    #[serde(default)]
+    pub pack_tokens: usize,
+    /// Fewest shared leading tokens for two requests to be packed into one row.
+    #[serde(default)]
+    pub pack_min_shared: usize,
+    /// Rows are filled with several packed requests up to this many tokens (less padding, more
+    /// masked attention); 0 keeps one pack per row.
+    #[serde(default)]
+    pub row_tokens: usize,
 }
 
 impl Default for LmOptions {
@@ -40,6 +57,9 @@ impl Default for LmOptions {
             batch_tokens: 4096,
             max_length: 2048,
             logit_floats: 1 << 24,
+            pack_tokens: 128,
+            pack_min_shared: 4,
+            row_tokens: 128,
         }
     }
 }
@@ -123,23 +143,136 @@ fn assign_hosts(prepared: &[Prepared]) -> Vec<usize> {
     host
 }
 
-/// Rows (host request ids) grouped into batches under the token budget, longest first.
-fn plan_batches(prepared: &[Prepared], hosts: &[usize], budget: usize) -> Vec<Vec<usize>> {
+/// Host rows packed as tries: consecutive hosts in lexicographic order that share at least
+/// `min_shared` leading tokens with their predecessor, while the trie stays within
+/// `pack_tokens` tokens or within twice the shared prefix (questions on one long passage)
+/// (`pack_tokens == 0`: one host per row). In lexicographic order a
+/// string's longest common prefix with any earlier string is the one with its predecessor, so
+/// the trie of a run of hosts has `len(first) + Σ (len - lcp with predecessor)` tokens.
+fn plan_packs(
+    prepared: &[Prepared],
+    hosts: &[usize],
+    pack_tokens: usize,
+    min_shared: usize,
+) -> Vec<Pack> {
     let mut rows: Vec<usize> = hosts.to_vec();
     rows.sort_unstable();
     rows.dedup();
-    rows.sort_by(|&a, &b| {
-        prepared[b]
-            .input
-            .len()
-            .cmp(&prepared[a].input.len())
-            .then(a.cmp(&b))
-    });
+    rows.sort_by(|&a, &b| prepared[a].input.cmp(&prepared[b].input).then(a.cmp(&b)));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for (k, &r) in rows.iter().enumerate() {
+        let len = prepared[r].input.len();
+        let shared = match k.checked_sub(1) {
+            Some(p) => common_prefix(&prepared[rows[p]].input, &prepared[r].input),
+            None => 0,
+        };
+        let joins = pack_tokens > 0
+            && !groups.is_empty()
+            && shared >= min_shared.max(1)
+            && size + len - shared <= pack_tokens.max(2 * shared);
+        if joins {
+            size += len - shared;
+            if let Some(g) = groups.last_mut() {
+                g.push(r);
+            }
+        } else {
+            size = len;
+            groups.push(vec![r]);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|hosts| {
+            let seqs: Vec<&[u32]> = hosts
+                .iter()
+                .map(|&h| prepared[h].input.as_slice())
+                .collect();
+            let (row, nodes) = TreeRow::pack(&seqs);
+            Pack { row, hosts, nodes }
+        })
+        .collect()
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// One model row: the trie of its hosts' inputs (or a forest of several tries), and where
+/// each host's tokens sit in it.
+struct Pack {
+    row: TreeRow,
+    hosts: Vec<usize>,
+    /// `nodes[k][i]`: row index of input token i of `hosts[k]`.
+    nodes: Vec<Vec<usize>>,
+}
+
+impl Pack {
+    /// Append `other` as further trees of this row (a forest: no token of one sees the other).
+    fn absorb(&mut self, other: Pack) {
+        let shift = self.row.len();
+        self.row.tokens.extend(other.row.tokens);
+        self.row
+            .parent
+            .extend(other.row.parent.into_iter().map(|p| p.map(|q| q + shift)));
+        self.hosts.extend(other.hosts);
+        self.nodes.extend(
+            other
+                .nodes
+                .into_iter()
+                .map(|n| n.into_iter().map(|i| i + shift).collect()),
+        );
+    }
+}
+
+/// Fill rows of up to `row_tokens` tokens with whole packs (best fit, longest first), so rows
+/// have nearly equal length and a batch carries almost no padding; a pack longer than that is
+/// a row of its own. `row_tokens == 0` keeps one pack per row. The price is attention over
+/// the whole row (masked), which grows with `row_tokens`.
+fn fill_rows(mut packs: Vec<Pack>, row_tokens: usize) -> Vec<Pack> {
+    if row_tokens == 0 {
+        return packs;
+    }
+    packs.sort_by_key(|p| std::cmp::Reverse(p.row.len()));
+    let mut rows: Vec<Pack> = Vec::new();
+    // Free space → rows with exactly that much room left.
+    let mut room: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for pack in packs {
+        let len = pack.row.len();
+        let fit = room.range_mut(len..).next().and_then(|(&free, list)| {
+            let r = list.pop()?;
+            Some((free, r, list.is_empty()))
+        });
+        match fit {
+            Some((free, r, emptied)) => {
+                if emptied {
+                    room.remove(&free);
+                }
+                rows[r].absorb(pack);
+                room.entry(free - len).or_default().push(r);
+            }
+            None => {
+                rows.push(pack);
+                if len < row_tokens {
+                    room.entry(row_tokens - len)
+                        .or_default()
+                        .push(rows.len() - 1);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Rows grouped into batches under the token budget (`rows × padded length`), longest first.
+fn plan_batches(packs: &[Pack], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..packs.len()).collect();
+    order.sort_by(|&a, &b| packs[b].row.len().cmp(&packs[a].row.len()).then(a.cmp(&b)));
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut width = 0;
-    for r in rows {
-        let len = prepared[r].input.len();
+    for r in order {
+        let len = packs[r].row.len();
         let w = width.max(len);
         if !cur.is_empty() && (cur.len() + 1) * w > budget {
             batches.push(std::mem::take(&mut cur));
@@ -159,14 +292,14 @@ impl ModelLm<'_> {
     fn run_batch(
         &self,
         prepared: &[Prepared],
-        rows: &[usize],
+        packs: &[&Pack],
         guests: &HashMap<usize, Vec<usize>>,
         out: &mut [LlResult],
     ) -> Result<()> {
         let t = &self.model.transformer;
-        let inputs: Vec<Vec<u32>> = rows.iter().map(|&r| prepared[r].input.clone()).collect();
+        let trees: Vec<TreeRow> = packs.iter().map(|p| p.row.clone()).collect();
         let plan = InterventionPlan::logits(LogitsRequest::None).with_capture([Site::FinalNorm]);
-        let fwd = t.forward(&inputs, &plan)?;
+        let fwd = t.forward_tree(&trees, &plan)?;
         let states = fwd
             .captures
             .get(&Site::FinalNorm)
@@ -176,12 +309,18 @@ impl ModelLm<'_> {
         let mut slot_of: HashMap<usize, usize> = HashMap::new();
         let mut flat: Vec<u32> = Vec::new();
         let mut reads: Vec<Vec<(usize, u32)>> = Vec::new();
-        for (row, &host) in rows.iter().enumerate() {
-            for &req in guests.get(&host).map(Vec::as_slice).unwrap_or(&[]) {
+        let reads_of = packs.iter().enumerate().flat_map(|(row, pack)| {
+            pack.hosts
+                .iter()
+                .zip(&pack.nodes)
+                .map(move |(host, nodes)| (row, host, nodes))
+        });
+        for (row, host, nodes) in reads_of {
+            for &req in guests.get(host).map(Vec::as_slice).unwrap_or(&[]) {
                 let p = &prepared[req];
                 let start = p.input.len() + 1 - p.targets.len();
                 for (j, &target) in p.targets.iter().enumerate() {
-                    let pos = row * width + fwd.pads[row] + start - 1 + j;
+                    let pos = row * width + fwd.pads[row] + nodes[start - 1 + j];
                     let slot = *slot_of.entry(pos).or_insert_with(|| {
                         flat.push(pos as u32);
                         reads.push(Vec::new());
@@ -280,8 +419,16 @@ impl LanguageModel for ModelLm<'_> {
             };
             requests.len()
         ];
-        for rows in plan_batches(&prepared, &hosts, self.opts.batch_tokens) {
-            self.run_batch(&prepared, &rows, &guests, &mut out)?;
+        let packs = plan_packs(
+            &prepared,
+            &hosts,
+            self.opts.pack_tokens,
+            self.opts.pack_min_shared,
+        );
+        let packs = fill_rows(packs, self.opts.row_tokens);
+        for batch in plan_batches(&packs, self.opts.batch_tokens) {
+            let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
+            self.run_batch(&prepared, &members, &guests, &mut out)?;
         }
         Ok(out)
     }
@@ -315,17 +462,74 @@ mod tests {
     fn batches_respect_the_token_budget_and_cover_every_row() {
         let prepared: Vec<Prepared> = (1..=10u32).map(|n| p(&vec![n; n as usize])).collect();
         let hosts: Vec<usize> = (0..10).collect();
-        let batches = plan_batches(&prepared, &hosts, 12);
-        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        let packs = plan_packs(&prepared, &hosts, 0, 4);
+        assert_eq!(packs.len(), 10);
+        let batches = plan_batches(&packs, 12);
+        let mut seen: Vec<usize> = batches
+            .iter()
+            .flatten()
+            .flat_map(|&i| packs[i].hosts.clone())
+            .collect();
         seen.sort_unstable();
         assert_eq!(seen, hosts);
         for b in &batches {
-            let w = b
-                .iter()
-                .map(|&r| prepared[r].input.len())
-                .max()
-                .unwrap_or(0);
+            let w = b.iter().map(|&r| packs[r].row.len()).max().unwrap_or(0);
             assert!(b.len() == 1 || b.len() * w <= 12, "batch {b:?} over budget");
         }
+    }
+
+    #[test]
+    fn rows_are_filled_with_whole_packs_within_capacity() {
+        let prepared: Vec<Prepared> = (1..=12u32).map(|n| p(&vec![n; n as usize])).collect();
+        let hosts: Vec<usize> = (0..12).collect();
+        let rows = fill_rows(plan_packs(&prepared, &hosts, 0, 4), 13);
+        let mut seen: Vec<usize> = rows.iter().flat_map(|r| r.hosts.clone()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, hosts);
+        // 78 tokens in rows of 13: best fit needs exactly 6 (12+1, 11+2, ...).
+        assert_eq!(rows.len(), 6);
+        for row in &rows {
+            assert!(row.row.len() <= 13);
+            row.row.validate().unwrap();
+            for (h, nodes) in row.hosts.iter().zip(&row.nodes) {
+                let got: Vec<u32> = nodes.iter().map(|&n| row.row.tokens[n]).collect();
+                assert_eq!(got, prepared[*h].input);
+            }
+        }
+    }
+
+    #[test]
+    fn packs_join_shared_prefixes_within_limits() {
+        let prepared = vec![
+            p(&[1, 2, 3, 4, 5]),
+            p(&[1, 2, 3, 4, 6, 7]),
+            p(&[1, 2, 9]),
+            p(&[1, 2, 3, 4, 8]),
+        ];
+        let hosts: Vec<usize> = (0..4).collect();
+        let packs = plan_packs(&prepared, &hosts, 100, 4);
+        // Sorted: [1,2,3,4,5] [1,2,3,4,6,7] [1,2,3,4,8] [1,2,9]; the last shares only 2.
+        assert_eq!(packs.len(), 2);
+        assert_eq!(packs[0].hosts, vec![0, 1, 3]);
+        assert_eq!(packs[0].row.len(), 5 + 2 + 1);
+        for (h, nodes) in packs[0].hosts.iter().zip(&packs[0].nodes) {
+            let got: Vec<u32> = nodes.iter().map(|&n| packs[0].row.tokens[n]).collect();
+            assert_eq!(got, prepared[*h].input);
+        }
+        // A tight token limit splits a run whose shared part is small...
+        let prepared = vec![p(&[1, 2, 3, 4, 5, 5, 5]), p(&[1, 2, 3, 4, 6, 6, 6])];
+        let packs = plan_packs(&prepared, &[0, 1], 7, 4);
+        assert_eq!(packs.len(), 2);
+        // ...unless the shared prefix is at least half the trie (one long passage).
+        let long: Vec<u32> = (0..20).collect();
+        let q = |tail: u32| {
+            let mut v = long.clone();
+            v.extend([100 + tail, 200 + tail]);
+            p(&v)
+        };
+        let prepared = vec![q(1), q(2), q(3)];
+        let packs = plan_packs(&prepared, &[0, 1, 2], 7, 4);
+        assert_eq!(packs.len(), 1);
+        assert_eq!(packs[0].row.len(), 20 + 3 * 2);
     }
 }

@@ -6,12 +6,14 @@ pub mod norm;
 pub mod registry;
 pub mod sites;
 pub mod transformer;
+pub mod tree;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use registry::{resolve_model, ModelSource};
 pub use sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
 pub use transformer::{ForwardOutput, KvCache, Resume, Transformer, Work};
+pub use tree::TreeRow;
 
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};

@@ -5,6 +5,7 @@
 use super::config::{Activation, Arch, AttnKind, ModelConfig, NormKind};
 pub use super::norm::Norm;
 use super::sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
+use super::tree::{attention_mask, TreeRow};
 use super::weights::{take, WeightMap};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -194,6 +195,56 @@ impl Transformer {
     }
 }
 
+/// Where a pass's tokens sit: positions and left padding per row, and each row's tree
+/// (parents in unpadded coordinates; chains for ordinary rows).
+#[derive(Clone, Copy)]
+struct Layout<'a> {
+    positions: &'a [Vec<usize>],
+    pads: &'a [usize],
+    parents: &'a [Vec<Option<usize>>],
+}
+
+/// RoPE cos/sin of one pass: `half` [rows, tokens, head_dim / 2] for candle's fused kernel,
+/// `full` [rows, 1, tokens, head_dim] for the composed form that gradients flow through.
+#[derive(Clone)]
+struct RopeTables {
+    cos_half: Tensor,
+    sin_half: Tensor,
+    cos_full: Tensor,
+    sin_full: Tensor,
+}
+
+impl RopeTables {
+    fn new(cos: Tensor, sin: Tensor) -> Result<Self> {
+        let (b, _, t, hd) = cos.dims4()?;
+        let half = |x: &Tensor| -> Result<Tensor> {
+            Ok(x.narrow(3, 0, hd / 2)?
+                .reshape((b, t, hd / 2))?
+                .contiguous()?)
+        };
+        Ok(RopeTables {
+            cos_half: half(&cos)?,
+            sin_half: half(&sin)?,
+            cos_full: cos,
+            sin_full: sin,
+        })
+    }
+
+    /// Rotate [rows, heads, tokens, head_dim] in HF's rotate-half layout. The fused kernel
+    /// computes x1·cos − x2·sin and x1·sin + x2·cos, the same floating-point operations as
+    /// HF's x·cos + rotate_half(x)·sin, but has no backward.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() {
+            return apply_rope(x, &self.cos_full, &self.sin_full);
+        }
+        Ok(candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &self.cos_half,
+            &self.sin_half,
+        )?)
+    }
+}
+
 /// Mutable bookkeeping of one pass: patches grouped by site, captured activations.
 struct PassState<'a> {
     patches: HashMap<Site, Vec<&'a Patch>>,
@@ -367,6 +418,14 @@ impl Transformer {
 
     /// Run the model on token rows (left-padded internally) under an intervention plan.
     pub fn forward(&self, rows: &[Vec<u32>], plan: &InterventionPlan) -> Result<ForwardOutput> {
+        let chains: Vec<TreeRow> = rows.iter().map(|r| TreeRow::chain(r)).collect();
+        self.forward_tree(&chains, plan)
+    }
+
+    /// Run the model on packed token trees (see [`TreeRow`]): each token is at its depth and
+    /// attends to its ancestors, so every root-to-node path scores as if it were its own row.
+    /// Outputs, captures and patches index the packed row (token i = `tokens[i]`).
+    pub fn forward_tree(&self, rows: &[TreeRow], plan: &InterventionPlan) -> Result<ForwardOutput> {
         if rows.is_empty() {
             return Err(Error::param("rows", "empty batch"));
         }
@@ -374,19 +433,12 @@ impl Transformer {
         if t == 0 || rows.iter().any(|r| r.is_empty()) {
             return Err(Error::param("rows", "a row has no tokens"));
         }
-        if t > self.cfg.max_positions {
-            return Err(Error::param(
-                "rows",
-                format!(
-                    "{t} tokens exceed the model's {} positions",
-                    self.cfg.max_positions
-                ),
-            ));
-        }
+        let mut positions = Vec::with_capacity(rows.len());
         let pads: Vec<usize> = rows.iter().map(|r| t - r.len()).collect();
         let mut flat = Vec::with_capacity(rows.len() * t);
         for (r, p) in rows.iter().zip(&pads) {
-            for &id in r {
+            r.validate()?;
+            for &id in &r.tokens {
                 if id as usize >= self.cfg.vocab_size {
                     return Err(Error::param(
                         "token id",
@@ -394,14 +446,22 @@ impl Transformer {
                     ));
                 }
             }
+            let depth = r.positions();
+            let longest = depth.iter().max().map_or(0, |d| d + 1);
+            if longest > self.cfg.max_positions {
+                return Err(Error::param(
+                    "rows",
+                    format!(
+                        "{longest} tokens exceed the model's {} positions",
+                        self.cfg.max_positions
+                    ),
+                ));
+            }
             flat.extend(std::iter::repeat_n(0u32, *p));
-            flat.extend_from_slice(r);
+            flat.extend_from_slice(&r.tokens);
+            positions.push(std::iter::repeat_n(0, *p).chain(depth).collect::<Vec<_>>());
         }
         let ids = Tensor::from_vec(flat, (rows.len(), t), &self.device)?;
-        let positions: Vec<Vec<usize>> = pads
-            .iter()
-            .map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect())
-            .collect();
         let mut st = PassState::new(plan, &pads, 0);
         let mut x = self
             .embed
@@ -416,7 +476,13 @@ impl Transformer {
             let pe = wpe.embedding(&Tensor::from_vec(pos, rows.len() * t, &self.device)?)?;
             x = (x + pe.reshape((rows.len(), t, ()))?)?;
         }
-        self.run_layers(x, 0, &positions, &pads, None, plan, st)
+        let parents: Vec<Vec<Option<usize>>> = rows.iter().map(|r| r.parent.clone()).collect();
+        let layout = Layout {
+            positions: &positions,
+            pads: &pads,
+            parents: &parents,
+        };
+        self.run_layers(x, 0, layout, None, plan, st)
     }
 
     /// Continue a pass from the input of `resume.start_layer` (see [`Resume`]).
@@ -442,12 +508,17 @@ impl Transformer {
         let positions: Vec<Vec<usize>> = (0..b)
             .map(|_| (resume.offset..resume.offset + tq).collect())
             .collect();
+        let parents = vec![TreeRow::chain(&vec![0; tq]).parent; b];
         let st = PassState::new(plan, &pads, resume.offset);
+        let layout = Layout {
+            positions: &positions,
+            pads: &pads,
+            parents: &parents,
+        };
         self.run_layers(
             resume.resid.clone(),
             resume.start_layer,
-            &positions,
-            &pads,
+            layout,
             resume.past.as_ref(),
             plan,
             st,
@@ -481,17 +552,24 @@ impl Transformer {
             .iter()
             .map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect())
             .collect();
+        let parents: Vec<Vec<Option<usize>>> = pads
+            .iter()
+            .map(|&p| TreeRow::chain(&vec![0; t - p]).parent)
+            .collect();
         let st = PassState::new(plan, pads, 0);
-        self.run_layers(resid.clone(), start_layer, &positions, pads, None, plan, st)
+        let layout = Layout {
+            positions: &positions,
+            pads,
+            parents: &parents,
+        };
+        self.run_layers(resid.clone(), start_layer, layout, None, plan, st)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_layers(
         &self,
         mut x: Tensor,
         start: usize,
-        positions: &[Vec<usize>],
-        pads: &[usize],
+        layout: Layout,
         past: Option<&KvCache>,
         plan: &InterventionPlan,
         mut st: PassState,
@@ -509,7 +587,17 @@ impl Transformer {
         } else {
             None
         };
-        let mut rope_cache: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
+        let Layout {
+            positions,
+            pads,
+            parents,
+        } = layout;
+        let mut rope_cache: HashMap<u64, RopeTables> = HashMap::new();
+        // One mask per attention window (full and sliding layers), built once per pass.
+        let mut mask_cache: HashMap<Option<usize>, Tensor> = HashMap::new();
+        let past_len = past
+            .and_then(|p| p.first())
+            .map_or(Ok(0), |(k, _)| k.dim(2))?;
         for l in start..self.cfg.num_layers {
             let layer = &self.layers[l];
             x = self.intervene(Site::ResidPre(l), x, &mut st)?;
@@ -523,12 +611,36 @@ impl Transformer {
                     let tables = match rope_cache.entry(th.to_bits()) {
                         std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
                         std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(self.rope_tables(positions, th)?).clone()
+                            let (cos, sin) = self.rope_tables(positions, th)?;
+                            e.insert(RopeTables::new(cos, sin)?).clone()
                         }
                     };
                     Some(tables)
                 }
                 None => None,
+            };
+            let window = match kind {
+                AttnKind::Sliding => self.cfg.sliding_window,
+                AttnKind::Full => None,
+            };
+            let mask = match mask_cache.entry(window) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let m = attention_mask(
+                        parents,
+                        pads,
+                        tokens,
+                        past_len + tokens,
+                        window,
+                        &self.device,
+                    )?;
+                    // Materialised per head: candle adds same-shape tensors far faster than
+                    // a mask broadcast over the head axis.
+                    let per_head = m
+                        .broadcast_as((rows, self.cfg.num_heads, tokens, past_len + tokens))?
+                        .contiguous()?;
+                    e.insert(per_head).clone()
+                }
             };
             let layer_past = past.and_then(|p| p.get(l));
             let (attn, kv) = self.attention(
@@ -536,8 +648,7 @@ impl Transformer {
                 layer,
                 &layer.attn_norm.forward(&x)?,
                 rope.as_ref(),
-                pads,
-                positions,
+                &mask,
                 layer_past,
                 &mut st,
             )?;
@@ -622,9 +733,8 @@ impl Transformer {
         l: usize,
         layer: &Layer,
         h: &Tensor,
-        rope: Option<&(Tensor, Tensor)>,
-        pads: &[usize],
-        positions: &[Vec<usize>],
+        rope: Option<&RopeTables>,
+        mask: &Tensor,
         past: Option<&(Tensor, Tensor)>,
         st: &mut PassState,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
@@ -642,15 +752,14 @@ impl Transformer {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        if let Some((cos, sin)) = rope {
-            q = apply_rope(&q, cos, sin)?;
-            k = apply_rope(&k, cos, sin)?;
+        if let Some(r) = rope {
+            q = r.apply(&q)?;
+            k = r.apply(&k)?;
         }
         let (k_all, v_all) = match past {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
             None => (k.clone(), v.clone()),
         };
-        let tk = k_all.dim(2)?;
         let groups = c.kv_groups();
         let expand = |x: &Tensor| -> Result<Tensor> {
             if groups == 1 {
@@ -665,13 +774,8 @@ impl Transformer {
             ))?)
         };
         let (ke, ve) = (expand(&k_all)?, expand(&v_all)?);
-        let scores = (q.matmul(&ke.t()?)? * c.attn_scale)?;
-        let window = match c.layer_types[l] {
-            AttnKind::Sliding => c.sliding_window,
-            AttnKind::Full => None,
-        };
-        let mask = self.attention_mask(pads, positions, tk, window)?;
-        let scores = scores.broadcast_add(&mask)?;
+        // Scale the (small) queries rather than the scores; the mask is already one per head.
+        let scores = ((q * c.attn_scale)?.matmul(&ke.t()?)? + mask)?;
         // The fused softmax has no backward; use the composed one when gradients are tracked.
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -685,35 +789,6 @@ impl Transformer {
         let z = self.intervene(Site::HeadZ(l), z, st)?;
         let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z)?, st)?;
         Ok((out, (k, v)))
-    }
-
-    /// Additive mask [rows, 1, queries, keys]: causal, padding, and sliding window.
-    fn attention_mask(
-        &self,
-        pads: &[usize],
-        positions: &[Vec<usize>],
-        tk: usize,
-        window: Option<usize>,
-    ) -> Result<Tensor> {
-        let (b, tq) = (positions.len(), positions[0].len());
-        let q0 = tk - tq; // absolute index of the first query among the keys
-        let mut m = vec![0f32; b * tq * tk];
-        for r in 0..b {
-            for i in 0..tq {
-                let qi = q0 + i;
-                for j in 0..tk {
-                    let visible = if qi < pads[r] {
-                        j == qi // padding queries see themselves only; their outputs are unused
-                    } else {
-                        j >= pads[r] && j <= qi && window.is_none_or(|w| qi - j < w)
-                    };
-                    if !visible {
-                        m[(r * tq + i) * tk + j] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (b, 1, tq, tk), &self.device)?)
     }
 
     /// Unembed only where the request needs it.
