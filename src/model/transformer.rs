@@ -594,10 +594,7 @@ impl Transformer {
         } = layout;
         let mut rope_cache: HashMap<u64, RopeTables> = HashMap::new();
         // One mask per attention window (full and sliding layers), built once per pass.
-        let mut mask_cache: HashMap<Option<usize>, Tensor> = HashMap::new();
-        let past_len = past
-            .and_then(|p| p.first())
-            .map_or(Ok(0), |(k, _)| k.dim(2))?;
+        let mut mask_cache: HashMap<(Option<usize>, usize), Tensor> = HashMap::new();
         for l in start..self.cfg.num_layers {
             let layer = &self.layers[l];
             x = self.intervene(Site::ResidPre(l), x, &mut st)?;
@@ -623,7 +620,9 @@ impl Transformer {
                 AttnKind::Sliding => self.cfg.sliding_window,
                 AttnKind::Full => None,
             };
-            let mask = match mask_cache.entry(window) {
+            let layer_past = past.and_then(|p| p.get(l));
+            let past_len = layer_past.map_or(Ok(0), |(k, _)| k.dim(2))?;
+            let mask = match mask_cache.entry((window, past_len)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let m = attention_mask(
@@ -642,7 +641,6 @@ impl Transformer {
                     e.insert(per_head).clone()
                 }
             };
-            let layer_past = past.and_then(|p| p.get(l));
             let (attn, kv) = self.attention(
                 l,
                 layer,
