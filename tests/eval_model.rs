@@ -134,6 +134,8 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 0,
             pack_min_shared: 4,
             row_tokens: 0,
+            fast_matmul: false,
+            parallel_batches: 1,
         },
         LmOptions {
             batch_tokens: 64,
@@ -142,6 +144,8 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 40,
             pack_min_shared: 1,
             row_tokens: 0,
+            fast_matmul: false,
+            parallel_batches: 3,
         },
         LmOptions {
             batch_tokens: 100_000,
@@ -150,6 +154,8 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 0,
             pack_min_shared: 4,
             row_tokens: 0,
+            fast_matmul: true,
+            parallel_batches: 1,
         },
         LmOptions {
             batch_tokens: 100_000,
@@ -158,6 +164,8 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 1000,
             pack_min_shared: 2,
             row_tokens: 70,
+            fast_matmul: true,
+            parallel_batches: 3,
         },
         LmOptions {
             batch_tokens: 100,
@@ -166,6 +174,8 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 0,
             pack_min_shared: 4,
             row_tokens: 50,
+            fast_matmul: true,
+            parallel_batches: 1,
         },
         LmOptions {
             batch_tokens: 97,

@@ -1,7 +1,8 @@
 //! Agreement with lm-evaluation-harness 0.4.13 on SmolLM2-135M
-//! (fixtures/reference/smollm2-135m/lm_eval_capability.json, every item): the tasks whose full
-//! runs are affordable in CI, through the same path as `biaslens eval` (suite runner, model
-//! wrapper, scorers). Scores must agree within 0.5 points.
+//! (fixtures/reference/smollm2-135m/lm_eval_capability.json, every item) and Gemma-3-270M
+//! (lm_eval_capability_first200.json, lm-eval `limit=200`): the tasks whose runs are affordable
+//! in CI, through the same path as `biaslens eval` (suite runner, packed scoring, scorers).
+//! Scores must agree within 0.5 points; standard errors to 1e-9.
 
 mod common;
 use biaslens::eval::load::LoadOptions;
@@ -11,8 +12,8 @@ use biaslens::eval::suite::{parse_tasks, run_suite, SuiteOptions};
 
 const TOL: f64 = 0.005;
 
-fn reference() -> serde_json::Value {
-    let path = common::reference("smollm2-135m").join("lm_eval_capability.json");
+fn reference(model: &str, file: &str) -> serde_json::Value {
+    let path = common::reference(model).join(file);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -26,36 +27,54 @@ fn check(what: &str, got: f64, want: &serde_json::Value) {
     );
 }
 
-#[test]
-fn smollm2_copa_and_winogender_match_lm_eval() {
-    let model = common::real_model("smollm2-135m");
+/// Run `tasks` through the suite runner with the default scoring options.
+fn run(alias: &str, tasks: &str, limit: Option<usize>) -> biaslens::eval::suite::SuiteResult {
+    let model = common::real_model(alias);
     let mut lm = ModelLm::new(&model, LmOptions::default()).unwrap();
     let opts = SuiteOptions {
         data_dir: common::fixtures().join("data"),
-        load: LoadOptions::default(),
+        load: LoadOptions {
+            limit,
+            ..LoadOptions::default()
+        },
         lm: LmOptions::default(),
         cache_dir: None,
         chunk_tokens: 1 << 15,
         shard: None,
         cache_only: false,
     };
-    let tasks = parse_tasks("copa,winogender").unwrap();
-    let res = run_suite(&mut lm, &model.info, &tasks, &opts, &mut |_, _, _| {}).unwrap();
-    let r = &reference()["results"];
+    let tasks = parse_tasks(tasks).unwrap();
+    run_suite(&mut lm, &model.info, &tasks, &opts, &mut |_, _, _| {}).unwrap()
+}
 
-    let TaskScores::Choice(copa) = &res.task("copa").unwrap().output.result else {
-        panic!("copa is a choice task")
+/// acc and acc_norm (and n) of a multiple-choice task against lm-eval's `key`.
+fn check_choice(
+    res: &biaslens::eval::suite::SuiteResult,
+    task: &str,
+    r: &serde_json::Value,
+    key: &str,
+) {
+    let TaskScores::Choice(c) = &res.task(task).unwrap().output.result else {
+        panic!("{task} is a choice task")
     };
-    assert_eq!(copa.n as u64, r["bl_copa"]["sample_len"].as_u64().unwrap());
-    check("copa acc", copa.acc.value, &r["bl_copa"]["acc,none"]);
-    check(
-        "copa acc_norm",
-        copa.acc_norm.value,
-        &r["bl_copa"]["acc_norm,none"],
+    assert_eq!(
+        c.n as u64,
+        r[key]["sample_len"].as_u64().unwrap(),
+        "{task} n"
     );
-    let se = copa.acc.stderr.unwrap();
-    assert!((se - r["bl_copa"]["acc_stderr,none"].as_f64().unwrap()).abs() < 1e-9);
+    check(&format!("{task} acc"), c.acc.value, &r[key]["acc,none"]);
+    if !r[key]["acc_norm,none"].is_null() {
+        check(
+            &format!("{task} acc_norm"),
+            c.acc_norm.value,
+            &r[key]["acc_norm,none"],
+        );
+    }
+    let se = c.acc.stderr.unwrap();
+    assert!((se - r[key]["acc_stderr,none"].as_f64().unwrap()).abs() < 1e-9);
+}
 
+fn check_winogender(res: &biaslens::eval::suite::SuiteResult, r: &serde_json::Value) {
     let TaskScores::Winogender(wg) = &res.task("winogender").unwrap().output.result else {
         panic!("winogender task")
     };
@@ -71,4 +90,22 @@ fn smollm2_copa_and_winogender_match_lm_eval() {
             &r[key]["acc_norm,none"],
         );
     }
+}
+
+#[test]
+fn smollm2_copa_openbookqa_and_winogender_match_lm_eval() {
+    let res = run("smollm2-135m", "copa,openbookqa,winogender", None);
+    let r = &reference("smollm2-135m", "lm_eval_capability.json")["results"];
+    check_choice(&res, "copa", r, "bl_copa");
+    check_choice(&res, "openbookqa", r, "bl_openbookqa");
+    check_winogender(&res, r);
+}
+
+/// Gemma-3 (sliding-window attention, 262k vocabulary) against lm-eval's first-200-items run.
+#[test]
+fn gemma3_copa_and_winogender_match_lm_eval_first200() {
+    let res = run("gemma-3-270m", "copa,winogender", Some(200));
+    let r = &reference("gemma-3-270m", "lm_eval_capability_first200.json")["results"];
+    check_choice(&res, "copa", r, "bl_copa");
+    check_winogender(&res, r);
 }

@@ -63,6 +63,12 @@ pub struct EvalArgs {
     /// one per row.
     #[arg(long, default_value_t = 128)]
     pub row_tokens: usize,
+    /// Use candle's matmul everywhere instead of the AVX-512 kernel (the slow reference).
+    #[arg(long)]
+    pub candle_matmul: bool,
+    /// Batches scored at once on separate threads (keeps every core busy between matmuls).
+    #[arg(long, default_value_t = 2)]
+    pub parallel_batches: usize,
     /// Output folder for results.json and results.md.
     #[arg(long)]
     pub out: PathBuf,
@@ -140,6 +146,8 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         pack_tokens: a.pack_tokens,
         pack_min_shared: a.pack_min_shared,
         row_tokens: a.row_tokens,
+        fast_matmul: !a.candle_matmul,
+        parallel_batches: a.parallel_batches,
         ..LmOptions::default()
     };
     let mut lm = ModelLm::new(&model, lm_opts)?;

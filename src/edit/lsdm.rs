@@ -14,7 +14,7 @@ use super::keys::{capture_at_subject, group_mean};
 use super::solve::{solve_update_robust, LsqInput, Prior, SolvePath};
 use super::target::{optimise_targets, TargetParams};
 use crate::data::{vig_templates, Template};
-use crate::model::{Arch, Model, Site, Transformer};
+use crate::model::{Arch, Model, Norm, Site, Transformer};
 use crate::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -322,15 +322,11 @@ pub fn lsdm(
         };
         let (k, h_cur) = (per_key(Site::MlpKey(l))?, per_key(Site::ResidPost(top))?);
         let r = ((&z_star - &h_cur)? / (layers.len() - i) as f64)?;
-        // What the down-projection's output must change by for the residual to change by r.
-        let r_down = match &post_norm {
-            Some(norm) => {
-                let m = per_key(Site::MlpOut(l))?;
-                let target = (norm.forward(&m)? + &r)?;
-                (norm.rms_preimage(&m, &target)? - &m)?
-            }
-            None => r.clone(),
+        let m = match &post_norm {
+            Some(_) => Some(per_key(Site::MlpOut(l))?),
+            None => None,
         };
+        let r_down = down_output_change(post_norm.as_ref(), m.as_ref(), &r)?;
         let preserved = if prompts.preserve.is_empty() {
             None
         } else {
@@ -390,6 +386,27 @@ pub fn lsdm(
         statistics_token_layers: statistics_work.token_layers,
     };
     Ok((delta, report))
+}
+
+/// What the down-projection's output m must change by for the residual after the MLP to change
+/// by `r`: `r` itself without a post-MLP norm; through a norm y = norm(m), the change that takes
+/// m to the norm's preimage of y + r at m's scale (`Norm::rms_preimage`).
+pub fn down_output_change(
+    post_norm: Option<&Norm>,
+    m: Option<&Tensor>,
+    r: &Tensor,
+) -> Result<Tensor> {
+    match (post_norm, m) {
+        (Some(norm), Some(m)) => {
+            let target = (norm.forward(m)? + r)?;
+            Ok((norm.rms_preimage(m, &target)? - m)?)
+        }
+        (Some(_), None) => Err(Error::param(
+            "post_norm",
+            "inverting the post-MLP norm needs the MLP outputs",
+        )),
+        (None, _) => Ok(r.clone()),
+    }
 }
 
 /// The model with `delta` applied (weights rebuilt from the HF map: one path for all methods).

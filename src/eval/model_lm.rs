@@ -22,7 +22,7 @@
 
 use crate::eval::lm::{LanguageModel, LlRequest, LlResult};
 use crate::model::transformer::log_softmax_accurate;
-use crate::model::{InterventionPlan, LogitsRequest, Model, Site, TreeRow};
+use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer, TreeRow};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
@@ -49,6 +49,13 @@ pub struct LmOptions {
     /// masked attention); 0 keeps one pack per row.
     #[serde(default)]
     pub row_tokens: usize,
+    /// Projections and unembedding through the AVX-512 kernel (`model::matmul`) where the CPU
+    /// has it; numbers differ from candle's matmul only by rounding.
+    #[serde(default)]
+    pub fast_matmul: bool,
+    /// Batches scored at once on separate threads (1: one after the other).
+    #[serde(default)]
+    pub parallel_batches: usize,
 }
 
 impl Default for LmOptions {
@@ -60,6 +67,8 @@ impl Default for LmOptions {
             pack_tokens: 128,
             pack_min_shared: 4,
             row_tokens: 128,
+            fast_matmul: true,
+            parallel_batches: 2,
         }
     }
 }
@@ -67,6 +76,8 @@ impl Default for LmOptions {
 /// The real model as a [`LanguageModel`].
 pub struct ModelLm<'a> {
     model: &'a Model,
+    /// The model's transformer (shared weights) with this scorer's matmul choice.
+    transformer: Transformer,
     tokenizer: Option<&'a Tokenizer>,
     opts: LmOptions,
 }
@@ -80,8 +91,11 @@ impl<'a> ModelLm<'a> {
                 "batch_tokens, max_length and logit_floats must be positive",
             ));
         }
+        let mut transformer = model.transformer.clone();
+        transformer.fast_matmul = opts.fast_matmul;
         Ok(ModelLm {
             model,
+            transformer,
             tokenizer: model.tokenizer.as_ref(),
             opts,
         })
@@ -289,14 +303,15 @@ fn plan_batches(packs: &[Pack], budget: usize) -> Vec<Vec<usize>> {
 
 impl ModelLm<'_> {
     /// Score the requests hosted by one batch of rows; accumulate into `out`.
+    /// Returns one `(request, log-probability, greedy)` per continuation token scored.
     fn run_batch(
         &self,
         prepared: &[Prepared],
         packs: &[&Pack],
         guests: &HashMap<usize, Vec<usize>>,
-        out: &mut [LlResult],
-    ) -> Result<()> {
-        let t = &self.model.transformer;
+    ) -> Result<Vec<(usize, f64, bool)>> {
+        let t = &self.transformer;
+        let mut scored = Vec::new();
         let trees: Vec<TreeRow> = packs.iter().map(|p| p.row.clone()).collect();
         let plan = InterventionPlan::logits(LogitsRequest::None).with_capture([Site::FinalNorm]);
         let fwd = t.forward_tree(&trees, &plan)?;
@@ -339,7 +354,16 @@ impl ModelLm<'_> {
         let head_t = t.lm_head.t()?;
         for c0 in (0..n).step_by(chunk) {
             let c = chunk.min(n - c0);
-            let lp = log_softmax_accurate(&gathered.narrow(0, c0, c)?.matmul(&head_t)?)?;
+            let rows = gathered.narrow(0, c0, c)?;
+            let logits = match t.fast_matmul {
+                true => crate::model::matmul::linear_nt(&rows, &t.lm_head)?,
+                false => None,
+            };
+            let logits = match logits {
+                Some(l) => l,
+                None => rows.matmul(&head_t)?,
+            };
+            let lp = log_softmax_accurate(&logits)?;
             let greedy = lp
                 .argmax(D::Minus1)?
                 .to_dtype(DType::U32)?
@@ -365,15 +389,12 @@ impl ModelLm<'_> {
             let mut k = 0;
             for (s, r) in reads[c0..c0 + c].iter().enumerate() {
                 for &(req, target) in r {
-                    let o = &mut out[req];
-                    o.logprob += vals[k];
-                    o.is_greedy &= greedy[s] == target;
-                    o.n_tokens += 1;
+                    scored.push((req, vals[k], greedy[s] == target));
                     k += 1;
                 }
             }
         }
-        Ok(())
+        Ok(scored)
     }
 }
 
@@ -426,9 +447,38 @@ impl LanguageModel for ModelLm<'_> {
             self.opts.pack_min_shared,
         );
         let packs = fill_rows(packs, self.opts.row_tokens);
-        for batch in plan_batches(&packs, self.opts.batch_tokens) {
-            let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
-            self.run_batch(&prepared, &members, &guests, &mut out)?;
+        let batches = plan_batches(&packs, self.opts.batch_tokens);
+        // Batches run `parallel_batches` at a time on their own threads: candle's elementwise
+        // ops are single-threaded, so one pass alone leaves cores idle between matmuls. Each
+        // batch's numbers do not depend on which thread ran it.
+        let this: &ModelLm = self;
+        for group in batches.chunks(this.opts.parallel_batches.max(1)) {
+            let results: Vec<Result<Vec<(usize, f64, bool)>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = group
+                    .iter()
+                    .map(|batch| {
+                        let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
+                        let (prepared, guests) = (&prepared, &guests);
+                        scope.spawn(move || this.run_batch(prepared, &members, guests))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Model("a scoring thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for scored in results {
+                for (req, logprob, greedy) in scored? {
+                    let o = &mut out[req];
+                    o.logprob += logprob;
+                    o.is_greedy &= greedy;
+                    o.n_tokens += 1;
+                }
+            }
         }
         Ok(out)
     }

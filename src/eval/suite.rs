@@ -319,9 +319,14 @@ pub fn run_suite(
 
 /// Markdown table of every metric.
 pub fn markdown(r: &SuiteResult) -> String {
+    let items = match (r.limit, r.fraction) {
+        (Some(n), _) => format!("first {n} items of each file"),
+        (None, Some(f)) => format!("a seeded fraction {f} of each file"),
+        (None, None) => "every item".to_string(),
+    };
     let mut s = format!(
-        "# Evaluation of `{}`\n\nmodel sha256 `{}`, seed {}, limit {:?}, fraction {:?}, max_length {}, {:.0} s\n\n| task | metric | value | stderr | n |\n|---|---|---:|---:|---:|\n",
-        r.model.name, r.model.sha256, r.seed, r.limit, r.fraction, r.max_length, r.seconds
+        "# Evaluation of `{}`\n\nmodel sha256 `{}`, seed {}, {items}, max_length {}, {:.0} s\n\n| task | metric | value | stderr | n |\n|---|---|---:|---:|---:|\n",
+        r.model.name, r.model.sha256, r.seed, r.max_length, r.seconds
     );
     for t in &r.tasks {
         for m in &t.metrics {

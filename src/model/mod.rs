@@ -2,6 +2,7 @@
 //! instrumented transformer. `Model::load("smollm2-135m")` is the entry point.
 
 pub mod config;
+pub mod matmul;
 pub mod norm;
 pub mod registry;
 pub mod sites;
@@ -10,6 +11,7 @@ pub mod tree;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
+pub use norm::Norm;
 pub use registry::{resolve_model, ModelSource};
 pub use sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
 pub use transformer::{ForwardOutput, KvCache, Resume, Transformer, Work};

@@ -68,7 +68,21 @@ impl Norm {
             .broadcast_as(x.shape())?
             .where_cond(&x_normed, &target.broadcast_div(&safe_scale)?)?;
         let rms = |v: &Tensor| -> Result<Tensor> { Ok(v.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?) };
-        Ok(t.broadcast_mul(&(rms(x)? / rms(&t)?)?)?)
+        let rms_t = rms(&t)?;
+        let smallest = rms_t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite() || *v <= 0.0);
+        if let Some((row, v)) = smallest {
+            return Err(Error::Numerical(format!(
+                "rms_preimage: row {row} of the target has rms {v} (zero or not finite): a norm \
+                 output of zero has no preimage of the input's scale"
+            )));
+        }
+        Ok(t.broadcast_mul(&(rms(x)? / rms_t)?)?)
     }
 }
 
@@ -100,6 +114,15 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn rms_preimage_refuses_a_zero_target() {
+        let norm = rms_norm(vec![1.0; 4], false);
+        let x = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 4), &Device::Cpu).unwrap();
+        let zero = Tensor::zeros((1, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = norm.rms_preimage(&x, &zero).unwrap_err().to_string();
+        assert!(err.contains("row 0"), "{err}");
     }
 
     proptest! {

@@ -21,12 +21,20 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `fast`: try the AVX-512 kernel (`model::matmul`) first; it declines what it cannot do.
+    fn forward(&self, x: &Tensor, fast: bool) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let x2 = x.reshape((b * t, i))?;
+        let fast_y = if fast {
+            super::matmul::linear_nt(&x2, &self.weight)?
+        } else {
+            None
+        };
         // Reduced-precision weights (see `Transformer::with_weight_dtype`): the matmul runs in the
         // weight dtype, everything around it stays in the activations' dtype (f32).
-        let y = if self.weight.dtype() == x.dtype() {
+        let y = if let Some(y) = fast_y {
+            y
+        } else if self.weight.dtype() == x.dtype() {
             x2.matmul(&self.weight.t()?)?
         } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
             // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
@@ -116,6 +124,10 @@ pub struct Transformer {
     /// Passes and token-layers run by this transformer and its clones (shared), so cost
     /// tables report counted work.
     pub work: Arc<WorkCounter>,
+    /// Run the projections through `model::matmul`'s AVX-512 kernel where it applies (f32 CPU,
+    /// no gradients); off by default so edits, traces and snapshots keep candle's numbers.
+    /// The eval engine turns it on (`LmOptions::fast_matmul`).
+    pub fast_matmul: bool,
 }
 
 /// Counted work: `passes` (calls that run layers: forward, forward_resume, forward_from_layer)
@@ -399,6 +411,7 @@ impl Transformer {
             lm_head,
             device: device.clone(),
             work: Arc::default(),
+            fast_matmul: false,
         })
     }
 
@@ -659,17 +672,18 @@ impl Transformer {
             };
             x = (x + attn)?;
             let h = layer.mlp_norm.forward(&x)?;
+            let fast = self.fast_matmul;
             let key = match (&layer.gate, self.cfg.activation) {
                 (Some(g), Activation::Silu) => {
-                    (candle_nn::ops::silu(&g.forward(&h)?)? * layer.up.forward(&h)?)?
+                    (candle_nn::ops::silu(&g.forward(&h, fast)?)? * layer.up.forward(&h, fast)?)?
                 }
                 (Some(g), Activation::GeluTanhGated) => {
-                    (g.forward(&h)?.gelu()? * layer.up.forward(&h)?)?
+                    (g.forward(&h, fast)?.gelu()? * layer.up.forward(&h, fast)?)?
                 }
-                (_, _) => layer.up.forward(&h)?.gelu()?,
+                (_, _) => layer.up.forward(&h, fast)?.gelu()?,
             };
             let key = self.intervene(Site::MlpKey(l), key, &mut st)?;
-            let m = self.intervene(Site::MlpOut(l), layer.down.forward(&key)?, &mut st)?;
+            let m = self.intervene(Site::MlpOut(l), layer.down.forward(&key, fast)?, &mut st)?;
             let m = match &layer.post_mlp_norm {
                 Some(n) => n.forward(&m)?,
                 None => m,
@@ -743,9 +757,10 @@ impl Transformer {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let mut q = split(layer.q.forward(h)?, c.num_heads)?;
-        let mut k = split(layer.k.forward(h)?, c.num_kv_heads)?;
-        let v = split(layer.v.forward(h)?, c.num_kv_heads)?;
+        let fast = self.fast_matmul;
+        let mut q = split(layer.q.forward(h, fast)?, c.num_heads)?;
+        let mut k = split(layer.k.forward(h, fast)?, c.num_kv_heads)?;
+        let v = split(layer.v.forward(h, fast)?, c.num_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -785,7 +800,7 @@ impl Transformer {
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
         let z = self.intervene(Site::HeadZ(l), z, st)?;
-        let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z)?, st)?;
+        let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z, self.fast_matmul)?, st)?;
         Ok((out, (k, v)))
     }
 
