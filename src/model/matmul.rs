@@ -9,9 +9,10 @@
 //! across rayon's threads. Every output is a sequential fused-multiply-add sum over k, so it
 //! differs from candle's result only by rounding (tests: < 1e-5 relative).
 //!
-//! Used only where enabled ([`crate::model::Transformer::fast_matmul`]) and only for f32 CPU
-//! tensors without gradient tracking and with at least [`MIN_ROWS`] rows; everything else
-//! (edits, traces, snapshots, GPUs) keeps candle's matmul.
+//! Used only where enabled ([`crate::model::Transformer::fast_matmul`]: `biaslens eval`) and
+//! only for f32 CPU tensors without gradient tracking and with at least [`MIN_ROWS`] rows;
+//! everything else (edits, traces, the report, whose snapshots must not depend on the CPU, and
+//! GPUs) keeps candle's matmul.
 
 use crate::Result;
 pub use biaslens_matmul::{available, matmul_nt};

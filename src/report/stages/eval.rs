@@ -80,7 +80,12 @@ impl EvalStage {
             model: spec.model.name.clone(),
             data_dir: crate::data::data_dir(),
             cache_dir: PathBuf::from(".biaslens-cache"),
-            lm: LmOptions::default(),
+            // candle's matmul: the AVX-512 kernel exists only on some CPUs, and snapshot numbers
+            // must not depend on which CPU made them (packing is exact and CPU-independent).
+            lm: LmOptions {
+                fast_matmul: false,
+                ..LmOptions::default()
+            },
         }
     }
 }
