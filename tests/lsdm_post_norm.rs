@@ -31,6 +31,22 @@ fn last_token(model: &Model, sites: &[Site]) -> Vec<Tensor> {
         .collect()
 }
 
+/// Solve ΔW for `keys → residuals` (six keys in d_ff dimensions, negligible ridge: an almost
+/// exact fit) and add it to the layer's down-projection, as LSDM does.
+fn add_down_update(model: &mut Model, keys: &Tensor, residuals: &Tensor) {
+    let dw = solve_update(&LsqInput {
+        keys,
+        residuals,
+        prior: Prior::Identity,
+        lambda: 1e-6,
+        preserved: None,
+        mu: 0.0,
+    })
+    .unwrap();
+    let down = &mut model.transformer.layers[LAYER].down;
+    down.weight = (&down.weight + &dw).unwrap();
+}
+
 /// Cosine between matching rows.
 fn row_cosines(a: &Tensor, b: &Tensor) -> Vec<f32> {
     let dot = (a * b).unwrap().sum(D::Minus1).unwrap();
@@ -51,7 +67,7 @@ fn edit_through_the_post_mlp_norm_reaches_the_requested_direction() {
         panic!("two sites")
     };
     let y = norm.forward(m).unwrap();
-    // A requested change of a third of y's size, different for every row.
+    // A requested change of 0.3 × (the next row's output − this one's), different for every row.
     let shifted = Tensor::cat(
         &[&y.narrow(0, 1, 5).unwrap(), &y.narrow(0, 0, 1).unwrap()],
         0,
@@ -59,18 +75,7 @@ fn edit_through_the_post_mlp_norm_reaches_the_requested_direction() {
     .unwrap();
     let r = ((shifted - &y).unwrap() * 0.3).unwrap();
     let r_down = down_output_change(Some(&norm), Some(m), &r).unwrap();
-    // Six keys in d_ff dimensions and a negligible ridge: the solve is (almost) exact.
-    let dw = solve_update(&LsqInput {
-        keys: key,
-        residuals: &r_down,
-        prior: Prior::Identity,
-        lambda: 1e-6,
-        preserved: None,
-        mu: 0.0,
-    })
-    .unwrap();
-    let down = &mut model.transformer.layers[LAYER].down;
-    down.weight = (&down.weight + &dw).unwrap();
+    add_down_update(&mut model, key, &r_down);
     let [m_after] = &last_token(&model, &[Site::MlpOut(LAYER)])[..] else {
         panic!("one site")
     };
@@ -100,17 +105,11 @@ fn edit_through_the_post_mlp_norm_reaches_the_requested_direction() {
     }
     // Ignoring the norm (MEMIT as written) misses the direction on the same rows.
     let mut plain = Model::load_hf_dir("gemma3", &dir, &Device::Cpu).unwrap();
-    let dw = solve_update(&LsqInput {
-        keys: key,
-        residuals: &down_output_change(None, None, &r).unwrap(),
-        prior: Prior::Identity,
-        lambda: 1e-6,
-        preserved: None,
-        mu: 0.0,
-    })
-    .unwrap();
-    let down = &mut plain.transformer.layers[LAYER].down;
-    down.weight = (&down.weight + &dw).unwrap();
+    add_down_update(
+        &mut plain,
+        key,
+        &down_output_change(None, None, &r).unwrap(),
+    );
     let [m_plain] = &last_token(&plain, &[Site::MlpOut(LAYER)])[..] else {
         panic!("one site")
     };

@@ -21,6 +21,7 @@
 //!   (`log_softmax_accurate`, f64 normaliser), so numbers equal `LogitsRequest::Positions`.
 
 use crate::eval::lm::{LanguageModel, LlRequest, LlResult};
+use crate::model::matmul::x_wt;
 use crate::model::transformer::log_softmax_accurate;
 use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer, TreeRow};
 use crate::tokenizer::Tokenizer;
@@ -351,18 +352,9 @@ impl ModelLm<'_> {
             .index_select(&Tensor::from_vec(flat, n, &t.device)?, 0)?;
         let vocab = t.cfg.vocab_size;
         let chunk = (self.opts.logit_floats / vocab).max(1);
-        let head_t = t.lm_head.t()?;
         for c0 in (0..n).step_by(chunk) {
             let c = chunk.min(n - c0);
-            let rows = gathered.narrow(0, c0, c)?;
-            let logits = match t.fast_matmul {
-                true => crate::model::matmul::linear_nt(&rows, &t.lm_head)?,
-                false => None,
-            };
-            let logits = match logits {
-                Some(l) => l,
-                None => rows.matmul(&head_t)?,
-            };
+            let logits = x_wt(&gathered.narrow(0, c0, c)?, &t.lm_head, t.fast_matmul)?;
             let lp = log_softmax_accurate(&logits)?;
             let greedy = lp
                 .argmax(D::Minus1)?

@@ -21,6 +21,17 @@ use candle_core::{CpuStorage, Storage, Tensor};
 /// Below this many rows, packing the weight costs more than the kernel saves.
 pub const MIN_ROWS: usize = 64;
 
+/// `x [m, k] · w [n, k]ᵀ`: through the fast kernel when `fast` and it applies, else candle's
+/// matmul (the reference). The one entry point for the projections and the unembedding.
+pub fn x_wt(x: &Tensor, w: &Tensor, fast: bool) -> Result<Tensor> {
+    if fast {
+        if let Some(y) = linear_nt(x, w)? {
+            return Ok(y);
+        }
+    }
+    Ok(x.matmul(&w.t()?)?)
+}
+
 /// `x [m, k] · w[n, k]ᵀ` through the fast kernel, or `None` when it does not apply (no
 /// AVX-512, not f32 on the CPU, gradients tracked, fewer than [`MIN_ROWS`] rows); the caller
 /// then uses candle's matmul.

@@ -5,7 +5,7 @@
 use super::config::{Activation, Arch, AttnKind, ModelConfig, NormKind};
 pub use super::norm::Norm;
 use super::sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
-use super::tree::{attention_mask, TreeRow};
+use super::tree::{attention_mask, chain_parents, TreeRow};
 use super::weights::{take, WeightMap};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -25,17 +25,10 @@ impl Linear {
     fn forward(&self, x: &Tensor, fast: bool) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let x2 = x.reshape((b * t, i))?;
-        let fast_y = if fast {
-            super::matmul::linear_nt(&x2, &self.weight)?
-        } else {
-            None
-        };
         // Reduced-precision weights (see `Transformer::with_weight_dtype`): the matmul runs in the
         // weight dtype, everything around it stays in the activations' dtype (f32).
-        let y = if let Some(y) = fast_y {
-            y
-        } else if self.weight.dtype() == x.dtype() {
-            x2.matmul(&self.weight.t()?)?
+        let y = if self.weight.dtype() == x.dtype() {
+            super::matmul::x_wt(&x2, &self.weight, fast)?
         } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
             // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
             // f32 accumulation, as cuBLAS does).
@@ -521,7 +514,7 @@ impl Transformer {
         let positions: Vec<Vec<usize>> = (0..b)
             .map(|_| (resume.offset..resume.offset + tq).collect())
             .collect();
-        let parents = vec![TreeRow::chain(&vec![0; tq]).parent; b];
+        let parents = vec![chain_parents(tq); b];
         let st = PassState::new(plan, &pads, resume.offset);
         let layout = Layout {
             positions: &positions,
@@ -565,10 +558,7 @@ impl Transformer {
             .iter()
             .map(|&p| (0..t).map(|i| i.saturating_sub(p)).collect())
             .collect();
-        let parents: Vec<Vec<Option<usize>>> = pads
-            .iter()
-            .map(|&p| TreeRow::chain(&vec![0; t - p]).parent)
-            .collect();
+        let parents: Vec<Vec<Option<usize>>> = pads.iter().map(|&p| chain_parents(t - p)).collect();
         let st = PassState::new(plan, pads, 0);
         let layout = Layout {
             positions: &positions,
@@ -973,4 +963,55 @@ pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
         return Err(Error::Numerical(format!("NaN in {what} at flat index {i}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused RoPE kernel (inference) and the composed form (where gradients flow) give
+    /// bit-identical rotations at per-row positions: the same floating-point operations.
+    #[test]
+    fn fused_rope_equals_the_composed_form() {
+        let (b, h, t, hd) = (2, 3, 5, 8);
+        let dev = Device::Cpu;
+        let positions = [[0usize, 1, 2, 3, 4], [0, 0, 1, 2, 7]];
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for row in positions {
+            for p in row {
+                for _half in 0..2 {
+                    for i in 0..hd / 2 {
+                        let a = p as f32 / 10000f32.powf((2 * i) as f32 / hd as f32);
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+            }
+        }
+        let tables = RopeTables::new(
+            Tensor::from_vec(cos, (b, 1, t, hd), &dev).unwrap(),
+            Tensor::from_vec(sin, (b, 1, t, hd), &dev).unwrap(),
+        )
+        .unwrap();
+        let vals: Vec<f32> = (0..b * h * t * hd)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let x = Tensor::from_vec(vals, (b, h, t, hd), &dev).unwrap();
+        let fused = tables.apply(&x).unwrap();
+        let composed = apply_rope(&x, &tables.cos_full, &tables.sin_full).unwrap();
+        let tracked = tables
+            .apply(candle_core::Var::from_tensor(&x).unwrap().as_tensor())
+            .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&fused), bits(&composed));
+        assert_eq!(bits(&tracked), bits(&composed));
+    }
 }

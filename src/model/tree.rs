@@ -24,7 +24,7 @@ impl TreeRow {
     pub fn chain(tokens: &[u32]) -> TreeRow {
         TreeRow {
             tokens: tokens.to_vec(),
-            parent: (0..tokens.len()).map(|i| i.checked_sub(1)).collect(),
+            parent: chain_parents(tokens.len()),
         }
     }
 
@@ -88,6 +88,11 @@ impl TreeRow {
         }
         Ok(())
     }
+}
+
+/// Parents of an ordinary sequence of `len` tokens: each token's parent is the one before it.
+pub fn chain_parents(len: usize) -> Vec<Option<usize>> {
+    (0..len).map(|i| i.checked_sub(1)).collect()
 }
 
 /// Depth of every node of a parent list whose parents precede their children.
