@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fast eval path against its slow reference in one run: the same tasks scored with every
-# request in its own row, candle's matmul and one batch at a time (`--pack-tokens 0
-# --row-tokens 0 --candle-matmul --parallel-batches 1`), then with the defaults (token tries,
-# filled rows, AVX-512 matmul where the CPU has it, two batches at once), no cache.
+# request in its own row, candle's composed ops and one batch at a time (`--pack-tokens 0
+# --row-tokens 0 --candle-ops --parallel-batches 1`), then with the defaults (token tries,
+# filled rows, the fused AVX-512 kernels where the CPU has them, two batches at once), no cache.
 # Prints both wall times, the ratio, and fails if the two metric tables differ.
 #
 #   harness/eval-speed.sh [MODEL] [TASKS] [LIMIT]      (defaults: smollm2-135m arc_easy 120)
@@ -29,13 +29,13 @@ run() { # name, extra args...
     echo "$t1 - $t0" | bc
 }
 
-unpacked=$(run unpacked --pack-tokens 0 --row-tokens 0 --candle-matmul --parallel-batches 1)
+unpacked=$(run unpacked --pack-tokens 0 --row-tokens 0 --candle-ops --parallel-batches 1)
 packed=$(run packed)
 grep '^|' "$out/unpacked/results.md" > "$out/a"
 grep '^|' "$out/packed/results.md" > "$out/b"
 echo "model $model, tasks $tasks, first $limit items each; $(nproc) cores"
-printf 'reference (row per request, candle matmul): %8.1f s\n' "$unpacked"
-printf 'fast (tries, filled rows, AVX-512, 2 batches): %8.1f s\n' "$packed"
+printf 'reference (row per request, candle ops):     %8.1f s\n' "$unpacked"
+printf 'fast (tries, filled rows, fused kernels, 2 batches): %8.1f s\n' "$packed"
 printf 'speed-up:                       %8.2fx\n' "$(echo "$unpacked / $packed" | bc -l)"
 if diff -q "$out/a" "$out/b" > /dev/null; then
     echo "metric tables identical"

@@ -134,7 +134,7 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 0,
             pack_min_shared: 4,
             row_tokens: 0,
-            fast_matmul: false,
+            fast_kernels: false,
             parallel_batches: 1,
         },
         LmOptions {
@@ -144,7 +144,7 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 40,
             pack_min_shared: 1,
             row_tokens: 0,
-            fast_matmul: false,
+            fast_kernels: false,
             parallel_batches: 3,
         },
         LmOptions {
@@ -154,7 +154,7 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 0,
             pack_min_shared: 4,
             row_tokens: 0,
-            fast_matmul: true,
+            fast_kernels: true,
             parallel_batches: 1,
         },
         LmOptions {
@@ -164,7 +164,7 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 1000,
             pack_min_shared: 2,
             row_tokens: 70,
-            fast_matmul: true,
+            fast_kernels: true,
             parallel_batches: 3,
         },
         LmOptions {
@@ -174,7 +174,7 @@ fn check_batched_equals_plain(arch: &str) {
             pack_tokens: 0,
             pack_min_shared: 4,
             row_tokens: 50,
-            fast_matmul: true,
+            fast_kernels: true,
             parallel_batches: 1,
         },
         LmOptions {

@@ -7,9 +7,12 @@ use candle_core::{DType, Device, Tensor, D};
 
 const TOL: f32 = 1e-4;
 
-fn check_arch(arch: &str) {
+/// `fast`: the eval path's fused CPU ops (attention, SwiGLU, RMS norm, AVX-512 matmul where
+/// it applies) instead of candle's composed ones.
+fn check_arch(arch: &str, fast: bool) {
     let dir = common::reference("tiny").join(arch);
-    let model = Model::load_hf_dir(arch, &dir, &Device::Cpu).expect("load tiny model");
+    let mut model = Model::load_hf_dir(arch, &dir, &Device::Cpu).expect("load tiny model");
+    model.transformer.fast_kernels = fast;
     let exp =
         candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     let ids = exp["input_ids"]
@@ -46,28 +49,36 @@ fn check_arch(arch: &str) {
         .iter()
         .filter(|(_, d)| *d > TOL || d.is_nan())
         .collect();
-    assert!(bad.is_empty(), "{arch}: deviations above {TOL}: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{arch} (fast: {fast}): deviations above {TOL}: {bad:?}"
+    );
 }
 
 #[test]
 fn tiny_llama_matches_hf() {
-    check_arch("llama");
+    check_arch("llama", false);
+    check_arch("llama", true);
 }
 #[test]
 fn tiny_mistral_matches_hf() {
-    check_arch("mistral");
+    check_arch("mistral", false);
+    check_arch("mistral", true);
 }
 #[test]
 fn tiny_qwen2_matches_hf() {
-    check_arch("qwen2");
+    check_arch("qwen2", false);
+    check_arch("qwen2", true);
 }
 #[test]
 fn tiny_gemma3_matches_hf() {
-    check_arch("gemma3");
+    check_arch("gemma3", false);
+    check_arch("gemma3", true);
 }
 #[test]
 fn tiny_gpt2_matches_hf() {
-    check_arch("gpt2");
+    check_arch("gpt2", false);
+    check_arch("gpt2", true);
 }
 
 /// The work counter behind Table 4: one pass per forward, rows × tokens × layers run, shared

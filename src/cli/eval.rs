@@ -63,9 +63,10 @@ pub struct EvalArgs {
     /// one per row.
     #[arg(long, default_value_t = 128)]
     pub row_tokens: usize,
-    /// Use candle's matmul everywhere instead of the AVX-512 kernel (the slow reference).
-    #[arg(long)]
-    pub candle_matmul: bool,
+    /// Use candle's composed ops everywhere (matmul, attention, SwiGLU, RMS norm) instead of
+    /// the fused AVX-512 kernels: the slow reference.
+    #[arg(long, alias = "candle-matmul")]
+    pub candle_ops: bool,
     /// Batches scored at once on separate threads (keeps every core busy between matmuls).
     #[arg(long, default_value_t = 2)]
     pub parallel_batches: usize,
@@ -146,7 +147,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         pack_tokens: a.pack_tokens,
         pack_min_shared: a.pack_min_shared,
         row_tokens: a.row_tokens,
-        fast_matmul: !a.candle_matmul,
+        fast_kernels: !a.candle_ops,
         parallel_batches: a.parallel_batches,
         ..LmOptions::default()
     };

@@ -50,10 +50,11 @@ pub struct LmOptions {
     /// masked attention); 0 keeps one pack per row.
     #[serde(default)]
     pub row_tokens: usize,
-    /// Projections and unembedding through the AVX-512 kernel (`model::matmul`) where the CPU
-    /// has it; numbers differ from candle's matmul only by rounding.
-    #[serde(default)]
-    pub fast_matmul: bool,
+    /// The fused CPU kernels (`Transformer::fast_kernels`: AVX-512 projections and
+    /// unembedding, fused attention, one-pass SwiGLU and RMS norm) where the CPU has them;
+    /// numbers differ from candle's composed ops only by rounding.
+    #[serde(default, alias = "fast_matmul")]
+    pub fast_kernels: bool,
     /// Batches scored at once on separate threads (1: one after the other).
     #[serde(default)]
     pub parallel_batches: usize,
@@ -68,7 +69,7 @@ impl Default for LmOptions {
             pack_tokens: 128,
             pack_min_shared: 4,
             row_tokens: 128,
-            fast_matmul: true,
+            fast_kernels: true,
             parallel_batches: 2,
         }
     }
@@ -93,7 +94,7 @@ impl<'a> ModelLm<'a> {
             ));
         }
         let mut transformer = model.transformer.clone();
-        transformer.fast_matmul = opts.fast_matmul;
+        transformer.fast_kernels = opts.fast_kernels;
         Ok(ModelLm {
             model,
             transformer,
@@ -354,7 +355,7 @@ impl ModelLm<'_> {
         let chunk = (self.opts.logit_floats / vocab).max(1);
         for c0 in (0..n).step_by(chunk) {
             let c = chunk.min(n - c0);
-            let logits = x_wt(&gathered.narrow(0, c0, c)?, &t.lm_head, t.fast_matmul)?;
+            let logits = x_wt(&gathered.narrow(0, c0, c)?, &t.lm_head, t.fast_kernels)?;
             let lp = log_softmax_accurate(&logits)?;
             let greedy = lp
                 .argmax(D::Minus1)?

@@ -9,14 +9,14 @@
 //! across rayon's threads. Every output is a sequential fused-multiply-add sum over k, so it
 //! differs from candle's result only by rounding (tests: < 1e-5 relative).
 //!
-//! Used only where enabled ([`crate::model::Transformer::fast_matmul`]: `biaslens eval`) and
+//! Used only where enabled ([`crate::model::Transformer::fast_kernels`]: `biaslens eval`) and
 //! only for f32 CPU tensors without gradient tracking and with at least [`MIN_ROWS`] rows;
 //! everything else (edits, traces, the report, whose snapshots must not depend on the CPU, and
 //! GPUs) keeps candle's matmul.
 
 use crate::Result;
-pub use biaslens_matmul::{available, matmul_nt};
-use candle_core::{CpuStorage, Storage, Tensor};
+pub use biaslens_matmul::{attention, available, matmul_nt, AttentionShape};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 /// Below this many rows, packing the weight costs more than the kernel saves.
 pub const MIN_ROWS: usize = 64;
@@ -59,6 +59,64 @@ pub fn linear_nt(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         }
     };
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+}
+
+/// Attention through the fused kernel: `q [b, h, t, d]` (scaled), `k`, `v [b, kvh, tk, d]`,
+/// additive `mask [b, 1, t, tk]` → `z [b, t, h·d]`; `None` where it does not apply (no AVX-512,
+/// not f32 on the CPU, gradients tracked), and the caller composes candle's ops instead.
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+) -> Result<Option<Tensor>> {
+    let all = [q, k, v, mask];
+    if !available()
+        || all
+            .iter()
+            .any(|t| t.track_op() || !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return Ok(None);
+    }
+    let (rows, heads, queries, head_dim) = q.dims4()?;
+    let (_, kv_heads, keys, _) = k.dims4()?;
+    if mask.dims4()? != (rows, 1, queries, keys) || v.dims4()? != k.dims4()? {
+        return Ok(None);
+    }
+    let shape = AttentionShape {
+        rows,
+        heads,
+        kv_heads,
+        queries,
+        keys,
+        head_dim,
+    };
+    let (q, k, v, mask) = (
+        q.contiguous()?,
+        k.contiguous()?,
+        v.contiguous()?,
+        mask.contiguous()?,
+    );
+    let z = {
+        let guards = [&q, &k, &v, &mask].map(|t| t.storage_and_layout());
+        let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
+        for (st, l) in &guards {
+            let Storage::Cpu(CpuStorage::F32(data)) = &**st else {
+                return Ok(None);
+            };
+            let n = l.shape().elem_count();
+            slices.push(&data[l.start_offset()..l.start_offset() + n]);
+        }
+        match attention(slices[0], slices[1], slices[2], slices[3], shape) {
+            Some(z) => z,
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(Tensor::from_vec(
+        z,
+        (rows, queries, heads * head_dim),
+        q.device(),
+    )?))
 }
 
 #[cfg(test)]

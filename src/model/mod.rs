@@ -2,6 +2,7 @@
 //! instrumented transformer. `Model::load("smollm2-135m")` is the entry point.
 
 pub mod config;
+pub mod fused;
 pub mod matmul;
 pub mod norm;
 pub mod registry;

@@ -28,6 +28,17 @@ impl Norm {
         })
     }
 
+    /// [`Norm::forward`], in one pass per row when `fast` and the tensor allows it
+    /// ([`super::fused::rms_norm`]; RMS norms without bias only).
+    pub fn forward_fast(&self, x: &Tensor, fast: bool) -> Result<Tensor> {
+        if fast && self.kind != NormKind::Layer && self.bias.is_none() {
+            if let Some(y) = super::fused::rms_norm(x, &self.scale, self.eps)? {
+                return Ok(y);
+            }
+        }
+        self.forward(x)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let normed = match self.kind {
             NormKind::Rms | NormKind::RmsOnePlus => {

@@ -117,10 +117,11 @@ pub struct Transformer {
     /// Passes and token-layers run by this transformer and its clones (shared), so cost
     /// tables report counted work.
     pub work: Arc<WorkCounter>,
-    /// Run the projections through `model::matmul`'s AVX-512 kernel where it applies (f32 CPU,
-    /// no gradients); off by default so edits, traces and snapshots keep candle's numbers.
-    /// The eval engine turns it on (`LmOptions::fast_matmul`).
-    pub fast_matmul: bool,
+    /// Run the CPU eval kernels where they apply (f32 CPU, no gradients): projections through
+    /// `model::matmul`'s AVX-512 kernel, fused attention (`model::matmul::fused_attention`),
+    /// one-pass SwiGLU and RMS norm (`model::fused`). Off by default so edits, traces and
+    /// snapshots keep candle's numbers; the eval engine turns it on (`LmOptions::fast_kernels`).
+    pub fast_kernels: bool,
 }
 
 /// Counted work: `passes` (calls that run layers: forward, forward_resume, forward_from_layer)
@@ -404,7 +405,7 @@ impl Transformer {
             lm_head,
             device: device.clone(),
             work: Arc::default(),
-            fast_matmul: false,
+            fast_kernels: false,
         })
     }
 
@@ -636,18 +637,21 @@ impl Transformer {
                         window,
                         &self.device,
                     )?;
-                    // Materialised per head: candle adds same-shape tensors far faster than
-                    // a mask broadcast over the head axis.
-                    let per_head = m
-                        .broadcast_as((rows, self.cfg.num_heads, tokens, past_len + tokens))?
-                        .contiguous()?;
-                    e.insert(per_head).clone()
+                    // The fused attention reads one mask per row; candle's composed one adds
+                    // same-shape tensors far faster than a mask broadcast over the head axis.
+                    let m = if self.fused_attention() {
+                        m
+                    } else {
+                        m.broadcast_as((rows, self.cfg.num_heads, tokens, past_len + tokens))?
+                            .contiguous()?
+                    };
+                    e.insert(m).clone()
                 }
             };
             let (attn, kv) = self.attention(
                 l,
                 layer,
-                &layer.attn_norm.forward(&x)?,
+                &layer.attn_norm.forward_fast(&x, self.fast_kernels)?,
                 rope.as_ref(),
                 &mask,
                 layer_past,
@@ -657,15 +661,23 @@ impl Transformer {
                 kvs.push(kv);
             }
             let attn = match &layer.post_attn_norm {
-                Some(n) => n.forward(&attn)?,
+                Some(n) => n.forward_fast(&attn, self.fast_kernels)?,
                 None => attn,
             };
             x = (x + attn)?;
-            let h = layer.mlp_norm.forward(&x)?;
-            let fast = self.fast_matmul;
+            let h = layer.mlp_norm.forward_fast(&x, self.fast_kernels)?;
+            let fast = self.fast_kernels;
             let key = match (&layer.gate, self.cfg.activation) {
                 (Some(g), Activation::Silu) => {
-                    (candle_nn::ops::silu(&g.forward(&h, fast)?)? * layer.up.forward(&h, fast)?)?
+                    let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
+                    match fast
+                        .then(|| super::fused::silu_mul(&g, &u))
+                        .transpose()?
+                        .flatten()
+                    {
+                        Some(key) => key,
+                        None => (candle_nn::ops::silu(&g)? * u)?,
+                    }
                 }
                 (Some(g), Activation::GeluTanhGated) => {
                     (g.forward(&h, fast)?.gelu()? * layer.up.forward(&h, fast)?)?
@@ -675,7 +687,7 @@ impl Transformer {
             let key = self.intervene(Site::MlpKey(l), key, &mut st)?;
             let m = self.intervene(Site::MlpOut(l), layer.down.forward(&key, fast)?, &mut st)?;
             let m = match &layer.post_mlp_norm {
-                Some(n) => n.forward(&m)?,
+                Some(n) => n.forward_fast(&m, fast)?,
                 None => m,
             };
             x = self.intervene(Site::ResidPost(l), (x + m)?, &mut st)?;
@@ -689,7 +701,11 @@ impl Transformer {
                 });
             }
         }
-        let x = self.intervene(Site::FinalNorm, self.final_norm.forward(&x)?, &mut st)?;
+        let x = self.intervene(
+            Site::FinalNorm,
+            self.final_norm.forward_fast(&x, self.fast_kernels)?,
+            &mut st,
+        )?;
         let logprobs = self.logprobs(&x, &plan.logits, pads, st.offset)?;
         if let Some(lp) = &logprobs {
             check_finite(lp, "log-probabilities")?;
@@ -701,6 +717,12 @@ impl Transformer {
             pads: pads.to_vec(),
             offset: st.offset,
         })
+    }
+
+    /// Whether attention runs through the fused CPU kernel (the eval path with the fast matmul
+    /// on an AVX-512 CPU); it declines, per call, tensors it cannot take (gradients tracked).
+    fn fused_attention(&self) -> bool {
+        self.fast_kernels && self.device.is_cpu() && super::matmul::available()
     }
 
     /// cos/sin tables [rows, 1, tokens, head_dim] in HF's (non-interleaved) rotate-half layout.
@@ -747,13 +769,13 @@ impl Transformer {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let fast = self.fast_matmul;
+        let fast = self.fast_kernels;
         let mut q = split(layer.q.forward(h, fast)?, c.num_heads)?;
         let mut k = split(layer.k.forward(h, fast)?, c.num_kv_heads)?;
         let v = split(layer.v.forward(h, fast)?, c.num_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
+            q = qn.forward_fast(&q, fast)?;
+            k = kn.forward_fast(&k, fast)?;
         }
         if let Some(r) = rope {
             q = r.apply(&q)?;
@@ -763,6 +785,19 @@ impl Transformer {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
             None => (k.clone(), v.clone()),
         };
+        if self.fused_attention() {
+            if let Some(z) =
+                super::matmul::fused_attention(&(q.clone() * c.attn_scale)?, &k_all, &v_all, mask)?
+            {
+                let z = self.intervene(Site::HeadZ(l), z, st)?;
+                let out = self.intervene(
+                    Site::AttnOut(l),
+                    layer.o.forward(&z, self.fast_kernels)?,
+                    st,
+                )?;
+                return Ok((out, (k, v)));
+            }
+        }
         let groups = c.kv_groups();
         let expand = |x: &Tensor| -> Result<Tensor> {
             if groups == 1 {
@@ -778,7 +813,7 @@ impl Transformer {
         };
         let (ke, ve) = (expand(&k_all)?, expand(&v_all)?);
         // Scale the (small) queries rather than the scores; the mask is already one per head.
-        let scores = ((q * c.attn_scale)?.matmul(&ke.t()?)? + mask)?;
+        let scores = (q * c.attn_scale)?.matmul(&ke.t()?)?.broadcast_add(mask)?;
         // The fused softmax has no backward; use the composed one when gradients are tracked.
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -790,7 +825,11 @@ impl Transformer {
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
         let z = self.intervene(Site::HeadZ(l), z, st)?;
-        let out = self.intervene(Site::AttnOut(l), layer.o.forward(&z, self.fast_matmul)?, st)?;
+        let out = self.intervene(
+            Site::AttnOut(l),
+            layer.o.forward(&z, self.fast_kernels)?,
+            st,
+        )?;
         Ok((out, (k, v)))
     }
 

@@ -10,6 +10,11 @@ const MR: usize = 12;
 const KC: usize = 256;
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = MR * 8;
+
+mod attention;
+pub mod elementwise;
+pub use attention::{attention, AttentionShape};
+
 /// Whether this CPU runs the fast kernel.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -39,6 +44,39 @@ pub fn matmul_nt(a: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Option<V
     }
 }
 
+/// The same product as [`matmul_nt`] on the calling thread, written into `c [m, n]`; `false`
+/// (and `c` untouched) without AVX-512.
+pub fn matmul_nt_serial(a: &[f32], m: usize, k: usize, w: &[f32], n: usize, c: &mut [f32]) -> bool {
+    assert_eq!(a.len(), m * k, "a is not [m, k]");
+    assert_eq!(w.len(), n * k, "w is not [n, k]");
+    if !available() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::matmul_nt_serial(a, m, k, w, n, c);
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Pack `b [k, n]` (row-major, the untransposed operand) into the same panels as
+/// [`pack_panels`] packs `bᵀ`: panel p is `[k][NR]`, rows of b cut into `NR`-column pieces.
+fn pack_rows(b: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let panels = n.div_ceil(NR);
+    let mut out = vec![0f32; panels * k * NR];
+    for p in 0..panels {
+        let cols = NR.min(n - p * NR);
+        for kk in 0..k {
+            out[(p * k + kk) * NR..][..cols].copy_from_slice(&b[kk * n + p * NR..][..cols]);
+        }
+    }
+    out
+}
+
 /// Pack `w [n, k]` into panels of `NR` columns: panel p is `[k][NR]` (zero-padded columns).
 fn pack_panels(w: &[f32], n: usize, k: usize) -> Vec<f32> {
     let panels = n.div_ceil(NR);
@@ -56,6 +94,7 @@ fn pack_panels(w: &[f32], n: usize, k: usize) -> Vec<f32> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    pub(crate) use super::pack_rows;
     use super::{pack_panels, KC, MR, NR, ROWS_PER_TASK};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
@@ -68,32 +107,61 @@ mod avx512 {
         }
         c.par_chunks_mut(ROWS_PER_TASK * n)
             .enumerate()
-            .for_each(|(task, block)| {
-                let row0 = task * ROWS_PER_TASK;
-                let rows = block.len() / n;
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    for p in 0..n.div_ceil(NR) {
-                        let panel = &packed[(p * k + k0) * NR..(p * k + k0 + kc) * NR];
-                        let cols = NR.min(n - p * NR);
-                        for i in (0..rows).step_by(MR) {
-                            let r = MR.min(rows - i);
-                            let a_block = &a[(row0 + i) * k + k0..];
-                            let c_block = &mut block[i * n + p * NR..];
-                            // SAFETY: `available()` checked AVX-512F before any call reaches
-                            // here; the kernel reads r rows of `a_block` at stride k (kc each),
-                            // kc × NR floats of `panel`, and writes r rows of `cols` floats of
-                            // `c_block` at stride n, all inside the slices (asserted below).
-                            debug_assert!(a_block.len() >= (r - 1) * k + kc);
-                            debug_assert!(c_block.len() >= (r - 1) * n + cols);
-                            unsafe {
-                                block_kernel(r, a_block, k, panel, kc, c_block, n, cols, k0 == 0)
-                            };
-                        }
-                    }
-                }
-            });
+            .for_each(|(task, block)| rows_into(a, task * ROWS_PER_TASK, k, &packed, n, block));
         c
+    }
+
+    /// The same product on the calling thread, into `c` (for callers that parallelise above).
+    pub fn matmul_nt_serial(a: &[f32], m: usize, k: usize, w: &[f32], n: usize, c: &mut [f32]) {
+        assert_eq!(c.len(), m * n, "c is not [m, n]");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let packed = pack_panels(w, n, k);
+        rows_into(a, 0, k, &packed, n, c);
+    }
+
+    /// Rows `row0..row0 + block.len() / n` of the product into `block`.
+    fn rows_into(a: &[f32], row0: usize, k: usize, packed: &[f32], n: usize, block: &mut [f32]) {
+        packed_rows_into(&a[row0 * k..], k, k, packed, k, n, block);
+    }
+
+    /// `block [rows, n]` = `a [rows, kdim]` (row stride `lda`) times the first `kdim` rows of
+    /// packed panels whose own length is `panel_len` (≥ kdim): a product over a prefix of the
+    /// packed operand's inner dimension, and over its first `n` columns.
+    pub(crate) fn packed_rows_into(
+        a: &[f32],
+        lda: usize,
+        kdim: usize,
+        packed: &[f32],
+        panel_len: usize,
+        n: usize,
+        block: &mut [f32],
+    ) {
+        assert!(
+            kdim <= panel_len && kdim <= lda,
+            "inner dimension beyond the operands"
+        );
+        let rows = block.len() / n;
+        for k0 in (0..kdim).step_by(KC) {
+            let kc = KC.min(kdim - k0);
+            for p in 0..n.div_ceil(NR) {
+                let panel = &packed[(p * panel_len + k0) * NR..(p * panel_len + k0 + kc) * NR];
+                let cols = NR.min(n - p * NR);
+                for i in (0..rows).step_by(MR) {
+                    let r = MR.min(rows - i);
+                    let a_block = &a[i * lda + k0..];
+                    let c_block = &mut block[i * n + p * NR..];
+                    // SAFETY: `available()` checked AVX-512F before any call reaches
+                    // here; the kernel reads r rows of `a_block` at stride lda (kc each),
+                    // kc × NR floats of `panel`, and writes r rows of `cols` floats of
+                    // `c_block` at stride n, all inside the slices (asserted below).
+                    assert!(a_block.len() >= (r - 1) * lda + kc);
+                    assert!(c_block.len() >= (r - 1) * n + cols);
+                    unsafe { block_kernel(r, a_block, lda, panel, kc, c_block, n, cols, k0 == 0) };
+                }
+            }
+        }
     }
 
     /// Dispatch on the number of rows left (the register block is a const generic).

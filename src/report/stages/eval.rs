@@ -83,7 +83,7 @@ impl EvalStage {
             // candle's matmul: the AVX-512 kernel exists only on some CPUs, and snapshot numbers
             // must not depend on which CPU made them (packing is exact and CPU-independent).
             lm: LmOptions {
-                fast_matmul: false,
+                fast_kernels: false,
                 ..LmOptions::default()
             },
         }
