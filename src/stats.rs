@@ -9,7 +9,7 @@ mod paired;
 mod regression;
 mod special;
 
-pub use bootstrap::{bootstrap, bootstrap_many, percentile, BootstrapSpec};
+pub use bootstrap::{bootstrap, bootstrap_many, bootstrap_stderr, percentile, BootstrapSpec};
 pub use correlation::{pearson, ranks, spearman};
 pub use describe::{mean, mean_ci, sample_sd, sem};
 pub use paired::{mcnemar, paired_bootstrap_mean_diff, paired_t_test, McNemar, TTest};

@@ -303,6 +303,9 @@ fn plan_batches(packs: &[Pack], budget: usize) -> Vec<Vec<usize>> {
     batches
 }
 
+/// One scored continuation token: (request, log-probability, greedy).
+type Scored = (usize, f64, bool);
+
 impl ModelLm<'_> {
     /// Score the requests hosted by one batch of rows; accumulate into `out`.
     /// Returns one `(request, log-probability, greedy)` per continuation token scored.
@@ -441,36 +444,61 @@ impl LanguageModel for ModelLm<'_> {
         );
         let packs = fill_rows(packs, self.opts.row_tokens);
         let batches = plan_batches(&packs, self.opts.batch_tokens);
-        // Batches run `parallel_batches` at a time on their own threads: candle's elementwise
-        // ops are single-threaded, so one pass alone leaves cores idle between matmuls. Each
-        // batch's numbers do not depend on which thread ran it.
+        // `parallel_batches` threads take batches from a shared queue: candle's elementwise
+        // ops are single-threaded, so one pass alone leaves cores idle between matmuls, and a
+        // queue (unlike groups joined together) never waits for the slower of two. Results are
+        // added in batch order, so the sums do not depend on which thread ran what.
         let this: &ModelLm = self;
-        for group in batches.chunks(this.opts.parallel_batches.max(1)) {
-            let results: Vec<Result<Vec<(usize, f64, bool)>>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = group
-                    .iter()
-                    .map(|batch| {
-                        let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
-                        let (prepared, guests) = (&prepared, &guests);
-                        scope.spawn(move || this.run_batch(prepared, &members, guests))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Model("a scoring thread panicked".into()))
-                        })
-                    })
-                    .collect()
-            });
-            for scored in results {
-                for (req, logprob, greedy) in scored? {
-                    let o = &mut out[req];
-                    o.logprob += logprob;
-                    o.is_greedy &= greedy;
-                    o.n_tokens += 1;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let scored: Vec<std::sync::Mutex<Option<Result<Vec<Scored>>>>> = batches
+            .iter()
+            .map(|_| std::sync::Mutex::new(None))
+            .collect();
+        let workers = this.opts.parallel_batches.clamp(1, batches.len().max(1));
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (prepared, guests, packs, batches) = (&prepared, &guests, &packs, &batches);
+                let (next, scored) = (&next, &scored);
+                scope.spawn(move || loop {
+                    let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(batch) = batches.get(b) else {
+                        break;
+                    };
+                    let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
+                    let result = this.run_batch(prepared, &members, guests);
+                    let failed = result.is_err();
+                    if let Ok(mut slot) = scored[b].lock() {
+                        *slot = Some(result);
+                    }
+                    if failed {
+                        // Stop handing out work; the error is reported below.
+                        next.store(batches.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let mut results = Vec::with_capacity(scored.len());
+        for slot in scored {
+            let result = slot
+                .into_inner()
+                .map_err(|_| Error::Model("a scoring thread panicked".into()))?;
+            results.push(result);
+        }
+        // A failed batch stops the queue: report its error before noticing unscored batches.
+        for result in results.iter_mut() {
+            if let Some(Err(_)) = result {
+                if let Some(Err(e)) = result.take() {
+                    return Err(e);
                 }
+            }
+        }
+        for result in results {
+            let scored = result.ok_or_else(|| Error::Model("a batch was not scored".into()))??;
+            for (req, logprob, greedy) in scored {
+                let o = &mut out[req];
+                o.logprob += logprob;
+                o.is_greedy &= greedy;
+                o.n_tokens += 1;
             }
         }
         Ok(out)

@@ -10,6 +10,7 @@ use crate::eval::metrics::Metric;
 use crate::eval::model_lm::LmOptions;
 use crate::eval::registry::{run_task, task, TaskOutput, TaskScores, TaskSpec, TASKS};
 use crate::model::ModelInfo;
+use crate::stats::BootstrapSpec;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -173,6 +174,36 @@ fn plain(name: &str, value: f64, n: usize) -> MetricRow {
     }
 }
 
+/// Resamples and seed of the bootstrap standard errors of aggregates that have no per-item
+/// standard error (perplexities over documents, StereoSet's scores over target terms).
+pub const BOOTSTRAP_SE: BootstrapSpec = BootstrapSpec {
+    resamples: 1000,
+    seed: 1234,
+};
+
+/// Bootstrap standard errors of `k` statistics of `n` units, or `None` for each where there
+/// are too few units (fewer than two) or too many non-finite resamples.
+fn bootstrap_se<F: Fn(&[usize]) -> Vec<f64>>(n: usize, k: usize, stat: F) -> Vec<Option<f64>> {
+    match crate::stats::bootstrap_stderr(n, &BOOTSTRAP_SE, k, stat) {
+        Ok(se) => se.into_iter().map(Some).collect(),
+        Err(_) => vec![None; k],
+    }
+}
+
+/// Rows of named values with their (optional) standard errors.
+fn with_stderr(values: &[(&str, f64)], se: Vec<Option<f64>>, n: usize) -> Vec<MetricRow> {
+    values
+        .iter()
+        .zip(se)
+        .map(|(&(name, value), stderr)| MetricRow {
+            name: name.to_string(),
+            value,
+            stderr,
+            n,
+        })
+        .collect()
+}
+
 /// Flatten a task's typed scores into named metrics.
 pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
     match scores {
@@ -182,12 +213,26 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
             row("acc", &l.acc, l.n),
             row("perplexity", &l.perplexity, l.n),
         ],
-        TaskScores::Perplexity(p) => vec![
-            plain("word_perplexity", p.word_perplexity, p.n_docs),
-            plain("token_perplexity", p.token_perplexity, p.n_docs),
-            plain("byte_perplexity", p.byte_perplexity, p.n_docs),
-            plain("bits_per_byte", p.bits_per_byte, p.n_docs),
-        ],
+        TaskScores::Perplexity(p) => {
+            let se = bootstrap_se(p.records.len(), 4, |idx| {
+                let r = crate::eval::tasks::wikitext::perplexities(
+                    idx.iter().map(|&i| p.records[i].clone()).collect(),
+                );
+                vec![
+                    r.word_perplexity,
+                    r.token_perplexity,
+                    r.byte_perplexity,
+                    r.bits_per_byte,
+                ]
+            });
+            let values = [
+                ("word_perplexity", p.word_perplexity),
+                ("token_perplexity", p.token_perplexity),
+                ("byte_perplexity", p.byte_perplexity),
+                ("bits_per_byte", p.bits_per_byte),
+            ];
+            with_stderr(&values, se, p.n_docs)
+        }
         TaskScores::Lama(l) => vec![
             row("acc", &l.acc, l.n),
             plain("acc_macro", l.acc_macro, l.n),
@@ -216,11 +261,16 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
             row("acc_norm_male", &w.male.acc_norm, w.male.n),
             row("acc_gap", &w.acc_gap, w.all.n),
         ],
-        TaskScores::StereoSet(s) => vec![
-            plain("lms", s.lms, s.n),
-            plain("ss", s.ss, s.n),
-            plain("icat", s.icat, s.n),
-        ],
+        TaskScores::StereoSet(s) => {
+            let terms: Vec<(f64, f64)> = s.per_term.values().map(|t| (t.lms, t.ss)).collect();
+            let se = bootstrap_se(terms.len(), 3, |idx| {
+                let k = idx.len() as f64;
+                let lms = idx.iter().map(|&i| terms[i].0).sum::<f64>() / k;
+                let ss = idx.iter().map(|&i| terms[i].1).sum::<f64>() / k;
+                vec![lms, ss, lms * ss.min(100.0 - ss) / 50.0]
+            });
+            with_stderr(&[("lms", s.lms), ("ss", s.ss), ("icat", s.icat)], se, s.n)
+        }
         TaskScores::Crows(c) => vec![
             row("pct_stereotype", &c.pct_stereotype, c.n),
             row("pct_stereotype_stereo", &c.pct_stereotype_stereo, c.n),
@@ -371,5 +421,67 @@ mod tests {
         rows[2].stderr = Some(0.5);
         fill_difference_stderr(&mut rows);
         assert_eq!(rows[2].stderr, Some(0.5));
+    }
+
+    /// StereoSet's LMS is a mean over target terms: its bootstrap standard error must agree
+    /// with the analytic one of a mean (sd·√((k-1)/k)/√k for the plug-in bootstrap) within
+    /// resampling noise, and ICAT gets one too.
+    #[test]
+    fn stereoset_scores_get_a_bootstrap_stderr_over_terms() {
+        use crate::eval::tasks::stereoset::{stereoset_metrics, StereoSetRecord};
+        let mut records = Vec::new();
+        for t in 0..40 {
+            for i in 0..(3 + t % 4) {
+                let v = ((t * 7 + i * 3) % 5) as f64;
+                records.push(StereoSetRecord {
+                    target: format!("term{t}"),
+                    stereotype: v,
+                    anti_stereotype: 2.0,
+                    unrelated: 1.0 + (i % 2) as f64 * 3.0,
+                });
+            }
+        }
+        let result = stereoset_metrics(records);
+        let rows = metric_rows(&TaskScores::StereoSet(result.clone()));
+        let lms: Vec<f64> = result.per_term.values().map(|t| t.lms).collect();
+        let k = lms.len() as f64;
+        let sd = crate::stats::sample_sd(&lms).unwrap();
+        let analytic = sd * ((k - 1.0) / k).sqrt() / k.sqrt();
+        let got = rows[0].stderr.expect("lms has a stderr");
+        assert!(
+            analytic > 0.0 && (got / analytic - 1.0).abs() < 0.1,
+            "{got} vs {analytic}"
+        );
+        assert!(rows.iter().all(|r| r.stderr.is_some_and(|s| s > 0.0)));
+    }
+
+    /// Perplexity's standard error comes from resampling documents: zero (to rounding) when
+    /// every document is the same, positive otherwise, none for a single document.
+    #[test]
+    fn perplexity_gets_a_bootstrap_stderr_over_documents() {
+        use crate::eval::tasks::wikitext::{perplexities, WikiRecord};
+        let doc = |line: usize, loglik: f64| WikiRecord {
+            line,
+            loglik,
+            tokens: 100,
+            words: 80,
+            bytes: 400,
+        };
+        let same = perplexities((0..10).map(|i| doc(i, -300.0)).collect());
+        let rows = metric_rows(&TaskScores::Perplexity(same));
+        assert!(
+            rows.iter()
+                .all(|r| r.stderr.is_some_and(|s| s < 1e-9 * r.value)),
+            "{rows:?}"
+        );
+        let varied = perplexities((0..10).map(|i| doc(i, -250.0 - 10.0 * i as f64)).collect());
+        let rows = metric_rows(&TaskScores::Perplexity(varied));
+        assert!(
+            rows.iter().all(|r| r.stderr.is_some_and(|s| s > 0.0)),
+            "{rows:?}"
+        );
+        let single = perplexities(vec![doc(0, -300.0)]);
+        let rows = metric_rows(&TaskScores::Perplexity(single));
+        assert!(rows.iter().all(|r| r.stderr.is_none()), "{rows:?}");
     }
 }

@@ -73,28 +73,9 @@ pub fn bootstrap_many<F: Fn(&[usize]) -> Vec<f64>>(
             format!("returned {} values, expected {k}", point.len()),
         ));
     }
-    let mut rng = StdRng::seed_from_u64(spec.seed);
-    let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(spec.resamples); k];
-    let mut idx = vec![0usize; n];
-    for _ in 0..spec.resamples {
-        for i in idx.iter_mut() {
-            *i = rng.gen_range(0..n);
-        }
-        for (d, v) in draws.iter_mut().zip(stat(&idx)) {
-            if v.is_finite() {
-                d.push(v);
-            }
-        }
-    }
+    let draws = resample(n, spec, k, &stat)?;
     let mut out = Vec::with_capacity(k);
     for (j, mut d) in draws.into_iter().enumerate() {
-        if (d.len() as f64) < 0.9 * spec.resamples as f64 {
-            return Err(Error::Numerical(format!(
-                "bootstrap statistic {j}: only {} of {} resamples were finite",
-                d.len(),
-                spec.resamples
-            )));
-        }
         d.sort_by(f64::total_cmp);
         out.push(Estimate {
             value: point[j],
@@ -110,4 +91,66 @@ pub fn bootstrap_many<F: Fn(&[usize]) -> Vec<f64>>(
         });
     }
     Ok(out)
+}
+
+/// The finite values of `k` statistics over `spec.resamples` seeded resamples of items `0..n`;
+/// an error when more than 10% of a statistic's resamples are not finite.
+fn resample<F: Fn(&[usize]) -> Vec<f64>>(
+    n: usize,
+    spec: &BootstrapSpec,
+    k: usize,
+    stat: &F,
+) -> Result<Vec<Vec<f64>>> {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(spec.resamples); k];
+    let mut idx = vec![0usize; n];
+    for _ in 0..spec.resamples {
+        for i in idx.iter_mut() {
+            *i = rng.gen_range(0..n);
+        }
+        for (d, v) in draws.iter_mut().zip(stat(&idx)) {
+            if v.is_finite() {
+                d.push(v);
+            }
+        }
+    }
+    for (j, d) in draws.iter().enumerate() {
+        if (d.len() as f64) < 0.9 * spec.resamples as f64 {
+            return Err(Error::Numerical(format!(
+                "bootstrap statistic {j}: only {} of {} resamples were finite",
+                d.len(),
+                spec.resamples
+            )));
+        }
+    }
+    Ok(draws)
+}
+
+/// Bootstrap standard errors of `k` statistics of items `0..n`: the sample standard deviation
+/// of each over seeded resamples. For aggregates without a per-item standard error (ratios of
+/// sums such as perplexity, means over groups such as StereoSet's per-term scores), so that
+/// tables can give them the same `value ± 1.96·se` interval as everything else.
+pub fn bootstrap_stderr<F: Fn(&[usize]) -> Vec<f64>>(
+    n: usize,
+    spec: &BootstrapSpec,
+    k: usize,
+    stat: F,
+) -> Result<Vec<f64>> {
+    if n < 2 {
+        return Err(Error::param(
+            "n",
+            "bootstrap standard error needs two items",
+        ));
+    }
+    if spec.resamples < 10 {
+        return Err(Error::param(
+            "resamples",
+            "need at least 10 bootstrap resamples",
+        ));
+    }
+    let draws = resample(n, spec, k, &stat)?;
+    draws
+        .iter()
+        .map(|d| super::describe::sample_sd(d))
+        .collect()
 }

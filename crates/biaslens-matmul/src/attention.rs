@@ -57,6 +57,15 @@ pub fn attention(
         return None;
     }
     let groups = s.heads / s.kv_heads;
+    // Per query: one past its last readable key (scanned once, not once per head).
+    let limits: Vec<usize> = mask
+        .chunks_exact(tk)
+        .map(|m| {
+            m.iter()
+                .rposition(|&x| x != f32::NEG_INFINITY)
+                .map_or(1, |j| j + 1)
+        })
+        .collect();
     let per_head: Vec<Vec<f32>> = (0..s.rows * s.heads)
         .into_par_iter()
         .map(|rh| {
@@ -66,7 +75,7 @@ pub fn attention(
             let kh = &k[kv * tk * d..(kv + 1) * tk * d];
             let vh = &v[kv * tk * d..(kv + 1) * tk * d];
             let mh = &mask[r * t * tk..(r + 1) * t * tk];
-            head(qh, kh, vh, mh, t, tk, d)
+            head(qh, kh, vh, mh, &limits[r * t..(r + 1) * t], t, tk, d)
         })
         .collect();
     let width = s.heads * d;
@@ -88,7 +97,17 @@ const QUERY_BLOCK: usize = 48;
 /// tree masks leave the upper triangle out: about half of the products). Keys and values are
 /// packed once per head; each block reads a prefix of the packed panels.
 #[cfg(target_arch = "x86_64")]
-fn head(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], t: usize, tk: usize, d: usize) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    limits: &[usize],
+    t: usize,
+    tk: usize,
+    d: usize,
+) -> Vec<f32> {
     use crate::avx512::{pack_rows, packed_rows_into};
     // kᵀ as panels of keys ([d][32 keys]); v as panels of its d columns ([tk][32]).
     let packed_k = crate::pack_panels(k, tk, d);
@@ -98,16 +117,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], t: usize, tk: usize, d: u
     for i0 in (0..t).step_by(QUERY_BLOCK) {
         let rows = QUERY_BLOCK.min(t - i0);
         let block_mask = &mask[i0 * tk..(i0 + rows) * tk];
-        let keys = block_mask
-            .chunks_exact(tk)
-            .map(|m| {
-                m.iter()
-                    .rposition(|&x| x != f32::NEG_INFINITY)
-                    .map_or(0, |j| j + 1)
-            })
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let keys = limits[i0..i0 + rows].iter().copied().max().unwrap_or(1);
         scores.clear();
         scores.resize(rows * keys, 0.0);
         packed_rows_into(
@@ -150,7 +160,17 @@ fn head(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], t: usize, tk: usize, d: u
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn head(_: &[f32], _: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn head(
+    _: &[f32],
+    _: &[f32],
+    _: &[f32],
+    _: &[f32],
+    _: &[usize],
+    _: usize,
+    _: usize,
+    _: usize,
+) -> Vec<f32> {
     unreachable!("attention() returns None before reaching here without AVX-512")
 }
 
