@@ -95,6 +95,9 @@ impl<'a> ModelLm<'a> {
         }
         let mut transformer = model.transformer.clone();
         transformer.fast_kernels = opts.fast_kernels;
+        if opts.fast_kernels {
+            transformer.pack_weights()?;
+        }
         Ok(ModelLm {
             model,
             transformer,
@@ -358,7 +361,12 @@ impl ModelLm<'_> {
         let chunk = (self.opts.logit_floats / vocab).max(1);
         for c0 in (0..n).step_by(chunk) {
             let c = chunk.min(n - c0);
-            let logits = x_wt(&gathered.narrow(0, c0, c)?, &t.lm_head, t.fast_kernels)?;
+            let logits = x_wt(
+                &gathered.narrow(0, c0, c)?,
+                &t.lm_head,
+                None,
+                t.fast_kernels,
+            )?;
             let lp = log_softmax_accurate(&logits)?;
             let greedy = lp
                 .argmax(D::Minus1)?

@@ -15,21 +15,86 @@
 //! GPUs) keeps candle's matmul.
 
 use crate::Result;
-pub use biaslens_matmul::{attention, available, matmul_nt, AttentionShape};
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+pub use biaslens_matmul::{
+    attention, available, matmul_nt, matmul_packed, AttentionShape, PackedWeight,
+};
+use candle_core::{CpuStorage, DType, Storage, Tensor, TensorId};
 
 /// Below this many rows, packing the weight costs more than the kernel saves.
 pub const MIN_ROWS: usize = 64;
 
-/// `x [m, k] · w [n, k]ᵀ`: through the fast kernel when `fast` and it applies, else candle's
-/// matmul (the reference). The one entry point for the projections and the unembedding.
-pub fn x_wt(x: &Tensor, w: &Tensor, fast: bool) -> Result<Tensor> {
+/// A weight packed once for the kernel, with the id of the tensor it was packed from: a
+/// weight replaced later (an edit assigns a new tensor) no longer matches and is packed per
+/// call again.
+#[derive(Debug)]
+pub struct Packed {
+    source: TensorId,
+    weight: PackedWeight,
+}
+
+impl Packed {
+    /// Pack `w [n, k]` when the kernel could use it (AVX-512, f32 on the CPU), else `None`.
+    pub fn new(w: &Tensor) -> Result<Option<Packed>> {
+        if !available() || w.track_op() || !w.device().is_cpu() || w.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        let w = w.contiguous()?;
+        let (st, l) = w.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*st else {
+            return Ok(None);
+        };
+        let weight = PackedWeight::new(&data[l.start_offset()..l.start_offset() + n * k], n, k);
+        Ok(Some(Packed {
+            source: w.id(),
+            weight,
+        }))
+    }
+
+    fn packs(&self, w: &Tensor) -> bool {
+        self.source == w.id()
+    }
+}
+
+/// `x [m, k] · w [n, k]ᵀ`: through the fast kernel when `fast` and it applies (with `packed`
+/// when that was packed from `w`), else candle's matmul (the reference). The one entry point
+/// for the projections and the unembedding.
+pub fn x_wt(x: &Tensor, w: &Tensor, packed: Option<&Packed>, fast: bool) -> Result<Tensor> {
     if fast {
+        if let Some(p) = packed.filter(|p| p.packs(w)) {
+            if let Some(y) = packed_nt(x, &p.weight)? {
+                return Ok(y);
+            }
+        }
         if let Some(y) = linear_nt(x, w)? {
             return Ok(y);
         }
     }
     Ok(x.matmul(&w.t()?)?)
+}
+
+/// `x [m, k] · wᵀ` with a packed weight, or `None` where the kernel does not apply.
+fn packed_nt(x: &Tensor, w: &PackedWeight) -> Result<Option<Tensor>> {
+    if !available() || x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let (n, wk) = w.dims();
+    if k != wk || m < MIN_ROWS {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let out = {
+        let (xs, xl) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(xv)) = &*xs else {
+            return Ok(None);
+        };
+        match matmul_packed(&xv[xl.start_offset()..xl.start_offset() + m * k], m, w) {
+            Some(c) => c,
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
 /// `x [m, k] · w[n, k]ᵀ` through the fast kernel, or `None` when it does not apply (no
@@ -182,5 +247,27 @@ mod tests {
             .is_none());
         let var = candle_core::Var::from_tensor(&x).unwrap();
         assert!(linear_nt(var.as_tensor(), &w).unwrap().is_none());
+    }
+
+    /// A packed weight gives bit-for-bit the per-call kernel's product; once the weight it was
+    /// packed from is replaced (as edits do), x_wt ignores it and uses the new weight.
+    #[test]
+    fn packed_weight_equals_per_call_packing_and_goes_stale_on_replacement() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(data(130 * 48, 5), (130, 48), &dev).unwrap();
+        let w = Tensor::from_vec(data(70 * 48, 6), (70, 48), &dev).unwrap();
+        let Some(packed) = Packed::new(&w).unwrap() else {
+            assert!(!available());
+            return;
+        };
+        let per_call = x_wt(&x, &w, None, true).unwrap();
+        let with_pack = x_wt(&x, &w, Some(&packed), true).unwrap();
+        let same = per_call.eq(&with_pack).unwrap().min_all().unwrap();
+        assert_eq!(same.to_scalar::<u8>().unwrap(), 1);
+        let w2 = (&w * 2.0).unwrap();
+        let got = x_wt(&x, &w2, Some(&packed), true).unwrap();
+        let want = x.matmul(&w2.t().unwrap()).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
 }

@@ -18,6 +18,9 @@ use std::sync::Arc;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The weight packed for the eval kernel ([`Transformer::pack_weights`]); ignored once
+    /// `weight` is replaced.
+    pub packed: Option<Arc<super::matmul::Packed>>,
 }
 
 impl Linear {
@@ -28,7 +31,7 @@ impl Linear {
         // Reduced-precision weights (see `Transformer::with_weight_dtype`): the matmul runs in the
         // weight dtype, everything around it stays in the activations' dtype (f32).
         let y = if self.weight.dtype() == x.dtype() {
-            super::matmul::x_wt(&x2, &self.weight, fast)?
+            super::matmul::x_wt(&x2, &self.weight, self.packed.as_deref(), fast)?
         } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
             // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
             // f32 accumulation, as cuBLAS does).
@@ -179,6 +182,7 @@ impl Transformer {
             Ok(Linear {
                 weight: l.weight.to_dtype(dtype)?,
                 bias: l.bias.clone(),
+                packed: None,
             })
         };
         let mut out = self.clone();
@@ -293,6 +297,7 @@ impl Transformer {
                 } else {
                     None
                 },
+                packed: None,
             })
         };
         // GPT-2 stores Conv1D weights as [in, out]; transpose to HF Linear layout.
@@ -302,6 +307,7 @@ impl Transformer {
                     .t()?
                     .contiguous()?,
                 bias: Some(take(w, &format!("{name}.bias"), &[out])?),
+                packed: None,
             })
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -321,6 +327,7 @@ impl Transformer {
                         Ok(Linear {
                             weight: qkv.weight.narrow(0, i * d, d)?.contiguous()?,
                             bias: Some(bias.narrow(0, i * d, d)?.contiguous()?),
+                            packed: None,
                         })
                     };
                     layers.push(Layer {
@@ -717,6 +724,25 @@ impl Transformer {
             pads: pads.to_vec(),
             offset: st.offset,
         })
+    }
+
+    /// Pack every projection weight once for the eval kernel (`model::matmul::Packed`; about
+    /// the weights' size again in memory). Without AVX-512, or off the CPU, nothing is packed.
+    pub fn pack_weights(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            let linears = [
+                &mut layer.q,
+                &mut layer.k,
+                &mut layer.v,
+                &mut layer.o,
+                &mut layer.up,
+                &mut layer.down,
+            ];
+            for lin in linears.into_iter().chain(layer.gate.as_mut()) {
+                lin.packed = super::matmul::Packed::new(&lin.weight)?.map(Arc::new);
+            }
+        }
+        Ok(())
     }
 
     /// Whether attention runs through the fused CPU kernel (the eval path with the fast matmul
