@@ -181,9 +181,16 @@ pub const BOOTSTRAP_SE: BootstrapSpec = BootstrapSpec {
     seed: 1234,
 };
 
+/// Fewest units (documents, target terms) for a bootstrap standard error: with fewer the
+/// resamples take few distinct values and the interval means little ("no CI" instead).
+pub const BOOTSTRAP_MIN_UNITS: usize = 10;
+
 /// Bootstrap standard errors of `k` statistics of `n` units, or `None` for each where there
-/// are too few units (fewer than two) or too many non-finite resamples.
+/// are too few units ([`BOOTSTRAP_MIN_UNITS`]) or too many non-finite resamples.
 fn bootstrap_se<F: Fn(&[usize]) -> Vec<f64>>(n: usize, k: usize, stat: F) -> Vec<Option<f64>> {
+    if n < BOOTSTRAP_MIN_UNITS {
+        return vec![None; k];
+    }
     match crate::stats::bootstrap_stderr(n, &BOOTSTRAP_SE, k, stat) {
         Ok(se) => se.into_iter().map(Some).collect(),
         Err(_) => vec![None; k],
@@ -456,7 +463,7 @@ mod tests {
     }
 
     /// Perplexity's standard error comes from resampling documents: zero (to rounding) when
-    /// every document is the same, positive otherwise, none for a single document.
+    /// every document is the same, positive otherwise, none for fewer than ten documents.
     #[test]
     fn perplexity_gets_a_bootstrap_stderr_over_documents() {
         use crate::eval::tasks::wikitext::{perplexities, WikiRecord};
@@ -480,8 +487,12 @@ mod tests {
             rows.iter().all(|r| r.stderr.is_some_and(|s| s > 0.0)),
             "{rows:?}"
         );
-        let single = perplexities(vec![doc(0, -300.0)]);
-        let rows = metric_rows(&TaskScores::Perplexity(single));
+        let few = perplexities(
+            (0..BOOTSTRAP_MIN_UNITS - 1)
+                .map(|i| doc(i, -300.0 - i as f64))
+                .collect(),
+        );
+        let rows = metric_rows(&TaskScores::Perplexity(few));
         assert!(rows.iter().all(|r| r.stderr.is_none()), "{rows:?}");
     }
 }

@@ -677,11 +677,12 @@ impl Transformer {
             let key = match (&layer.gate, self.cfg.activation) {
                 (Some(g), Activation::Silu) => {
                     let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
-                    match fast
-                        .then(|| super::fused::silu_mul(&g, &u))
-                        .transpose()?
-                        .flatten()
-                    {
+                    let fused = if fast {
+                        super::fused::silu_mul(&g, &u)?
+                    } else {
+                        None
+                    };
+                    match fused {
                         Some(key) => key,
                         None => (candle_nn::ops::silu(&g)? * u)?,
                     }
