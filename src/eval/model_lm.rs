@@ -463,28 +463,40 @@ impl LanguageModel for ModelLm<'_> {
             .map(|_| std::sync::Mutex::new(None))
             .collect();
         let workers = this.opts.parallel_batches.clamp(1, batches.len().max(1));
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                let (prepared, guests, packs, batches) = (&prepared, &guests, &packs, &batches);
-                let (next, scored) = (&next, &scored);
-                scope.spawn(move || loop {
-                    let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(batch) = batches.get(b) else {
-                        break;
-                    };
-                    let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
-                    let result = this.run_batch(prepared, &members, guests);
-                    let failed = result.is_err();
-                    if let Ok(mut slot) = scored[b].lock() {
-                        *slot = Some(result);
-                    }
-                    if failed {
-                        // Stop handing out work; the error is reported below.
-                        next.store(batches.len(), std::sync::atomic::Ordering::Relaxed);
-                    }
-                });
-            }
+        // Joined explicitly, so a panicking worker becomes an error instead of a panic here.
+        // Joined explicitly, so a panicking worker becomes an error instead of a panic here.
+        let panicked = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (prepared, guests, packs, batches) = (&prepared, &guests, &packs, &batches);
+                    let (next, scored) = (&next, &scored);
+                    scope.spawn(move || loop {
+                        let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(batch) = batches.get(b) else {
+                            break;
+                        };
+                        let members: Vec<&Pack> = batch.iter().map(|&i| &packs[i]).collect();
+                        let result = this.run_batch(prepared, &members, guests);
+                        let failed = result.is_err();
+                        if let Ok(mut slot) = scored[b].lock() {
+                            *slot = Some(result);
+                        }
+                        if failed {
+                            // Stop handing out work; the error is reported below.
+                            next.store(batches.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            // Join every handle (no short-circuit): an unjoined panicked one would panic here.
+            handles
+                .into_iter()
+                .map(|h| h.join().is_err())
+                .fold(false, |any, this| any | this)
         });
+        if panicked {
+            return Err(Error::Model("a scoring thread panicked".into()));
+        }
         let mut results = Vec::with_capacity(scored.len());
         for slot in scored {
             let result = slot

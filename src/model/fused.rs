@@ -5,23 +5,9 @@
 //! (the reference these are tested against). The loops live in the kernel crate
 //! (`biaslens_matmul::elementwise`), which is compiled optimised even in dev builds.
 
+use super::matmul::with_cpu_f32;
 use crate::Result;
-use candle_core::{CpuStorage, DType, Storage, Tensor};
-
-/// Run `f` on the contiguous f32 data of a CPU tensor that tracks no gradient; `None` (and `f`
-/// not run) for any other tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if t.track_op() || !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous() {
-        return None;
-    }
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) => {
-            Some(f(&v[l.start_offset()..l.start_offset() + t.elem_count()]))
-        }
-        _ => None,
-    }
-}
+use candle_core::Tensor;
 
 /// `silu(g) · u` with candle's silu (`g / (1 + exp(-g))`), bit-identical to the composed ops;
 /// `None` when the fused form does not apply.
@@ -29,10 +15,10 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
     if g.shape() != u.shape() {
         return Ok(None);
     }
-    let out = with_f32(g, |gv| {
-        with_f32(u, |uv| biaslens_matmul::elementwise::silu_mul(gv, uv))
-    });
-    match out.flatten() {
+    let out = with_cpu_f32([g, u], |[gv, uv]| {
+        biaslens_matmul::elementwise::silu_mul(gv, uv)
+    })?;
+    match out {
         Some(v) => Ok(Some(Tensor::from_vec(v, g.shape(), g.device())?)),
         None => Ok(None),
     }
@@ -45,12 +31,10 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Option<Tensor>> 
     if dim == 0 || scale.dims() != [dim] {
         return Ok(None);
     }
-    let out = with_f32(x, |xv| {
-        with_f32(scale, |sv| {
-            biaslens_matmul::elementwise::rms_norm(xv, dim, sv, eps as f32)
-        })
-    });
-    match out.flatten() {
+    let out = with_cpu_f32([x, scale], |[xv, sv]| {
+        biaslens_matmul::elementwise::rms_norm(xv, dim, sv, eps as f32)
+    })?;
+    match out {
         Some(v) => Ok(Some(Tensor::from_vec(v, x.shape(), x.device())?)),
         None => Ok(None),
     }
@@ -59,7 +43,7 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Option<Tensor>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, D};
+    use candle_core::{DType, Device, D};
 
     fn data(shape: (usize, usize, usize), seed: u64) -> Tensor {
         Tensor::randn(0f32, 2.0, shape, &Device::Cpu)

@@ -23,6 +23,37 @@ use candle_core::{CpuStorage, DType, Storage, Tensor, TensorId};
 /// Below this many rows, packing the weight costs more than the kernel saves.
 pub const MIN_ROWS: usize = 64;
 
+/// Run `f` on the f32 data of CPU tensors that track no gradient (made contiguous first); `None`
+/// (and `f` not run) when any tensor is not one. The one place the fast CPU paths (kernels here
+/// and in `model::fused`) read candle's storage.
+pub(crate) fn with_cpu_f32<R, const N: usize>(
+    tensors: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Result<Option<R>> {
+    if tensors
+        .iter()
+        .any(|t| t.track_op() || !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return Ok(None);
+    }
+    let contiguous = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<Tensor>>>()?;
+    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(N);
+    for (st, l) in &guards {
+        let Storage::Cpu(CpuStorage::F32(data)) = &**st else {
+            return Ok(None);
+        };
+        slices.push(&data[l.start_offset()..l.start_offset() + l.shape().elem_count()]);
+    }
+    let slices: [&[f32]; N] = slices
+        .try_into()
+        .map_err(|_| crate::Error::Model("with_cpu_f32: slice count".into()))?;
+    Ok(Some(f(slices)))
+}
+
 /// A weight packed once for the kernel, with the id of the tensor it was packed from: a
 /// weight replaced later (an edit assigns a new tensor) no longer matches and is packed per
 /// call again.
@@ -35,17 +66,12 @@ pub struct Packed {
 impl Packed {
     /// Pack `w [n, k]` when the kernel could use it (AVX-512, f32 on the CPU), else `None`.
     pub fn new(w: &Tensor) -> Result<Option<Packed>> {
-        if !available() || w.track_op() || !w.device().is_cpu() || w.dtype() != DType::F32 {
+        if !available() {
             return Ok(None);
         }
         let (n, k) = w.dims2()?;
-        let w = w.contiguous()?;
-        let (st, l) = w.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*st else {
-            return Ok(None);
-        };
-        let weight = PackedWeight::new(&data[l.start_offset()..l.start_offset() + n * k], n, k);
-        Ok(Some(Packed {
+        let weight = with_cpu_f32([w], |[data]| PackedWeight::new(data, n, k))?;
+        Ok(weight.map(|weight| Packed {
             source: w.id(),
             weight,
         }))
@@ -75,7 +101,7 @@ pub fn x_wt(x: &Tensor, w: &Tensor, packed: Option<&Packed>, fast: bool) -> Resu
 
 /// `x [m, k] · wᵀ` with a packed weight, or `None` where the kernel does not apply.
 fn packed_nt(x: &Tensor, w: &PackedWeight) -> Result<Option<Tensor>> {
-    if !available() || x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+    if !available() {
         return Ok(None);
     }
     let (m, k) = x.dims2()?;
@@ -83,47 +109,27 @@ fn packed_nt(x: &Tensor, w: &PackedWeight) -> Result<Option<Tensor>> {
     if k != wk || m < MIN_ROWS {
         return Ok(None);
     }
-    let x = x.contiguous()?;
-    let out = {
-        let (xs, xl) = x.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(xv)) = &*xs else {
-            return Ok(None);
-        };
-        match matmul_packed(&xv[xl.start_offset()..xl.start_offset() + m * k], m, w) {
-            Some(c) => c,
-            None => return Ok(None),
-        }
-    };
-    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+    match with_cpu_f32([x], |[xa]| matmul_packed(xa, m, w))?.flatten() {
+        Some(c) => Ok(Some(Tensor::from_vec(c, (m, n), x.device())?)),
+        None => Ok(None),
+    }
 }
 
 /// `x [m, k] · w[n, k]ᵀ` through the fast kernel, or `None` when it does not apply (no
 /// AVX-512, not f32 on the CPU, gradients tracked, fewer than [`MIN_ROWS`] rows); the caller
 /// then uses candle's matmul.
 pub fn linear_nt(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    if !available() || x.track_op() || w.track_op() || !x.device().is_cpu() {
+    if !available() {
         return Ok(None);
     }
     let ((m, k), (n, k2)) = (x.dims2()?, w.dims2()?);
     if k != k2 || m < MIN_ROWS {
         return Ok(None);
     }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let out = {
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(CpuStorage::F32(wv))) = (&*xs, &*ws)
-        else {
-            return Ok(None);
-        };
-        let xa = &xv[xl.start_offset()..xl.start_offset() + m * k];
-        let wa = &wv[wl.start_offset()..wl.start_offset() + n * k];
-        match matmul_nt(xa, m, k, wa, n) {
-            Some(c) => c,
-            None => return Ok(None),
-        }
-    };
-    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+    match with_cpu_f32([x, w], |[xa, wa]| matmul_nt(xa, m, k, wa, n))?.flatten() {
+        Some(c) => Ok(Some(Tensor::from_vec(c, (m, n), x.device())?)),
+        None => Ok(None),
+    }
 }
 
 /// Attention through the fused kernel: `q [b, h, t, d]` (scaled), `k`, `v [b, kvh, tk, d]`,
@@ -135,12 +141,7 @@ pub fn fused_attention(
     v: &Tensor,
     mask: &Tensor,
 ) -> Result<Option<Tensor>> {
-    let all = [q, k, v, mask];
-    if !available()
-        || all
-            .iter()
-            .any(|t| t.track_op() || !t.device().is_cpu() || t.dtype() != DType::F32)
-    {
+    if !available() {
         return Ok(None);
     }
     let (rows, heads, queries, head_dim) = q.dims4()?;
@@ -156,32 +157,17 @@ pub fn fused_attention(
         keys,
         head_dim,
     };
-    let (q, k, v, mask) = (
-        q.contiguous()?,
-        k.contiguous()?,
-        v.contiguous()?,
-        mask.contiguous()?,
-    );
-    let z = {
-        let guards = [&q, &k, &v, &mask].map(|t| t.storage_and_layout());
-        let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
-        for (st, l) in &guards {
-            let Storage::Cpu(CpuStorage::F32(data)) = &**st else {
-                return Ok(None);
-            };
-            let n = l.shape().elem_count();
-            slices.push(&data[l.start_offset()..l.start_offset() + n]);
-        }
-        match attention(slices[0], slices[1], slices[2], slices[3], shape) {
-            Some(z) => z,
-            None => return Ok(None),
-        }
-    };
-    Ok(Some(Tensor::from_vec(
-        z,
-        (rows, queries, heads * head_dim),
-        q.device(),
-    )?))
+    let z = with_cpu_f32([q, k, v, mask], |[qs, ks, vs, ms]| {
+        attention(qs, ks, vs, ms, shape)
+    })?;
+    match z.flatten() {
+        Some(z) => Ok(Some(Tensor::from_vec(
+            z,
+            (rows, queries, heads * head_dim),
+            q.device(),
+        )?)),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +253,63 @@ mod tests {
         let w2 = (&w * 2.0).unwrap();
         let got = x_wt(&x, &w2, Some(&packed), true).unwrap();
         let want = x.matmul(&w2.t().unwrap()).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    /// The glue against candle's composed attention (the reference path of
+    /// `Transformer::attention`): grouped heads, a causal mask given as `[rows, 1, t, tk]` with
+    /// past keys, output laid out as `[rows, t, heads · d]`. On an AVX-512 CPU the fused path
+    /// must apply (a silent fallback would make the transformer-level tests vacuous).
+    #[test]
+    fn fused_attention_matches_candle_composition() {
+        let dev = Device::Cpu;
+        let (rows, heads, kvh, t, tk, d) = (2, 6, 2, 9, 13, 16);
+        let q = Tensor::randn(0f32, 0.5, (rows, heads, t, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 0.5, (rows, kvh, tk, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 0.5, (rows, kvh, tk, d), &dev).unwrap();
+        let past = tk - t;
+        let mask: Vec<f32> = (0..rows * t * tk)
+            .map(|i| {
+                let (qi, j) = ((i / tk) % t, i % tk);
+                if j <= past + qi {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, 1, t, tk), &dev).unwrap();
+        let got = fused_attention(&q, &k, &v, &mask).unwrap();
+        let Some(got) = got else {
+            assert!(
+                !available(),
+                "the fused path declined plain f32 CPU tensors"
+            );
+            return;
+        };
+        let groups = heads / kvh;
+        let expand = |x: &Tensor| {
+            x.unsqueeze(2)
+                .unwrap()
+                .expand((rows, kvh, groups, tk, d))
+                .unwrap()
+                .reshape((rows, heads, tk, d))
+                .unwrap()
+        };
+        let scores = q
+            .matmul(&expand(&k).t().unwrap())
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&expand(&v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((rows, t, heads * d))
+            .unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }

@@ -69,6 +69,16 @@ pub struct Layer {
     pub post_mlp_norm: Option<Norm>,
 }
 
+impl Layer {
+    /// Every projection of the layer (q, k, v, o, gate when present, up, down).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+            .into_iter()
+            .chain(self.gate.as_mut())
+            .chain([&mut self.up, &mut self.down])
+    }
+}
+
 /// Per-layer keys and values after RoPE, [rows, kv_heads, tokens, head_dim].
 pub type KvCache = Vec<(Tensor, Tensor)>;
 
@@ -187,18 +197,8 @@ impl Transformer {
         };
         let mut out = self.clone();
         for layer in &mut out.layers {
-            for lin in [
-                &mut layer.q,
-                &mut layer.k,
-                &mut layer.v,
-                &mut layer.o,
-                &mut layer.up,
-                &mut layer.down,
-            ] {
+            for lin in layer.linears_mut() {
                 *lin = cast(lin)?;
-            }
-            if let Some(g) = layer.gate.as_mut() {
-                *g = cast(g)?;
             }
         }
         Ok(out)
@@ -731,15 +731,7 @@ impl Transformer {
     /// the weights' size again in memory). Without AVX-512, or off the CPU, nothing is packed.
     pub fn pack_weights(&mut self) -> Result<()> {
         for layer in &mut self.layers {
-            let linears = [
-                &mut layer.q,
-                &mut layer.k,
-                &mut layer.v,
-                &mut layer.o,
-                &mut layer.up,
-                &mut layer.down,
-            ];
-            for lin in linears.into_iter().chain(layer.gate.as_mut()) {
+            for lin in layer.linears_mut() {
                 lin.packed = super::matmul::Packed::new(&lin.weight)?.map(Arc::new);
             }
         }

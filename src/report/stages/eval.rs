@@ -80,8 +80,9 @@ impl EvalStage {
             model: spec.model.name.clone(),
             data_dir: crate::data::data_dir(),
             cache_dir: PathBuf::from(".biaslens-cache"),
-            // candle's matmul: the AVX-512 kernel exists only on some CPUs, and snapshot numbers
-            // must not depend on which CPU made them (packing is exact and CPU-independent).
+            // candle's composed ops: the fused AVX-512 kernels exist only on some CPUs, and
+            // snapshot numbers must not depend on which CPU made them (packing is exact and
+            // CPU-independent).
             lm: LmOptions {
                 fast_kernels: false,
                 ..LmOptions::default()
