@@ -500,6 +500,18 @@ fn crows_counts_sent_more_preferred() {
         (one.pct_stereotype.value, one.likelihood_diff),
         (100.0, 2.0)
     );
+    assert_eq!(crows::likelihood_diff_stderr(&one.records), None);
+    // |diffs| 2 and 4 (sign ignored): sample sd sqrt(2), stderr sqrt(2)/sqrt(2) = 1.
+    let two = vec![
+        one.records[0].clone(),
+        crows::CrowsRecord {
+            index: 1,
+            stereo: false,
+            loglik_more: -5.0,
+            loglik_less: -1.0,
+        },
+    ];
+    assert!((crows::likelihood_diff_stderr(&two).unwrap() - 1.0).abs() < 1e-12);
 }
 
 #[test]

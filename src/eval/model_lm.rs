@@ -17,16 +17,18 @@
 //! * Only the continuation positions are unembedded: the forward returns the final-norm states,
 //!   the needed positions are gathered (each distinct position once) and projected onto the
 //!   vocabulary in chunks of at most `logit_floats / vocab` positions, so Gemma's 262k vocabulary
-//!   never materialises for a whole batch. The log-softmax is the transformer's own
-//!   (`log_softmax_accurate`, f64 normaliser), so numbers equal `LogitsRequest::Positions`.
+//!   never materialises for a whole batch. Only the requested tokens' log-probabilities and the
+//!   argmax are read (`model::fused::token_log_probs`: max, f64 normaliser, no log-softmax
+//!   tensor); candle's composed path is the transformer's own `log_softmax_accurate`, whose
+//!   numbers equal `LogitsRequest::Positions`.
 
 use crate::eval::lm::{LanguageModel, LlRequest, LlResult};
+use crate::model::fused;
 use crate::model::matmul::x_wt;
-use crate::model::transformer::log_softmax_accurate;
 use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer, TreeRow};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -367,34 +369,23 @@ impl ModelLm<'_> {
                 None,
                 t.fast_kernels,
             )?;
-            let lp = log_softmax_accurate(&logits)?;
-            let greedy = lp
-                .argmax(D::Minus1)?
-                .to_dtype(DType::U32)?
-                .to_vec1::<u32>()?;
-            let mut idx = Vec::new();
-            for (s, r) in reads[c0..c0 + c].iter().enumerate() {
-                for &(_, target) in r {
-                    if target as usize >= vocab {
-                        return Err(Error::param(
-                            "token id",
-                            format!("{target} is outside the vocabulary ({vocab})"),
-                        ));
-                    }
-                    idx.push((s * vocab + target as usize) as u32);
-                }
-            }
-            let m = idx.len();
-            let vals = lp
-                .flatten_all()?
-                .index_select(&Tensor::from_vec(idx, m, &t.device)?, 0)?
-                .to_dtype(DType::F64)?
-                .to_vec1::<f64>()?;
-            let mut k = 0;
-            for (s, r) in reads[c0..c0 + c].iter().enumerate() {
-                for &(req, target) in r {
-                    scored.push((req, vals[k], greedy[s] == target));
-                    k += 1;
+            let reads = &reads[c0..c0 + c];
+            let tokens: Vec<Vec<u32>> = reads
+                .iter()
+                .map(|r| r.iter().map(|&(_, target)| target).collect())
+                .collect();
+            let fused = if t.fast_kernels {
+                fused::token_log_probs(&logits, &tokens)?
+            } else {
+                None
+            };
+            let read = match fused {
+                Some(read) => read,
+                None => fused::token_log_probs_composed(&logits, &tokens)?,
+            };
+            for ((r, lps), &greedy) in reads.iter().zip(&read.log_probs).zip(&read.argmax) {
+                for (&(req, target), &lp) in r.iter().zip(lps) {
+                    scored.push((req, f64::from(lp), greedy == target));
                 }
             }
         }

@@ -242,7 +242,10 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
         }
         TaskScores::Lama(l) => vec![
             row("acc", &l.acc, l.n),
-            plain("acc_macro", l.acc_macro, l.n),
+            MetricRow {
+                stderr: crate::eval::tasks::lama::acc_macro_stderr(&l.records),
+                ..plain("acc_macro", l.acc_macro, l.n)
+            },
         ],
         TaskScores::WinoBias(w) => {
             let n = w.n_pairs;
@@ -286,7 +289,10 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
                 &c.pct_stereotype_antistereo,
                 c.n,
             ),
-            plain("likelihood_diff", c.likelihood_diff, c.n),
+            MetricRow {
+                stderr: crate::eval::tasks::crows::likelihood_diff_stderr(&c.records),
+                ..plain("likelihood_diff", c.likelihood_diff, c.n)
+            },
         ],
     }
 }

@@ -175,11 +175,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn data(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 1999) as f32 / 1999.0 - 0.5)
-            .collect()
-    }
+    use biaslens_matmul::test_data as data;
 
     /// Every output against an f64 sum, on shapes that exercise every remainder (rows not a
     /// multiple of 12 or of a task, columns not a multiple of 16 or 32, k across blocks).

@@ -133,24 +133,8 @@ fn head(
             .chunks_exact_mut(keys)
             .zip(block_mask.chunks_exact(tk))
         {
-            let mut max = f32::NEG_INFINITY;
-            for (s, &m) in row.iter_mut().zip(m) {
-                *s += m;
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                // Masked keys (-inf) are exactly 0: skip their exp.
-                *s = if *s == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (*s - max).exp()
-                };
-                sum += *s;
-            }
-            for s in row.iter_mut() {
-                *s /= sum;
-            }
+            // SAFETY: `head` runs only where AVX-512F is present (`attention` checks).
+            unsafe { crate::softmax::avx512::masked_softmax(row, &m[..row.len()]) };
         }
         // probs [rows, keys] · v[..keys] [keys, d].
         let out_block = &mut out[i0 * d..(i0 + rows) * d];
@@ -178,11 +162,7 @@ fn head(
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 1999) as f32 / 1999.0 - 0.5)
-            .collect()
-    }
+    use crate::test_data as data;
 
     /// Against a scalar f64 attention, with grouped heads, a causal mask with a padded query
     /// and past keys, and shapes off every block size.

@@ -13,7 +13,17 @@ const ROWS_PER_TASK: usize = MR * 8;
 
 mod attention;
 pub mod elementwise;
+pub mod softmax;
 pub use attention::{attention, AttentionShape};
+
+/// Deterministic values in [-0.5, 0.5) for the kernels' tests, here and in the main crate
+/// (the same inputs in both, no random-number dependency).
+#[doc(hidden)]
+pub fn test_data(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 + seed * 104_729) % 1999) as f32 / 1999.0 - 0.5)
+        .collect()
+}
 
 /// Whether this CPU runs the fast kernel.
 pub fn available() -> bool {

@@ -4,7 +4,7 @@
 
 use crate::eval::lm::{checked_loglikelihood, encode_pair, LanguageModel};
 use crate::eval::load::{read_nonempty, subsample, LoadOptions, LoadReport, Loaded, SkippedLine};
-use crate::eval::metrics::{mean, Metric};
+use crate::eval::metrics::{mean, mean_stderr, Metric};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -199,6 +199,16 @@ fn pct(records: &[&CrowsRecord]) -> Metric {
         value: 100.0 * m.value,
         stderr: m.stderr.map(|s| 100.0 * s),
     }
+}
+
+/// Standard error of `likelihood_diff` as lm-eval gives it for a mean: the sample stddev of
+/// |loglik_more - loglik_less| over pairs / sqrt(n); None for fewer than two pairs.
+pub fn likelihood_diff_stderr(records: &[CrowsRecord]) -> Option<f64> {
+    let diffs: Vec<f64> = records
+        .iter()
+        .map(|r| (r.loglik_more - r.loglik_less).abs())
+        .collect();
+    mean_stderr(&diffs)
 }
 
 pub fn crows_metrics(records: Vec<CrowsRecord>) -> CrowsResult {

@@ -8,7 +8,7 @@ use crate::eval::lm::{checked_loglikelihood, encode_pair, LanguageModel};
 use crate::eval::load::{
     json_line, parse_lines, read_nonempty, subsample, LoadOptions, LoadReport, Loaded,
 };
-use crate::eval::metrics::{mean, Metric};
+use crate::eval::metrics::{mean, mean_stderr, Metric};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,6 +137,28 @@ pub struct LamaResult {
     pub records: Vec<LamaRecord>,
 }
 
+/// Standard error of the macro accuracy (the unweighted mean over relations of each
+/// relation's P@1): relations are independent strata, so it is sqrt(Σ_r se_r²) / R with
+/// se_r lm-eval's `mean_stderr` of relation r's 0/1 outcomes. None when a relation has fewer
+/// than two facts (its own error is undefined).
+pub fn acc_macro_stderr(records: &[LamaRecord]) -> Option<f64> {
+    let mut by_rel: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in records {
+        by_rel
+            .entry(r.relation.as_str())
+            .or_default()
+            .push(f64::from(u8::from(r.correct)));
+    }
+    if by_rel.is_empty() {
+        return None;
+    }
+    let mut variance = 0.0;
+    for outcomes in by_rel.values() {
+        variance += mean_stderr(outcomes)?.powi(2);
+    }
+    Some(variance.sqrt() / by_rel.len() as f64)
+}
+
 pub fn score_lama(facts: &[LamaFact], lm: &mut dyn LanguageModel) -> Result<LamaResult> {
     let requests = facts
         .iter()
@@ -169,4 +191,43 @@ pub fn score_lama(facts: &[LamaFact], lm: &mut dyn LanguageModel) -> Result<Lama
         n: records.len(),
         records,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(relation: &str, correct: bool) -> LamaRecord {
+        LamaRecord {
+            relation: relation.to_string(),
+            correct,
+            loglik: 0.0,
+        }
+    }
+
+    /// One relation: the macro error is that relation's lm-eval stderr. Two relations: the
+    /// root of the summed variances over R = 2, by hand.
+    #[test]
+    fn acc_macro_stderr_by_hand() {
+        let one: Vec<LamaRecord> = [true, false, true, true]
+            .iter()
+            .map(|&c| record("P1", c))
+            .collect();
+        let p1 = mean_stderr(&[1.0, 0.0, 1.0, 1.0]).unwrap();
+        assert!((acc_macro_stderr(&one).unwrap() - p1).abs() < 1e-15);
+
+        let mut two = one.clone();
+        two.extend([false, false, true].iter().map(|&c| record("P2", c)));
+        let p2 = mean_stderr(&[0.0, 0.0, 1.0]).unwrap();
+        let expected = (p1 * p1 + p2 * p2).sqrt() / 2.0;
+        assert!((acc_macro_stderr(&two).unwrap() - expected).abs() < 1e-15);
+
+        two.push(record("P3", true));
+        assert_eq!(
+            acc_macro_stderr(&two),
+            None,
+            "a one-fact relation has no error"
+        );
+        assert_eq!(acc_macro_stderr(&[]), None);
+    }
 }
