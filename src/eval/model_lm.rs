@@ -455,7 +455,6 @@ impl LanguageModel for ModelLm<'_> {
             .collect();
         let workers = this.opts.parallel_batches.clamp(1, batches.len().max(1));
         // Joined explicitly, so a panicking worker becomes an error instead of a panic here.
-        // Joined explicitly, so a panicking worker becomes an error instead of a panic here.
         let panicked = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {

@@ -311,6 +311,10 @@ mod tests {
     /// The AVX-512 row softmax against the scalar one, with masked keys and every tail length.
     #[test]
     fn masked_softmax_matches_scalar() {
+        if !crate::available() {
+            eprintln!("no AVX-512: only the scalar softmax exists here, nothing to compare");
+            return;
+        }
         for len in [1, 7, 16, 33, 200] {
             let row: Vec<f32> = test_data(len, len).iter().map(|v| v * 20.0).collect();
             let mask: Vec<f32> = (0..len)
