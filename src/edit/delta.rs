@@ -4,11 +4,17 @@
 //! `orig.<name>` (the weights before the edit), plus JSON metadata under the `biaslens` key.
 //! Keeping the original bits (not just ΔW) is what makes revert exact: (W + Δ) - Δ is not W in
 //! floating point. Only F32 weights are supported; anything else is refused by name.
+//!
+//! Integrity: the metadata also records, under [`CHECKSUM_KEY`], the sha256 of the `biaslens`
+//! metadata and of every tensor (name, shape, little-endian data, in name order). Loading
+//! verifies it and refuses non-finite values, naming the file and the tensor; files written
+//! before the checksum existed load with `checksum: None` (their values are still checked).
 
 use crate::edit::second_moment::tensors_to_bytes;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -30,11 +36,48 @@ pub struct DeltaEntry {
     pub delta: Tensor,
 }
 
+/// Safetensors metadata key of a delta file's checksum (see the module docs).
+pub const CHECKSUM_KEY: &str = "biaslens.sha256";
+
 /// A set of edits keyed by tensor name.
 #[derive(Debug, Clone)]
 pub struct WeightDelta {
     pub meta: DeltaMeta,
     pub entries: BTreeMap<String, DeltaEntry>,
+    /// The checksum recorded in the file this delta was loaded from (verified on load); `None`
+    /// for a delta made in memory or read from a file written before checksums existed.
+    pub checksum: Option<String>,
+}
+
+/// sha256 of a delta file's content: the `biaslens` metadata, then per tensor in name order its
+/// name, shape and little-endian f32 data.
+struct Checksum(Sha256);
+
+impl Checksum {
+    fn new(meta_json: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(meta_json.as_bytes());
+        Checksum(h)
+    }
+
+    fn tensor(&mut self, key: &str, shape: &[usize], data: &[u8]) {
+        self.0.update(b"\0");
+        self.0.update(key.as_bytes());
+        self.0.update(b"\0");
+        for d in shape {
+            self.0.update((*d as u64).to_le_bytes());
+        }
+        self.0.update(data);
+    }
+
+    fn hex(self) -> String {
+        format!("{:x}", self.0.finalize())
+    }
+}
+
+/// The first non-finite value of `v`, as (index, value).
+fn first_non_finite(v: &[f32]) -> Option<(usize, f32)> {
+    v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))
 }
 
 impl WeightDelta {
@@ -42,6 +85,7 @@ impl WeightDelta {
         Self {
             meta,
             entries: BTreeMap::new(),
+            checksum: None,
         }
     }
 
@@ -68,19 +112,37 @@ impl WeightDelta {
         Ok(())
     }
 
-    /// Write the delta file atomically.
+    /// Write the delta file atomically, with its checksum. Refuses non-finite values.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = HashMap::new();
+        let mut tensors = BTreeMap::new();
         for (name, e) in &self.entries {
             tensors.insert(format!("orig.{name}"), e.orig.clone());
             tensors.insert(format!("delta.{name}"), e.delta.clone());
         }
-        let header = HashMap::from([("biaslens".to_string(), serde_json::to_string(&self.meta)?)]);
+        let meta_json = serde_json::to_string(&self.meta)?;
+        let mut sum = Checksum::new(&meta_json);
+        for (key, t) in &tensors {
+            let v = t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some((i, x)) = first_non_finite(&v) {
+                return Err(Error::file(
+                    path,
+                    format!("not saving tensor `{key}`: element {i} is {x} (not finite)"),
+                ));
+            }
+            let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            sum.tensor(key, t.dims(), &data);
+        }
+        let header = HashMap::from([
+            ("biaslens".to_string(), meta_json),
+            (CHECKSUM_KEY.to_string(), sum.hex()),
+        ]);
+        let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
         let bytes = tensors_to_bytes(&tensors, &header).map_err(|e| Error::file(path, e))?;
         crate::io::write_atomic(path, &bytes)
     }
 
     /// Read a delta file; every `delta.<name>` needs a matching `orig.<name>` and vice versa.
+    /// The recorded checksum must match and every value must be finite.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, e.to_string()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -94,8 +156,56 @@ impl WeightDelta {
             .ok_or_else(|| Error::file(path, "missing `biaslens` metadata"))?;
         let meta: DeltaMeta = serde_json::from_str(meta_json)
             .map_err(|e| Error::file(path, format!("bad `biaslens` metadata: {e}")))?;
+        let recorded = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(CHECKSUM_KEY))
+            .cloned();
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(want) = &recorded {
+            let mut sum = Checksum::new(meta_json);
+            for (key, view) in &views {
+                sum.tensor(key, view.shape(), view.data());
+            }
+            let got = sum.hex();
+            if &got != want {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "checksum mismatch: the file records sha256 {want} but its content hashes \
+                         to {got}; the delta is corrupted, refusing to use it"
+                    ),
+                ));
+            }
+        }
+        for (key, view) in &views {
+            if view.dtype() != safetensors::Dtype::F32 {
+                continue; // refused by name below
+            }
+            let bad = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .enumerate()
+                .find(|(_, x)| !x.is_finite());
+            if let Some((i, x)) = bad {
+                let why = match recorded {
+                    Some(_) => "the checksum matches, so it was written that way",
+                    None => {
+                        "this delta records no checksum (written by an older biaslens), \
+                             so it may be corrupted"
+                    }
+                };
+                return Err(Error::file(
+                    path,
+                    format!("tensor `{key}` holds a non-finite value ({x}) at element {i}; {why}; refusing to use it"),
+                ));
+            }
+        }
         let mut out = WeightDelta::new(meta);
-        for (key, view) in st.tensors() {
+        out.checksum = recorded;
+        for (key, view) in views {
             let Some(name) = key.strip_prefix("delta.") else {
                 if !key.starts_with("orig.") {
                     return Err(Error::file(path, format!("unexpected tensor `{key}`")));
