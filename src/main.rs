@@ -18,6 +18,12 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn main() {
     // SAFETY: sets an allocator option, before any thread is started.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // An error is one line: with RUST_BACKTRACE set, library errors (candle's) capture a
+    // backtrace and print it inside their message. RUST_LIB_BACKTRACE=1 brings those back;
+    // panics keep their backtraces either way. Set before any thread is started.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e:#}");

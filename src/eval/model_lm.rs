@@ -110,7 +110,11 @@ impl<'a> ModelLm<'a> {
 
     fn tok(&self) -> Result<&Tokenizer> {
         self.tokenizer.ok_or_else(|| {
-            Error::Model(format!("model `{}` has no tokenizer", self.model.info.name))
+            Error::Model(format!(
+                "model `{}` has no tokenizer: {} is missing",
+                self.model.info.name,
+                self.model.info.path.join("tokenizer.json").display()
+            ))
         })
     }
 }
