@@ -56,7 +56,8 @@ pub fn suite_tasks(suite: &str) -> Result<Vec<&'static TaskSpec>> {
     names.into_iter().map(task).collect()
 }
 
-/// Parse a comma-separated `--tasks` list; unknown names list the known ones.
+/// Parse a comma-separated `--tasks` list; unknown names list the known ones, a name given
+/// twice is refused.
 pub fn parse_tasks(list: &str) -> Result<Vec<&'static TaskSpec>> {
     let specs = list
         .split(',')
@@ -64,6 +65,14 @@ pub fn parse_tasks(list: &str) -> Result<Vec<&'static TaskSpec>> {
         .filter(|s| !s.is_empty())
         .map(task)
         .collect::<Result<Vec<_>>>()?;
+    for (i, t) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|u| u.name == t.name) {
+            return Err(Error::param(
+                "tasks",
+                format!("`{}` is named twice", t.name),
+            ));
+        }
+    }
     if specs.is_empty() {
         let known: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
         return Err(Error::param(

@@ -132,6 +132,24 @@ impl TraceSettings {
                 "name at least one of hidden, mlp, attn",
             ));
         }
+        for (i, k) in self.kinds.iter().enumerate() {
+            if self.kinds[..i].contains(k) {
+                return Err(Error::param(
+                    "kinds",
+                    format!("`{}` is named twice", k.name()),
+                ));
+            }
+        }
+        let (name, x) = match self.noise {
+            NoiseLevel::Fixed(s) => ("noise_std", s),
+            NoiseLevel::EmbedStdTimes(k) => ("noise_times", k),
+        };
+        if !(x.is_finite() && x > 0.0) {
+            return Err(Error::param(
+                name,
+                format!("must be a finite number > 0, got {x}"),
+            ));
+        }
         Ok(())
     }
 }
