@@ -1,11 +1,13 @@
-//! Small file utilities: atomic writes, hashing. Nothing a user produced is overwritten by accident.
+//! Small file utilities: atomic writes, hashing, and the checks every output path passes
+//! before a command starts work. Nothing a user produced is overwritten by accident.
 
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Write `bytes` to `path` atomically: a temporary sibling file, fsync, then rename.
+/// Write `bytes` to `path` atomically: a temporary sibling file, fsync, then rename. On failure
+/// the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path
         .parent()
@@ -17,15 +19,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .ok_or_else(|| Error::file(path, "not a file path"))?
         .to_string_lossy();
     let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
+    let written = (|| {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
         f.write_all(bytes)
             .map_err(|e| Error::file(&tmp, e.to_string()))?;
         f.sync_all().map_err(|e| Error::file(&tmp, e.to_string()))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e.to_string()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e.to_string()))?;
-    Ok(())
+    written
 }
 
 /// Serialise `value` as pretty JSON and write it atomically.
@@ -54,4 +60,225 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Hex sha256 of bytes in memory.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
+}
+
+/// `p` made absolute with symlinks of its existing part resolved (the rest appended as given).
+pub fn absolute(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::file(p, e.to_string()))?
+            .join(p)
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing
+        .canonicalize()
+        .map_err(|e| Error::file(existing, e.to_string()))?;
+    for name in rest.into_iter().rev() {
+        match name.to_str() {
+            Some("..") => {
+                out.pop();
+            }
+            Some(".") => {}
+            _ => out.push(name),
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse an output path whose nearest existing ancestor is not a directory (the write would
+/// fail only after the work is done).
+fn check_parent(path: &Path, abs: &Path) -> Result<()> {
+    match abs.ancestors().skip(1).find(|a| a.exists()) {
+        Some(a) if !a.is_dir() => Err(Error::file(
+            path,
+            format!("cannot be created: {} is not a directory", a.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether two existing paths name the same file (also through hard links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    false
+}
+
+/// Check, before any work, that a command may write the file `path`: it must not be a
+/// directory, must not be one of the command's `inputs` (not even with `force`), and an existing
+/// file is replaced only with `force`.
+pub fn check_output_file(path: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a directory; expected the path of a file to write",
+        ));
+    }
+    let abs = absolute(path)?;
+    check_parent(path, &abs)?;
+    for input in inputs {
+        if absolute(input)? == abs || same_file(input, path) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "is an input of this command ({}); refusing to overwrite it, even with --force",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    if path.symlink_metadata().is_ok() && !force {
+        return Err(Error::file(
+            path,
+            "already exists; pass --force to overwrite it",
+        ));
+    }
+    Ok(())
+}
+
+/// Check, before any work, that a command may create the directory `out` (or replace it, with
+/// `force`). Refused: `out` being, containing or lying inside a `protected` path (the base
+/// model); an existing `out` without `force`; and even with `force`, anything but a directory
+/// biaslens wrote (one holding one of `markers`), the current directory or one containing it,
+/// and a symbolic link.
+pub fn check_output_dir(
+    out: &Path,
+    force: bool,
+    markers: &[&str],
+    protected: &[&Path],
+) -> Result<()> {
+    let out_abs = absolute(out)?;
+    for p in protected {
+        let p_abs = absolute(p)?;
+        if p_abs.starts_with(&out_abs) || out_abs.starts_with(&p_abs) {
+            return Err(Error::file(
+                out,
+                format!(
+                    "refusing to write into the base model's path {}",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    check_parent(out, &out_abs)?;
+    let Ok(meta) = out.symlink_metadata() else {
+        return Ok(());
+    };
+    if !force {
+        return Err(Error::file(
+            out,
+            "already exists; pass --force to replace it (only a directory biaslens wrote is replaced)",
+        ));
+    }
+    if meta.file_type().is_symlink() {
+        return Err(Error::file(
+            out,
+            "is a symbolic link; --force does not replace it",
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(Error::file(
+            out,
+            "exists and is not a directory; --force does not replace it",
+        ));
+    }
+    let cwd = std::env::current_dir()
+        .and_then(|d| d.canonicalize())
+        .map_err(|e| Error::file(".", e.to_string()))?;
+    if cwd.starts_with(&out_abs) {
+        return Err(Error::file(
+            out,
+            "is the current directory or contains it; --force never replaces it",
+        ));
+    }
+    if !markers.iter().any(|m| out.join(m).is_file()) {
+        return Err(Error::file(
+            out,
+            format!(
+                "is not a biaslens output (it holds none of {}); --force replaces only a directory \
+                 biaslens wrote: remove it yourself or choose another path",
+                markers.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The staging directory a new output directory `out_abs` is written into before it is renamed
+/// into place: `.NAME.tmp-PID-NANOS` beside it (see [`remove_stale_staging`]).
+pub fn staging_dir(out_abs: &Path) -> Result<PathBuf> {
+    let parent = out_abs
+        .parent()
+        .ok_or_else(|| Error::file(out_abs, "has no parent directory"))?;
+    let name = out_abs
+        .file_name()
+        .ok_or_else(|| Error::file(out_abs, "not a directory name"))?
+        .to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id())))
+}
+
+/// Remove the staging directories of `out` (see [`staging_dir`]) left by processes that are no
+/// longer running (an interrupted run); returns what was removed. Where liveness cannot be
+/// told (no `/proc`), nothing is removed.
+pub fn remove_stale_staging(out: &Path) -> Result<Vec<PathBuf>> {
+    let abs = absolute(out)?;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, nanos)| nanos.parse::<u128>().is_ok())
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id()
+            || process_alive(pid) != Some(false)
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let p = entry.path();
+        std::fs::remove_dir_all(&p)
+            .map_err(|e| Error::file(&p, format!("removing a stale staging directory: {e}")))?;
+        removed.push(p);
+    }
+    Ok(removed)
+}
+
+/// Whether process `pid` runs: known on Linux (`/proc`), `None` elsewhere.
+fn process_alive(pid: u32) -> Option<bool> {
+    let proc = Path::new("/proc");
+    (cfg!(target_os = "linux") && proc.join("self").exists())
+        .then(|| proc.join(pid.to_string()).exists())
 }

@@ -256,17 +256,20 @@ fn refuses_overwrite_without_force_and_replaces_with_force() {
     let err = write_hf_dir(&m, &m.weights, &out, &ExportOptions::default()).unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
     assert!(out.join("marker").is_file() && !out.join("config.json").exists());
-    write_hf_dir(
-        &m,
-        &m.weights,
-        &out,
-        &ExportOptions {
-            force: true,
-            gguf: false,
-        },
-    )
-    .unwrap();
+    let force = ExportOptions {
+        force: true,
+        gguf: false,
+    };
+    // Even with force, a directory biaslens did not write is kept.
+    let err = write_hf_dir(&m, &m.weights, &out, &force).unwrap_err();
+    assert!(err.to_string().contains("not a biaslens output"), "{err}");
+    assert!(out.join("marker").is_file() && !out.join("config.json").exists());
+    // A biaslens output (it carries edit.json or export.json) is replaced.
+    std::fs::write(out.join("edit.json"), b"{}").unwrap();
+    write_hf_dir(&m, &m.weights, &out, &force).unwrap();
     assert!(!out.join("marker").exists() && out.join("model.safetensors").is_file());
+    assert!(out.join("export.json").is_file());
+    write_hf_dir(&m, &m.weights, &out, &force).unwrap();
     assert_eq!(
         siblings(tmp.path()),
         vec!["out".to_string()],
@@ -331,9 +334,10 @@ fn failure_mid_write_leaves_nothing_behind() {
         "left: {:?}",
         siblings(tmp.path())
     );
-    // A failing replacement keeps the old directory as it was.
+    // A failing replacement keeps the old directory (a biaslens output) as it was.
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("marker"), b"old").unwrap();
+    std::fs::write(out.join("export.json"), b"{}").unwrap();
     assert!(
         write_dir_atomically(&out, &base, true, |_| Err(Error::Model("injected".into()))).is_err()
     );

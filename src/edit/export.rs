@@ -1,10 +1,11 @@
 //! Write a model (possibly edited) as a Hugging Face directory that transformers loads.
 //!
 //! The directory holds config.json, generation_config.json, model.safetensors (HF tensor names,
-//! f32, lm_head omitted when tied) and the tokenizer files; optionally `model.gguf` for
-//! llama.cpp. Everything is written into a temporary sibling directory that is renamed into
-//! place at the end ([`write_dir_atomically`]), so a crash never leaves half a model, and the
-//! base model's own path is never written to.
+//! f32, lm_head omitted when tied), the tokenizer files and `export.json` (which marks it as a
+//! biaslens output that `--force` may replace); optionally `model.gguf` for llama.cpp.
+//! Everything is written into a temporary sibling directory that is renamed into place at the
+//! end ([`write_dir_atomically`]), so a crash never leaves half a model, and the base model's
+//! own path is never written to.
 
 use crate::model::config::{Activation, Arch, AttnKind, ModelConfig, NormKind};
 use crate::model::weights::WeightMap;
@@ -13,7 +14,7 @@ use crate::{Error, Result};
 use candle_core::DType;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How an export treats an existing output and which extra formats it writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -236,7 +237,12 @@ pub fn write_hf_files(
     if opts.gguf {
         crate::edit::gguf_export::write_gguf(model, weights, &dir.join("model.gguf"))?;
     }
-    Ok(())
+    let marker = json!({
+        "written_by": "biaslens",
+        "biaslens_version": env!("CARGO_PKG_VERSION"),
+        "source_model": model.info.name,
+    });
+    crate::io::write_json_atomic(&dir.join(EXPORT_MARKER), &marker)
 }
 
 /// Export `model` with `weights` as a Hugging Face directory at `out` (see module docs).
@@ -251,52 +257,32 @@ pub fn write_hf_dir(
     })
 }
 
+/// Files whose presence marks a directory as a model biaslens wrote, which `--force` may
+/// replace: `export.json` (every export) and `edit.json` (edits, also those written before
+/// `export.json` existed).
+pub const MODEL_DIR_MARKERS: &[&str] = &[EXPORT_MARKER, "edit.json"];
+
+/// The small record every exported model directory carries (see [`MODEL_DIR_MARKERS`]).
+pub const EXPORT_MARKER: &str = "export.json";
+
 /// Create directory `out` by letting `fill` write into a temporary sibling, then renaming it
-/// into place. Refuses when `out` exists (unless `force`: the old one is swapped out and then
-/// deleted) and when `out` is, contains or lies inside `base` (the model being exported).
-/// On any error from `fill` the temporary directory is removed and `out` is left as it was.
+/// into place. The rules of [`crate::io::check_output_dir`] apply, with `base` (the model being
+/// exported) protected and [`MODEL_DIR_MARKERS`] marking what `force` may replace; the old
+/// directory is swapped out and then deleted. On any error from `fill` the temporary directory
+/// is removed and `out` is left as it was.
 pub fn write_dir_atomically(
     out: &Path,
     base: &Path,
     force: bool,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let out_abs = absolute(out)?;
-    let base_abs = absolute(base)?;
-    if base_abs.starts_with(&out_abs) || out_abs.starts_with(&base_abs) {
-        return Err(Error::file(
-            out,
-            format!(
-                "refusing to write into the base model's path {}",
-                base.display()
-            ),
-        ));
-    }
-    if out.exists() {
-        if !force {
-            return Err(Error::file(
-                out,
-                "already exists; pass --force to replace it",
-            ));
-        }
-        if !out.is_dir() {
-            return Err(Error::file(
-                out,
-                "exists and is not a directory; not replacing it",
-            ));
-        }
-    }
+    crate::io::check_output_dir(out, force, MODEL_DIR_MARKERS, &[base])?;
+    let out_abs = crate::io::absolute(out)?;
     let parent = out_abs
         .parent()
         .ok_or_else(|| Error::file(out, "has no parent directory"))?;
     std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e.to_string()))?;
-    let name = out_abs
-        .file_name()
-        .ok_or_else(|| Error::file(out, "not a directory name"))?
-        .to_string_lossy()
-        .into_owned();
-    let tag = unique_tag();
-    let tmp = parent.join(format!(".{name}.tmp-{tag}"));
+    let tmp = crate::io::staging_dir(&out_abs)?;
     std::fs::create_dir(&tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -309,7 +295,8 @@ pub fn write_dir_atomically(
         });
     }
     // Replace: move the old one aside, move the new one in, then delete the old one.
-    let old = parent.join(format!(".{name}.old-{tag}"));
+    let tmp_name = tmp.file_name().unwrap_or_default().to_string_lossy();
+    let old = parent.join(tmp_name.replacen(".tmp-", ".old-", 1));
     if let Err(e) = std::fs::rename(&out_abs, &old) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::file(
@@ -324,42 +311,4 @@ pub fn write_dir_atomically(
     }
     std::fs::remove_dir_all(&old)
         .map_err(|e| Error::file(&old, format!("removing the replaced directory: {e}")))
-}
-
-/// `p` made absolute with symlinks of its existing part resolved (the rest appended as given).
-fn absolute(p: &Path) -> Result<PathBuf> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Error::file(p, e.to_string()))?
-            .join(p)
-    };
-    let mut existing = abs.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut out = existing
-        .canonicalize()
-        .map_err(|e| Error::file(existing, e.to_string()))?;
-    for name in rest.into_iter().rev() {
-        out.push(name);
-    }
-    Ok(out)
-}
-
-/// A name suffix unique to this process and moment.
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{nanos}", std::process::id())
 }
