@@ -1,5 +1,8 @@
 //! `biaslens edit` (LSDM, FT-L, DAMA), `apply` and `revert` of a stored delta.
 
+use super::common::{
+    at_least_one, first_duplicate, non_negative, prepare_model_out, require_tokenizer,
+};
 use biaslens::edit::delta::WeightDelta;
 use biaslens::edit::export::{write_hf_dir, ExportOptions};
 use biaslens::edit::record::{apply_delta, revert_delta, write_edit_outputs, EditRecord};
@@ -26,20 +29,20 @@ pub struct EditArgs {
     #[arg(long)]
     pub spec: Option<PathBuf>,
     /// Use this many edit professions (evenly spaced) instead of the whole edit split.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_edit: Option<usize>,
     /// LSDM λ (weight of the corpus prior).
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub lambda: Option<f64>,
     /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
     pub post_norm: Option<biaslens::edit::lsdm::PostNorm>,
-    /// Context prefixes per edit prompt (keys and DAMA's PLS data; default 3).
-    #[arg(long)]
+    /// Context prefixes per edit prompt (keys and DAMA's PLS data; 1 to 3, default 3).
+    #[arg(long, value_parser = prefix_count)]
     pub prefixes: Option<usize>,
     /// DAMA: null-space dimension (PLS components) per layer (default 16).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub components: Option<usize>,
     /// Seed of the profession split.
     #[arg(long, default_value_t = 0)]
@@ -65,6 +68,11 @@ pub struct ModelOutArgs {
 }
 
 impl ModelOutArgs {
+    /// Check --out (and clean up after interrupted runs) before any work.
+    fn prepare(&self, model: &str) -> anyhow::Result<()> {
+        prepare_model_out(&self.out, self.force, model)
+    }
+
     fn export_options(&self) -> ExportOptions {
         ExportOptions {
             force: self.force,
@@ -99,10 +107,30 @@ pub struct RevertArgs {
     pub output: ModelOutArgs,
 }
 
+/// `--prefixes`: how many of the context prefixes the edit uses.
+fn prefix_count(s: &str) -> Result<usize, String> {
+    let max = biaslens::edit::context::DEFAULT_PREFIXES.len();
+    match at_least_one(s)? {
+        n if n > max => Err(format!("must be at most {max}")),
+        n => Ok(n),
+    }
+}
+
+impl EditArgs {
+    /// What clap's value parsers cannot see on their own.
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(l) = self.layers.as_deref().and_then(first_duplicate) {
+            anyhow::bail!("--layers: layer {l} is named twice");
+        }
+        Ok(())
+    }
+}
+
 pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use biaslens::edit::method::{edit_model, EditSpec};
-    super::common::check_overwrite(&a.output.out, a.output.force)?;
+    a.validate()?;
+    a.output.prepare(&a.model)?;
     let device = super::common::parse_device(&a.device)?;
     let method = a.method.parse()?;
     let mut spec = match &a.spec {
@@ -142,6 +170,7 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         spec.dama.components = c;
     }
     let model = Model::load(&a.model, &device)?;
+    require_tokenizer(&model)?;
     eprintln!(
         "editing {} with {:?} on layers {:?}",
         model.info.name, spec.method, spec.layers
@@ -178,8 +207,9 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
+    a.output.prepare(&a.model)?;
+    let delta = load_delta(&a.delta)?;
     let model = Model::load(&a.model, &Device::Cpu)?;
-    let delta = WeightDelta::load(&a.delta, &Device::Cpu)?;
     let edited = apply_delta(&model, &delta)?;
     let mut record = EditRecord::new(&delta.meta.method, &model);
     record.hyperparameters = delta.meta.params.clone();
@@ -195,8 +225,9 @@ pub fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_revert(a: RevertArgs) -> anyhow::Result<()> {
+    a.output.prepare(&a.model)?;
+    let delta = load_delta(&a.delta)?;
     let edited = Model::load(&a.model, &Device::Cpu)?;
-    let delta = WeightDelta::load(&a.delta, &Device::Cpu)?;
     let rec_path = edited.info.path.join("edit.json");
     let record = if rec_path.is_file() {
         Some(EditRecord::load(&rec_path)?)
@@ -212,6 +243,19 @@ pub fn run_revert(a: RevertArgs) -> anyhow::Result<()> {
         delta.meta.model_hash
     );
     Ok(())
+}
+
+/// Read a delta (checksum and finiteness verified); warn when it records no checksum.
+fn load_delta(path: &std::path::Path) -> anyhow::Result<WeightDelta> {
+    let delta = WeightDelta::load(path, &Device::Cpu)?;
+    if delta.checksum.is_none() {
+        eprintln!(
+            "warning: {} records no checksum (written by an older biaslens): only its values' \
+             finiteness was checked, not its integrity",
+            path.display()
+        );
+    }
+    Ok(delta)
 }
 
 /// Layer indices named by the delta's tensors (`model.layers.N.` / `transformer.h.N.`).

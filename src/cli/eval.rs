@@ -1,7 +1,7 @@
 //! `biaslens eval` (run a benchmark suite on one model) and `biaslens compare` (runs side by
 //! side with deltas and paired tests).
 
-use super::common::{check_overwrite, parse_device, progress};
+use super::common::{at_least_one, fraction, parse_device, progress, require_tokenizer};
 use anyhow::{bail, Context};
 use biaslens::eval::compare::{compare, markdown as compare_markdown};
 use biaslens::eval::load::LoadOptions;
@@ -9,6 +9,7 @@ use biaslens::eval::model_lm::{LmOptions, ModelLm};
 use biaslens::eval::suite::{
     markdown, parse_tasks, run_suite, suite_tasks, SuiteOptions, SuiteResult,
 };
+use biaslens::io::check_output_file;
 use biaslens::model::Model;
 use biaslens::rundir::Shard;
 use indicatif::ProgressBar;
@@ -26,10 +27,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub tasks: Option<String>,
     /// Keep only the first N items of each data file.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Keep a seeded random fraction in (0, 1] of each data file.
-    #[arg(long)]
+    #[arg(long, value_parser = fraction)]
     pub fraction: Option<f64>,
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -47,10 +48,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// Upper bound on rows × tokens of one forward pass.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     pub batch_tokens: usize,
     /// Longest model input (lm-eval max_length), capped by the model's positions.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = at_least_one)]
     pub max_length: usize,
     /// Longest row of requests packed as a token trie to share their common prefix (the
     /// choices of an item, questions on one passage); 0 scores every request in its own row.
@@ -68,7 +69,7 @@ pub struct EvalArgs {
     #[arg(long, alias = "candle-matmul")]
     pub candle_ops: bool,
     /// Batches scored at once on separate threads (keeps every core busy between matmuls).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub parallel_batches: usize,
     /// Output folder for results.json and results.md.
     #[arg(long)]
@@ -108,14 +109,17 @@ pub struct CompareArgs {
     /// Result folders (or results.json files) of `biaslens eval`; the first is the baseline.
     #[arg(required = true, num_args = 2..)]
     pub runs: Vec<PathBuf>,
-    /// Also write the comparison as JSON here.
+    /// Also write the comparison as JSON here (never one of the runs' files).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Overwrite an existing --json file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let specs = match &a.tasks {
-        Some(list) => parse_tasks(list)?,
+        Some(list) => parse_tasks(list).with_context(|| format!("--tasks {list}"))?,
         None => suite_tasks(&a.suite)?,
     };
     let shard = match &a.shard {
@@ -127,13 +131,13 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let md_path = a.out.join("results.md");
     let shard_path = a.out.join(SHARD_RECORD);
     if shard.is_some() {
-        check_overwrite(&shard_path, a.force)?;
+        check_output_file(&shard_path, a.force, &[])?;
         if a.no_cache {
             bail!("--shard needs the cache (it is the shard's output): drop --no-cache");
         }
     } else {
-        check_overwrite(&json_path, a.force)?;
-        check_overwrite(&md_path, a.force)?;
+        check_output_file(&json_path, a.force, &[])?;
+        check_output_file(&md_path, a.force, &[])?;
     }
     if !a.data.is_dir() {
         bail!("--data {}: not a folder", a.data.display());
@@ -141,6 +145,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let model =
         Model::load(&a.model, &device).with_context(|| format!("loading --model {}", a.model))?;
+    require_tokenizer(&model)?;
     let lm_opts = LmOptions {
         batch_tokens: a.batch_tokens,
         max_length: a.max_length,
@@ -225,12 +230,17 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_run(path: &Path) -> anyhow::Result<SuiteResult> {
-    let file = if path.is_dir() {
+/// The results.json of a run given as its folder or the file itself.
+fn run_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
         path.join("results.json")
     } else {
         path.to_path_buf()
-    };
+    }
+}
+
+fn read_run(path: &Path) -> anyhow::Result<SuiteResult> {
+    let file = run_file(path);
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     serde_json::from_str(&text)
@@ -238,6 +248,11 @@ fn read_run(path: &Path) -> anyhow::Result<SuiteResult> {
 }
 
 pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
+    if let Some(j) = &a.json {
+        let inputs: Vec<PathBuf> = a.runs.iter().map(|p| run_file(p)).collect();
+        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        check_output_file(j, a.force, &inputs)?;
+    }
     let runs = a
         .runs
         .iter()

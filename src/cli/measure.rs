@@ -1,6 +1,6 @@
 //! `biaslens measure`: pronoun probabilities and bias metrics on occupation prompts.
 
-use super::common::{check_overwrite, parse_device, progress};
+use super::common::{at_least_one, parse_device, progress, require_tokenizer};
 use biaslens::measure::{measure_occupations, MeasureOptions, MeasureResult};
 use biaslens::model::Model;
 use biaslens::stats::Estimate;
@@ -16,7 +16,7 @@ pub struct Args {
     pub split: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Seed of the profession split (and of the bootstrap).
     #[arg(long, default_value_t = 0)]
@@ -34,7 +34,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
-        check_overwrite(p, a.force)?;
+        let inputs: Vec<&std::path::Path> = a.templates.iter().map(PathBuf::as_path).collect();
+        biaslens::io::check_output_file(p, a.force, &inputs)?;
     }
     let device = parse_device(&a.device)?;
     let mut opts = MeasureOptions {
@@ -46,6 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.split.seed = a.seed;
     opts.bootstrap.seed = a.seed;
     let model = Model::load(&a.model, &device)?;
+    require_tokenizer(&model)?;
     let n = biaslens::measure::occupations::subset_prompts(&opts)?
         .0
         .len();

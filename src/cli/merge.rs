@@ -14,13 +14,30 @@ pub struct Args {
     /// Write summaries and plots even when items are missing (to look at a sweep in progress).
     #[arg(long)]
     pub allow_partial: bool,
-    /// Overwrite results in --out (eval shards).
+    /// Overwrite the results already in --out.
     #[arg(long)]
     pub force: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.shards[0].join(super::eval::SHARD_RECORD).is_file() {
+    use biaslens::rundir::{RESULTS, SETTINGS};
+    let eval = a.shards[0].join(super::eval::SHARD_RECORD).is_file();
+    // Check every result file before any is written; a shard's own files are never overwritten.
+    let outputs = if eval {
+        ["results.json", "results.md"]
+    } else {
+        [SETTINGS, RESULTS]
+    };
+    let inputs: Vec<PathBuf> = a
+        .shards
+        .iter()
+        .flat_map(|d| outputs.iter().map(|f| d.join(f)))
+        .collect();
+    let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+    for f in outputs {
+        biaslens::io::check_output_file(&a.out.join(f), a.force, &inputs)?;
+    }
+    if eval {
         return super::eval::merge_eval_shards(&a.out, &a.shards, a.force);
     }
     let n = biaslens::rundir::merge(&a.out, &a.shards)?;

@@ -1,6 +1,8 @@
 //! `biaslens trace` and `biaslens mediate`: resumable, shardable sweeps over occupation prompts.
 
-use super::common::{parse_device, progress};
+use super::common::{
+    at_least_one, first_duplicate, parse_device, positive, progress, require_tokenizer,
+};
 use anyhow::Context;
 use biaslens::data::{occupation_prompts, vig_templates, OccupationPrompt, Profession};
 use biaslens::model::Model;
@@ -22,7 +24,7 @@ pub struct Common {
     #[arg(long)]
     pub model: String,
     /// Number of occupation prompts (a seeded shuffle of professions × 17 templates).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub prompts: usize,
     /// Run directory (resumed when it exists with the same settings).
     #[arg(long)]
@@ -47,24 +49,24 @@ pub struct Common {
 pub struct TraceArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub samples: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub window: usize,
     /// Comma-separated kinds: hidden, mlp, attn.
     #[arg(long, default_value = "hidden,mlp,attn")]
     pub kinds: String,
     /// Noise std as a multiple of the embedding output's std (ignored with --noise-std).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = positive)]
     pub noise_times: f64,
     /// A fixed noise std.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub noise_std: Option<f64>,
     /// Rows per batched pass of the fast path.
-    #[arg(long, default_value_t = biaslens::trace::fast::DEFAULT_BATCH_ROWS)]
+    #[arg(long, default_value_t = biaslens::trace::fast::DEFAULT_BATCH_ROWS, value_parser = at_least_one)]
     pub batch_rows: usize,
     /// Instead of a run: time the fast and the naive path on this many prompts, print the speedup.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub bench_naive: Option<usize>,
 }
 
@@ -84,6 +86,7 @@ fn shard(spec: &Option<String>) -> anyhow::Result<Shard> {
 fn load(c: &Common) -> anyhow::Result<(Model, Vec<OccupationPrompt>)> {
     let device = parse_device(&c.device)?;
     let model = Model::load(&c.model, &device).with_context(|| format!("--model {}", c.model))?;
+    require_tokenizer(&model)?;
     let profs = Profession::load(&c.professions)?;
     Ok((model, occupation_prompts(&profs, &vig_templates())))
 }
@@ -125,14 +128,16 @@ fn sweep<T: serde::Serialize>(
 pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let sh = shard(&c.shard)?;
+    // Every setting is checked before the model is loaded and anything is written.
     let kinds = a
         .kinds
         .split(',')
         .map(|k| Kind::parse(k.trim()))
-        .collect::<biaslens::Result<Vec<_>>>()?;
-    let (model, all) = load(c)?;
-    let tok = model.tokenizer()?;
-    let pronouns = pronoun_ids(tok)?;
+        .collect::<biaslens::Result<Vec<_>>>()
+        .with_context(|| format!("--kinds {}", a.kinds))?;
+    if let Some(k) = first_duplicate(&kinds) {
+        anyhow::bail!("--kinds {}: `{}` is named twice", a.kinds, k.name());
+    }
     let noise = match a.noise_std {
         Some(s) => NoiseLevel::Fixed(s),
         None => NoiseLevel::EmbedStdTimes(a.noise_times),
@@ -145,6 +150,9 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
         seed: c.seed,
     };
     settings.validate()?;
+    let (model, all) = load(c)?;
+    let tok = model.tokenizer()?;
+    let pronouns = pronoun_ids(tok)?;
     let std = match noise {
         NoiseLevel::Fixed(s) => s,
         NoiseLevel::EmbedStdTimes(k) => {
