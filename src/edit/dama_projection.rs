@@ -12,6 +12,7 @@
 //! when every prompt's difference points the same way). The PLS runs in nalgebra f64 on the CPU:
 //! X and Y are only n × d_model.
 
+use crate::model::stable_matmul::matmul as mm;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use nalgebra::DMatrix;
@@ -69,9 +70,10 @@ pub fn dama_projection(
             format!("shape {:?}, expected [{n}, {d_model}]", value_diffs.dims()),
         ));
     }
-    let x = keys
-        .to_dtype(DType::F32)?
-        .matmul(&weight.to_dtype(DType::F32)?.t()?)?;
+    let x = mm(
+        &keys.to_dtype(DType::F32)?,
+        &weight.to_dtype(DType::F32)?.t()?,
+    )?;
     let x = to_nalgebra(&x)?;
     let y = to_nalgebra(&value_diffs.to_dtype(DType::F32)?)?;
     let w = nipals_pls2(&x, &y, params)?;
@@ -87,10 +89,7 @@ pub fn dama_projection(
 /// New weight W' = M W (same dtype as `weight`).
 pub fn apply_projection(projection: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let w = weight.to_dtype(DType::F32)?;
-    Ok(projection
-        .to_dtype(DType::F32)?
-        .matmul(&w)?
-        .to_dtype(weight.dtype())?)
+    Ok(mm(&projection.to_dtype(DType::F32)?, &w)?.to_dtype(weight.dtype())?)
 }
 
 /// NIPALS PLS2: the x-weights [p, k] of `params.components` components between X [n, p] and

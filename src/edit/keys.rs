@@ -1,6 +1,7 @@
 //! Reading activations at the subject token: MLP keys, residual streams, block outputs.
 
 use super::context::EditPrompt;
+use crate::model::stable_matmul::matmul as mm;
 use crate::model::{InterventionPlan, Site, Transformer};
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -67,5 +68,5 @@ pub fn group_mean(x: &Tensor, groups: &[usize], n_groups: usize) -> Result<Tenso
     }
     let avg = Tensor::from_vec(m, (n_groups, rows), x.device())?;
     let _ = w;
-    Ok(avg.matmul(x)?)
+    mm(&avg, x)
 }

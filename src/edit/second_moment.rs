@@ -6,6 +6,7 @@
 //! safetensors with metadata naming the model, layer and corpus, because MEMIT-style statistics
 //! take hours and must never be mixed up between models.
 
+use crate::model::stable_matmul::matmul as mm;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
@@ -81,7 +82,7 @@ impl MomentAccumulator {
             }
             None => (k, rows as u64),
         };
-        self.sum = (&self.sum + k.t()?.matmul(&k)?)?;
+        self.sum = (&self.sum + mm(&k.t()?, &k)?)?;
         self.count += n;
         Ok(())
     }

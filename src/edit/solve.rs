@@ -25,6 +25,7 @@
 //! like f32 eps × cond(normal matrix); the system is Jacobi-scaled first so that badly scaled key
 //! coordinates do not cost accuracy.
 
+use crate::model::stable_matmul::matmul as mm;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -134,8 +135,8 @@ pub fn solve_update(input: &LsqInput) -> Result<Tensor> {
     };
     match input.prior {
         Prior::Moment(c) if input.lambda > 0.0 => {
-            let a0 = ((c.to_dtype(DType::F32)? * input.lambda)? + k.t()?.matmul(&k)?)?;
-            let rhs = k.t()?.matmul(&r)?;
+            let a0 = ((c.to_dtype(DType::F32)? * input.lambda)? + mm(&k.t()?, &k)?)?;
+            let rhs = mm(&k.t()?, &r)?;
             let x = match &p {
                 None => SpdSolver::new(&a0)?.solve(&rhs)?,
                 Some(p) => preserved_solve(&a0, p, input.mu, &rhs)?,
@@ -160,13 +161,13 @@ pub fn solve_update(input: &LsqInput) -> Result<Tensor> {
                 None => (k.clone(), r.clone()),
             };
             let rows = g.dim(0)?;
-            let mut s = g.matmul(&g.t()?)?;
+            let mut s = mm(&g, &g.t()?)?;
             if ridge > 0.0 {
                 let eye = (Tensor::eye(rows, DType::F32, g.device())? * ridge)?;
                 s = (s + eye)?;
             }
             let y = spd_solve(&s, &t)?;
-            Ok(y.t()?.matmul(&g)?)
+            Ok(mm(&y.t()?, &g)?)
         }
     }
 }
@@ -180,13 +181,13 @@ fn preserved_solve(a0: &Tensor, p: &Tensor, mu: f64, b: &Tensor) -> Result<Tenso
     let base = SpdSolver::new(a0)?;
     let y = base.solve(&p.t()?.contiguous()?)?; // A0⁻¹ Pᵀ, [d, m]
     let eye = (Tensor::eye(m, DType::F32, p.device())? / mu)?;
-    let small = SpdSolver::new(&(eye + p.matmul(&y)?)?)?;
+    let small = SpdSolver::new(&(eye + mm(&p, &y)?)?)?;
     let woodbury = |rhs: &Tensor| -> Result<Tensor> {
         let x0 = base.solve(rhs)?;
-        Ok((&x0 - y.matmul(&small.solve(&p.matmul(&x0)?)?)?)?)
+        Ok((&x0 - mm(&y, &small.solve(&mm(&p, &x0)?)?)?)?)
     };
     let x = woodbury(b)?;
-    let applied = (a0.matmul(&x)? + (p.t()?.matmul(&p.matmul(&x)?)? * mu)?)?;
+    let applied = (mm(&a0, &x)? + (mm(&p.t()?, &mm(&p, &x)?)? * mu)?)?;
     Ok((&x + woodbury(&(b - applied)?)?)?)
 }
 
@@ -224,7 +225,7 @@ impl SpdSolver {
     pub fn solve(&self, b: &Tensor) -> Result<Tensor> {
         let b = b.broadcast_mul(&self.scale)?;
         let x = self.factor.solve(&b)?;
-        let resid = (&b - self.scaled.matmul(&x)?)?;
+        let resid = (&b - mm(&self.scaled, &x)?)?;
         let x = (x + self.factor.solve(&resid)?)?;
         Ok(x.broadcast_mul(&self.scale)?)
     }
@@ -265,12 +266,12 @@ impl Cholesky {
             let rest = d - start - b;
             let panel = if rest > 0 {
                 let a21 = trailing.narrow(0, b, rest)?.narrow(1, 0, b)?.contiguous()?;
-                let l21 = a21.matmul(&diag_inv.t()?)?;
+                let l21 = mm(&a21, &diag_inv.t()?)?;
                 let a22 = trailing
                     .narrow(0, b, rest)?
                     .narrow(1, b, rest)?
                     .contiguous()?;
-                trailing = (a22 - l21.matmul(&l21.t()?)?)?.contiguous()?;
+                trailing = (a22 - mm(&l21, &l21.t()?)?)?.contiguous()?;
                 Some(l21)
             } else {
                 None
@@ -291,20 +292,20 @@ impl Cholesky {
         let mut ys = Vec::with_capacity(self.blocks.len());
         for blk in &self.blocks {
             let bj = rest.narrow(0, 0, blk.size)?;
-            let yj = blk.diag_inv.matmul(&bj)?;
+            let yj = mm(&blk.diag_inv, &bj)?;
             if let Some(panel) = &blk.panel {
                 let below = rest.narrow(0, blk.size, panel.dim(0)?)?;
-                rest = (below - panel.matmul(&yj)?)?.contiguous()?;
+                rest = (below - mm(&panel, &yj)?)?.contiguous()?;
             }
             ys.push(yj);
         }
         let mut after: Option<Tensor> = None;
         for (blk, yj) in self.blocks.iter().zip(ys).rev() {
             let rhs = match (&blk.panel, &after) {
-                (Some(panel), Some(xa)) => (yj - panel.t()?.matmul(xa)?)?,
+                (Some(panel), Some(xa)) => (yj - mm(&panel.t()?, &xa)?)?,
                 _ => yj,
             };
-            let xj = blk.diag_inv.t()?.matmul(&rhs)?;
+            let xj = mm(&blk.diag_inv.t()?, &rhs)?;
             after = Some(match after {
                 None => xj,
                 Some(xa) => Tensor::cat(&[&xj, &xa], 0)?,

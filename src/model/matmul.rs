@@ -96,7 +96,7 @@ pub fn x_wt(x: &Tensor, w: &Tensor, packed: Option<&Packed>, fast: bool) -> Resu
             return Ok(y);
         }
     }
-    Ok(x.matmul(&w.t()?)?)
+    super::stable_matmul::matmul(x, &w.t()?)
 }
 
 /// `x [m, k] · wᵀ` with a packed weight, or `None` where the kernel does not apply.

@@ -7,6 +7,7 @@ pub mod matmul;
 pub mod norm;
 pub mod registry;
 pub mod sites;
+pub mod stable_matmul;
 pub mod transformer;
 pub mod tree;
 pub mod weights;

@@ -5,6 +5,7 @@
 use super::config::{Activation, Arch, AttnKind, ModelConfig, NormKind};
 pub use super::norm::Norm;
 use super::sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
+use super::stable_matmul::matmul as mm;
 use super::tree::{attention_mask, chain_parents, TreeRow};
 use super::weights::{take, WeightMap};
 use crate::{Error, Result};
@@ -38,11 +39,9 @@ impl Linear {
             let bf = |t: &Tensor| -> Result<Tensor> {
                 Ok(t.to_dtype(DType::BF16)?.to_dtype(x.dtype())?)
             };
-            bf(&bf(&x2)?.matmul(&self.weight.to_dtype(x.dtype())?.t()?)?)?
+            bf(&mm(&bf(&x2)?, &self.weight.to_dtype(x.dtype())?.t()?)?)?
         } else {
-            x2.to_dtype(self.weight.dtype())?
-                .matmul(&self.weight.t()?)?
-                .to_dtype(x.dtype())?
+            mm(&x2.to_dtype(self.weight.dtype())?, &self.weight.t()?)?.to_dtype(x.dtype())?
         };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
@@ -832,15 +831,14 @@ impl Transformer {
         };
         let (ke, ve) = (expand(&k_all)?, expand(&v_all)?);
         // Scale the (small) queries rather than the scores; the mask is already one per head.
-        let scores = (q * c.attn_scale)?.matmul(&ke.t()?)?.broadcast_add(mask)?;
+        let scores = mm(&(q * c.attn_scale)?, &ke.t()?)?.broadcast_add(mask)?;
         // The fused softmax has no backward; use the composed one when gradients are tracked.
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let z = probs
-            .matmul(&ve)?
+        let z = mm(&probs, &ve)?
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
         let z = self.intervene(Site::HeadZ(l), z, st)?;
@@ -882,7 +880,7 @@ impl Transformer {
                     .index_select(&Tensor::from_vec(idx, n, &self.device)?, 0)?
             }
         };
-        let logits = rows.matmul(&self.lm_head.t()?)?;
+        let logits = mm(&rows, &self.lm_head.t()?)?;
         let lp = log_softmax_accurate(&logits)?;
         Ok(Some(match req {
             LogitsRequest::LastTokenIds(ids) => {

@@ -1,0 +1,256 @@
+//! A CPU matmul whose bits depend on its inputs only, not on the machine.
+//!
+//! candle's CPU matmul (the `gemm` crate) splits the contraction into blocks of `kc` sized from
+//! the L1 data cache it reads at start-up (`max(512, …)`: 512 on a 32 KiB 8-way L1, 1024 on a
+//! 48 KiB 12-way one) and adds the blocks' partial products. A contraction of 576 is one block
+//! on an Intel Xeon and two of 288 on an AMD EPYC, so the same product rounds differently and
+//! the snapshot tables moved in their 4th digit between the two. A contraction of at most
+//! [`CHUNK`] is never split on any machine, and within a block every output is one sequential
+//! fused-multiply-add sum (the AVX2 kernel; the crate is built without its AVX-512 one). So
+//! [`matmul`] splits every contraction into at most [`CHUNK`]-long pieces and adds them in a
+//! fixed order. When gradients are tracked, the two backward products contract over the output
+//! columns and over the rows, so the product is also tiled into at most [`CHUNK`] × [`CHUNK`]
+//! output blocks. Thread counts only decide which thread computes which output tile.
+//!
+//! Tested bit for bit against a scalar sequential-FMA reference (below), and end to end by
+//! `harness/cross-cpu-check.sh`, which reruns tests under an emulated Intel cache geometry.
+//! On other devices this is candle's matmul.
+
+use crate::Result;
+use candle_core::Tensor;
+
+/// The longest contraction the `gemm` crate never splits (its smallest `kc`).
+pub const CHUNK: usize = 512;
+
+/// `a [.., m, k] · b [.., k, n]`, like `Tensor::matmul`, with a machine-independent result on
+/// the CPU.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !a.device().is_cpu() {
+        return Ok(a.matmul(b)?);
+    }
+    let rank = a.rank();
+    if rank < 2 || b.rank() != rank {
+        // Let candle report the shape error.
+        return Ok(a.matmul(b)?);
+    }
+    let (m, k) = (a.dim(rank - 2)?, a.dim(rank - 1)?);
+    let n = b.dim(rank - 1)?;
+    let tracked = a.track_op() || b.track_op();
+    if k <= CHUNK && (!tracked || (m <= CHUNK && n <= CHUNK)) {
+        return Ok(a.matmul(b)?);
+    }
+    let k_spans = spans(k);
+    if !tracked {
+        return chunked(a, b, &k_spans, rank);
+    }
+    let (m_spans, n_spans) = (spans(m), spans(n));
+    // Narrow each operand once per span, so the backward pass accumulates each piece's gradient
+    // before padding it into the whole.
+    let a_pieces = m_spans
+        .iter()
+        .map(|&(m0, ml)| a.narrow(rank - 2, m0, ml))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let b_pieces = n_spans
+        .iter()
+        .map(|&(n0, nl)| b.narrow(rank - 1, n0, nl))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut rows = Vec::with_capacity(a_pieces.len());
+    for ap in &a_pieces {
+        let tiles = b_pieces
+            .iter()
+            .map(|bp| chunked(ap, bp, &k_spans, rank))
+            .collect::<Result<Vec<_>>>()?;
+        rows.push(Tensor::cat(&tiles, rank - 1)?);
+    }
+    Ok(Tensor::cat(&rows, rank - 2)?)
+}
+
+/// `Σ_c a[.., :, c] · b[.., c, :]` over the contraction spans, added left to right.
+fn chunked(a: &Tensor, b: &Tensor, k_spans: &[(usize, usize)], rank: usize) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for &(k0, kl) in k_spans {
+        let p = a
+            .narrow(rank - 1, k0, kl)?
+            .matmul(&b.narrow(rank - 2, k0, kl)?)?;
+        acc = Some(match acc {
+            None => p,
+            Some(s) => (s + p)?,
+        });
+    }
+    acc.ok_or_else(|| crate::Error::Model("stable_matmul: empty contraction".into()))
+}
+
+/// `len` split into the fewest near-equal spans of at most [`CHUNK`]: `(start, length)`.
+fn spans(len: usize) -> Vec<(usize, usize)> {
+    let pieces = len.div_ceil(CHUNK).max(1);
+    let base = len / pieces;
+    let extra = len % pieces;
+    let mut out = Vec::with_capacity(pieces);
+    let mut start = 0;
+    for i in 0..pieces {
+        let l = base + usize::from(i < extra);
+        out.push((start, l));
+        start += l;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        // A deterministic spread of magnitudes and signs, so rounding order matters.
+        (0..len)
+            .map(|i| {
+                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (x as f32 / (1u32 << 24) as f32 - 0.5) * (1.0 + (i % 7) as f32)
+            })
+            .collect()
+    }
+
+    /// The definition: each output is a sequential FMA sum within each span, spans added in
+    /// order. Any machine must produce exactly these bits.
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut total: Option<f32> = None;
+                for (k0, kl) in spans(k) {
+                    let mut s = 0f32;
+                    for kk in k0..k0 + kl {
+                        s = a[i * k + kk].mul_add(b[kk * n + j], s);
+                    }
+                    total = Some(total.map_or(s, |t| t + s));
+                }
+                out[i * n + j] = total.unwrap_or(0.0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn spans_cover_and_respect_the_chunk() {
+        for len in [1, 511, 512, 513, 576, 1024, 1536, 2048, 49_152] {
+            let s = spans(len);
+            assert_eq!(s.iter().map(|x| x.1).sum::<usize>(), len);
+            assert!(s.iter().all(|x| x.1 <= CHUNK && x.1 > 0));
+            assert!(s.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        }
+    }
+
+    #[test]
+    fn bit_identical_to_the_sequential_fma_definition() {
+        let dev = Device::Cpu;
+        // Shapes of the kind the model and the edits use: contractions below, at and above the
+        // chunk, rows from one (gemv) to hundreds.
+        for &(m, k, n) in &[
+            (1, 576, 192),
+            (3, 64, 7),
+            (17, 576, 1536),
+            (130, 1536, 576),
+            (70, 1100, 96),
+            (96, 2048, 40),
+        ] {
+            let (av, bv) = (data(m * k, 1), data(k * n, 2));
+            let a = Tensor::from_vec(av.clone(), (m, k), &dev).unwrap();
+            let b = Tensor::from_vec(bv.clone(), (k, n), &dev).unwrap();
+            let got: Vec<f32> = matmul(&a, &b)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want = reference(&av, &bv, m, k, n);
+            let differ = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g.to_bits() != w.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "({m}, {k}, {n}): {differ} outputs differ in bits"
+            );
+        }
+    }
+
+    #[test]
+    fn transposed_and_batched_operands_match_the_definition() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (40, 700, 33);
+        let (av, bv) = (data(m * k, 3), data(k * n, 4));
+        let a = Tensor::from_vec(av.clone(), (m, k), &dev).unwrap();
+        // b stored as [n, k] and transposed, as the projections are used.
+        let bt = Tensor::from_vec(bv.clone(), (k, n), &dev)
+            .unwrap()
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let got: Vec<f32> = matmul(&a, &bt.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(got, reference(&av, &bv, m, k, n));
+        let a3 = Tensor::stack(&[&a, &a], 0).unwrap();
+        let b3 = Tensor::stack(&[&bt.t().unwrap(), &bt.t().unwrap()], 0).unwrap();
+        let got3: Vec<f32> = matmul(&a3, &b3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(got3[..m * n], got[..]);
+        assert_eq!(got3[m * n..], got[..]);
+    }
+
+    #[test]
+    fn gradients_match_the_definition_of_both_backward_products() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (600, 520, 530);
+        let (av, bv, gv) = (data(m * k, 5), data(k * n, 6), data(m * n, 7));
+        let a = Var::from_vec(av.clone(), (m, k), &dev).unwrap();
+        let b = Var::from_vec(bv.clone(), (k, n), &dev).unwrap();
+        let g = Tensor::from_vec(gv.clone(), (m, n), &dev).unwrap();
+        let y = matmul(a.as_tensor(), b.as_tensor()).unwrap();
+        let loss = (y * &g).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let ga: Vec<f32> = grads
+            .get(&a)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let gb: Vec<f32> = grads
+            .get(&b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // dL/da = g · bᵀ (contraction over n), dL/db = aᵀ · g (over m): compare with f64 sums
+        // (the tiling decides the bits; here the values must be the product's gradient).
+        let (mut worst_a, mut worst_b) = (0f64, 0f64);
+        for i in (0..m).step_by(37) {
+            for kk in (0..k).step_by(29) {
+                let w: f64 = (0..n)
+                    .map(|j| gv[i * n + j] as f64 * bv[kk * n + j] as f64)
+                    .sum();
+                worst_a = worst_a.max((ga[i * k + kk] as f64 - w).abs() / (1.0 + w.abs()));
+            }
+        }
+        for kk in (0..k).step_by(31) {
+            for j in (0..n).step_by(23) {
+                let w: f64 = (0..m)
+                    .map(|i| av[i * k + kk] as f64 * gv[i * n + j] as f64)
+                    .sum();
+                worst_b = worst_b.max((gb[kk * n + j] as f64 - w).abs() / (1.0 + w.abs()));
+            }
+        }
+        assert!(worst_a < 1e-4 && worst_b < 1e-4, "{worst_a} {worst_b}");
+    }
+}
