@@ -3,6 +3,8 @@
 //! scores nothing itself and refuses an incomplete or mixed set of shards.
 //! SmolLM2 on the first items of COPA and Winogender.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -53,6 +55,7 @@ fn comparable(dir: &Path) -> Vec<(Value, Value, Value)> {
 
 #[test]
 fn three_eval_shards_merge_to_the_single_run() {
+    common::ensure_model("smollm2-135m");
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let p = |s: &str| -> PathBuf { tmp.path().join(s) };
     let single = p("single");

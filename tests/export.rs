@@ -69,10 +69,7 @@ fn hf_config_round_trips_for_every_arch() {
         assert_eq!(write_cfg(&cfg, tmp.path()), cfg, "{arch}");
     }
     for alias in ["smollm2-135m", "gemma-3-270m"] {
-        let Ok(biaslens::model::ModelSource::Gguf(path)) = biaslens::model::resolve_model(alias)
-        else {
-            panic!("`{alias}` is not fetched; run harness/fetch-models.sh");
-        };
+        let path = common::ensure_model(alias);
         let mut f = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut f).unwrap();
         let cfg = ModelConfig::from_gguf(&content, &path).unwrap();

@@ -171,9 +171,8 @@ fn max_dp(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 const PRONOUNS: [u32; 3] = [384, 1041, 502]; // " he", " she", " they" (meta.json)
 
 fn smollm2(dev: &Device) -> Model {
-    Model::load("smollm2-135m", dev).unwrap_or_else(|e| {
-        panic!("cannot load smollm2-135m: {e}\nrun harness/fetch-models.sh or set BIASLENS_MODELS")
-    })
+    common::ensure_model("smollm2-135m");
+    Model::load("smollm2-135m", dev).unwrap_or_else(|e| panic!("cannot load smollm2-135m: {e}"))
 }
 
 /// p(he), p(she), p(they) on 256 prompts: device vs CPU vs HF transformers (float32).

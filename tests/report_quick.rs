@@ -7,7 +7,9 @@
 //!   harness/quick.toml twice into fresh folders; tables must match the `quick_*` snapshots and
 //!   the two runs must give byte-identical tables.
 //!
-//! Needs models/smollm2-135m (harness/fetch-models.sh).
+//! Needs models/smollm2-135m (fetched by the test when it is missing).
+
+mod common;
 
 use biaslens::report::write::build_tables;
 use biaslens::report::{ReportInputs, Table};
@@ -19,6 +21,7 @@ fn root() -> PathBuf {
 }
 
 fn run_report(spec: &str, out: &Path) -> ReportInputs {
+    common::ensure_model("smollm2-135m");
     let st = Command::new(env!("CARGO_BIN_EXE_biaslens"))
         .current_dir(root())
         .args(["report", "--spec", spec, "--out"])

