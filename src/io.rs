@@ -57,6 +57,41 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// Read a text data file: UTF-8, with a leading byte-order mark dropped and CRLF line endings
+/// read as LF, so neither ends up inside a template, an item or a header. A file that is not
+/// UTF-8 is refused, naming the line (and column) of its first invalid byte.
+pub fn read_text(path: &Path) -> Result<String> {
+    let mut bytes = std::fs::read(path).map_err(|e| Error::file(path, e.to_string()))?;
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let before = &bytes[..at];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        Error::line(
+            path,
+            line,
+            format!(
+                "not valid UTF-8 (byte 0x{:02X} at column {column}); save the file as UTF-8",
+                bytes[at]
+            ),
+        )
+    })?;
+    Ok(if text.contains("\r\n") {
+        text.replace("\r\n", "\n")
+    } else {
+        text
+    })
+}
+
 /// Hex sha256 of bytes in memory.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
@@ -281,4 +316,26 @@ fn process_alive(pid: u32) -> Option<bool> {
     let proc = Path::new("/proc");
     (cfg!(target_os = "linux") && proc.join("self").exists())
         .then(|| proc.join(pid.to_string()).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-order mark and CRLF endings are not part of the text; a non-UTF-8 file is refused
+    /// naming its file and the line of the first bad byte.
+    #[test]
+    fn read_text_drops_bom_and_crlf_and_names_the_bad_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("t.txt");
+        std::fs::write(&p, "\u{FEFF}a {}\r\nb\r\n").unwrap();
+        assert_eq!(read_text(&p).unwrap(), "a {}\nb\n");
+        std::fs::write(&p, b"ok\nfine\ncaf\xe9\n").unwrap();
+        let e = read_text(&p).unwrap_err().to_string();
+        assert!(e.contains("t.txt:3:"), "{e}");
+        assert!(
+            e.contains("UTF-8") && e.contains("0xE9") && e.contains("column 4"),
+            "{e}"
+        );
+    }
 }

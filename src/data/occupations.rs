@@ -28,7 +28,7 @@ impl Profession {
 
     /// Load a JSON list of `[name, definitional, stereotypical]` triples.
     pub fn load(path: &Path) -> Result<Vec<Profession>> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let text = crate::io::read_text(path)?;
         Self::parse(&text, path)
     }
 
@@ -122,7 +122,7 @@ impl Template {
 
     /// Read one template per line; blank lines are skipped, errors name `file:line`.
     pub fn load(path: &Path) -> Result<Vec<Template>> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let text = crate::io::read_text(path)?;
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
@@ -213,7 +213,7 @@ pub struct BlsTable {
 
 impl BlsTable {
     pub fn load(path: &Path) -> Result<BlsTable> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let text = crate::io::read_text(path)?;
         Self::parse(&text, path)
     }
 

