@@ -5,6 +5,8 @@
 //! word-level tokenizer written by the test (so `measure`, `eval`, `trace` and `edit` run in
 //! seconds).
 
+mod common;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -269,5 +271,145 @@ fn eval_reads_bom_and_crlf_and_reports_skipped_lines_in_markdown() {
     let md = std::fs::read_to_string(tmp.path().join("ev/results.md")).unwrap();
     assert!(md.contains("copa.jsonl:3"), "results.md:\n{md}");
     assert!(md.to_lowercase().contains("skipped"), "results.md:\n{md}");
+}
+
+/// Item 7: eval, trace and measure find the data from any working directory (the crate's copy
+/// by default) and honour BIASLENS_DATA.
+#[test]
+fn every_command_resolves_the_data_root_the_same_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_tok(tmp.path());
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let args = |out: &str| {
+        vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(&model).into(),
+            "--tasks".into(),
+            "copa".into(),
+            "--no-cache".into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let mut a = args("ev");
+    a.extend(["--limit".into(), "2".into()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&run(&elsewhere, &a, &[]), "eval from another directory");
+    let o = run(
+        &elsewhere,
+        &[
+            "trace",
+            "--model",
+            s(&model),
+            "--prompts",
+            "2",
+            "--samples",
+            "1",
+            "--kinds",
+            "mlp",
+            "--noise-std",
+            "0.4",
+            "--out",
+            "tr",
+        ],
+        &[],
+    );
+    ok(&o, "trace from another directory");
+
+    // BIASLENS_DATA: a folder with three COPA items (eval) and two professions (measure).
+    let data = copa_data(tmp.path(), (copa_lines(3).join("\n") + "\n").as_bytes());
+    std::fs::create_dir_all(data.join("bolukbasi_debiaswe")).unwrap();
+    std::fs::write(
+        data.join("bolukbasi_debiaswe/professions.json"),
+        r#"[["nurse", -0.1, 0.6], ["carpenter", 0.05, -0.4]]"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(data.join("winogender")).unwrap();
+    std::fs::copy(
+        manifest().join("fixtures/data/winogender/occupations-stats.tsv"),
+        data.join("winogender/occupations-stats.tsv"),
+    )
+    .unwrap();
+    let env = [("BIASLENS_DATA", s(&data))];
+    let a = args("ev-env");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&run(&elsewhere, &a, &env), "eval with BIASLENS_DATA");
+    let r = read_json(&elsewhere.join("ev-env/results.json"));
+    assert_eq!(
+        task_metric(&r, "copa", "acc")["n"],
+        3,
+        "BIASLENS_DATA ignored"
+    );
+    let o = run(
+        &elsewhere,
+        &["measure", "--model", s(&model), "--json", "m.json"],
+        &env,
+    );
+    ok(&o, "measure with BIASLENS_DATA");
+    let m = read_json(&elsewhere.join("m.json"));
+    assert_eq!(m["prompts"].as_array().unwrap().len(), 2 * 17);
+    let o = run(
+        &elsewhere,
+        &[
+            "trace",
+            "--model",
+            s(&model),
+            "--prompts",
+            "100",
+            "--samples",
+            "1",
+            "--kinds",
+            "mlp",
+            "--noise-std",
+            "0.4",
+            "--out",
+            "tr-env",
+        ],
+        &env,
+    );
+    ok(&o, "trace with BIASLENS_DATA");
+    let settings = read_json(&elsewhere.join("tr-env/settings.json"));
+    assert_eq!(settings["items"], 2 * 17, "BIASLENS_DATA ignored by trace");
+}
+
+/// Item 7: `BIASLENS_MODELS=` (empty) is the same as unset, in the registry and in
+/// harness/fetch-models.sh.
+#[test]
+fn an_empty_biaslens_models_is_treated_as_unset() {
+    common::ensure_model("smollm2-135m");
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(
+        tmp.path(),
+        &[
+            "apply",
+            "--model",
+            "smollm2-135m",
+            "--delta",
+            "missing.safetensors",
+            "--out",
+            "out",
+        ],
+        &[("BIASLENS_MODELS", "")],
+    );
+    let err = fails_with(&o, "apply with a missing delta", &["missing.safetensors"]);
+    assert!(!err.contains("not fetched"), "{err}");
+    let o = Command::new("bash")
+        .arg(manifest().join("harness/fetch-models.sh"))
+        .arg("smollm2-135m")
+        .current_dir(tmp.path())
+        .env("BIASLENS_MODELS", "")
+        .output()
+        .unwrap();
+    ok(&o, "fetch-models.sh with BIASLENS_MODELS=");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "present ({}",
+            manifest().join("models/smollm2-135m").display()
+        )),
+        "{said}"
+    );
 }
 

@@ -39,9 +39,9 @@ pub struct EvalArgs {
     pub skip_bad: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Folder with the benchmark data.
-    #[arg(long, default_value = "fixtures/data")]
-    pub data: PathBuf,
+    /// Folder with the benchmark data (default: $BIASLENS_DATA, else the crate's fixtures/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Result cache (resume after a crash); --no-cache disables it.
     #[arg(long, default_value = ".biaslens-cache")]
     pub cache: PathBuf,
@@ -117,7 +117,10 @@ pub struct CompareArgs {
     pub force: bool,
 }
 
-pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
+pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
+    // Resolved once and recorded (a shard record keeps the folder its shard read).
+    let data = biaslens::data::resolve_data_dir(a.data.as_deref());
+    a.data = Some(data.clone());
     let specs = match &a.tasks {
         Some(list) => parse_tasks(list).with_context(|| format!("--tasks {list}"))?,
         None => suite_tasks(&a.suite)?,
@@ -139,8 +142,11 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         check_output_file(&json_path, a.force, &[])?;
         check_output_file(&md_path, a.force, &[])?;
     }
-    if !a.data.is_dir() {
-        bail!("--data {}: not a folder", a.data.display());
+    if !data.is_dir() {
+        bail!(
+            "data folder {} (from --data, else BIASLENS_DATA, else the crate's copy): not a folder",
+            data.display()
+        );
     }
     let device = parse_device(&a.device)?;
     let model =
@@ -158,7 +164,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     };
     let mut lm = ModelLm::new(&model, lm_opts)?;
     let opts = SuiteOptions {
-        data_dir: a.data.clone(),
+        data_dir: data,
         load: LoadOptions {
             skip_bad: a.skip_bad,
             limit: a.limit,

@@ -35,12 +35,10 @@ pub struct Common {
     /// Seed of the prompt selection and of the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// professions.json ([name, definitional, stereotypical] triples).
-    #[arg(
-        long,
-        default_value = "fixtures/data/bolukbasi_debiaswe/professions.json"
-    )]
-    pub professions: PathBuf,
+    /// professions.json ([name, definitional, stereotypical] triples); default:
+    /// bolukbasi_debiaswe/professions.json in $BIASLENS_DATA, else in the crate's fixtures/data.
+    #[arg(long)]
+    pub professions: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -87,7 +85,11 @@ fn load(c: &Common) -> anyhow::Result<(Model, Vec<OccupationPrompt>)> {
     let device = parse_device(&c.device)?;
     let model = Model::load(&c.model, &device).with_context(|| format!("--model {}", c.model))?;
     require_tokenizer(&model)?;
-    let profs = Profession::load(&c.professions)?;
+    let path = c
+        .professions
+        .clone()
+        .unwrap_or_else(|| biaslens::data::data_dir().join("bolukbasi_debiaswe/professions.json"));
+    let profs = Profession::load(&path)?;
     Ok((model, occupation_prompts(&profs, &vig_templates())))
 }
 

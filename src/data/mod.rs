@@ -12,16 +12,24 @@ pub use occupations::{
 pub use pronouns::{Gender, PronounForms, PronounSet};
 pub use split::{split_professions, Part, Split, SplitSpec};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Folder of vendored datasets: `$BIASLENS_DATA`, else `./fixtures/data`, else the crate's copy.
+/// The folder of vendored datasets, resolved the same way by every command: the command's flag
+/// (`flag`, e.g. `eval --data`), else `$BIASLENS_DATA` (an empty value counts as unset), else
+/// the crate's own `fixtures/data`. It does not depend on the working directory (a relative
+/// flag or variable is, as always, relative to it).
+pub fn resolve_data_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(d) = flag {
+        return d.to_path_buf();
+    }
+    match std::env::var_os("BIASLENS_DATA") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data"),
+    }
+}
+
+/// The data folder without a flag: `$BIASLENS_DATA`, else the crate's copy (see
+/// [`resolve_data_dir`]).
 pub fn data_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("BIASLENS_DATA") {
-        return PathBuf::from(d);
-    }
-    let local = PathBuf::from("fixtures/data");
-    if local.is_dir() {
-        return local;
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data")
+    resolve_data_dir(None)
 }

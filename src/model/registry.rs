@@ -27,9 +27,10 @@ pub enum ModelSource {
     HfDir(PathBuf),
 }
 
-/// Directory holding fetched models: `$BIASLENS_MODELS`, else `./models`, else the crate's `models/`.
+/// Directory holding fetched models: `$BIASLENS_MODELS` (an empty value counts as unset, as in
+/// harness/fetch-models.sh), else `./models`, else the crate's `models/`.
 pub fn models_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("BIASLENS_MODELS") {
+    if let Some(d) = std::env::var_os("BIASLENS_MODELS").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
     let local = PathBuf::from("models");
