@@ -413,3 +413,105 @@ fn an_empty_biaslens_models_is_treated_as_unset() {
     );
 }
 
+/// Item 9: a model restored by `revert` is the base model again: a delta made for the base
+/// applies to it. The base here is an HF directory with an extra safetensors file, so its files
+/// hash differently from the export `revert` writes; the weights are the same.
+#[test]
+fn a_reverted_model_is_the_base_model_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_tok(tmp.path());
+    let dir = tmp.path();
+    let o = run(
+        dir,
+        &[
+            "edit",
+            "--model",
+            s(&model),
+            "--method",
+            "ft",
+            "--layers",
+            "0",
+            "--max-edit",
+            "2",
+            "--out",
+            "edited",
+        ],
+        &[],
+    );
+    ok(&o, "edit");
+    let o = run(
+        dir,
+        &[
+            "revert",
+            "--model",
+            "edited",
+            "--delta",
+            "edited/delta.safetensors",
+            "--out",
+            "reverted",
+        ],
+        &[],
+    );
+    ok(&o, "revert");
+    let o = run(
+        dir,
+        &[
+            "apply",
+            "--model",
+            "reverted",
+            "--delta",
+            "edited/delta.safetensors",
+            "--out",
+            "again",
+        ],
+        &[],
+    );
+    ok(&o, "apply to the reverted model");
+    assert_eq!(
+        std::fs::read(dir.join("edited/model.safetensors")).unwrap(),
+        std::fs::read(dir.join("again/model.safetensors")).unwrap(),
+        "apply to the reverted model gives the edited weights"
+    );
+    // The edit record keeps the file hash of the base beside the weights hash.
+    let rec = read_json(&dir.join("edited/edit.json"));
+    let base = &rec["base_model"];
+    assert_eq!(base["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(base["weights_sha256"].as_str().unwrap().len(), 64);
+    assert_ne!(base["sha256"], base["weights_sha256"]);
+}
+
+/// Item 10: a registry alias whose file is another model (Gemma-3 under SmolLM2's file name) is
+/// refused at load, naming the file and the sha256 the registry expects.
+#[test]
+fn a_registry_alias_with_the_wrong_file_is_refused() {
+    let gemma = common::ensure_model("gemma-3-270m");
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("models/smollm2-135m");
+    std::fs::create_dir_all(&fake).unwrap();
+    let file = fake.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::os::unix::fs::symlink(&gemma, &file).unwrap();
+    let models = tmp.path().join("models");
+    let cache = tmp.path().join("cache");
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            "smollm2-135m",
+            "--templates",
+            "no-such-templates.txt",
+        ],
+        &[
+            ("BIASLENS_MODELS", s(&models)),
+            ("XDG_CACHE_HOME", s(&cache)),
+        ],
+    );
+    fails_with(
+        &o,
+        "measure --model smollm2-135m with Gemma's file",
+        &[
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ],
+    );
+}

@@ -91,6 +91,11 @@ fn tiny_models_export_and_reload_to_identical_logits() {
             last_logprobs(&back.transformer, &tiny_rows()),
         );
         assert_eq!(max_diff(&a, &b), 0.0, "{arch}: logits changed by export");
+        assert_eq!(
+            back.info.weights_sha256, m.info.weights_sha256,
+            "{arch}: an export has the weights hash of its model"
+        );
+        assert_ne!(back.info.sha256, m.info.sha256, "{arch}: other files");
         let names: Vec<_> =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
                 .unwrap()
@@ -121,7 +126,7 @@ fn tiny_models_export_and_reload_to_identical_logits() {
 fn synthetic_delta(m: &Model, names: &[&str]) -> WeightDelta {
     let meta = DeltaMeta {
         method: "synthetic".into(),
-        model_hash: m.info.sha256.clone(),
+        model_hash: m.info.identity().to_string(),
         params: serde_json::json!({"scale": 0.05}),
     };
     let mut d = WeightDelta::new(meta);
@@ -215,9 +220,20 @@ fn delta_apply_export_reload_revert_is_bit_exact() {
                 "{arch}: {n} not restored bit for bit"
             );
         }
+        // The restored model is the base model again: the delta applies to it.
+        assert_eq!(back.info.weights_sha256, base.info.weights_sha256, "{arch}");
+        let again = apply_delta(&back, &stored).expect("the delta applies to the reverted model");
+        for n in names {
+            assert_eq!(
+                bits(&again[n]).unwrap(),
+                bits(&edited_w[n]).unwrap(),
+                "{arch}: {n}"
+            );
+        }
         // A record naming another base model is refused.
         let mut wrong = rec.clone();
         wrong.base_model.sha256 = "0".repeat(64);
+        wrong.base_model.weights_sha256 = "0".repeat(64);
         assert!(revert_delta(&edited, &stored, Some(&wrong)).is_err());
     }
 }
@@ -400,6 +416,10 @@ fn real_round_trip(alias: &str, tol: f32) {
             "{alias}: tokenizer changed for {p:?}"
         );
     }
+    assert_eq!(
+        hf.info.weights_sha256, m.info.weights_sha256,
+        "{alias}: the HF export has the GGUF model's weights hash"
+    );
     let got = last_logprobs(&hf.transformer, &rows);
     assert!(
         max_diff(&probs(&got), &probs(&want)) <= 1e-6,

@@ -95,7 +95,7 @@ pub fn dama(
     let mut tr = model.transformer.clone();
     let mut delta = WeightDelta::new(DeltaMeta {
         method: "dama".into(),
-        model_hash: model.info.sha256.clone(),
+        model_hash: model.info.identity().to_string(),
         params: serde_json::to_value(settings)?,
     });
     for &l in &layers {

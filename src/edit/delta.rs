@@ -23,7 +23,8 @@ use std::path::Path;
 pub struct DeltaMeta {
     /// Editing method, e.g. "lsdm", "dama", "ft-l".
     pub method: String,
-    /// Identifier (sha256) of the unedited model.
+    /// Identity of the unedited model: its weights sha256 ([`crate::model::ModelInfo::identity`]);
+    /// deltas written before weights hashes existed hold its file sha256.
     pub model_hash: String,
     /// Free-form method parameters (λ, μ, layers, ...).
     pub params: serde_json::Value,

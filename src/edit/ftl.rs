@@ -186,7 +186,7 @@ pub fn ft_l(
     }
     let mut delta = WeightDelta::new(DeltaMeta {
         method: "ft-l".into(),
-        model_hash: model.info.sha256.clone(),
+        model_hash: model.info.identity().to_string(),
         params: serde_json::to_value(params)?,
     });
     let mut max_change = 0f64;

@@ -298,7 +298,7 @@ pub fn lsdm(
 
     let mut delta = WeightDelta::new(DeltaMeta {
         method: "lsdm".into(),
-        model_hash: model.info.sha256.clone(),
+        model_hash: model.info.identity().to_string(),
         params: serde_json::to_value(params)?,
     });
     let (mut delta_norms, mut residual_norms) = (Vec::new(), Vec::new());

@@ -16,7 +16,20 @@ use std::path::{Path, PathBuf};
 pub struct BaseModelRef {
     pub name: String,
     pub path: PathBuf,
+    /// sha256 of the base model's file(s).
     pub sha256: String,
+    /// sha256 of its weights (its identity, see [`crate::model::ModelInfo::weights_sha256`]);
+    /// absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub weights_sha256: String,
+}
+
+impl BaseModelRef {
+    /// Whether a delta's model hash names this base model (its weights or, for older deltas,
+    /// its file hash).
+    pub fn identifies(&self, hash: &str) -> bool {
+        !hash.is_empty() && (hash == self.weights_sha256 || hash == self.sha256)
+    }
 }
 
 /// Everything needed to reproduce and judge an edit; written as `edit.json`.
@@ -51,6 +64,7 @@ impl EditRecord {
                 name: model.info.name.clone(),
                 path: model.info.path.clone(),
                 sha256: model.info.sha256.clone(),
+                weights_sha256: model.info.weights_sha256.clone(),
             },
             data_hashes: BTreeMap::new(),
             seed: 0,
@@ -70,7 +84,7 @@ impl EditRecord {
 
 /// Write the edited model at `out`: HF files for `weights_after`, `delta.safetensors` and
 /// `edit.json`, all in one temp-then-rename transaction. The record, the delta and the model
-/// must all name the same base model hash.
+/// must all name the same base model.
 pub fn write_edit_outputs(
     model: &Model,
     weights_after: &WeightMap,
@@ -80,10 +94,14 @@ pub fn write_edit_outputs(
     opts: &ExportOptions,
 ) -> Result<()> {
     let base = &model.info.sha256;
-    if &delta.meta.model_hash != base {
+    if !model.info.identifies(&delta.meta.model_hash) {
         return Err(Error::param(
             "delta",
-            format!("made for model {}, not {base}", delta.meta.model_hash),
+            format!(
+                "made for model {}, not {} (weights sha256)",
+                delta.meta.model_hash,
+                model.info.identity()
+            ),
         ));
     }
     if &record.base_model.sha256 != base {
@@ -100,14 +118,19 @@ pub fn write_edit_outputs(
 }
 
 /// The base model's weights with `delta` applied. Errors unless the delta was made for this
-/// model (sha256) and every edited tensor still holds the delta's original bits.
+/// model (its weights sha256, or the file sha256 older deltas record) and every edited tensor
+/// still holds the delta's original bits.
 pub fn apply_delta(model: &Model, delta: &WeightDelta) -> Result<WeightMap> {
-    if delta.meta.model_hash != model.info.sha256 {
+    if !model.info.identifies(&delta.meta.model_hash) {
         return Err(Error::param(
             "delta",
             format!(
-                "was made for the model with sha256 {}, but `{}` has {}",
-                delta.meta.model_hash, model.info.name, model.info.sha256
+                "was made for the model with sha256 {}, but `{}` has weights sha256 {} (file \
+                 sha256 {})",
+                delta.meta.model_hash,
+                model.info.name,
+                model.info.weights_sha256,
+                model.info.sha256
             ),
         ));
     }
@@ -124,7 +147,7 @@ pub fn revert_delta(
     record: Option<&EditRecord>,
 ) -> Result<WeightMap> {
     if let Some(r) = record {
-        if r.base_model.sha256 != delta.meta.model_hash {
+        if !r.base_model.identifies(&delta.meta.model_hash) {
             return Err(Error::param(
                 "delta",
                 format!(

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod fused;
+pub mod hash_cache;
 pub mod matmul;
 pub mod norm;
 pub mod registry;
@@ -34,9 +35,71 @@ pub struct ModelInfo {
     pub path: PathBuf,
     /// sha256 of the GGUF file, or of the weight files of an HF directory.
     pub sha256: String,
+    /// sha256 of the weights as loaded ([`weights_sha256`]): the model's identity for deltas
+    /// and edit records. Unlike `sha256` it survives an export, so a model restored by
+    /// `revert` is its base model again. Empty in results written before it existed.
+    #[serde(default)]
+    pub weights_sha256: String,
     pub arch: Arch,
     pub num_layers: usize,
     pub hidden_size: usize,
+}
+
+impl ModelInfo {
+    /// The identity a new delta records: the weights hash.
+    pub fn identity(&self) -> &str {
+        if self.weights_sha256.is_empty() {
+            &self.sha256
+        } else {
+            &self.weights_sha256
+        }
+    }
+
+    /// Whether a delta's (or an edit record's) model hash names this model: its weights hash,
+    /// or its file hash, which deltas written before weights hashes existed record.
+    pub fn identifies(&self, hash: &str) -> bool {
+        !hash.is_empty() && (hash == self.weights_sha256 || hash == self.sha256)
+    }
+}
+
+/// sha256 of a model's weights: for each parameter in name order, its name, dtype, shape and
+/// little-endian bytes. Tensors that are not parameters (the test fixtures' expected
+/// activations) and a tied `lm_head.weight` are left out, as an export leaves them out, so the
+/// same weights give the same hash whether they come from a GGUF file, an HF directory or a
+/// biaslens export of either.
+pub fn weights_sha256(weights: &weights::WeightMap, cfg: &ModelConfig) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = Vec::with_capacity(1 << 16);
+    for (name, t) in weights {
+        if !crate::edit::export::is_model_parameter(name, cfg.arch)
+            || (cfg.tie_embeddings && name == "lm_head.weight")
+        {
+            continue;
+        }
+        h.update(name.as_bytes());
+        h.update(format!("\0{:?}\0", t.dtype()).as_bytes());
+        for d in t.dims() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        let t = t.to_device(&Device::Cpu)?.contiguous()?;
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| Error::Model(format!("tensor `{name}` is not contiguous")))?;
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)) = &*storage else {
+            return Err(Error::param(
+                name,
+                format!("weights hash expects F32 weights, got {:?}", t.dtype()),
+            ));
+        };
+        for chunk in values[start..end].chunks(1 << 14) {
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            h.update(&buf);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// A loaded model: the transformer (dense f32), its tokenizer, and provenance.
@@ -67,12 +130,19 @@ impl Model {
         let w = weights::load_gguf(&content, &mut file, &cfg, path, device)?;
         let transformer = Transformer::from_weights(cfg.clone(), &w, device)
             .map_err(|e| Error::file(path, e.to_string()))?;
-        let sha256 = crate::io::sha256_file(path)?;
+        let files = [path.to_path_buf()];
+        let sha256 = hash_cache::cached(&files, hash_cache::Kind::Files, || {
+            crate::io::sha256_file(path)
+        })?;
+        let weights_sha256 = hash_cache::cached(&files, hash_cache::Kind::Weights, || {
+            weights_sha256(&w, &cfg)
+        })?;
         Ok(Model {
             info: ModelInfo {
                 name: name.to_string(),
                 path: path.to_path_buf(),
                 sha256,
+                weights_sha256,
                 arch: cfg.arch,
                 num_layers: cfg.num_layers,
                 hidden_size: cfg.hidden_size,
@@ -103,15 +173,29 @@ impl Model {
             })
             .collect();
         files.sort();
-        let mut hashes = String::new();
-        for f in &files {
-            hashes.push_str(&crate::io::sha256_file(f)?);
-        }
+        // The cache key also covers config.json: which tensors the weights hash includes
+        // depends on the architecture and on tied embeddings.
+        let stamped: Vec<PathBuf> = files
+            .iter()
+            .cloned()
+            .chain([dir.join("config.json")])
+            .collect();
+        let sha256 = hash_cache::cached(&stamped, hash_cache::Kind::Files, || {
+            let mut hashes = String::new();
+            for f in &files {
+                hashes.push_str(&crate::io::sha256_file(f)?);
+            }
+            Ok(crate::io::sha256_bytes(hashes.as_bytes()))
+        })?;
+        let weights_sha256 = hash_cache::cached(&stamped, hash_cache::Kind::Weights, || {
+            weights_sha256(&w, &cfg)
+        })?;
         Ok(Model {
             info: ModelInfo {
                 name: name.to_string(),
                 path: dir.to_path_buf(),
-                sha256: crate::io::sha256_bytes(hashes.as_bytes()),
+                sha256,
+                weights_sha256,
                 arch: cfg.arch,
                 num_layers: cfg.num_layers,
                 hidden_size: cfg.hidden_size,
@@ -143,6 +227,7 @@ impl Model {
             );
         }
         info.sha256 = crate::io::sha256_bytes(&bytes);
+        info.weights_sha256 = weights_sha256(&weights, self.config())?;
         Ok(Model {
             info,
             transformer,
