@@ -143,6 +143,62 @@ fn task_metric(results: &Value, task: &str, metric: &str) -> Value {
         .unwrap_or_else(|| panic!("no {task}/{metric} in results"))
 }
 
+/// Item 4: a prompt longer than the model's positions is refused before any work with an
+/// error that says so (not "parameter `rows`"); prompts that fit still run.
+#[test]
+fn a_prompt_longer_than_the_model_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_tok(tmp.path());
+    let long = format!(
+        "The {{}} said that{}\n",
+        " and the man said that".repeat(20)
+    );
+    std::fs::write(
+        tmp.path().join("templates.txt"),
+        format!("The {{}} said that\n{long}"),
+    )
+    .unwrap();
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            s(&model),
+            "--templates",
+            "templates.txt",
+        ],
+        &[],
+    );
+    let err = fails_with(
+        &o,
+        "measure with a 100-word template",
+        &["64 positions", "tokens"],
+    );
+    assert!(!err.contains("parameter `rows`"), "{err}");
+
+    // A template that fits (about 40 tokens per prompt) runs through the token-bounded batches.
+    let fits = format!("The {{}} said that{}\n", " and the man said that".repeat(7));
+    std::fs::write(tmp.path().join("fits.txt"), &fits).unwrap();
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            s(&model),
+            "--templates",
+            "fits.txt",
+            "--batch-size",
+            "512",
+            "--json",
+            "m.json",
+        ],
+        &[],
+    );
+    ok(&o, "measure with a 40-token template");
+    let m = read_json(&tmp.path().join("m.json"));
+    assert_eq!(m["prompts"].as_array().unwrap().len(), 320);
+}
+
 /// Item 5: a byte-order mark and CRLF line endings in a templates file are not part of the
 /// templates.
 #[test]
