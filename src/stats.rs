@@ -11,7 +11,7 @@ mod special;
 
 pub use bootstrap::{bootstrap, bootstrap_many, bootstrap_stderr, percentile, BootstrapSpec};
 pub use correlation::{pearson, ranks, spearman};
-pub use describe::{mean, mean_ci, sample_sd, sem};
+pub use describe::{mean, mean_ci, sample_sd, sem, wilson};
 pub use paired::{mcnemar, paired_bootstrap_mean_diff, paired_t_test, McNemar, TTest};
 pub use regression::{dama_regression, ols, DamaFit, OlsFit};
 pub use special::{binomial_cdf, ln_gamma, reg_inc_beta, student_t_cdf, student_t_two_sided_p};
@@ -33,7 +33,23 @@ pub struct Estimate {
 /// value, and tables say "no CI" instead of showing a zero-width interval.
 pub const POINT_METHOD: &str = "point (no stderr)";
 
+/// `Estimate::method` of a value whose sample is too small for any interval (fewer than
+/// [`MIN_N_FOR_CI`] items): ci_low = ci_high = value, and tables say "n too small".
+pub const TOO_FEW_METHOD: &str = "none (n too small for an interval)";
+
+/// Fewest items for an interval on a benchmark metric: with fewer, neither the normal nor the
+/// Wilson interval has its nominal coverage, so none is printed.
+pub const MIN_N_FOR_CI: usize = 10;
+
 impl Estimate {
+    /// A value from too few items for an interval (see [`TOO_FEW_METHOD`]).
+    pub fn too_few(value: f64, n: usize) -> Estimate {
+        Estimate {
+            method: TOO_FEW_METHOD.into(),
+            ..Estimate::point(value, n)
+        }
+    }
+
     /// A value reported without an interval (see [`POINT_METHOD`]).
     pub fn point(value: f64, n: usize) -> Estimate {
         Estimate {
@@ -45,9 +61,9 @@ impl Estimate {
         }
     }
 
-    /// Whether this is a value without an interval.
+    /// Whether this is a value without an interval (none given, or too few items for one).
     pub fn is_point(&self) -> bool {
-        self.method == POINT_METHOD
+        self.method == POINT_METHOD || self.method == TOO_FEW_METHOD
     }
 }
 

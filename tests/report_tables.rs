@@ -344,3 +344,81 @@ fn fixture_report_renders_every_table_and_figure() {
     );
     assert!(written.iter().any(|p| p.ends_with("report.html")));
 }
+
+/// Issue 17, item 13: Table 3 built from benchmark metrics as the report builds it (through
+/// `metric_estimate`): every printed accuracy interval lies in [0, 1], every perplexity interval
+/// is positive, and a metric from fewer than 10 items prints "n too small" instead of an
+/// interval. (The quick spec printed BoolQ 0.333 [−0.080, 0.747] and LAMBADA perplexity
+/// 59.3 [−116.5, 235.1].)
+#[test]
+fn printed_capability_intervals_can_be_right() {
+    use biaslens::eval::suite::MetricRow;
+    use biaslens::report::builders::table3_capability;
+    use biaslens::report::stages::eval::metric_estimate;
+    let mut rows = Vec::new();
+    let tasks = [
+        (2, 6),
+        (5, 6),
+        (0, 12),
+        (12, 12),
+        (1, 40),
+        (39, 40),
+        (11, 20),
+        (300, 1000),
+    ];
+    for (i, &(k, n)) in tasks.iter().enumerate() {
+        let p = k as f64 / n as f64;
+        let se = (p * (1.0 - p) / (n as f64 - 1.0)).sqrt();
+        let m = MetricRow {
+            name: "acc".into(),
+            value: p,
+            stderr: Some(se),
+            n,
+        };
+        rows.push(CapabilityRow {
+            model_variant: "base".into(),
+            dataset: format!("task{i}"),
+            metric: "acc".into(),
+            value: metric_estimate(&m),
+            higher_is_better: true,
+        });
+    }
+    for (i, (value, se, n)) in [(59.31, 89.69, 6), (59.31, 89.69, 12), (20.3, 0.4, 60)]
+        .into_iter()
+        .enumerate()
+    {
+        let m = MetricRow {
+            name: "perplexity".into(),
+            value,
+            stderr: Some(se),
+            n,
+        };
+        rows.push(CapabilityRow {
+            model_variant: "base".into(),
+            dataset: format!("ppl{i}"),
+            metric: "perplexity".into(),
+            value: metric_estimate(&m),
+            higher_is_better: false,
+        });
+    }
+    let md = table3_capability(&rows, 4).unwrap().to_markdown();
+    let interval = |line: &str| -> Option<(f64, f64)> {
+        let inside = line.split('[').nth(1)?.split(']').next()?;
+        let (a, b) = inside.split_once(", ")?;
+        Some((a.parse().unwrap(), b.parse().unwrap()))
+    };
+    let mut checked = 0;
+    for line in md.lines().filter(|l| l.starts_with("| task") || l.starts_with("| ppl")) {
+        let few = line.contains("(n = 6, n too small)");
+        assert_eq!(few, interval(line).is_none(), "{line}");
+        if let Some((lo, hi)) = interval(line) {
+            if line.starts_with("| task") {
+                assert!((0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi), "{line}");
+            } else {
+                assert!(lo > 0.0 && lo < hi, "{line}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8, "{md}");
+}

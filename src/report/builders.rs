@@ -169,7 +169,8 @@ pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
     Ok(Table {
         id: "table2_bias".into(),
         title: "Table 2: Bias before and after editing".into(),
-        caption: "Each cell: estimate [95% CI]. Closer to the Ideal column is less biased. \
+        caption: "Each cell: estimate [95% CI] (benchmark accuracies: Wilson; no interval from \
+                  fewer than 10 items: n too small). Closer to the Ideal column is less biased. \
                   Base is the unedited model; LSDM, FT-L and DAMA edit the same layers on the edit split."
             .into(),
         columns,
@@ -202,7 +203,9 @@ pub fn table3_capability(rows: &[CapabilityRow], decimals: usize) -> Result<Tabl
     Ok(Table {
         id: "table3_capability".into(),
         title: "Table 3: Capabilities before and after editing".into(),
-        caption: "Each cell: estimate [95% CI]; ↑ higher is better, ↓ lower is better. \
+        caption: "Each cell: estimate [95% CI] (accuracies: Wilson; perplexities: \
+                  exp(mean NLL ± 1.96 se); no interval from fewer than 10 items: n too small); \
+                  ↑ higher is better, ↓ lower is better. \
                   An edit that preserves the model keeps every row within the Base CI."
             .into(),
         columns,

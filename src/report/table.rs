@@ -42,7 +42,8 @@ impl Cell {
 
     /// The cell as shown to a reader: `0.123 [0.100, 0.150]`; `n` is left to the CSV/JSON,
     /// except that an estimate from fewer than 2 observations, or one reported without an
-    /// interval, says so instead of showing a zero-width interval.
+    /// interval, says so instead of showing a zero-width interval ("n too small" when it has
+    /// fewer than [`crate::stats::MIN_N_FOR_CI`] items).
     pub fn display(&self) -> String {
         match self {
             Cell::Text { text } => text.clone(),
@@ -62,6 +63,11 @@ impl Cell {
                     fmt_num(*value, *decimals),
                     fmt_num(*lo, *decimals),
                     fmt_num(*hi, *decimals)
+                ),
+                None if n.is_some_and(|n| n < crate::stats::MIN_N_FOR_CI) => format!(
+                    "{} (n = {}, n too small)",
+                    fmt_num(*value, *decimals),
+                    n.unwrap_or(0)
                 ),
                 None if n.is_some() => format!("{} (no CI)", fmt_num(*value, *decimals)),
                 None => fmt_num(*value, *decimals),
@@ -319,6 +325,10 @@ mod tests {
         assert_eq!(Cell::number(12.25, 1).display(), "12.2");
         let single = Cell::estimate(&crate::stats::mean_ci(&[1.0, 1.0]).unwrap(), 1);
         assert_eq!(single.display(), "1.0 [1.0, 1.0]");
+        let few = Cell::estimate(&crate::stats::Estimate::too_few(0.3333, 6), 3);
+        assert_eq!(few.display(), "0.333 (n = 6, n too small)");
+        let few = Cell::estimate(&crate::stats::Estimate::point(20.3127, 1), 2);
+        assert_eq!(few.display(), "20.31 (n = 1, n too small)");
     }
 
     #[test]

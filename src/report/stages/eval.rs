@@ -9,7 +9,7 @@ use crate::eval::suite::{run_suite, MetricRow, SuiteOptions};
 use crate::report::inputs::{BiasRow, CapabilityRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
-use crate::stats::Estimate;
+use crate::stats::{wilson, Estimate, MIN_N_FOR_CI, Z95};
 use crate::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -91,16 +91,51 @@ impl EvalStage {
     }
 }
 
-/// A reported metric as an estimate: ±1.96 stderr where the task gives one, else a point.
+/// The scale of a metric that is a proportion (1 for accuracies, 100 for percentages), `None`
+/// for everything else (differences, perplexities, scores).
+fn proportion_scale(name: &str) -> Option<f64> {
+    match name {
+        "acc_gap" | "acc_macro" => None,
+        "acc" | "pro_more_likely" => Some(1.0),
+        n if n.starts_with("acc_") => Some(1.0),
+        n if n.starts_with("pct_stereotype") => Some(100.0),
+        _ => None,
+    }
+}
+
+/// A reported metric as an estimate with a 95% interval that can be right: no interval from
+/// fewer than [`MIN_N_FOR_CI`] items ("n too small"); Wilson for proportions (inside [0, 1]);
+/// for perplexities exp(mean NLL ± 1.96·se), with se of the mean NLL = stderr / perplexity
+/// (the delta-method stderr the tasks report), so the interval is positive; ±1.96 stderr for
+/// the rest; a point where the task gives no stderr.
 pub fn metric_estimate(m: &MetricRow) -> Estimate {
+    if m.n < MIN_N_FOR_CI {
+        return Estimate::too_few(m.value, m.n);
+    }
+    let with = |(lo, hi): (f64, f64), method: &str| Estimate {
+        value: m.value,
+        ci_low: lo,
+        ci_high: hi,
+        n: m.n,
+        method: method.into(),
+    };
+    if let Some(scale) = proportion_scale(&m.name) {
+        if let Some((lo, hi)) = wilson(m.value / scale, m.n) {
+            return with((lo * scale, hi * scale), "Wilson score 95%");
+        }
+    }
     match m.stderr {
-        Some(se) if se.is_finite() => Estimate {
-            value: m.value,
-            ci_low: m.value - 1.96 * se,
-            ci_high: m.value + 1.96 * se,
-            n: m.n,
-            method: "normal (±1.96 stderr)".into(),
-        },
+        Some(se) if se.is_finite() && m.name.contains("perplexity") && m.value > 0.0 => {
+            let h = Z95 * se / m.value;
+            with(
+                (m.value * (-h).exp(), m.value * h.exp()),
+                "log scale: exp(mean NLL ± 1.96 se)",
+            )
+        }
+        Some(se) if se.is_finite() => with(
+            (m.value - Z95 * se, m.value + Z95 * se),
+            "normal (±1.96 stderr)",
+        ),
         _ => Estimate::point(m.value, m.n),
     }
 }
@@ -226,12 +261,64 @@ mod tests {
         }
     }
 
+    fn row_n(name: &str, v: f64, se: Option<f64>, n: usize) -> MetricRow {
+        MetricRow {
+            n,
+            ..row(name, v, se)
+        }
+    }
+
     #[test]
     fn estimates_use_stderr_when_given() {
-        let e = metric_estimate(&row("acc", 0.5, Some(0.1)));
+        let e = metric_estimate(&row("delta_s", 0.5, Some(0.1)));
         assert!((e.ci_low - 0.304).abs() < 1e-12 && (e.ci_high - 0.696).abs() < 1e-12);
         let e = metric_estimate(&row("ss", 55.0, None));
         assert_eq!((e.ci_low, e.ci_high), (55.0, 55.0));
+        assert!(e.is_point());
+    }
+
+    /// Every accuracy interval lies in [0, 1] (Wilson), percentages in [0, 100]; below 10 items
+    /// there is none. The quick spec's BoolQ 2/6 printed [−0.080, 0.747] before.
+    #[test]
+    fn accuracy_intervals_stay_in_the_unit_interval() {
+        for n in 1..=60 {
+            for k in 0..=n {
+                let p = k as f64 / n as f64;
+                let se = (p * (1.0 - p) / (n as f64 - 1.0).max(1.0)).sqrt();
+                for name in ["acc", "acc_norm", "acc_pro", "acc_female"] {
+                    let e = metric_estimate(&row_n(name, p, Some(se), n));
+                    if n < MIN_N_FOR_CI {
+                        assert!(e.is_point() && e.method == crate::stats::TOO_FEW_METHOD);
+                        continue;
+                    }
+                    assert!(
+                        0.0 <= e.ci_low && e.ci_low <= p && p <= e.ci_high && e.ci_high <= 1.0,
+                        "{name} {k}/{n}: [{}, {}]",
+                        e.ci_low,
+                        e.ci_high
+                    );
+                }
+                let e = metric_estimate(&row_n("pct_stereotype", 100.0 * p, Some(1.0), n));
+                assert!(e.is_point() || (0.0 <= e.ci_low && e.ci_high <= 100.0));
+            }
+        }
+        let e = metric_estimate(&row_n("acc", 0.6, Some(0.1124), 20));
+        assert!((e.ci_low - 0.3866).abs() < 5e-5 && (e.ci_high - 0.7812).abs() < 5e-5);
+        assert!(metric_estimate(&row_n("acc", 1.0 / 3.0, Some(0.21), 6)).is_point());
+    }
+
+    /// A perplexity interval is exp(mean NLL ± 1.96 se): positive, and around the value on a
+    /// log scale. LAMBADA's 59.3 with stderr 89.7 gave [−116.5, 235.1] before.
+    #[test]
+    fn perplexity_intervals_are_positive() {
+        let e = metric_estimate(&row_n("perplexity", 59.31, Some(89.69), 12));
+        let h: f64 = 1.96 * 89.69 / 59.31;
+        assert!((e.ci_low - 59.31 * (-h).exp()).abs() < 1e-9 && e.ci_low > 0.0);
+        assert!((e.ci_high - 59.31 * h.exp()).abs() < 1e-9);
+        assert!(((e.ci_low * e.ci_high).sqrt() - 59.31).abs() < 1e-9);
+        let e = metric_estimate(&row_n("word_perplexity", 20.3, Some(0.4), 50));
+        assert!(e.ci_low > 0.0 && e.ci_low < 20.3 && 20.3 < e.ci_high);
+        assert!(metric_estimate(&row_n("perplexity", 59.31, Some(89.69), 6)).is_point());
     }
 
     #[test]
