@@ -55,7 +55,7 @@ pub fn ensure_model(alias: &str) -> PathBuf {
 
 /// Run harness/fetch-models.sh for `alias` into `dir` under the lock (see [`ensure_model`]).
 fn fetch(alias: &str, dir: &Path, path: &Path) {
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let lock_path = dir.join(".fetch.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -75,7 +75,7 @@ fn fetch(alias: &str, dir: &Path, path: &Path) {
         let out = std::process::Command::new("bash")
             .arg(&script)
             .arg(alias)
-            .env("BIASLENS_MODELS", &dir)
+            .env("BIASLENS_MODELS", dir)
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
         assert!(
