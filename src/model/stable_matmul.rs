@@ -176,6 +176,33 @@ mod tests {
     }
 
     #[test]
+    fn one_thread_and_three_give_the_same_bits() {
+        let (m, k, n) = (300, 1536, 576);
+        let (av, bv) = (data(m * k, 8), data(k * n, 9));
+        let run = |threads: usize| -> Vec<f32> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let a = Tensor::from_vec(av.clone(), (m, k), &Device::Cpu).unwrap();
+                let b = Tensor::from_vec(bv.clone(), (k, n), &Device::Cpu).unwrap();
+                matmul(&a, &b)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+        };
+        let (one, three) = (run(1), run(3));
+        assert!(one
+            .iter()
+            .zip(&three)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
     fn transposed_and_batched_operands_match_the_definition() {
         let dev = Device::Cpu;
         let (m, k, n) = (40, 700, 33);
