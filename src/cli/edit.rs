@@ -31,9 +31,16 @@ pub struct EditArgs {
     /// Use this many edit professions (evenly spaced) instead of the whole edit split.
     #[arg(long, value_parser = at_least_one)]
     pub max_edit: Option<usize>,
-    /// LSDM λ (weight of the corpus prior).
+    /// λ, weight of the corpus prior (LSDM and probe).
     #[arg(long, value_parser = non_negative)]
     pub lambda: Option<f64>,
+    /// Fit without the validation professions and templates, for choosing hyperparameters:
+    /// judge the result with `measure --split validation --template-split validation`.
+    #[arg(long)]
+    pub validation: bool,
+    /// probe: multiplier on the rank-one update (1 removes the predicted gap to first order).
+    #[arg(long)]
+    pub scale: Option<f64>,
     /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
@@ -144,33 +151,39 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     };
     spec.method = method;
     spec.split.seed = a.seed;
+    spec.validation |= a.validation;
     if let Some(l) = &a.layers {
         spec.layers = l.clone();
     } else if let Some(p) = &a.sites {
         spec.layers = sites_default_layers(p)?;
     }
-    if spec.layers.is_empty() {
-        anyhow::bail!(
-            "no layers to edit: pass --layers 1,2,3 or --sites sites.json (from `biaslens trace`)"
-        );
-    }
     if a.max_edit.is_some() {
         spec.max_edit_professions = a.max_edit;
     }
     if let Some(l) = a.lambda {
-        spec.lsdm.lambda = l;
+        match spec.method {
+            biaslens::edit::method::Method::Probe => spec.probe.lambda = l,
+            _ => spec.lsdm.lambda = l,
+        }
+    }
+    if let Some(s) = a.scale {
+        spec.probe.scale = s;
     }
     if let Some(p) = a.post_norm {
         spec.lsdm.post_norm = p;
     }
     if let Some(p) = a.prefixes {
         spec.lsdm.prefixes = p;
+        spec.probe.prefixes = p;
     }
     if let Some(c) = a.components {
         spec.dama.components = c;
     }
     let model = Model::load(&a.model, &device)?;
     require_tokenizer(&model)?;
+    if spec.layers.is_empty() {
+        spec.layers = default_layers(&a.model, &model, spec.method, &spec.data_dir)?;
+    }
     eprintln!(
         "editing {} with {:?} on layers {:?}",
         model.info.name, spec.method, spec.layers
@@ -203,7 +216,86 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         after.n_prompts,
         a.output.out.display()
     );
+    print_unseen(&model, &edited, &spec)?;
     Ok(())
+}
+
+/// Held-out professions and the definitional controls on the five templates no edit is fitted
+/// on, before and after: what the edit is for, printed when it finishes.
+fn print_unseen(
+    base: &Model,
+    edited: &Model,
+    spec: &biaslens::edit::method::EditSpec,
+) -> anyhow::Result<()> {
+    use biaslens::data::TemplateSplit;
+    use biaslens::measure::{measure_occupations, MeasureOptions, Subset};
+    println!("unseen templates (measure --template-split unseen):");
+    for subset in [Subset::HeldOut, Subset::Controls] {
+        let opts = MeasureOptions {
+            subset,
+            split: spec.split.clone(),
+            template_split: TemplateSplit::Unseen,
+            data_dir: spec.data_dir.clone(),
+            ..Default::default()
+        };
+        let b = measure_occupations(base, &opts, |_| {})?.metrics;
+        let e = measure_occupations(edited, &opts, |_| {})?.metrics;
+        let pct = |x: f64, y: f64| 100.0 * (y - x) / x.abs().max(1e-12);
+        if subset == Subset::Controls {
+            let toward = |m: &biaslens::measure::BiasMetrics| {
+                m.gap_toward_definitional
+                    .as_ref()
+                    .map_or(f64::NAN, |e| e.value)
+            };
+            let (bt, et) = (toward(&b), toward(&e));
+            println!(
+                "  controls  gap toward their gender {bt:.4} -> {et:.4} (kept {:.0}%), n = {}",
+                100.0 * et / bt,
+                e.n_prompts
+            );
+        } else {
+            let a_s = |m: &biaslens::measure::BiasMetrics| {
+                m.regression.as_ref().map_or(f64::NAN, |r| r.a_s.value)
+            };
+            println!(
+                "  held-out  mean |p(he)-p(she)| {:.4} -> {:.4} ({:+.0}%), a_s {:.4} -> {:.4} \
+                 ({:+.0}%), n = {}",
+                b.mean_abs_gap.value,
+                e.mean_abs_gap.value,
+                pct(b.mean_abs_gap.value, e.mean_abs_gap.value),
+                a_s(&b),
+                a_s(&e),
+                pct(a_s(&b), a_s(&e)),
+                e.n_prompts
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Layers to edit when neither --layers nor --sites is given: the probe edits the top
+/// `probe::DEFAULT_TOP_LAYERS` MLPs at the last token; the other methods edit the window
+/// located by the 100-prompt trace shipped for registry models (data/located_sites).
+fn default_layers(
+    spec: &str,
+    model: &Model,
+    method: biaslens::edit::method::Method,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<usize>> {
+    if method == biaslens::edit::method::Method::Probe {
+        return Ok(biaslens::edit::probe::default_layers(
+            model.config().num_layers,
+        ));
+    }
+    let shipped = data_dir.join("located_sites").join(format!("{spec}.json"));
+    if shipped.is_file() {
+        return sites_default_layers(&shipped);
+    }
+    anyhow::bail!(
+        "no located sites for `{spec}`: pass --layers 1,2,3, or run `biaslens trace --model \
+         {spec} --out DIR` and pass --sites DIR/sites.json (sites are shipped for the registry \
+         models only)"
+    )
 }
 
 pub fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {

@@ -24,6 +24,9 @@ pub struct Args {
     /// Templates file (one per line with `{}`); default: the 17 Vig et al. templates.
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// Vig templates to use: all, fit (the twelve edits are fitted on) or unseen (the other five).
+    #[arg(long, default_value = "all")]
+    pub template_split: biaslens::data::TemplateSplit,
     /// Write every prompt's probabilities and the metrics as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -42,6 +45,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         subset: a.split.parse()?,
         batch_size: a.batch_size,
         templates: a.templates.clone(),
+        template_split: a.template_split,
         ..Default::default()
     };
     opts.split.seed = a.seed;

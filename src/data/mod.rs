@@ -10,7 +10,10 @@ pub use occupations::{
     VIG_TEMPLATES,
 };
 pub use pronouns::{Gender, PronounForms, PronounSet};
-pub use split::{split_professions, Part, Split, SplitSpec};
+pub use split::{
+    split_professions, validation_professions, Part, Split, SplitSpec, TemplateSplit,
+    UNSEEN_TEMPLATES, VALIDATION_TEMPLATES,
+};
 
 use std::path::{Path, PathBuf};
 

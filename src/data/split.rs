@@ -42,6 +42,59 @@ impl SplitSpec {
     }
 }
 
+/// Vig template indices no edit is fitted on: every method fits on the other twelve, and the
+/// final tables measure on these (docs/method.md, "Protocol").
+pub const UNSEEN_TEMPLATES: &[usize] = &[2, 5, 8, 11, 14];
+
+/// Fit templates set aside when choosing hyperparameters: an edit made for validation
+/// (`EditSpec::validation`) is fitted on the other nine, and judged on these with the
+/// validation professions ([`validation_professions`]).
+pub const VALIDATION_TEMPLATES: &[usize] = &[1, 7, 13];
+
+/// Share of the edit professions set aside for validation.
+pub const VALIDATION_FRACTION: f64 = 0.25;
+
+/// Which of the 17 Vig templates to measure on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TemplateSplit {
+    #[default]
+    All,
+    /// The twelve templates edits are fitted on.
+    Fit,
+    /// [`UNSEEN_TEMPLATES`].
+    Unseen,
+    /// [`VALIDATION_TEMPLATES`] (a subset of the fit templates).
+    Validation,
+}
+
+impl TemplateSplit {
+    pub fn contains(self, vig_index: usize) -> bool {
+        match self {
+            TemplateSplit::All => true,
+            TemplateSplit::Fit => !UNSEEN_TEMPLATES.contains(&vig_index),
+            TemplateSplit::Unseen => UNSEEN_TEMPLATES.contains(&vig_index),
+            TemplateSplit::Validation => VALIDATION_TEMPLATES.contains(&vig_index),
+        }
+    }
+}
+
+impl std::str::FromStr for TemplateSplit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(TemplateSplit::All),
+            "fit" => Ok(TemplateSplit::Fit),
+            "unseen" => Ok(TemplateSplit::Unseen),
+            "validation" => Ok(TemplateSplit::Validation),
+            _ => Err(Error::param(
+                "template-split",
+                format!("`{s}`: expected all, fit, unseen or validation"),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Part {
     Edit,
@@ -71,6 +124,22 @@ impl Split {
             None
         }
     }
+}
+
+/// The edit professions set aside for validation: the [`VALIDATION_FRACTION`] of `split.edit`
+/// ranked first by a second hash, sorted. Hyperparameters are chosen on these (with
+/// [`VALIDATION_TEMPLATES`]), never on the held-out professions.
+pub fn validation_professions(split: &Split) -> Vec<String> {
+    let mut ranked: Vec<([u8; 32], &String)> = split
+        .edit
+        .iter()
+        .map(|r| (hash_key(split.spec.seed ^ 0x7661_6c69_6461_7465, r), r))
+        .collect();
+    ranked.sort();
+    let n = (VALIDATION_FRACTION * ranked.len() as f64).round() as usize;
+    let mut out: Vec<String> = ranked[..n].iter().map(|(_, r)| r.to_string()).collect();
+    out.sort();
+    out
 }
 
 /// Platform-independent key of a profession under a seed: sha256(seed LE bytes ‖ raw name).

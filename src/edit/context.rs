@@ -12,7 +12,7 @@ pub const DEFAULT_PREFIXES: &[&str] = &["", "It was a busy day. ", "Everyone kne
 
 /// Templates held out from editing (indices into the 17 Vig templates): the edit never sees
 /// them, so the evaluation can tell template generalisation apart.
-pub const HELD_OUT_TEMPLATES: &[usize] = &[2, 5, 8, 11, 14];
+pub const HELD_OUT_TEMPLATES: &[usize] = crate::data::UNSEEN_TEMPLATES;
 
 /// One tokenised prompt with the occupation's token span.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,12 +95,18 @@ pub fn edit_sets(
     professions: &[Profession],
     split: &SplitSpec,
     max_edit: Option<usize>,
+    validation: bool,
 ) -> Result<EditSets> {
     let s = split_professions(professions, split)?;
+    let set_aside = if validation {
+        crate::data::validation_professions(&s)
+    } else {
+        Vec::new()
+    };
     let name = |raw: &str| raw.replace('_', " ");
     let mut edit: Vec<String> = professions
         .iter()
-        .filter(|p| s.part_of(&p.raw) == Some(Part::Edit))
+        .filter(|p| s.part_of(&p.raw) == Some(Part::Edit) && !set_aside.contains(&p.raw))
         .map(|p| name(&p.raw))
         .collect();
     if let Some(m) = max_edit.filter(|&m| m > 0 && m < edit.len()) {
@@ -115,6 +121,7 @@ pub fn edit_sets(
         .collect();
     let edit_templates = (0..17)
         .filter(|i| !HELD_OUT_TEMPLATES.contains(i))
+        .filter(|i| !(validation && crate::data::VALIDATION_TEMPLATES.contains(i)))
         .collect();
     Ok(EditSets {
         edit,

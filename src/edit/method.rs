@@ -6,6 +6,7 @@ use super::dama::{dama, DamaSettings};
 use super::delta::WeightDelta;
 use super::ftl::{ft_l, FtParams};
 use super::lsdm::{edit_prompts, lsdm, LsdmParams};
+use super::probe::{probe, ProbeParams};
 use crate::data::{Profession, SplitSpec};
 use crate::model::Model;
 use crate::{Error, Result};
@@ -18,6 +19,8 @@ pub enum Method {
     Lsdm,
     Ft,
     Dama,
+    /// The gap probe at the last token (`edit::probe`).
+    Probe,
 }
 
 impl std::str::FromStr for Method {
@@ -27,9 +30,10 @@ impl std::str::FromStr for Method {
             "lsdm" => Ok(Method::Lsdm),
             "ft" | "ft-l" => Ok(Method::Ft),
             "dama" => Ok(Method::Dama),
+            "probe" => Ok(Method::Probe),
             _ => Err(Error::param(
                 "method",
-                format!("`{s}`: expected lsdm, ft or dama"),
+                format!("`{s}`: expected lsdm, ft, dama or probe"),
             )),
         }
     }
@@ -47,6 +51,13 @@ pub struct EditSpec {
     pub lsdm: LsdmParams,
     pub ft: FtParams,
     pub dama: DamaSettings,
+    #[serde(default)]
+    pub probe: ProbeParams,
+    /// Fit without the validation professions and templates (`data::validation_professions`,
+    /// `data::VALIDATION_TEMPLATES`), so `measure --split validation --template-split
+    /// validation` can judge hyperparameters on data the edit never saw.
+    #[serde(default)]
+    pub validation: bool,
     pub data_dir: PathBuf,
     pub cache_dir: Option<PathBuf>,
 }
@@ -61,6 +72,8 @@ impl EditSpec {
             lsdm: LsdmParams::default(),
             ft: FtParams::default(),
             dama: DamaSettings::default(),
+            probe: ProbeParams::default(),
+            validation: false,
             data_dir: crate::data::data_dir(),
             cache_dir: Some(PathBuf::from(".biaslens-cache")),
         }
@@ -91,12 +104,22 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         prof_path.to_string_lossy().into_owned(),
         crate::io::sha256_file(&prof_path)?,
     );
-    let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
+    let sets = edit_sets(
+        &professions,
+        &spec.split,
+        spec.max_edit_professions,
+        spec.validation,
+    )?;
     if sets.edit.is_empty() {
         return Err(Error::param("split", "the edit split is empty"));
     }
     let corpus: &Path = &spec.data_dir.join("wikitext2/wikitext-2-v1.valid.tokens");
-    if spec.method == Method::Lsdm && spec.lsdm.prior == "moment" {
+    let uses_corpus = match spec.method {
+        Method::Lsdm => spec.lsdm.prior == "moment",
+        Method::Probe => spec.probe.lambda > 0.0,
+        _ => false,
+    };
+    if uses_corpus {
         data_hashes.insert(
             corpus.to_string_lossy().into_owned(),
             crate::io::sha256_file(corpus)?,
@@ -128,6 +151,24 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
             let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, log)?;
             (d, serde_json::to_value(r)?)
         }
+        Method::Probe => {
+            let (d, r) = probe(
+                model,
+                &sets,
+                &spec.layers,
+                &spec.probe,
+                &spec.data_dir,
+                corpus,
+                spec.cache_dir.as_deref(),
+                log,
+            )?;
+            statistics_work = crate::model::Work {
+                passes: r.statistics_passes,
+                token_layers: r.statistics_token_layers,
+            };
+            statistics_tokens = r.statistics_tokens;
+            (d, serde_json::to_value(r)?)
+        }
         Method::Dama => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
@@ -151,7 +192,12 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
 pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure::BiasMetrics> {
     use crate::measure::{bias_metrics, prompt_probs};
     let professions = Profession::load(&spec.data_dir.join("bolukbasi_debiaswe/professions.json"))?;
-    let sets = edit_sets(&professions, &spec.split, spec.max_edit_professions)?;
+    let sets = edit_sets(
+        &professions,
+        &spec.split,
+        spec.max_edit_professions,
+        spec.validation,
+    )?;
     let templates = crate::data::vig_templates();
     let edited: Vec<Profession> = professions
         .into_iter()

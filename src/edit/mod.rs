@@ -27,4 +27,6 @@ pub mod ftl;
 pub mod keys;
 pub mod lsdm;
 pub mod method;
+pub mod probe;
+pub mod probe_solve;
 pub mod target;

@@ -5,6 +5,7 @@ use super::bias::{bias_metrics, BiasMetrics};
 use super::probs::{sequence_probs, PronounTargets};
 use crate::data::{
     self, occupation_prompts, split_professions, BlsTable, Part, Profession, SplitSpec, Template,
+    TemplateSplit,
 };
 use crate::model::{Model, ModelInfo};
 use crate::stats::BootstrapSpec;
@@ -21,6 +22,8 @@ pub enum Subset {
     Edit,
     HeldOut,
     Controls,
+    /// The edit professions set aside for choosing hyperparameters (`data::validation_professions`).
+    Validation,
 }
 
 impl std::str::FromStr for Subset {
@@ -31,9 +34,10 @@ impl std::str::FromStr for Subset {
             "edit" => Ok(Subset::Edit),
             "held-out" => Ok(Subset::HeldOut),
             "controls" => Ok(Subset::Controls),
+            "validation" => Ok(Subset::Validation),
             _ => Err(Error::param(
                 "split",
-                format!("`{s}`: expected all, edit, held-out or controls"),
+                format!("`{s}`: expected all, edit, held-out, controls or validation"),
             )),
         }
     }
@@ -49,6 +53,9 @@ pub struct MeasureOptions {
     pub data_dir: PathBuf,
     /// Custom templates file (one per line, each with one `{}`); default: the 17 Vig templates.
     pub templates: Option<PathBuf>,
+    /// Which Vig templates (all, the twelve edits are fitted on, or the five they never see).
+    #[serde(default)]
+    pub template_split: TemplateSplit,
 }
 
 impl Default for MeasureOptions {
@@ -60,6 +67,7 @@ impl Default for MeasureOptions {
             bootstrap: BootstrapSpec::default(),
             data_dir: data::data_dir(),
             templates: None,
+            template_split: TemplateSplit::All,
         }
     }
 }
@@ -96,16 +104,22 @@ pub fn subset_prompts(
 ) -> Result<(Vec<data::OccupationPrompt>, BTreeMap<String, String>)> {
     let prof_path = opts.data_dir.join("bolukbasi_debiaswe/professions.json");
     let professions = Profession::load(&prof_path)?;
-    let templates = match &opts.templates {
-        Some(p) => Template::load(p)?,
-        None => data::vig_templates(),
-    };
+    let templates =
+        match &opts.templates {
+            Some(_) if opts.template_split != TemplateSplit::All => return Err(Error::param(
+                "template-split",
+                "selects among the 17 Vig templates; it cannot be combined with a templates file",
+            )),
+            Some(p) => Template::load(p)?,
+            None => data::vig_templates(),
+        };
     let mut hashes = BTreeMap::new();
     hashes.insert(rel(&prof_path), crate::io::sha256_file(&prof_path)?);
     if let Some(p) = &opts.templates {
         hashes.insert(rel(p), crate::io::sha256_file(p)?);
     }
     let split = split_professions(&professions, &opts.split)?;
+    let validation = data::validation_professions(&split);
     let keep: Vec<Profession> = professions
         .into_iter()
         .filter(|p| {
@@ -115,10 +129,12 @@ pub fn subset_prompts(
                     | (Subset::Edit, Some(Part::Edit))
                     | (Subset::HeldOut, Some(Part::HeldOut))
                     | (Subset::Controls, Some(Part::DefinitionalControl))
-            )
+            ) || (opts.subset == Subset::Validation && validation.contains(&p.raw))
         })
         .collect();
-    Ok((occupation_prompts(&keep, &templates), hashes))
+    let mut prompts = occupation_prompts(&keep, &templates);
+    prompts.retain(|p| opts.template_split.contains(p.template_index));
+    Ok((prompts, hashes))
 }
 
 fn rel(p: &Path) -> String {

@@ -1,0 +1,457 @@
+//! The gap probe: a rank-one edit of MLP down-projections at the prompt's last token that
+//! subtracts a ridge probe's prediction of the pronoun gap (docs/method.md §4.6).
+//!
+//! LSDM edits each profession's key at the occupation token, so it changes the professions it
+//! was fitted on and little else (a knowledge edit). This method acts where the pronoun is
+//! predicted, on a direction shared by every input:
+//!
+//! 1. fit prompts = edit professions × fit templates × context prefixes; protected prompts = the
+//!    same templates filled with gendered words that are not professions (uncle, grandma, …,
+//!    from Bolukbasi et al.'s equalize pairs), so the definitional controls stay unseen;
+//! 2. at each edited layer l, read per prompt the MLP key k at the last token, the gap
+//!    L = log p(he) − log p(she) there, and g = ∂L/∂m, m the down-projection's output (through
+//!    Gemma's post-MLP norm when there is one);
+//! 3. u = ḡ/‖ḡ‖² (adding −c·u to m lowers the gap by about c), and the probe w of
+//!    [`super::probe_solve::probe_weights`]: wᵀk ≈ L / (layers left) on the fit prompts, small on
+//!    corpus text (λ, C = the corpus second moment of keys), exactly 0 on protected words;
+//! 4. ΔW = −scale · u wᵀ; layers are edited bottom-up, each on the model the previous left.
+
+use super::context::{EditPrompt, EditSets, DEFAULT_PREFIXES};
+use super::corpus::{corpus_chunks, key_moments};
+use super::delta::{DeltaMeta, WeightDelta};
+use super::lsdm::record_down_delta;
+use super::probe_solve::{output_direction, probe_weights, rank_one_update};
+use crate::data::{vig_templates, Template};
+use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use candle_core::{DType, IndexOp, Tensor, Var};
+use nalgebra::{DMatrix, DVector};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How many top layers the probe edits by default (docs/method.md §4.6).
+pub const DEFAULT_TOP_LAYERS: usize = 5;
+
+/// The top [`DEFAULT_TOP_LAYERS`] layers of a model with `num_layers` layers.
+pub fn default_layers(num_layers: usize) -> Vec<usize> {
+    (num_layers.saturating_sub(DEFAULT_TOP_LAYERS)..num_layers).collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeParams {
+    /// λ: weight of wᵀCw against the fit error (both per-token means, so λ = 1 weighs corpus
+    /// text like the fit prompts).
+    pub lambda: f64,
+    /// Multiplier on the update (1 = remove the predicted gap to first order).
+    pub scale: f64,
+    /// Corpus tokens (WikiText-2 valid) behind C.
+    pub corpus_tokens: usize,
+    pub corpus_seq_len: usize,
+    /// Context prefixes per fit prompt (the first n of DEFAULT_PREFIXES).
+    pub prefixes: usize,
+    /// Protect each protected prompt's key (true) or only each word's mean key (false).
+    pub protect_each_prompt: bool,
+    /// Rows per forward/backward pass.
+    pub batch: usize,
+}
+
+impl Default for ProbeParams {
+    fn default() -> Self {
+        ProbeParams {
+            lambda: 1.0,
+            scale: 1.0,
+            corpus_tokens: 16_384,
+            corpus_seq_len: 128,
+            prefixes: 3,
+            protect_each_prompt: false,
+            batch: 32,
+        }
+    }
+}
+
+impl ProbeParams {
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::param(
+                    name,
+                    format!("{v} must be a finite number >= 0"),
+                ))
+            }
+        };
+        pos("probe.lambda", self.lambda)?;
+        pos("probe.scale", self.scale)?;
+        if self.corpus_tokens == 0 && self.lambda > 0.0 {
+            return Err(Error::param(
+                "probe.corpus_tokens",
+                "must be > 0 when λ > 0",
+            ));
+        }
+        if self.batch == 0 || self.prefixes == 0 {
+            return Err(Error::param("probe.batch / probe.prefixes", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// What the edit did, for edit.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeReport {
+    pub layers: Vec<usize>,
+    pub n_edit_professions: usize,
+    pub n_fit_prompts: usize,
+    pub protected_words: Vec<String>,
+    pub n_protected_keys: usize,
+    /// Per layer: mean |L| of the fit prompts before that layer's edit.
+    pub mean_abs_gap: Vec<f64>,
+    /// Per layer: R² of the probe's prediction of its target on the fit prompts.
+    pub fit_r2: Vec<f64>,
+    /// Per layer: max |wᵀp| over the protected keys (0 up to rounding).
+    pub protected_max_abs: Vec<f64>,
+    /// Per layer: ‖ΔW‖_F.
+    pub delta_norms: Vec<f64>,
+    pub statistics_tokens: u64,
+    pub statistics_passes: u64,
+    pub statistics_token_layers: u64,
+}
+
+/// Gendered nouns that are not in the profession list: Bolukbasi et al.'s equalize pairs, single
+/// lower-case words only. Returned sorted, both members of each pair.
+pub fn protected_words(data_dir: &Path, professions: &[String]) -> Result<Vec<String>> {
+    let path = data_dir.join("bolukbasi_debiaswe/equalize_pairs.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+    let pairs: Vec<[String; 2]> = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&path, format!("expected [[word, word], ...]: {e}")))?;
+    let mut words: Vec<String> = pairs
+        .into_iter()
+        .filter(|[a, b]| [a, b].iter().all(|w| plain_word(w)))
+        .flat_map(|[a, b]| [a, b])
+        .filter(|w| !professions.iter().any(|p| p == w))
+        .collect();
+    words.sort();
+    words.dedup();
+    if words.is_empty() {
+        return Err(Error::file(&path, "no usable gendered word pairs"));
+    }
+    Ok(words)
+}
+
+fn plain_word(w: &str) -> bool {
+    !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()) && !NOT_A_PERSON.contains(&w)
+}
+
+/// Equalize-pair words that do not name one person, so "The {} said that" is no gendered
+/// subject: pronouns, plurals, animals, institutions, hormones, abstractions.
+const NOT_A_PERSON: &[&str] = &[
+    "he",
+    "she",
+    "his",
+    "her",
+    "himself",
+    "herself",
+    "boys",
+    "girls",
+    "brothers",
+    "sisters",
+    "dads",
+    "moms",
+    "daughters",
+    "sons",
+    "fathers",
+    "mothers",
+    "females",
+    "males",
+    "gals",
+    "dudes",
+    "gentlemen",
+    "ladies",
+    "men",
+    "women",
+    "kings",
+    "queens",
+    "wives",
+    "husbands",
+    "granddaughters",
+    "grandsons",
+    "colt",
+    "filly",
+    "gelding",
+    "mare",
+    "convent",
+    "monastery",
+    "fraternity",
+    "sorority",
+    "estrogen",
+    "testosterone",
+    "fatherhood",
+    "motherhood",
+    "female",
+    "male",
+];
+
+/// `words` × `templates` × `prefixes`, read at the prompt's last token (stored in
+/// `last_subject_token`, which is where [`super::keys`] reads).
+pub fn last_token_prompts(
+    tok: &Tokenizer,
+    words: &[String],
+    templates: &[Template],
+    prefixes: &[&str],
+) -> Result<Vec<EditPrompt>> {
+    let mut out = Vec::new();
+    for (g, w) in words.iter().enumerate() {
+        for t in templates {
+            for p in prefixes {
+                let text = format!("{p}{}", t.fill(w));
+                let ids = tok.encode(&text)?;
+                out.push(EditPrompt {
+                    group: g,
+                    last_subject_token: ids.len() - 1,
+                    text,
+                    ids,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per prompt at layer `l`'s last token: the MLP key, the gap log p(he) − log p(she) and its
+/// gradient with respect to the down-projection's output.
+pub struct LayerReadout {
+    /// [n, d_ff]
+    pub keys: DMatrix<f64>,
+    pub gaps: DVector<f64>,
+    /// [n, d_model]
+    pub grads: DMatrix<f64>,
+}
+
+pub fn layer_readout(
+    tr: &Transformer,
+    prompts: &[EditPrompt],
+    l: usize,
+    pronouns: [u32; 2],
+    batch: usize,
+) -> Result<LayerReadout> {
+    let (d, d_ff) = (tr.cfg.hidden_size, tr.cfg.intermediate_size);
+    let n = prompts.len();
+    let mut keys = DMatrix::<f64>::zeros(n, d_ff);
+    let mut grads = DMatrix::<f64>::zeros(n, d);
+    let mut gaps = DVector::<f64>::zeros(n);
+    let post_norm = tr.layers[l].post_mlp_norm.clone();
+    let mut row0 = 0;
+    for chunk in prompts.chunks(batch.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        let plan = InterventionPlan {
+            capture: vec![Site::ResidPost(l), Site::MlpOut(l), Site::MlpKey(l)],
+            stop_after: Some(l),
+            ..Default::default()
+        };
+        let out = tr.forward(&rows, &plan)?;
+        let resid = out.captures[&Site::ResidPost(l)].detach();
+        let (b, t, _) = resid.dims3()?;
+        let last = t - 1; // rows are left-padded: every prompt ends at the last position
+        let m = out.captures[&Site::MlpOut(l)].i((.., last, ..))?.detach();
+        let k = out.captures[&Site::MlpKey(l)]
+            .i((.., last, ..))?
+            .to_dtype(DType::F64)?;
+        let delta = Var::zeros((b, d), resid.dtype(), resid.device())?;
+        let change = match &post_norm {
+            Some(norm) => (norm.forward(&(&m + delta.as_tensor())?)? - norm.forward(&m)?)?,
+            None => delta.as_tensor().clone(),
+        };
+        let mut hot = vec![0f32; b * t];
+        for r in 0..b {
+            hot[r * t + last] = 1.0;
+        }
+        let hot = Tensor::from_vec(hot, (b, t, 1), resid.device())?.to_dtype(resid.dtype())?;
+        let shifted = resid.broadcast_add(&hot.broadcast_mul(&change.unsqueeze(1)?)?)?;
+        let lp = tr
+            .forward_from_layer(
+                l + 1,
+                &shifted,
+                &out.pads,
+                &InterventionPlan::logits(LogitsRequest::LastToken),
+            )?
+            .logprobs
+            .ok_or_else(|| Error::Model("probe: no log-probabilities".into()))?;
+        let gap = (lp.i((.., pronouns[0] as usize))? - lp.i((.., pronouns[1] as usize))?)?;
+        let g = gap.sum_all()?.backward()?;
+        let gd = g
+            .get(delta.as_tensor())
+            .ok_or_else(|| Error::Model("probe: no gradient at the edited layer".into()))?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        let kv = k.to_vec2::<f64>()?;
+        let gv = gap.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        for r in 0..b {
+            keys.row_mut(row0 + r).copy_from_slice(&kv[r]);
+            grads.row_mut(row0 + r).copy_from_slice(&gd[r]);
+            gaps[row0 + r] = gv[r];
+        }
+        row0 += b;
+    }
+    Ok(LayerReadout { keys, gaps, grads })
+}
+
+fn to_f64(t: &Tensor) -> Result<DMatrix<f64>> {
+    let (r, c) = t.dims2()?;
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(DMatrix::from_row_slice(r, c, &v))
+}
+
+fn to_tensor(m: &DMatrix<f64>, like: &Tensor) -> Result<Tensor> {
+    let v: Vec<f64> = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
+        .collect();
+    Ok(Tensor::from_vec(v, (m.nrows(), m.ncols()), like.device())?.to_dtype(like.dtype())?)
+}
+
+/// Mean key per group: [groups, d_ff].
+fn group_means(keys: &DMatrix<f64>, prompts: &[EditPrompt], groups: usize) -> DMatrix<f64> {
+    let mut out = DMatrix::<f64>::zeros(groups, keys.ncols());
+    let mut count = vec![0usize; groups];
+    for (r, p) in prompts.iter().enumerate() {
+        let mut row = out.row_mut(p.group);
+        row += keys.row(r);
+        count[p.group] += 1;
+    }
+    for (g, &c) in count.iter().enumerate() {
+        if c > 0 {
+            out.row_mut(g).scale_mut(1.0 / c as f64);
+        }
+    }
+    out
+}
+
+/// Run the gap probe on `layers`; returns the delta (HF names) and a report.
+#[allow(clippy::too_many_arguments)]
+pub fn probe(
+    model: &Model,
+    sets: &EditSets,
+    layers: &[usize],
+    params: &ProbeParams,
+    data_dir: &Path,
+    corpus: &Path,
+    cache_dir: Option<&Path>,
+    mut log: impl FnMut(&str),
+) -> Result<(WeightDelta, ProbeReport)> {
+    params.validate()?;
+    let mut layers = layers.to_vec();
+    layers.sort_unstable();
+    layers.dedup();
+    let n_layers = model.config().num_layers;
+    if layers.is_empty() || layers.iter().any(|&l| l >= n_layers) {
+        return Err(Error::param(
+            "layers",
+            format!("{layers:?} must be a non-empty subset of 0..{n_layers}"),
+        ));
+    }
+    let tok = model.tokenizer()?;
+    let pronouns = [tok.single_token_id(" he")?, tok.single_token_id(" she")?];
+    let all = vig_templates();
+    let templates: Vec<Template> = sets
+        .edit_templates
+        .iter()
+        .map(|&i| all[i].clone())
+        .collect();
+    let prefixes = &DEFAULT_PREFIXES[..params.prefixes.min(DEFAULT_PREFIXES.len())];
+    let fit = last_token_prompts(tok, &sets.edit, &templates, prefixes)?;
+    let professions: Vec<String> =
+        crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?
+            .into_iter()
+            .map(|p| p.raw)
+            .collect();
+    let words = protected_words(data_dir, &professions)?;
+    let protect = last_token_prompts(tok, &words, &templates, prefixes)?;
+
+    let mut tr: Transformer = model.transformer.clone();
+    let work_before = tr.work.read();
+    let mut statistics_tokens = 0u64;
+    let moments = if params.lambda > 0.0 {
+        let (chunks, corpus_hash) =
+            corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
+        statistics_tokens = chunks.iter().map(|c| c.len() as u64).sum();
+        log(&format!(
+            "second moments of keys over {statistics_tokens} corpus tokens"
+        ));
+        Some(key_moments(
+            &tr,
+            &model.info.sha256,
+            &chunks,
+            &corpus_hash,
+            &layers,
+            cache_dir,
+            16,
+            |_| {},
+        )?)
+    } else {
+        None
+    };
+    let statistics_work = tr.work.read() - work_before;
+
+    let mut delta = WeightDelta::new(DeltaMeta {
+        method: "probe".into(),
+        model_hash: model.info.identity().to_string(),
+        params: serde_json::to_value(params)?,
+    });
+    let mut report = ProbeReport {
+        layers: layers.clone(),
+        n_edit_professions: sets.edit.len(),
+        n_fit_prompts: fit.len(),
+        protected_words: words.clone(),
+        n_protected_keys: 0,
+        mean_abs_gap: Vec::new(),
+        fit_r2: Vec::new(),
+        protected_max_abs: Vec::new(),
+        delta_norms: Vec::new(),
+        statistics_tokens,
+        statistics_passes: statistics_work.passes,
+        statistics_token_layers: statistics_work.token_layers,
+    };
+    for (i, &l) in layers.iter().enumerate() {
+        log(&format!("layer {l}: reading keys, gaps and gradients"));
+        let r = layer_readout(&tr, &fit, l, pronouns, params.batch)?;
+        let p = layer_readout(&tr, &protect, l, pronouns, params.batch)?;
+        let protected = if params.protect_each_prompt {
+            p.keys.clone()
+        } else {
+            group_means(&p.keys, &protect, words.len())
+        };
+        let targets = &r.gaps / (layers.len() - i) as f64;
+        let c = match &moments {
+            Some(m) => Some(to_f64(&m[&l])?),
+            None => None,
+        };
+        let w = probe_weights(
+            &r.keys,
+            &targets,
+            c.as_ref(),
+            params.lambda,
+            Some(&protected),
+        )?;
+        let u = output_direction(&r.grads)?;
+        let dw = rank_one_update(&u, &w, params.scale);
+        let pred = &r.keys * &w;
+        let mean_t = targets.mean();
+        let ss_tot: f64 = targets.iter().map(|t| (t - mean_t).powi(2)).sum();
+        let ss_res: f64 = (&pred - &targets).iter().map(|e| e * e).sum();
+        report.mean_abs_gap.push(r.gaps.abs().mean());
+        report.fit_r2.push(1.0 - ss_res / ss_tot.max(1e-300));
+        report.protected_max_abs.push((&protected * &w).amax());
+        report.delta_norms.push(dw.norm());
+        report.n_protected_keys = protected.nrows();
+        let down = &mut tr.layers[l].down;
+        let dw_t = to_tensor(&dw, &down.weight)?;
+        down.weight = (&down.weight + &dw_t)?;
+        record_down_delta(model, &mut delta, l, dw_t)?;
+        log(&format!(
+            "layer {l}: mean |gap| {:.3} nats, probe R² {:.3}, |ΔW| {:.4}",
+            report.mean_abs_gap[i], report.fit_r2[i], report.delta_norms[i]
+        ));
+    }
+    Ok((delta, report))
+}
