@@ -408,12 +408,18 @@ fn printed_capability_intervals_can_be_right() {
         Some((a.parse().unwrap(), b.parse().unwrap()))
     };
     let mut checked = 0;
-    for line in md.lines().filter(|l| l.starts_with("| task") || l.starts_with("| ppl")) {
+    for line in md
+        .lines()
+        .filter(|l| l.starts_with("| task") || l.starts_with("| ppl"))
+    {
         let few = line.contains("(n = 6, n too small)");
         assert_eq!(few, interval(line).is_none(), "{line}");
         if let Some((lo, hi)) = interval(line) {
             if line.starts_with("| task") {
-                assert!((0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi), "{line}");
+                assert!(
+                    (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi),
+                    "{line}"
+                );
             } else {
                 assert!(lo > 0.0 && lo < hi, "{line}");
             }
