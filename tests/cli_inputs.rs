@@ -172,7 +172,12 @@ fn a_prompt_longer_than_the_model_is_refused_clearly() {
     let err = fails_with(
         &o,
         "measure with a 100-word template",
-        &["64 positions", "tokens"],
+        &[
+            "64 positions",
+            "tokens",
+            "template 2",
+            "The {} said that and the man",
+        ],
     );
     assert!(!err.contains("parameter `rows`"), "{err}");
 

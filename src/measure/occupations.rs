@@ -162,6 +162,12 @@ pub fn prompt_probs(
         }
         rows.push(ids);
     }
+    // Name the template of a prompt that is too long, before any work (issue 17).
+    let longest_word = targets.ids.iter().map(Vec::len).max().unwrap_or(1);
+    super::probs::check_prompt_lengths(&model.transformer, &rows, longest_word - 1, |i| {
+        let t: String = prompts[i].template.chars().take(60).collect();
+        format!("template {} ({t:?}…)", prompts[i].template_index + 1)
+    })?;
     let probs = sequence_probs(&model.transformer, &rows, &targets, batch_size, on_progress)?;
     let out = prompts
         .iter()
