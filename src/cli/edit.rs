@@ -16,8 +16,9 @@ pub struct EditArgs {
     /// Base model: registry alias, GGUF file or Hugging Face directory.
     #[arg(long, default_value = "smollm2-135m")]
     pub model: String,
-    /// lsdm, ft (FT-L) or dama.
-    #[arg(long, default_value = "lsdm")]
+    /// probe (the gap probe at the last token, the default: it transfers to unseen professions
+    /// and templates, docs/findings.md §6), lsdm, ft (FT-L) or dama.
+    #[arg(long, default_value = "probe")]
     pub method: String,
     /// Edited layers, e.g. 1,2,3,4 (overrides --sites).
     #[arg(long, value_delimiter = ',')]

@@ -64,7 +64,8 @@ impl Default for ProbeParams {
             scale: 1.0,
             corpus_tokens: 16_384,
             corpus_seq_len: 128,
-            prefixes: 3,
+            // One prefix: the measured default (findings §6); three triple the readout time.
+            prefixes: 1,
             protect_each_prompt: false,
             batch: 32,
         }
