@@ -130,7 +130,7 @@ pub fn protected_words(data_dir: &Path, professions: &[String]) -> Result<Vec<St
     let mut words: Vec<String> = pairs
         .into_iter()
         .filter(|[a, b]| [a, b].iter().all(|w| plain_word(w)))
-        .flat_map(|[a, b]| [a, b])
+        .flatten()
         .filter(|w| !professions.iter().any(|p| p == w))
         .collect();
     words.sort();

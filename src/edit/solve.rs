@@ -181,13 +181,13 @@ fn preserved_solve(a0: &Tensor, p: &Tensor, mu: f64, b: &Tensor) -> Result<Tenso
     let base = SpdSolver::new(a0)?;
     let y = base.solve(&p.t()?.contiguous()?)?; // A0⁻¹ Pᵀ, [d, m]
     let eye = (Tensor::eye(m, DType::F32, p.device())? / mu)?;
-    let small = SpdSolver::new(&(eye + mm(&p, &y)?)?)?;
+    let small = SpdSolver::new(&(eye + mm(p, &y)?)?)?;
     let woodbury = |rhs: &Tensor| -> Result<Tensor> {
         let x0 = base.solve(rhs)?;
-        Ok((&x0 - mm(&y, &small.solve(&mm(&p, &x0)?)?)?)?)
+        Ok((&x0 - mm(&y, &small.solve(&mm(p, &x0)?)?)?)?)
     };
     let x = woodbury(b)?;
-    let applied = (mm(&a0, &x)? + (mm(&p.t()?, &mm(&p, &x)?)? * mu)?)?;
+    let applied = (mm(a0, &x)? + (mm(&p.t()?, &mm(p, &x)?)? * mu)?)?;
     Ok((&x + woodbury(&(b - applied)?)?)?)
 }
 
@@ -295,14 +295,14 @@ impl Cholesky {
             let yj = mm(&blk.diag_inv, &bj)?;
             if let Some(panel) = &blk.panel {
                 let below = rest.narrow(0, blk.size, panel.dim(0)?)?;
-                rest = (below - mm(&panel, &yj)?)?.contiguous()?;
+                rest = (below - mm(panel, &yj)?)?.contiguous()?;
             }
             ys.push(yj);
         }
         let mut after: Option<Tensor> = None;
         for (blk, yj) in self.blocks.iter().zip(ys).rev() {
             let rhs = match (&blk.panel, &after) {
-                (Some(panel), Some(xa)) => (yj - mm(&panel.t()?, &xa)?)?,
+                (Some(panel), Some(xa)) => (yj - mm(&panel.t()?, xa)?)?,
                 _ => yj,
             };
             let xj = mm(&blk.diag_inv.t()?, &rhs)?;
