@@ -130,3 +130,36 @@ pub fn key_moments(
     }
     Ok(out)
 }
+
+/// Corpus statistics of an edit: C per layer from `max_tokens` tokens of `corpus` in chunks of
+/// `seq_len` (cached), and how many corpus tokens they cover. One path for every method that
+/// uses a corpus prior.
+#[allow(clippy::too_many_arguments)]
+pub fn corpus_moments(
+    model: &Transformer,
+    model_hash: &str,
+    tok: &Tokenizer,
+    corpus: &Path,
+    seq_len: usize,
+    max_tokens: usize,
+    layers: &[usize],
+    cache_dir: Option<&Path>,
+    log: &mut impl FnMut(&str),
+) -> Result<(BTreeMap<usize, Tensor>, u64)> {
+    let (chunks, corpus_hash) = corpus_chunks(tok, corpus, seq_len, max_tokens)?;
+    let tokens: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    log(&format!(
+        "second moments of keys over {tokens} corpus tokens"
+    ));
+    let m = key_moments(
+        model,
+        model_hash,
+        &chunks,
+        &corpus_hash,
+        layers,
+        cache_dir,
+        16,
+        |_| {},
+    )?;
+    Ok((m, tokens))
+}

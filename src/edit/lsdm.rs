@@ -8,7 +8,7 @@
 //!    definitional professions whose outputs must stay.
 
 use super::context::{build_prompts, EditPrompt, EditSets, DEFAULT_PREFIXES};
-use super::corpus::{corpus_chunks, key_moments};
+use super::corpus::corpus_moments;
 use super::delta::{DeltaMeta, WeightDelta};
 use super::keys::{capture_at_subject, group_mean};
 use super::solve::{solve_update_robust, LsqInput, Prior, SolvePath};
@@ -270,22 +270,19 @@ pub fn lsdm(
     let work_before_statistics = tr.work.read();
     let mut statistics_tokens = 0u64;
     let prior_moments = if params.prior == "moment" {
-        let (chunks, corpus_hash) =
-            corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
-        statistics_tokens = chunks.iter().map(|c| c.len() as u64).sum();
-        log(&format!(
-            "second moments of keys over {statistics_tokens} corpus tokens"
-        ));
-        Some(key_moments(
+        let (m, tokens) = corpus_moments(
             &tr,
             &model.info.sha256,
-            &chunks,
-            &corpus_hash,
+            tok,
+            corpus,
+            params.corpus_seq_len,
+            params.corpus_tokens,
             &layers,
             cache_dir,
-            16,
-            |_| {},
-        )?)
+            &mut log,
+        )?;
+        statistics_tokens = tokens;
+        Some(m)
     } else if params.prior == "identity" {
         None
     } else {

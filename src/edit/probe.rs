@@ -17,7 +17,7 @@
 //! 4. ΔW = −scale · u wᵀ; layers are edited bottom-up, each on the model the previous left.
 
 use super::context::{EditPrompt, EditSets, DEFAULT_PREFIXES};
-use super::corpus::{corpus_chunks, key_moments};
+use super::corpus::corpus_moments;
 use super::delta::{DeltaMeta, WeightDelta};
 use super::lsdm::record_down_delta;
 use super::probe_solve::{output_direction, probe_weights, rank_one_update};
@@ -373,22 +373,19 @@ pub fn probe(
     let work_before = tr.work.read();
     let mut statistics_tokens = 0u64;
     let moments = if params.lambda > 0.0 {
-        let (chunks, corpus_hash) =
-            corpus_chunks(tok, corpus, params.corpus_seq_len, params.corpus_tokens)?;
-        statistics_tokens = chunks.iter().map(|c| c.len() as u64).sum();
-        log(&format!(
-            "second moments of keys over {statistics_tokens} corpus tokens"
-        ));
-        Some(key_moments(
+        let (m, tokens) = corpus_moments(
             &tr,
             &model.info.sha256,
-            &chunks,
-            &corpus_hash,
+            tok,
+            corpus,
+            params.corpus_seq_len,
+            params.corpus_tokens,
             &layers,
             cache_dir,
-            16,
-            |_| {},
-        )?)
+            &mut log,
+        )?;
+        statistics_tokens = tokens;
+        Some(m)
     } else {
         None
     };
