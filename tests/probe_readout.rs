@@ -1,10 +1,12 @@
-//! The gap probe's readout (`edit::probe::layer_readout`) against plain forwards on the tiny
-//! models: its gaps equal log p(he) − log p(she) of an ordinary pass, and its gradients with
-//! respect to the down-projection output agree with central finite differences taken through
-//! the intervention seam (a `PatchOp::Add` at `MlpOut`), with and without Gemma's post-MLP norm.
+//! The gap probe's readout (`edit::probe::ProbeReader`) against plain forwards on the tiny
+//! models: its gaps (two unembedding rows, resumed from a cached residual) equal
+//! log p(he) − log p(she) of an ordinary full-vocabulary pass, its keys equal a plain capture, and
+//! its gradients with respect to the edited projection's output (MLP down or attention output)
+//! agree with central finite differences taken through the intervention seam (a `PatchOp::Add`),
+//! with and without Gemma's post-norms.
 
 use biaslens::edit::context::EditPrompt;
-use biaslens::edit::probe::layer_readout;
+use biaslens::edit::probe::{Component, ProbeReader};
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, Patch, PatchOp, Site};
 use candle_core::{Device, Tensor};
 
@@ -15,12 +17,12 @@ fn tiny(arch: &str) -> Model {
     Model::load_hf_dir(arch, &dir, &Device::Cpu).unwrap()
 }
 
-fn gap(m: &Model, ids: &[u32], pronouns: [u32; 2], patch: Option<(usize, Vec<f32>)>) -> f64 {
+fn gap(m: &Model, ids: &[u32], pronouns: [u32; 2], patch: Option<(Site, Vec<f32>)>) -> f64 {
     let mut plan = InterventionPlan::logits(LogitsRequest::LastToken);
-    if let Some((l, v)) = patch {
+    if let Some((site, v)) = patch {
         let n = v.len();
         plan.patches.push(Patch {
-            site: Site::MlpOut(l),
+            site,
             row: 0,
             token: ids.len() - 1,
             cols: None,
@@ -57,30 +59,71 @@ fn readout_gaps_and_gradients_match_plain_forwards() {
                 ids,
             })
             .collect();
-        let l = 1;
-        let r = layer_readout(&m.transformer, &prompts, l, pronouns, 2).unwrap();
-        for (i, p) in prompts.iter().enumerate() {
-            let plain = gap(&m, &p.ids, pronouns, None);
-            assert!(
-                (r.gaps[i] - plain).abs() < 1e-4,
-                "{arch}: gap {} vs {plain}",
-                r.gaps[i]
-            );
-            // Directional derivative along a fixed direction, by central differences.
-            let v: Vec<f32> = (0..d)
-                .map(|j| ((j * 7 + i * 3) % 11) as f32 / 11.0 - 0.45)
-                .collect();
-            // Small against the tiny models' MLP outputs, so the post-norm stays near-linear.
-            let eps = 1e-3f32;
-            let scaled = |s: f32| v.iter().map(|x| x * s).collect::<Vec<f32>>();
-            let fd = (gap(&m, &p.ids, pronouns, Some((l, scaled(eps))))
-                - gap(&m, &p.ids, pronouns, Some((l, scaled(-eps)))))
-                / (2.0 * eps as f64);
-            let an: f64 = (0..d).map(|j| r.grads[(i, j)] * v[j] as f64).sum();
-            assert!(
-                (fd - an).abs() < 2e-3 * (1.0 + fd.abs()),
-                "{arch} prompt {i}: finite difference {fd} vs gradient {an}"
-            );
+        for (start, l, comp) in [
+            (0, 1, Component::Mlp),
+            (1, 1, Component::Mlp),
+            (0, 1, Component::Attn),
+            (1, 0, Component::Attn),
+        ] {
+            let reader = ProbeReader::new(&m.transformer, &prompts, start, pronouns, 2);
+            if l < start {
+                // A layer below the cached residual cannot be read.
+                let reader = reader.unwrap();
+                assert!(reader.readout(&m.transformer, l, comp).is_err());
+                continue;
+            }
+            let reader = reader.unwrap();
+            let r = reader.readout(&m.transformer, l, comp).unwrap();
+            let keys = reader.keys(&m.transformer, l, comp).unwrap();
+            for (i, p) in prompts.iter().enumerate() {
+                let plain = gap(&m, &p.ids, pronouns, None);
+                assert!(
+                    (r.gaps[i] - plain).abs() < 1e-4,
+                    "{arch} {comp:?}: gap {} vs {plain}",
+                    r.gaps[i]
+                );
+                let site = comp.key_site(l);
+                let cap = m
+                    .transformer
+                    .forward(
+                        &[p.ids.clone()],
+                        &InterventionPlan::default().with_capture([site]),
+                    )
+                    .unwrap()
+                    .captures[&site]
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_vec3::<f64>()
+                    .unwrap();
+                let last = &cap[0][p.ids.len() - 1];
+                for (j, k) in last.iter().enumerate() {
+                    assert!(
+                        (r.keys[(i, j)] - k).abs() < 1e-5,
+                        "{arch} {comp:?}: key {j}"
+                    );
+                    assert_eq!(
+                        r.keys[(i, j)],
+                        keys[(i, j)],
+                        "{arch} {comp:?}: keys() vs readout"
+                    );
+                }
+                // Directional derivative along a fixed direction, by central differences.
+                let v: Vec<f32> = (0..d)
+                    .map(|j| ((j * 7 + i * 3) % 11) as f32 / 11.0 - 0.45)
+                    .collect();
+                // Small against the tiny models' outputs, so the post-norms stay near-linear.
+                let eps = 1e-3f32;
+                let scaled = |s: f32| v.iter().map(|x| x * s).collect::<Vec<f32>>();
+                let out = comp.out_site(l);
+                let fd = (gap(&m, &p.ids, pronouns, Some((out, scaled(eps))))
+                    - gap(&m, &p.ids, pronouns, Some((out, scaled(-eps)))))
+                    / (2.0 * eps as f64);
+                let an: f64 = (0..d).map(|j| r.grads[(i, j)] * v[j] as f64).sum();
+                assert!(
+                    (fd - an).abs() < 2e-3 * (1.0 + fd.abs()),
+                    "{arch} {comp:?} prompt {i}: finite difference {fd} vs gradient {an}"
+                );
+            }
         }
     }
 }

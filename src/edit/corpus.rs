@@ -1,5 +1,6 @@
-//! Second-moment statistics C = E[k kᵀ] of MLP keys over a text corpus (WikiText-2 valid by
-//! default), for every edited layer in one pass, cached on disk per (model, layer, corpus, n).
+//! Second-moment statistics C = E[k kᵀ] of edit inputs (MLP keys, attention head outputs) over
+//! a text corpus (WikiText-2 valid by default), for every edited site in one pass, cached on disk
+//! per (model, site, corpus, n).
 
 use super::second_moment::{load_moment, MomentAccumulator, MomentMeta};
 use crate::model::{InterventionPlan, Site, Transformer};
@@ -42,23 +43,54 @@ pub fn corpus_chunks(
     Ok((chunks, hash))
 }
 
+/// The cache-file stem of a site's statistics (MLP keys keep the original `mom2` name).
+fn moment_stem(site: Site) -> Result<&'static str> {
+    match site {
+        Site::MlpKey(_) => Ok("mom2"),
+        Site::HeadZ(_) => Ok("mom2z"),
+        s => Err(Error::param(
+            "statistics site",
+            format!("{s}: only MLP keys and attention head outputs have corpus statistics"),
+        )),
+    }
+}
+
+fn site_width(model: &Transformer, site: Site) -> usize {
+    match site {
+        Site::HeadZ(_) => model.cfg.num_heads * model.cfg.head_dim,
+        _ => model.cfg.intermediate_size,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-/// C for each of `layers`, from the cache when present, else computed and cached.
+/// C for each of `sites` (MLP keys or head outputs), from the cache when present, else computed
+/// and cached.
 pub fn key_moments(
     model: &Transformer,
     model_hash: &str,
     chunks: &[Vec<u32>],
     corpus_hash: &str,
-    layers: &[usize],
+    sites: &[Site],
     cache_dir: Option<&Path>,
     batch: usize,
     mut on_batch: impl FnMut(usize),
-) -> Result<BTreeMap<usize, Tensor>> {
+) -> Result<BTreeMap<Site, Tensor>> {
     let n_tokens: usize = chunks.iter().map(|c| c.len()).sum();
-    let path_of = |l: usize| -> Option<PathBuf> {
+    for &s in sites {
+        moment_stem(s)?;
+        if s.layer().is_none_or(|l| l >= model.cfg.num_layers) {
+            return Err(Error::param(
+                "statistics site",
+                format!("{s} is not in the model"),
+            ));
+        }
+    }
+    let path_of = |s: Site| -> Option<PathBuf> {
+        let stem = moment_stem(s).ok()?;
+        let l = s.layer()?;
         cache_dir.map(|d| {
             d.join(format!(
-                "mom2_{}_{}_l{l}_n{n_tokens}.safetensors",
+                "{stem}_{}_{}_l{l}_n{n_tokens}.safetensors",
                 &model_hash[..16.min(model_hash.len())],
                 &corpus_hash[..16]
             ))
@@ -66,8 +98,9 @@ pub fn key_moments(
     };
     let mut out = BTreeMap::new();
     let mut todo = Vec::new();
-    for &l in layers {
-        match path_of(l).filter(|p| p.is_file()) {
+    for &site in sites {
+        let l = site.layer().unwrap_or(0);
+        match path_of(site).filter(|p| p.is_file()) {
             Some(p) => {
                 let (c, meta) = load_moment(&p, &model.device)?;
                 if meta.model_hash != model_hash
@@ -79,23 +112,25 @@ pub fn key_moments(
                         "cached statistics belong to another model, layer or corpus",
                     ));
                 }
-                out.insert(l, c.to_dtype(DType::F32)?);
+                out.insert(site, c.to_dtype(DType::F32)?);
             }
-            None => todo.push(l),
+            None => todo.push(site),
         }
     }
     if todo.is_empty() {
         return Ok(out);
     }
-    let d_ff = model.cfg.intermediate_size;
-    let mut acc: BTreeMap<usize, MomentAccumulator> = todo
+    let mut acc: BTreeMap<Site, MomentAccumulator> = todo
         .iter()
-        .map(|&l| Ok((l, MomentAccumulator::new(d_ff, DType::F64, &model.device)?)))
+        .map(|&s| {
+            let w = site_width(model, s);
+            Ok((s, MomentAccumulator::new(w, DType::F64, &model.device)?))
+        })
         .collect::<Result<_>>()?;
-    let stop = todo.iter().max().copied();
+    let stop = todo.iter().filter_map(|s| s.layer()).max();
     for batch_rows in chunks.chunks(batch.max(1)) {
         let plan = InterventionPlan {
-            capture: todo.iter().map(|&l| Site::MlpKey(l)).collect(),
+            capture: todo.clone(),
             stop_after: stop,
             ..Default::default()
         };
@@ -107,31 +142,31 @@ pub fn key_moments(
             .flat_map(|&p| (0..t).map(move |i| if i >= p { 1.0 } else { 0.0 }))
             .collect();
         let mask = Tensor::from_vec(mask, batch_rows.len() * t, &model.device)?;
-        for (&l, a) in acc.iter_mut() {
-            let keys = fwd.captures[&Site::MlpKey(l)].reshape((batch_rows.len() * t, d_ff))?;
+        for (&s, a) in acc.iter_mut() {
+            let keys = fwd.captures[&s].reshape((batch_rows.len() * t, site_width(model, s)))?;
             a.update(&keys, Some(&mask))?;
         }
         on_batch(batch_rows.len());
     }
-    for (l, a) in acc {
+    for (site, a) in acc {
         let meta = MomentMeta {
             model_hash: model_hash.to_string(),
-            layer: l,
+            layer: site.layer().unwrap_or(0),
             corpus_hash: corpus_hash.to_string(),
             n: a.count(),
         };
-        if let Some(p) = path_of(l) {
+        if let Some(p) = path_of(site) {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;
             }
             a.save(&p, &meta)?;
         }
-        out.insert(l, a.moment()?.to_dtype(DType::F32)?);
+        out.insert(site, a.moment()?.to_dtype(DType::F32)?);
     }
     Ok(out)
 }
 
-/// Corpus statistics of an edit: C per layer from `max_tokens` tokens of `corpus` in chunks of
+/// Corpus statistics of an edit: C per site from `max_tokens` tokens of `corpus` in chunks of
 /// `seq_len` (cached), and how many corpus tokens they cover. One path for every method that
 /// uses a corpus prior.
 #[allow(clippy::too_many_arguments)]
@@ -142,21 +177,21 @@ pub fn corpus_moments(
     corpus: &Path,
     seq_len: usize,
     max_tokens: usize,
-    layers: &[usize],
+    sites: &[Site],
     cache_dir: Option<&Path>,
     log: &mut impl FnMut(&str),
-) -> Result<(BTreeMap<usize, Tensor>, u64)> {
+) -> Result<(BTreeMap<Site, Tensor>, u64)> {
     let (chunks, corpus_hash) = corpus_chunks(tok, corpus, seq_len, max_tokens)?;
     let tokens: u64 = chunks.iter().map(|c| c.len() as u64).sum();
     log(&format!(
-        "second moments of keys over {tokens} corpus tokens"
+        "second moments of edit inputs over {tokens} corpus tokens"
     ));
     let m = key_moments(
         model,
         model_hash,
         &chunks,
         &corpus_hash,
-        layers,
+        sites,
         cache_dir,
         16,
         |_| {},

@@ -139,7 +139,28 @@ pub fn record_down_delta(
     l: usize,
     dw: Tensor,
 ) -> Result<()> {
-    let (name, transposed) = down_weight_name(model.config().arch, l);
+    record_named_delta(model, delta, down_weight_name(model.config().arch, l), dw)
+}
+
+/// HF name of layer l's attention output projection and whether HF stores it transposed.
+pub fn o_weight_name(arch: Arch, l: usize) -> (String, bool) {
+    match arch {
+        Arch::Gpt2 => (format!("transformer.h.{l}.attn.c_proj.weight"), true),
+        _ => (format!("model.layers.{l}.self_attn.o_proj.weight"), false),
+    }
+}
+
+/// Record layer `l`'s attention output-projection change (transformer layout [d_model, d_z]).
+pub fn record_o_delta(model: &Model, delta: &mut WeightDelta, l: usize, dw: Tensor) -> Result<()> {
+    record_named_delta(model, delta, o_weight_name(model.config().arch, l), dw)
+}
+
+fn record_named_delta(
+    model: &Model,
+    delta: &mut WeightDelta,
+    (name, transposed): (String, bool),
+    dw: Tensor,
+) -> Result<()> {
     let orig = model
         .weights
         .get(&name)
@@ -277,7 +298,7 @@ pub fn lsdm(
             corpus,
             params.corpus_seq_len,
             params.corpus_tokens,
-            &layers,
+            &layers.iter().map(|&l| Site::MlpKey(l)).collect::<Vec<_>>(),
             cache_dir,
             &mut log,
         )?;
@@ -335,7 +356,7 @@ pub fn lsdm(
             )?)
         };
         let prior = match &prior_moments {
-            Some(m) => Prior::Moment(&m[&l]),
+            Some(m) => Prior::Moment(&m[&Site::MlpKey(l)]),
             None => Prior::Identity,
         };
         let (dw, path) = solve_update_robust(&LsqInput {

@@ -19,10 +19,10 @@
 use super::context::{EditPrompt, EditSets, DEFAULT_PREFIXES};
 use super::corpus::corpus_moments;
 use super::delta::{DeltaMeta, WeightDelta};
-use super::lsdm::record_down_delta;
+use super::lsdm::{record_down_delta, record_o_delta};
 use super::probe_solve::{output_direction, probe_weights, rank_one_update};
 use crate::data::{vig_templates, Template};
-use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer};
+use crate::model::{InterventionPlan, Model, Site, Transformer};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, IndexOp, Tensor, Var};
@@ -55,6 +55,10 @@ pub struct ProbeParams {
     pub protect_each_prompt: bool,
     /// Rows per forward/backward pass.
     pub batch: usize,
+    /// Which projections of each layer to edit (attention output, MLP down, or both).
+    pub components: Components,
+    /// Sweeps over the layers; each stage removes its share of what the previous left.
+    pub passes: usize,
 }
 
 impl Default for ProbeParams {
@@ -68,6 +72,8 @@ impl Default for ProbeParams {
             prefixes: 1,
             protect_each_prompt: false,
             batch: 32,
+            components: Components::Mlp,
+            passes: 1,
         }
     }
 }
@@ -92,8 +98,11 @@ impl ProbeParams {
                 "must be > 0 when λ > 0",
             ));
         }
-        if self.batch == 0 || self.prefixes == 0 {
-            return Err(Error::param("probe.batch / probe.prefixes", "must be > 0"));
+        if self.batch == 0 || self.prefixes == 0 || self.passes == 0 {
+            return Err(Error::param(
+                "probe.batch / probe.prefixes / probe.passes",
+                "must be > 0",
+            ));
         }
         Ok(())
     }
@@ -103,17 +112,20 @@ impl ProbeParams {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProbeReport {
     pub layers: Vec<usize>,
+    /// (layer, projection) in the order edited; the per-stage vectors below follow it.
+    #[serde(default)]
+    pub stages: Vec<(usize, Component)>,
     pub n_edit_professions: usize,
     pub n_fit_prompts: usize,
     pub protected_words: Vec<String>,
     pub n_protected_keys: usize,
-    /// Per layer: mean |L| of the fit prompts before that layer's edit.
+    /// Per stage: mean |L| of the fit prompts before that stage's edit.
     pub mean_abs_gap: Vec<f64>,
-    /// Per layer: R² of the probe's prediction of its target on the fit prompts.
+    /// Per stage: R² of the probe's prediction of its target on the fit prompts.
     pub fit_r2: Vec<f64>,
-    /// Per layer: max |wᵀp| over the protected keys (0 up to rounding).
+    /// Per stage: max |wᵀp| over the protected keys (0 up to rounding).
     pub protected_max_abs: Vec<f64>,
-    /// Per layer: ‖ΔW‖_F.
+    /// Per stage: ‖ΔW‖_F.
     pub delta_norms: Vec<f64>,
     pub statistics_tokens: u64,
     pub statistics_passes: u64,
@@ -220,82 +232,199 @@ pub fn last_token_prompts(
     Ok(out)
 }
 
-/// Per prompt at layer `l`'s last token: the MLP key, the gap log p(he) − log p(she) and its
-/// gradient with respect to the down-projection's output.
-pub struct LayerReadout {
-    /// [n, d_ff]
+/// Which projection a probe stage edits: the attention output projection (its input is the
+/// concatenated head outputs, `HeadZ`) or the MLP down-projection (its input is the MLP key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    Attn,
+    Mlp,
+}
+
+impl Component {
+    /// The site whose last-token activation is the probe's input.
+    pub fn key_site(self, l: usize) -> Site {
+        match self {
+            Component::Attn => Site::HeadZ(l),
+            Component::Mlp => Site::MlpKey(l),
+        }
+    }
+    /// The site the edited projection writes (before any post-norm).
+    pub fn out_site(self, l: usize) -> Site {
+        match self {
+            Component::Attn => Site::AttnOut(l),
+            Component::Mlp => Site::MlpOut(l),
+        }
+    }
+}
+
+/// Which projections of each edited layer the probe edits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Components {
+    #[default]
+    Mlp,
+    Attn,
+    /// The attention output projection, then the MLP down-projection, of each layer.
+    Both,
+}
+
+impl Components {
+    pub fn list(self) -> &'static [Component] {
+        match self {
+            Components::Mlp => &[Component::Mlp],
+            Components::Attn => &[Component::Attn],
+            Components::Both => &[Component::Attn, Component::Mlp],
+        }
+    }
+}
+
+impl std::str::FromStr for Components {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mlp" => Ok(Components::Mlp),
+            "attn" => Ok(Components::Attn),
+            "both" => Ok(Components::Both),
+            _ => Err(Error::param(
+                "probe components",
+                format!("`{s}`: expected mlp, attn or both"),
+            )),
+        }
+    }
+}
+
+/// Per prompt at one stage's last token: the probe input k, the gap L = log p(he) − log p(she)
+/// and g = ∂L/∂m, m the edited projection's output.
+pub struct StageReadout {
+    /// [n, key width]
     pub keys: DMatrix<f64>,
     pub gaps: DVector<f64>,
     /// [n, d_model]
     pub grads: DMatrix<f64>,
 }
 
-pub fn layer_readout(
-    tr: &Transformer,
-    prompts: &[EditPrompt],
-    l: usize,
-    pronouns: [u32; 2],
-    batch: usize,
-) -> Result<LayerReadout> {
-    let (d, d_ff) = (tr.cfg.hidden_size, tr.cfg.intermediate_size);
-    let n = prompts.len();
-    let mut keys = DMatrix::<f64>::zeros(n, d_ff);
-    let mut grads = DMatrix::<f64>::zeros(n, d);
-    let mut gaps = DVector::<f64>::zeros(n);
-    let post_norm = tr.layers[l].post_mlp_norm.clone();
-    let mut row0 = 0;
-    for chunk in prompts.chunks(batch.max(1)) {
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-        let plan = InterventionPlan {
-            capture: vec![Site::ResidPost(l), Site::MlpOut(l), Site::MlpKey(l)],
-            stop_after: Some(l),
-            ..Default::default()
-        };
-        let out = tr.forward(&rows, &plan)?;
-        let resid = out.captures[&Site::ResidPost(l)].detach();
-        let (b, t, _) = resid.dims3()?;
-        let last = t - 1; // rows are left-padded: every prompt ends at the last position
-        let m = out.captures[&Site::MlpOut(l)].i((.., last, ..))?.detach();
-        let k = out.captures[&Site::MlpKey(l)]
-            .i((.., last, ..))?
-            .to_dtype(DType::F64)?;
-        let delta = Var::zeros((b, d), resid.dtype(), resid.device())?;
-        let change = match &post_norm {
-            Some(norm) => (norm.forward(&(&m + delta.as_tensor())?)? - norm.forward(&m)?)?,
-            None => delta.as_tensor().clone(),
-        };
-        let mut hot = vec![0f32; b * t];
-        for r in 0..b {
-            hot[r * t + last] = 1.0;
+/// Reads keys, gaps and gradients for a fixed prompt set at any layer ≥ `start`, resuming every
+/// pass from the residual stream cached at `start` (edits at layers ≥ `start` leave it valid).
+/// The gap needs only two unembedding rows: log p(he) − log p(she) = (u_he − u_she)·final norm.
+pub struct ProbeReader {
+    start: usize,
+    batches: Vec<(Tensor, Vec<usize>)>,
+    gap_dir: Tensor,
+    n: usize,
+}
+
+impl ProbeReader {
+    pub fn new(
+        tr: &Transformer,
+        prompts: &[EditPrompt],
+        start: usize,
+        pronouns: [u32; 2],
+        batch: usize,
+    ) -> Result<Self> {
+        if start >= tr.cfg.num_layers {
+            return Err(Error::param(
+                "start layer",
+                format!("{start} >= {} layers", tr.cfg.num_layers),
+            ));
         }
-        let hot = Tensor::from_vec(hot, (b, t, 1), resid.device())?.to_dtype(resid.dtype())?;
-        let shifted = resid.broadcast_add(&hot.broadcast_mul(&change.unsqueeze(1)?)?)?;
-        let lp = tr
-            .forward_from_layer(
-                l + 1,
-                &shifted,
-                &out.pads,
-                &InterventionPlan::logits(LogitsRequest::LastToken),
-            )?
-            .logprobs
-            .ok_or_else(|| Error::Model("probe: no log-probabilities".into()))?;
-        let gap = (lp.i((.., pronouns[0] as usize))? - lp.i((.., pronouns[1] as usize))?)?;
-        let g = gap.sum_all()?.backward()?;
-        let gd = g
-            .get(delta.as_tensor())
-            .ok_or_else(|| Error::Model("probe: no gradient at the edited layer".into()))?
-            .to_dtype(DType::F64)?
-            .to_vec2::<f64>()?;
-        let kv = k.to_vec2::<f64>()?;
-        let gv = gap.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        for r in 0..b {
-            keys.row_mut(row0 + r).copy_from_slice(&kv[r]);
-            grads.row_mut(row0 + r).copy_from_slice(&gd[r]);
-            gaps[row0 + r] = gv[r];
+        let mut batches = Vec::new();
+        for chunk in prompts.chunks(batch.max(1)) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+            let plan = InterventionPlan {
+                capture: vec![Site::ResidPre(start)],
+                stop_after: Some(start),
+                ..Default::default()
+            };
+            let out = tr.forward(&rows, &plan)?;
+            batches.push((out.captures[&Site::ResidPre(start)].detach(), out.pads));
         }
-        row0 += b;
+        let row = |id: u32| tr.lm_head.i(id as usize);
+        let gap_dir = (row(pronouns[0])? - row(pronouns[1])?)?.unsqueeze(1)?;
+        Ok(ProbeReader {
+            start,
+            batches,
+            gap_dir,
+            n: prompts.len(),
+        })
     }
-    Ok(LayerReadout { keys, gaps, grads })
+
+    fn check(&self, l: usize) -> Result<()> {
+        if l < self.start {
+            return Err(Error::param(
+                "layer",
+                format!("{l} is below the cached layer {}", self.start),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keys, gaps and gradients of `component` at layer `l` on the model `tr`.
+    pub fn readout(
+        &self,
+        tr: &Transformer,
+        l: usize,
+        component: Component,
+    ) -> Result<StageReadout> {
+        self.check(l)?;
+        let d = tr.cfg.hidden_size;
+        let (mut keys, mut grads, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+        for (resid, pads) in &self.batches {
+            let (b, t, _) = resid.dims3()?;
+            let shift = Var::zeros((b, d), resid.dtype(), resid.device())?;
+            let plan = InterventionPlan {
+                capture: vec![component.key_site(l), Site::FinalNorm],
+                last_token_shifts: vec![(component.out_site(l), shift.as_tensor().clone())],
+                ..Default::default()
+            };
+            let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
+            let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
+            let gap = crate::model::stable_matmul::matmul(&last, &self.gap_dir)?.squeeze(1)?;
+            let g = gap.sum_all()?.backward()?;
+            let gd = g.get(shift.as_tensor()).ok_or_else(|| {
+                Error::Model(format!("probe: no gradient at {}", component.out_site(l)))
+            })?;
+            grads.extend(gd.to_dtype(DType::F64)?.to_vec2::<f64>()?);
+            keys.extend(last_token_rows(&out.captures[&component.key_site(l)])?);
+            gaps.extend(gap.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+        }
+        Ok(StageReadout {
+            keys: rows_to_matrix(&keys),
+            gaps: DVector::from_vec(gaps),
+            grads: rows_to_matrix(&grads),
+        })
+    }
+
+    /// Only the probe inputs of `component` at layer `l` (a forward that stops after `l`).
+    pub fn keys(&self, tr: &Transformer, l: usize, component: Component) -> Result<DMatrix<f64>> {
+        self.check(l)?;
+        let mut keys = Vec::with_capacity(self.n);
+        for (resid, pads) in &self.batches {
+            let plan = InterventionPlan {
+                capture: vec![component.key_site(l)],
+                stop_after: Some(l),
+                ..Default::default()
+            };
+            let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
+            keys.extend(last_token_rows(&out.captures[&component.key_site(l)])?);
+        }
+        Ok(rows_to_matrix(&keys))
+    }
+}
+
+/// The last token of each row of a [rows, tokens, width] capture (rows are left-padded, so
+/// every prompt ends at the last position), in f64.
+fn last_token_rows(x: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let t = x.dim(1)?;
+    Ok(x.i((.., t - 1, ..))?
+        .detach()
+        .to_dtype(DType::F64)?
+        .to_vec2::<f64>()?)
+}
+
+fn rows_to_matrix(rows: &[Vec<f64>]) -> DMatrix<f64> {
+    let c = rows.first().map_or(0, |r| r.len());
+    DMatrix::from_fn(rows.len(), c, |i, j| rows[i][j])
 }
 
 fn to_f64(t: &Tensor) -> Result<DMatrix<f64>> {
@@ -369,10 +498,17 @@ pub fn probe(
     let words = protected_words(data_dir, &professions)?;
     let protect = last_token_prompts(tok, &words, &templates, prefixes)?;
 
+    let stages: Vec<(usize, Component)> = (0..params.passes)
+        .flat_map(|_| layers.iter())
+        .flat_map(|&l| params.components.list().iter().map(move |&c| (l, c)))
+        .collect();
     let mut tr: Transformer = model.transformer.clone();
     let work_before = tr.work.read();
     let mut statistics_tokens = 0u64;
     let moments = if params.lambda > 0.0 {
+        let mut sites: Vec<Site> = stages.iter().map(|&(l, c)| c.key_site(l)).collect();
+        sites.sort();
+        sites.dedup();
         let (m, tokens) = corpus_moments(
             &tr,
             &model.info.sha256,
@@ -380,7 +516,7 @@ pub fn probe(
             corpus,
             params.corpus_seq_len,
             params.corpus_tokens,
-            &layers,
+            &sites,
             cache_dir,
             &mut log,
         )?;
@@ -398,6 +534,7 @@ pub fn probe(
     });
     let mut report = ProbeReport {
         layers: layers.clone(),
+        stages: stages.clone(),
         n_edit_professions: sets.edit.len(),
         n_fit_prompts: fit.len(),
         protected_words: words.clone(),
@@ -410,18 +547,28 @@ pub fn probe(
         statistics_passes: statistics_work.passes,
         statistics_token_layers: statistics_work.token_layers,
     };
-    for (i, &l) in layers.iter().enumerate() {
-        log(&format!("layer {l}: reading keys, gaps and gradients"));
-        let r = layer_readout(&tr, &fit, l, pronouns, params.batch)?;
-        let p = layer_readout(&tr, &protect, l, pronouns, params.batch)?;
+    // Every pass resumes from the residual stream below the lowest edited layer.
+    let start = layers[0];
+    let fit_reader = ProbeReader::new(&tr, &fit, start, pronouns, params.batch)?;
+    let protect_reader = ProbeReader::new(&tr, &protect, start, pronouns, params.batch)?;
+    // Accumulated change per edited weight, recorded once at the end.
+    let mut changes: Vec<((usize, Component), Tensor)> = Vec::new();
+    for (i, &(l, comp)) in stages.iter().enumerate() {
+        log(&format!(
+            "stage {}/{}: layer {l} {comp:?}: reading keys, gaps and gradients",
+            i + 1,
+            stages.len()
+        ));
+        let r = fit_reader.readout(&tr, l, comp)?;
+        let pk = protect_reader.keys(&tr, l, comp)?;
         let protected = if params.protect_each_prompt {
-            p.keys.clone()
+            pk
         } else {
-            group_means(&p.keys, &protect, words.len())
+            group_means(&pk, &protect, words.len())
         };
-        let targets = &r.gaps / (layers.len() - i) as f64;
+        let targets = &r.gaps / (stages.len() - i) as f64;
         let c = match &moments {
-            Some(m) => Some(to_f64(&m[&l])?),
+            Some(m) => Some(to_f64(&m[&comp.key_site(l)])?),
             None => None,
         };
         let w = probe_weights(
@@ -442,14 +589,26 @@ pub fn probe(
         report.protected_max_abs.push((&protected * &w).amax());
         report.delta_norms.push(dw.norm());
         report.n_protected_keys = protected.nrows();
-        let down = &mut tr.layers[l].down;
-        let dw_t = to_tensor(&dw, &down.weight)?;
-        down.weight = (&down.weight + &dw_t)?;
-        record_down_delta(model, &mut delta, l, dw_t)?;
+        let proj = match comp {
+            Component::Attn => &mut tr.layers[l].o,
+            Component::Mlp => &mut tr.layers[l].down,
+        };
+        let dw_t = to_tensor(&dw, &proj.weight)?;
+        proj.weight = (&proj.weight + &dw_t)?;
+        match changes.iter_mut().find(|(k, _)| *k == (l, comp)) {
+            Some((_, acc)) => *acc = (&*acc + &dw_t)?,
+            None => changes.push(((l, comp), dw_t)),
+        }
         log(&format!(
-            "layer {l}: mean |gap| {:.3} nats, probe R² {:.3}, |ΔW| {:.4}",
+            "layer {l} {comp:?}: mean |gap| {:.3} nats, probe R² {:.3}, |ΔW| {:.4}",
             report.mean_abs_gap[i], report.fit_r2[i], report.delta_norms[i]
         ));
+    }
+    for ((l, comp), dw) in changes {
+        match comp {
+            Component::Mlp => record_down_delta(model, &mut delta, l, dw)?,
+            Component::Attn => record_o_delta(model, &mut delta, l, dw)?,
+        }
     }
     Ok((delta, report))
 }

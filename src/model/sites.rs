@@ -138,6 +138,9 @@ pub struct InterventionPlan {
     pub capture_kv: bool,
     /// Stop after this layer (captures only, no logits): statistics of bottom layers need no top.
     pub stop_after: Option<usize>,
+    /// Add a [rows, width] tensor to a site at each row's last token with tensor ops, so
+    /// gradients flow back to it (gradient read-outs: pass a `Var` of zeros and backpropagate).
+    pub last_token_shifts: Vec<(Site, Tensor)>,
 }
 
 impl InterventionPlan {

@@ -257,6 +257,7 @@ impl RopeTables {
 /// Mutable bookkeeping of one pass: patches grouped by site, captured activations.
 struct PassState<'a> {
     patches: HashMap<Site, Vec<&'a Patch>>,
+    shifts: &'a [(Site, Tensor)],
     capture: &'a [Site],
     captured: BTreeMap<Site, Tensor>,
     pads: &'a [usize],
@@ -423,6 +424,10 @@ impl Transformer {
             }
             _ => x,
         };
+        let mut x = x;
+        for (_, shift) in st.shifts.iter().filter(|(s, _)| *s == site) {
+            x = add_at_last_token(&x, shift, site)?;
+        }
         if st.capture.contains(&site) {
             st.captured.insert(site, x.clone());
         }
@@ -908,6 +913,7 @@ impl<'a> PassState<'a> {
         }
         PassState {
             patches,
+            shifts: &plan.last_token_shifts,
             capture: &plan.capture,
             captured: BTreeMap::new(),
             pads,
@@ -922,6 +928,23 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(3, hd / 2, hd / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// x + (value at each row's last token): [rows, tokens, width] + [rows, width], differentiable.
+fn add_at_last_token(x: &Tensor, value: &Tensor, site: Site) -> Result<Tensor> {
+    let (b, t, w) = x.dims3()?;
+    if value.dims() != [b, w] {
+        return Err(Error::param(
+            "last-token shift",
+            format!("{:?} for a [{b}, {w}] shift at {site}", value.dims()),
+        ));
+    }
+    let mut hot = vec![0f32; b * t];
+    for r in 0..b {
+        hot[r * t + t - 1] = 1.0;
+    }
+    let hot = Tensor::from_vec(hot, (b, t, 1), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_add(&hot.broadcast_mul(&value.to_dtype(x.dtype())?.unsqueeze(1)?)?)?)
 }
 
 /// Apply Set/Add patches to a [rows, tokens, width] activation with one masked blend.
