@@ -42,6 +42,19 @@ pub struct EditArgs {
     /// probe: multiplier on the rank-one update (1 removes the predicted gap to first order).
     #[arg(long)]
     pub scale: Option<f64>,
+    /// probe: which projections of each layer to edit: mlp (down-projection, default), attn
+    /// (attention output projection) or both (attention, then MLP).
+    #[arg(long)]
+    pub probe_components: Option<biaslens::edit::probe::Components>,
+    /// probe: sweeps over the layers (each stage removes its share of what is left).
+    #[arg(long, value_parser = at_least_one)]
+    pub passes: Option<usize>,
+    /// probe: what each stage removes: `share` (the gap left / stages left, default) or `full`.
+    #[arg(long)]
+    pub probe_target: Option<biaslens::edit::probe::StageTarget>,
+    /// probe: hold each protected prompt's key at zero change (default: each word's mean key).
+    #[arg(long)]
+    pub protect_each_prompt: bool,
     /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
@@ -170,6 +183,16 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     if let Some(s) = a.scale {
         spec.probe.scale = s;
     }
+    if let Some(c) = a.probe_components {
+        spec.probe.components = c;
+    }
+    if let Some(p) = a.passes {
+        spec.probe.passes = p;
+    }
+    if let Some(t) = a.probe_target {
+        spec.probe.target = t;
+    }
+    spec.probe.protect_each_prompt |= a.protect_each_prompt;
     if let Some(p) = a.post_norm {
         spec.lsdm.post_norm = p;
     }

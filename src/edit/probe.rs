@@ -59,6 +59,8 @@ pub struct ProbeParams {
     pub components: Components,
     /// Sweeps over the layers; each stage removes its share of what the previous left.
     pub passes: usize,
+    /// What each stage's probe is fitted to remove.
+    pub target: StageTarget,
 }
 
 impl Default for ProbeParams {
@@ -74,6 +76,7 @@ impl Default for ProbeParams {
             batch: 32,
             components: Components::Mlp,
             passes: 1,
+            target: StageTarget::Share,
         }
     }
 }
@@ -289,6 +292,31 @@ impl std::str::FromStr for Components {
             _ => Err(Error::param(
                 "probe components",
                 format!("`{s}`: expected mlp, attn or both"),
+            )),
+        }
+    }
+}
+
+/// What each stage's probe is fitted to remove.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageTarget {
+    /// Its share: the gap left / the stages left (the last stage aims at all that is left).
+    #[default]
+    Share,
+    /// All of the gap that is left, at every stage (greedy).
+    Full,
+}
+
+impl std::str::FromStr for StageTarget {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "share" => Ok(StageTarget::Share),
+            "full" => Ok(StageTarget::Full),
+            _ => Err(Error::param(
+                "probe target",
+                format!("`{s}`: expected share or full"),
             )),
         }
     }
@@ -566,7 +594,10 @@ pub fn probe(
         } else {
             group_means(&pk, &protect, words.len())
         };
-        let targets = &r.gaps / (stages.len() - i) as f64;
+        let targets = match params.target {
+            StageTarget::Share => &r.gaps / (stages.len() - i) as f64,
+            StageTarget::Full => r.gaps.clone(),
+        };
         let c = match &moments {
             Some(m) => Some(to_f64(&m[&comp.key_site(l)])?),
             None => None,
