@@ -6,7 +6,6 @@
 //! `trace` / `mediate` (where the bias flows) → `edit` (LSDM and baselines) → `eval`
 //! (bias and capability benchmarks) → `report` (tables, figures, snapshots).
 
-pub mod batching;
 pub mod data;
 pub mod device;
 pub mod edit;

@@ -426,14 +426,3 @@ pub fn down_output_change(
         (None, _) => Ok(r.clone()),
     }
 }
-
-/// The model with `delta` applied (weights rebuilt from the HF map: one path for all methods).
-pub fn edited_model(model: &Model, delta: &WeightDelta) -> Result<Model> {
-    let mut w: std::collections::HashMap<String, Tensor> = model
-        .weights
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    super::delta::apply(&mut w, delta)?;
-    model.with_weights(w.into_iter().collect(), &format!("+{}", delta.meta.method))
-}

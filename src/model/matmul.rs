@@ -1,9 +1,9 @@
 //! A faster f32 `x · Wᵀ` for the CPU eval path (AVX-512, x86-64), checked against candle's
 //! matmul (the slow reference) in tests and benches.
 //!
-//! On the 2-core AMD EPYC this project is measured on, candle's f32 matmul (the `gemm` crate's
-//! AVX2 kernel) reaches ~50 GFLOP/s per core of a ~117 GFLOP/s peak; this kernel reaches
-//! ~95. It is the textbook layout: the weight is packed into panels of 32 output columns
+//! Whether it pays is a measurement, not a promise: `cargo bench --bench matmul` runs it beside
+//! candle's matmul at the model's shapes (docs/performance.md has the current figures). It is
+//! the textbook layout: the weight is packed into panels of 32 output columns
 //! (`[k][32]`, zero-padded), a 12-row × 32-column block of the output lives in 24 zmm
 //! registers while k runs (blocked by 256 so a panel slice stays in L1/L2), and rows are split
 //! across rayon's threads. Every output is a sequential fused-multiply-add sum over k, so it

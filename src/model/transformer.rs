@@ -1038,8 +1038,11 @@ pub fn log_softmax_accurate(logits: &Tensor) -> Result<Tensor> {
 /// Fail loudly on NaN/inf instead of returning a silently wrong number.
 pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
     let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    if let Some(i) = v.iter().position(|x| x.is_nan()) {
-        return Err(Error::Numerical(format!("NaN in {what} at flat index {i}")));
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::Numerical(format!(
+            "{} in {what} at flat index {i}",
+            v[i]
+        )));
     }
     Ok(())
 }
