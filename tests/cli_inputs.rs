@@ -7,7 +7,7 @@
 
 mod common;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -59,55 +59,6 @@ fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
-/// The tiny llama (64 positions, 128-token vocabulary) with a word-level tokenizer over a few
-/// words (everything else is `[UNK]`), and the fixture's `expected.safetensors` beside the
-/// weights as an HF directory may carry other files.
-fn tiny_tok(root: &Path) -> PathBuf {
-    let src = manifest().join("fixtures/reference/tiny/llama");
-    let dir = root.join("tinytok");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors", "expected.safetensors"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let words = [
-        "[UNK]",
-        "he",
-        "she",
-        "they",
-        "him",
-        "her",
-        "his",
-        "The",
-        "the",
-        "said",
-        "that",
-        "man",
-        "woman",
-        "because",
-        "was",
-        "a",
-        "and",
-        "therefore",
-        ".",
-    ];
-    let vocab: serde_json::Map<String, Value> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.to_string(), json!(i)))
-        .collect();
-    let tok = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
-    });
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_vec(&tok).unwrap(),
-    )
-    .unwrap();
-    dir
-}
-
 /// A data folder holding only COPA, with `lines` as copa.jsonl's bytes.
 fn copa_data(root: &Path, bytes: &[u8]) -> PathBuf {
     let data = root.join("data");
@@ -148,7 +99,7 @@ fn task_metric(results: &Value, task: &str, metric: &str) -> Value {
 #[test]
 fn a_prompt_longer_than_the_model_is_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_tok(tmp.path());
+    let model = common::tiny_tok(tmp.path());
     let long = format!(
         "The {{}} said that{}\n",
         " and the man said that".repeat(20)
@@ -209,7 +160,7 @@ fn a_prompt_longer_than_the_model_is_refused_clearly() {
 #[test]
 fn templates_with_a_bom_and_crlf_are_read_clean() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_tok(tmp.path());
+    let model = common::tiny_tok(tmp.path());
     std::fs::write(
         tmp.path().join("templates.txt"),
         "\u{FEFF}The {} said that\r\nThe {} was a man because\r\n",
@@ -246,7 +197,7 @@ fn templates_with_a_bom_and_crlf_are_read_clean() {
 #[test]
 fn non_utf8_files_are_refused_naming_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_tok(tmp.path());
+    let model = common::tiny_tok(tmp.path());
     std::fs::write(
         tmp.path().join("templates.txt"),
         b"The {} said that\nThe {} caf\xe9 that\n",
@@ -302,7 +253,7 @@ fn non_utf8_files_are_refused_naming_file_and_line() {
 #[test]
 fn eval_reads_bom_and_crlf_and_reports_skipped_lines_in_markdown() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_tok(tmp.path());
+    let model = common::tiny_tok(tmp.path());
     let lines = copa_lines(4);
     let text = format!(
         "\u{FEFF}{}\r\n{}\r\n{{\"query\": \"broken\r\n{}\r\n{}\r\n",
@@ -339,7 +290,7 @@ fn eval_reads_bom_and_crlf_and_reports_skipped_lines_in_markdown() {
 #[test]
 fn every_command_resolves_the_data_root_the_same_way() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_tok(tmp.path());
+    let model = common::tiny_tok(tmp.path());
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     let args = |out: &str| {
@@ -480,7 +431,7 @@ fn an_empty_biaslens_models_is_treated_as_unset() {
 #[test]
 fn a_reverted_model_is_the_base_model_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_tok(tmp.path());
+    let model = common::tiny_tok(tmp.path());
     let dir = tmp.path();
     let o = run(
         dir,

@@ -42,8 +42,8 @@ pub struct EditArgs {
     /// probe: multiplier on the rank-one update (1 removes the predicted gap to first order).
     #[arg(long)]
     pub scale: Option<f64>,
-    /// probe: which projections of each layer to edit: mlp (down-projection, default), attn
-    /// (attention output projection) or both (attention, then MLP).
+    /// probe: which projections of each layer to edit: both (attention output, then MLP
+    /// down-projection; default), mlp or attn.
     #[arg(long)]
     pub probe_components: Option<biaslens::edit::probe::Components>,
     /// probe: sweeps over the layers (each stage removes its share of what is left).

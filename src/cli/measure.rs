@@ -1,7 +1,7 @@
 //! `biaslens measure`: pronoun probabilities and bias metrics on occupation prompts.
 
 use super::common::{at_least_one, parse_device, progress, require_tokenizer};
-use biaslens::measure::{measure_occupations, MeasureOptions, MeasureResult};
+use biaslens::measure::{MeasureJob, MeasureOptions, MeasureResult};
 use biaslens::model::Model;
 use biaslens::stats::Estimate;
 use std::path::PathBuf;
@@ -52,11 +52,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.bootstrap.seed = a.seed;
     let model = Model::load(&a.model, &device)?;
     require_tokenizer(&model)?;
-    let n = biaslens::measure::occupations::subset_prompts(&opts)?
-        .0
-        .len();
+    let job = MeasureJob::new(opts);
+    let n = job.prompts()?.0.len();
     let pb = progress(n as u64, "prompts");
-    let result = measure_occupations(&model, &opts, |k| pb.inc(k as u64))?;
+    let result = job.run(&model, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     print!("{}", render_table(&result));
     if let Some(p) = &a.json {

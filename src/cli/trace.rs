@@ -4,19 +4,26 @@ use super::common::{
     at_least_one, first_duplicate, parse_device, positive, progress, require_tokenizer,
 };
 use anyhow::Context;
-use biaslens::data::{occupation_prompts, vig_templates, OccupationPrompt, Profession};
+use biaslens::measure::Subset;
 use biaslens::model::Model;
 use biaslens::rundir::{RunDir, Shard};
 use biaslens::trace::mediation::{mediate, MediationCase};
-use biaslens::trace::prompts::{pronoun_ids, select_prompts, subject_span, trace_case};
-use biaslens::trace::run::{finalize, MediationRecord, TraceRecord};
-use biaslens::trace::{
-    embedding_std, sample_noise, stereotype_sign, trace_fast, trace_naive, Kind, NoiseLevel,
-    TraceSettings,
-};
+use biaslens::trace::prompts::{pronoun_ids, subject_span};
+use biaslens::trace::run::{finalize, MediationRecord};
+use biaslens::trace::{trace_fast, trace_naive, Kind, NoiseLevel, PreparedTrace, TraceJob};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// The library's defaults, which the flags default to.
+fn defaults() -> TraceJob {
+    TraceJob::default()
+}
+
+fn default_kinds() -> String {
+    let kinds: Vec<&str> = defaults().settings.kinds.iter().map(|k| k.name()).collect();
+    kinds.join(",")
+}
 
 #[derive(clap::Args)]
 pub struct Common {
@@ -24,7 +31,7 @@ pub struct Common {
     #[arg(long)]
     pub model: String,
     /// Number of occupation prompts (a seeded shuffle of professions × 17 templates).
-    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    #[arg(long, default_value_t = defaults().prompts, value_parser = at_least_one)]
     pub prompts: usize,
     /// Run directory (resumed when it exists with the same settings).
     #[arg(long)]
@@ -33,7 +40,7 @@ pub struct Common {
     #[arg(long)]
     pub shard: Option<String>,
     /// Seed of the prompt selection and of the noise.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().settings.seed)]
     pub seed: u64,
     /// professions.json ([name, definitional, stereotypical] triples); default:
     /// bolukbasi_debiaswe/professions.json in $BIASLENS_DATA, else in the crate's fixtures/data.
@@ -47,21 +54,26 @@ pub struct Common {
 pub struct TraceArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    /// Which professions of the default split: all, edit, held-out, controls or validation
+    /// (`edit` with the report spec's prompts, seed and settings gives the report's trace).
+    #[arg(long, default_value_t = defaults().subset)]
+    pub split: Subset,
+    #[arg(long, default_value_t = defaults().settings.samples, value_parser = at_least_one)]
     pub samples: usize,
-    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    #[arg(long, default_value_t = defaults().settings.window, value_parser = at_least_one)]
     pub window: usize,
     /// Comma-separated kinds: hidden, mlp, attn.
-    #[arg(long, default_value = "hidden,mlp,attn")]
+    #[arg(long, default_value_t = default_kinds())]
     pub kinds: String,
-    /// Noise std as a multiple of the embedding output's std (ignored with --noise-std).
-    #[arg(long, default_value_t = 3.0, value_parser = positive)]
-    pub noise_times: f64,
+    /// Noise std as a multiple of the embedding output's std over the selected prompts
+    /// (default: the library's, 3; ignored with --noise-std).
+    #[arg(long, value_parser = positive)]
+    pub noise_times: Option<f64>,
     /// A fixed noise std.
     #[arg(long, value_parser = positive)]
     pub noise_std: Option<f64>,
     /// Rows per batched pass of the fast path.
-    #[arg(long, default_value_t = biaslens::trace::fast::DEFAULT_BATCH_ROWS, value_parser = at_least_one)]
+    #[arg(long, default_value_t = defaults().batch_rows, value_parser = at_least_one)]
     pub batch_rows: usize,
     /// Instead of a run: time the fast and the naive path on this many prompts, print the speedup.
     #[arg(long, value_parser = at_least_one)]
@@ -81,16 +93,11 @@ fn shard(spec: &Option<String>) -> anyhow::Result<Shard> {
     })
 }
 
-fn load(c: &Common) -> anyhow::Result<(Model, Vec<OccupationPrompt>)> {
+fn load_model(c: &Common) -> anyhow::Result<Model> {
     let device = parse_device(&c.device)?;
     let model = Model::load(&c.model, &device).with_context(|| format!("--model {}", c.model))?;
     require_tokenizer(&model)?;
-    let path = c
-        .professions
-        .clone()
-        .unwrap_or_else(|| biaslens::data::data_dir().join("bolukbasi_debiaswe/professions.json"));
-    let profs = Profession::load(&path)?;
-    Ok((model, occupation_prompts(&profs, &vig_templates())))
+    Ok(model)
 }
 
 /// Process the owned, unfinished items; finalise when this process ran the whole set.
@@ -127,10 +134,8 @@ fn sweep<T: serde::Serialize>(
     Ok(())
 }
 
-pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
-    let c = &a.common;
-    let sh = shard(&c.shard)?;
-    // Every setting is checked before the model is loaded and anything is written.
+/// The job the flags describe, checked before the model is loaded and anything is written.
+fn job_of(a: &TraceArgs) -> anyhow::Result<TraceJob> {
     let kinds = a
         .kinds
         .split(',')
@@ -140,96 +145,56 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
     if let Some(k) = first_duplicate(&kinds) {
         anyhow::bail!("--kinds {}: `{}` is named twice", a.kinds, k.name());
     }
-    let noise = match a.noise_std {
-        Some(s) => NoiseLevel::Fixed(s),
-        None => NoiseLevel::EmbedStdTimes(a.noise_times),
+    let mut job = defaults();
+    job.professions = a.common.professions.clone();
+    job.subset = a.split;
+    job.prompts = a.common.prompts;
+    job.batch_rows = a.batch_rows;
+    let s = &mut job.settings;
+    (s.samples, s.window, s.kinds, s.seed) = (a.samples, a.window, kinds, a.common.seed);
+    s.noise = match (a.noise_std, a.noise_times) {
+        (Some(std), _) => NoiseLevel::Fixed(std),
+        (None, Some(k)) => NoiseLevel::EmbedStdTimes(k),
+        (None, None) => s.noise,
     };
-    let settings = TraceSettings {
-        samples: a.samples,
-        window: a.window,
-        kinds,
-        noise,
-        seed: c.seed,
-    };
-    settings.validate()?;
-    let (model, all) = load(c)?;
-    let tok = model.tokenizer()?;
-    let pronouns = pronoun_ids(tok)?;
-    let std = match noise {
-        NoiseLevel::Fixed(s) => s,
-        NoiseLevel::EmbedStdTimes(k) => {
-            let ids = all
-                .iter()
-                .map(|p| tok.encode(&p.text))
-                .collect::<biaslens::Result<Vec<_>>>()?;
-            k * embedding_std(&model.transformer, &ids)?
-        }
-    };
-    let mut items = Vec::new();
-    for p in select_prompts(&all, c.prompts, c.seed) {
-        match trace_case(tok, &p, pronouns) {
-            Ok(case) => items.push((p, case)),
-            Err(e) => eprintln!("skipping {:?}: {e}", p.text),
-        }
-    }
-    let d = model.config().hidden_size;
-    let noise_for = |i: usize, case: &biaslens::trace::TraceCase| {
-        sample_noise(
-            c.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-            settings.samples,
-            case.subject.1 - case.subject.0,
-            d,
-            std,
-            &model.transformer.device,
-        )
-    };
-    if let Some(k) = a.bench_naive {
-        return bench(&model, &items[..k.min(items.len())], &settings, &noise_for);
-    }
-    let s = json!({
-        "command": "trace", "model": model.info.name, "model_sha256": model.info.sha256,
-        "prompts": c.prompts, "items": items.len(), "seed": c.seed, "trace": settings, "noise_std": std,
-    });
-    let n = items.len();
-    sweep(&c.out, s, n, sh, "trace", |i| {
-        let (p, case) = &items[i];
-        let noise = noise_for(i, case)?;
-        let result = biaslens::trace::fast::trace_fast_batched(
-            &model.transformer,
-            case,
-            &noise,
-            &settings,
-            a.batch_rows,
-        )?;
-        Ok(TraceRecord {
-            profession: p.profession.clone(),
-            template_index: p.template_index,
-            text: p.text.clone(),
-            ids: case.ids.clone(),
-            subject: case.subject,
-            sign: stereotype_sign(p.stereotypical),
-            result,
-        })
-    })
+    job.validate()?;
+    Ok(job)
 }
 
-type NoiseFor<'a> =
-    dyn Fn(usize, &biaslens::trace::TraceCase) -> biaslens::Result<candle_core::Tensor> + 'a;
+pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let sh = shard(&c.shard)?;
+    let job = job_of(&a)?;
+    let model = load_model(c)?;
+    let prepared = job.prepare(&model)?;
+    for s in &prepared.skipped {
+        eprintln!("skipping {:?}: {}", s.text, s.reason);
+    }
+    let n = prepared.items.len();
+    if let Some(k) = a.bench_naive {
+        return bench(&prepared, k.min(n));
+    }
+    // `trace` stays a top-level key: `finalize` reads its window, a changed setting is named
+    // `trace.<field>`. Batch rows are left out: they change the speed, not the numbers.
+    let s = json!({
+        "command": "trace", "model": model.info.name, "model_sha256": model.info.sha256,
+        "professions": job.professions, "subset": job.subset, "split": job.split,
+        "prompts": job.prompts, "items": n, "skipped": prepared.skipped.len(),
+        "seed": job.settings.seed, "trace": job.settings, "noise_std": prepared.noise_std,
+    });
+    sweep(&c.out, s, n, sh, "trace", |i| Ok(prepared.run_item(i)?))
+}
 
-/// Fast vs naive on the same prompts and noise, in one process.
-fn bench(
-    model: &Model,
-    items: &[(OccupationPrompt, biaslens::trace::TraceCase)],
-    settings: &TraceSettings,
-    noise_for: &NoiseFor,
-) -> anyhow::Result<()> {
+/// Fast vs naive on the first `k` items, with the run's noise, in one process.
+fn bench(p: &PreparedTrace, k: usize) -> anyhow::Result<()> {
+    let model = &p.model().transformer;
     let (mut tf, mut tn, mut worst) = (0f64, 0f64, 0f64);
-    for (i, (p, case)) in items.iter().enumerate() {
-        let noise = noise_for(i, case)?;
+    for (i, item) in p.items[..k].iter().enumerate() {
+        let noise = p.noise(i)?;
         let t0 = Instant::now();
-        let f = trace_fast(&model.transformer, case, &noise, settings)?;
+        let f = trace_fast(model, &item.case, &noise, p.settings())?;
         let t1 = Instant::now();
-        let n = trace_naive(&model.transformer, case, &noise, settings)?;
+        let n = trace_naive(model, &item.case, &noise, p.settings())?;
         let t2 = Instant::now();
         tf += (t1 - t0).as_secs_f64();
         tn += (t2 - t1).as_secs_f64();
@@ -240,25 +205,30 @@ fn bench(
         }
         eprintln!(
             "{:?} ({} tokens): fast {:.2} s, naive {:.2} s",
-            p.text,
-            case.ids.len(),
+            item.prompt.text,
+            item.case.ids.len(),
             (t1 - t0).as_secs_f64(),
             (t2 - t1).as_secs_f64()
         );
     }
-    println!("{{\"prompts\": {}, \"fast_s\": {tf:.3}, \"naive_s\": {tn:.3}, \"speedup\": {:.2}, \"max_abs_diff\": {worst:.2e}}}", items.len(), tn / tf);
+    println!("{{\"prompts\": {k}, \"fast_s\": {tf:.3}, \"naive_s\": {tn:.3}, \"speedup\": {:.2}, \"max_abs_diff\": {worst:.2e}}}", tn / tf);
     Ok(())
 }
 
 pub fn run_mediate(a: MediateArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let sh = shard(&c.shard)?;
-    let (model, all) = load(c)?;
+    let model = load_model(c)?;
+    // The same draw as `trace` over all professions.
+    let mut selection = defaults();
+    selection.professions = c.professions.clone();
+    selection.prompts = c.prompts;
+    selection.settings.seed = c.seed;
     let tok = model.tokenizer()?;
     let pronouns = pronoun_ids(tok)?;
     let mut items = Vec::new();
     let mut differ = std::collections::BTreeSet::new();
-    for p in select_prompts(&all, c.prompts, c.seed) {
+    for p in selection.select()? {
         let male = p.stereotypical >= 0.0;
         let noun = if male { "woman" } else { "man" };
         let (base, _) = subject_span(tok, &p.template, &p.name)?;

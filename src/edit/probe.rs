@@ -74,7 +74,7 @@ impl Default for ProbeParams {
             prefixes: 1,
             protect_each_prompt: false,
             batch: 32,
-            components: Components::Mlp,
+            components: Components::Both,
             passes: 1,
             target: StageTarget::Share,
         }
@@ -265,10 +265,11 @@ impl Component {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Components {
-    #[default]
     Mlp,
     Attn,
-    /// The attention output projection, then the MLP down-projection, of each layer.
+    /// The attention output projection, then the MLP down-projection, of each layer (the
+    /// default: chosen on the validation split, findings §6).
+    #[default]
     Both,
 }
 

@@ -1,10 +1,10 @@
 //! Measure pronoun probabilities on the occupation prompts (professions × templates) of one
 //! split and summarise them into bias metrics.
 
-use super::bias::{bias_metrics, BiasMetrics};
+use super::bias::BiasMetrics;
 use super::probs::{sequence_probs, PronounTargets};
 use crate::data::{
-    self, occupation_prompts, split_professions, BlsTable, Part, Profession, SplitSpec, Template,
+    self, occupation_prompts, split_professions, Part, Profession, SplitSpec, Template,
     TemplateSplit,
 };
 use crate::model::{Model, ModelInfo};
@@ -24,6 +24,18 @@ pub enum Subset {
     Controls,
     /// The edit professions set aside for choosing hyperparameters (`data::validation_professions`).
     Validation,
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Subset::All => "all",
+            Subset::Edit => "edit",
+            Subset::HeldOut => "held-out",
+            Subset::Controls => "controls",
+            Subset::Validation => "validation",
+        })
+    }
 }
 
 impl std::str::FromStr for Subset {
@@ -91,6 +103,9 @@ pub struct MeasureResult {
     pub biaslens_version: String,
     pub model: ModelInfo,
     pub options: MeasureOptions,
+    /// The cap on professions of a [`super::MeasureJob`], when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_professions: Option<usize>,
     pub targets: PronounTargets,
     /// sha256 of every data file read.
     pub data_hashes: BTreeMap<String, String>,
@@ -118,23 +133,32 @@ pub fn subset_prompts(
     if let Some(p) = &opts.templates {
         hashes.insert(rel(p), crate::io::sha256_file(p)?);
     }
-    let split = split_professions(&professions, &opts.split)?;
-    let validation = data::validation_professions(&split);
-    let keep: Vec<Profession> = professions
+    let keep = subset_professions(professions, opts.subset, &opts.split)?;
+    let mut prompts = occupation_prompts(&keep, &templates);
+    prompts.retain(|p| opts.template_split.contains(p.template_index));
+    Ok((prompts, hashes))
+}
+
+/// The professions of `subset` under `split`, in file order (measure and trace select alike).
+pub fn subset_professions(
+    professions: Vec<Profession>,
+    subset: Subset,
+    split: &SplitSpec,
+) -> Result<Vec<Profession>> {
+    let parts = split_professions(&professions, split)?;
+    let validation = data::validation_professions(&parts);
+    Ok(professions
         .into_iter()
         .filter(|p| {
             matches!(
-                (opts.subset, split.part_of(&p.raw)),
+                (subset, parts.part_of(&p.raw)),
                 (Subset::All, _)
                     | (Subset::Edit, Some(Part::Edit))
                     | (Subset::HeldOut, Some(Part::HeldOut))
                     | (Subset::Controls, Some(Part::DefinitionalControl))
-            ) || (opts.subset == Subset::Validation && validation.contains(&p.raw))
+            ) || (subset == Subset::Validation && validation.contains(&p.raw))
         })
-        .collect();
-    let mut prompts = occupation_prompts(&keep, &templates);
-    prompts.retain(|p| opts.template_split.contains(p.template_index));
-    Ok((prompts, hashes))
+        .collect())
 }
 
 fn rel(p: &Path) -> String {
@@ -187,25 +211,12 @@ pub fn prompt_probs(
     Ok((targets, out))
 }
 
-/// Measure p(he), p(she), p(they) on every prompt of the subset and compute the bias metrics.
+/// Measure p(he), p(she), p(they) on every prompt of the subset and compute the bias metrics
+/// ([`super::MeasureJob`] without a cap).
 pub fn measure_occupations(
     model: &Model,
     opts: &MeasureOptions,
     on_progress: impl FnMut(usize),
 ) -> Result<MeasureResult> {
-    let (prompts, mut data_hashes) = subset_prompts(opts)?;
-    let (targets, out) = prompt_probs(model, &prompts, opts.batch_size, on_progress)?;
-    let bls_path = opts.data_dir.join("winogender/occupations-stats.tsv");
-    let bls = BlsTable::load(&bls_path)?;
-    data_hashes.insert(rel(&bls_path), crate::io::sha256_file(&bls_path)?);
-    let metrics = bias_metrics(&out, Some(&bls), &opts.bootstrap)?;
-    Ok(MeasureResult {
-        biaslens_version: env!("CARGO_PKG_VERSION").to_string(),
-        model: model.info.clone(),
-        options: opts.clone(),
-        targets,
-        data_hashes,
-        metrics,
-        prompts: out,
-    })
+    super::MeasureJob::new(opts.clone()).run(model, on_progress)
 }

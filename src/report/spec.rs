@@ -44,37 +44,22 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-/// Which activation a causal-tracing restore copies (ROME's three kinds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TraceKind {
-    Hidden,
-    Mlp,
-    Attn,
-}
-
-impl TraceKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TraceKind::Hidden => "hidden",
-            TraceKind::Mlp => "mlp",
-            TraceKind::Attn => "attn",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceSpec {
-    /// Number of occupation prompts traced (taken in split order from the edit split).
+    /// Number of occupation prompts traced, drawn by a shuffle seeded with `seed` from the
+    /// edit split's professions × the 17 templates.
     pub prompts: usize,
     /// Noised rows per prompt.
     pub samples: usize,
-    /// Noise std as a multiple of the std of occupation-token embeddings (ROME uses 3).
+    /// Noise std as a multiple of the std of the embedding output over the traced prompts
+    /// (ROME uses 3).
     pub noise: f64,
     /// Layers restored together around each layer for `mlp`/`attn` (ROME uses 10).
     pub window: usize,
-    pub kinds: Vec<TraceKind>,
+    /// Restored activations (ROME's three kinds), each once, in the order hidden, mlp, attn.
+    pub kinds: Vec<crate::trace::Kind>,
+    /// Seed of the prompt draw and of the noise.
     pub seed: u64,
     /// Trace the LSDM-edited model too (the "after" heatmaps).
     #[serde(default)]
@@ -85,6 +70,26 @@ pub struct TraceSpec {
     /// directory. This spec's trace still runs for Table 1 and the heatmaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites: Option<std::path::PathBuf>,
+}
+
+impl TraceSpec {
+    /// The library job this section describes (what `biaslens trace --split edit` runs with
+    /// the same numbers): the edit professions of `split`, the default batch rows.
+    pub fn job(&self, split: &SplitSpec) -> crate::trace::TraceJob {
+        crate::trace::TraceJob {
+            subset: crate::measure::Subset::Edit,
+            split: split.clone(),
+            prompts: self.prompts,
+            settings: crate::trace::TraceSettings {
+                samples: self.samples,
+                window: self.window,
+                kinds: self.kinds.clone(),
+                noise: crate::trace::NoiseLevel::EmbedStdTimes(self.noise),
+                seed: self.seed,
+            },
+            ..crate::trace::TraceJob::default()
+        }
+    }
 }
 
 /// Held-out bias measurement (occupation prompts, all 17 templates).

@@ -4,9 +4,11 @@
 //! `trace_with_patch` loop); `fast` batches many restorations and resumes from the corrupted run
 //! at the patched layer and token. Both return the same [`TraceResult`]; `aggregate` turns
 //! per-prompt results into token-role averages with CIs and `sites_json` into [`LocatedSites`].
+//! `job` is what the CLI and the report both run: prompt selection, skipping and noise.
 
 pub mod aggregate;
 pub mod fast;
+pub mod job;
 pub mod mediation;
 pub mod naive;
 pub mod noise;
@@ -16,6 +18,7 @@ pub mod sites_json;
 
 pub use aggregate::{aggregate_roles, token_roles, RoleSummary, TokenRole};
 pub use fast::trace_fast;
+pub use job::{PreparedTrace, TraceJob};
 pub use naive::trace_naive;
 pub use noise::{embedding_std, sample_noise};
 pub use sites_json::{locate_sites, LocatedSites};

@@ -25,6 +25,17 @@ pub struct TraceRecord {
     pub result: TraceResult,
 }
 
+impl TraceRecord {
+    /// The record as an input of [`aggregate_roles`].
+    pub fn traced(&self) -> Traced<'_> {
+        Traced {
+            result: &self.result,
+            subject: self.subject,
+            sign: self.sign,
+        }
+    }
+}
+
 /// One mediation prompt pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediationRecord {
@@ -65,14 +76,7 @@ pub fn finalize(dir: &Path) -> Result<()> {
 
 fn finalize_trace(run: &RunDir, s: &serde_json::Value) -> Result<()> {
     let recs: Vec<(usize, TraceRecord)> = run.records()?;
-    let items: Vec<Traced> = recs
-        .iter()
-        .map(|(_, r)| Traced {
-            result: &r.result,
-            subject: r.subject,
-            sign: r.sign,
-        })
-        .collect();
+    let items: Vec<Traced> = recs.iter().map(|(_, r)| r.traced()).collect();
     let te: Vec<f64> = recs
         .iter()
         .map(|(_, r)| r.result.effects(r.sign).te)

@@ -12,6 +12,55 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// The tiny llama (64 positions, 128-token vocabulary) with a word-level tokenizer over a few
+/// words (everything else is `[UNK]`), and the fixture's `expected.safetensors` beside the
+/// weights as an HF directory may carry other files.
+pub fn tiny_tok(root: &Path) -> PathBuf {
+    let src = fixtures().join("reference/tiny/llama");
+    let dir = root.join("tinytok");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "expected.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let words = [
+        "[UNK]",
+        "he",
+        "she",
+        "they",
+        "him",
+        "her",
+        "his",
+        "The",
+        "the",
+        "said",
+        "that",
+        "man",
+        "woman",
+        "because",
+        "was",
+        "a",
+        "and",
+        "therefore",
+        ".",
+    ];
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    });
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tok).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
 pub fn reference(model: &str) -> PathBuf {
     fixtures().join("reference").join(model)
 }

@@ -2,14 +2,12 @@
 //! templates), the number a bias edit must move without having seen those professions.
 
 use super::{bootstrap, edit_deps, is_method, load_variant, STAGE_VERSION};
-use crate::data::occupations::BlsTable;
-use crate::measure::occupations::subset_prompts;
-use crate::measure::{bias_metrics, prompt_probs, MeasureOptions, Subset};
+use crate::measure::{MeasureJob, MeasureOptions, Subset};
 use crate::report::inputs::{BiasRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
 use crate::stats::Estimate;
-use crate::{Error, Result};
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -48,8 +46,7 @@ pub struct MeasureOutput {
 pub struct MeasureStage {
     name: String,
     variant: String,
-    opts: MeasureOptions,
-    max_professions: Option<usize>,
+    job: MeasureJob,
     model: String,
 }
 
@@ -58,39 +55,32 @@ impl MeasureStage {
         MeasureStage {
             name: format!("measure_{variant}"),
             variant: variant.into(),
-            opts: MeasureOptions {
-                subset: Subset::HeldOut,
-                split: spec.split.clone(),
-                batch_size: spec.measure.batch,
-                bootstrap: bootstrap(spec),
-                ..MeasureOptions::default()
+            job: MeasureJob {
+                options: MeasureOptions {
+                    subset: Subset::HeldOut,
+                    split: spec.split.clone(),
+                    batch_size: spec.measure.batch,
+                    bootstrap: bootstrap(spec),
+                    ..MeasureOptions::default()
+                },
+                max_professions: spec.measure.max_professions,
             },
-            max_professions: spec.measure.max_professions,
             model: spec.model.name.clone(),
         }
     }
-}
 
-/// Keep `m` professions evenly spaced over the (profession-major) prompt list.
-fn keep_professions(
-    prompts: Vec<crate::data::OccupationPrompt>,
-    m: Option<usize>,
-) -> Vec<crate::data::OccupationPrompt> {
-    let mut names: Vec<String> = vec![];
-    for p in &prompts {
-        if names.last() != Some(&p.profession) {
-            names.push(p.profession.clone());
-        }
+    /// The held-out measurement; `biaslens measure --split held-out` runs the same job.
+    pub fn job(&self) -> &MeasureJob {
+        &self.job
     }
-    let n = names.len();
-    let Some(m) = m.filter(|&m| m < n) else {
-        return prompts;
-    };
-    let keep: Vec<&String> = (0..m).map(|i| &names[i * n / m]).collect();
-    prompts
-        .into_iter()
-        .filter(|p| keep.contains(&&p.profession))
-        .collect()
+
+    /// The definitional controls, every one of them.
+    pub fn controls_job(&self) -> MeasureJob {
+        MeasureJob::new(MeasureOptions {
+            subset: Subset::Controls,
+            ..self.job.options.clone()
+        })
+    }
 }
 
 impl Stage for MeasureStage {
@@ -101,35 +91,33 @@ impl Stage for MeasureStage {
         edit_deps(&self.variant)
     }
     fn settings(&self) -> Result<Value> {
+        let o = &self.job.options;
         Ok(json!({
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
-            "split": self.opts.split, "batch": self.opts.batch_size,
-            "bootstrap": self.opts.bootstrap, "max_professions": self.max_professions,
-            "data_dir": self.opts.data_dir, "controls": true,
+            "split": o.split, "batch": o.batch_size,
+            "bootstrap": o.bootstrap, "max_professions": self.job.max_professions,
+            "data_dir": o.data_dir, "controls": true,
         }))
     }
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let t0 = Instant::now();
         let (model, _) = load_variant(ctx, &self.variant)?;
-        let (prompts, _) = subset_prompts(&self.opts)?;
-        let prompts = keep_professions(prompts, self.max_professions);
-        if prompts.is_empty() {
-            return Err(Error::param("split", "the held-out split is empty"));
-        }
-        let (_, out) = prompt_probs(&model, &prompts, self.opts.batch_size, |_| {})?;
-        let bls = BlsTable::load(&self.opts.data_dir.join("winogender/occupations-stats.tsv"))?;
-        let m = bias_metrics(&out, Some(&bls), &self.opts.bootstrap)?;
-        let (controls, _) = subset_prompts(&MeasureOptions {
-            subset: Subset::Controls,
-            ..self.opts.clone()
-        })?;
-        let (controls_abs_gap, controls_toward_definitional) = if controls.is_empty() {
-            (None, None)
-        } else {
-            let (_, c) = prompt_probs(&model, &controls, self.opts.batch_size, |_| {})?;
-            let cm = bias_metrics(&c, None, &self.opts.bootstrap)?;
-            (Some(cm.mean_abs_gap), cm.gap_toward_definitional)
-        };
+        let held = self.job.run(&model, |_| {})?;
+        let m = held.metrics;
+        let controls = self.controls_job();
+        let (n_controls, controls_abs_gap, controls_toward_definitional) =
+            if controls.prompts()?.0.is_empty() {
+                (0, None, None)
+            } else {
+                let c = controls.run(&model, |_| {})?;
+                let cm = c.metrics;
+                (
+                    c.prompts.len(),
+                    Some(cm.mean_abs_gap),
+                    cm.gap_toward_definitional,
+                )
+            };
+        let batch = self.job.options.batch_size;
         let output = MeasureOutput {
             variant: self.variant.clone(),
             n_prompts: m.n_prompts,
@@ -140,8 +128,7 @@ impl Stage for MeasureStage {
             r2: m.regression.as_ref().map(|r| r.r2.clone()),
             controls_abs_gap,
             controls_toward_definitional,
-            forwards: (prompts.len().div_ceil(self.opts.batch_size)
-                + controls.len().div_ceil(self.opts.batch_size)) as u64,
+            forwards: (held.prompts.len().div_ceil(batch) + n_controls.div_ceil(batch)) as u64,
             wall_s: t0.elapsed().as_secs_f64(),
         };
         Ok(serde_json::to_value(output)?)
@@ -178,35 +165,5 @@ impl Stage for MeasureStage {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn prompt(prof: &str, t: usize) -> crate::data::OccupationPrompt {
-        crate::data::OccupationPrompt {
-            profession: prof.into(),
-            name: prof.into(),
-            template_index: t,
-            template: "{}".into(),
-            text: prof.into(),
-            definitional: 0.0,
-            stereotypical: 0.0,
-        }
-    }
-
-    #[test]
-    fn keeps_whole_professions_evenly_spaced() {
-        let all: Vec<_> = ["a", "b", "c", "d"]
-            .iter()
-            .flat_map(|p| (0..3).map(move |t| prompt(p, t)))
-            .collect();
-        let kept = keep_professions(all.clone(), Some(2));
-        let profs: Vec<&str> = kept.iter().map(|p| p.profession.as_str()).collect();
-        assert_eq!(profs, ["a", "a", "a", "c", "c", "c"]);
-        assert_eq!(keep_professions(all.clone(), None).len(), 12);
-        assert_eq!(keep_professions(all, Some(9)).len(), 12);
     }
 }

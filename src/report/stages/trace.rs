@@ -1,20 +1,14 @@
 //! `trace` (base model) and `trace_lsdm` (after the LSDM edit): causal tracing of the gender
-//! metric over edit-split occupation prompts, aggregated by token role. The base trace also
+//! metric over edit-split occupation prompts (the library's `TraceJob`, which `biaslens trace
+//! --split edit` runs too), aggregated by token role. The base trace also
 //! locates the sites (`LocatedSites`) whose MLP window the edits use when layers are `from_sites`.
 
 use super::{edit_deps, load_variant, STAGE_VERSION};
-use crate::measure::occupations::subset_prompts;
-use crate::measure::{MeasureOptions, Subset};
 use crate::report::inputs::{LocalisationRow, LocalisationSummary, ReportInputs, TraceGrid};
 use crate::report::pipeline::{Ctx, Stage};
-use crate::report::spec::{Spec, TraceSpec};
+use crate::report::spec::Spec;
 use crate::trace::aggregate::{estimate, token_roles, Traced};
-use crate::trace::fast::{trace_fast_batched, DEFAULT_BATCH_ROWS};
-use crate::trace::prompts::{pronoun_ids, select_prompts, trace_case};
-use crate::trace::{
-    aggregate_roles, embedding_std, locate_sites, sample_noise, stereotype_sign, Kind,
-    LocatedSites, NoiseLevel, TraceResult, TraceSettings,
-};
+use crate::trace::{aggregate_roles, locate_sites, Kind, LocatedSites, TraceJob};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,7 +18,7 @@ use std::time::Instant;
 pub struct TraceOutput {
     pub variant: String,
     pub n_prompts: usize,
-    /// Absolute noise std (the spec's multiple of the occupation-token embedding std).
+    /// Absolute noise std (the spec's multiple of the embedding std over the selected prompts).
     pub noise_std: f64,
     pub localisation: LocalisationSummary,
     pub grids: Vec<TraceGrid>,
@@ -36,8 +30,7 @@ pub struct TraceOutput {
 pub struct TraceStage {
     name: String,
     variant: String,
-    trace: TraceSpec,
-    split: crate::data::SplitSpec,
+    job: TraceJob,
     model: String,
 }
 
@@ -50,10 +43,14 @@ impl TraceStage {
                 format!("trace_{variant}")
             },
             variant: variant.into(),
-            trace: spec.trace.clone(),
-            split: spec.split.clone(),
+            job: spec.trace.job(&spec.split),
             model: spec.model.name.clone(),
         }
+    }
+
+    /// What this stage traces; `biaslens trace` runs the same job with the same numbers.
+    pub fn job(&self) -> &TraceJob {
+        &self.job
     }
 
     /// The heatmap column: before or after the edit.
@@ -66,14 +63,6 @@ impl TraceStage {
                 super::super::builders::variant_label(&self.variant)
             )
         }
-    }
-}
-
-fn kind_of(k: crate::report::spec::TraceKind) -> Kind {
-    match k {
-        crate::report::spec::TraceKind::Hidden => Kind::Hidden,
-        crate::report::spec::TraceKind::Mlp => Kind::Mlp,
-        crate::report::spec::TraceKind::Attn => Kind::Attn,
     }
 }
 
@@ -148,80 +137,29 @@ impl Stage for TraceStage {
     fn settings(&self) -> Result<Value> {
         Ok(json!({
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
-            "trace": self.trace, "split": self.split, "batch_rows": DEFAULT_BATCH_ROWS,
+            "job": self.job,
         }))
     }
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let t0 = Instant::now();
         let (model, _) = load_variant(ctx, &self.variant)?;
-        let tok = model.tokenizer()?;
-        let pronouns = pronoun_ids(tok)?;
-        let (all, _) = subset_prompts(&MeasureOptions {
-            subset: Subset::Edit,
-            split: self.split.clone(),
-            ..MeasureOptions::default()
-        })?;
-        let ids: Vec<Vec<u32>> = all
-            .iter()
-            .map(|p| tok.encode(&p.text))
-            .collect::<Result<_>>()?;
-        let std = self.trace.noise * embedding_std(&model.transformer, &ids)?;
-        let t = &self.trace;
-        let settings = TraceSettings {
-            samples: t.samples,
-            window: t.window,
-            kinds: t.kinds.iter().map(|&k| kind_of(k)).collect(),
-            noise: NoiseLevel::Fixed(std),
-            seed: t.seed,
-        };
-        settings.validate()?;
-        let d = model.config().hidden_size;
-        let mut results: Vec<(TraceResult, (usize, usize), f64)> = vec![];
-        for (i, p) in select_prompts(&all, t.prompts, t.seed).iter().enumerate() {
-            let case = match trace_case(tok, p, pronouns) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: skipping {:?}: {e}", self.name, p.text);
-                    continue;
-                }
-            };
-            let seed = t.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-            let noise = sample_noise(
-                seed,
-                t.samples,
-                case.subject.1 - case.subject.0,
-                d,
-                std,
-                &model.transformer.device,
-            )?;
-            let r = trace_fast_batched(
-                &model.transformer,
-                &case,
-                &noise,
-                &settings,
-                DEFAULT_BATCH_ROWS,
-            )?;
-            results.push((r, case.subject, stereotype_sign(p.stereotypical)));
+        let prepared = self.job.prepare(&model)?;
+        for s in &prepared.skipped {
+            eprintln!("{}: skipping {:?}: {}", self.name, s.text, s.reason);
         }
-        if results.is_empty() {
-            return Err(Error::param("trace.prompts", "no prompt could be traced"));
-        }
-        let traced: Vec<Traced> = results
-            .iter()
-            .map(|(r, s, sign)| Traced {
-                result: r,
-                subject: *s,
-                sign: *sign,
-            })
-            .collect();
+        let records = (0..prepared.items.len())
+            .map(|i| prepared.run_item(i))
+            .collect::<Result<Vec<_>>>()?;
+        let traced: Vec<Traced> = records.iter().map(|r| r.traced()).collect();
         let summaries = aggregate_roles(&traced)?;
+        let settings = &self.job.settings;
         let sites = if settings.kinds.contains(&Kind::Mlp) {
             let nl = model.config().num_layers;
             Some(locate_sites(
                 &model.info.name,
                 &summaries,
                 nl,
-                t.window,
+                settings.window,
                 traced.len(),
                 3,
             )?)
@@ -231,7 +169,7 @@ impl Stage for TraceStage {
         let out = TraceOutput {
             variant: self.variant.clone(),
             n_prompts: traced.len(),
-            noise_std: std,
+            noise_std: prepared.noise_std,
             localisation: localisation(&traced)?,
             grids: grids(&traced, &self.panel())?,
             sites,

@@ -1,0 +1,117 @@
+//! One bias measurement as data ([`MeasureJob`]): the options and an optional cap on the
+//! professions. `biaslens measure`, the edit command's checks and the report's measure stages
+//! all run it, so a subset is measured one way everywhere.
+
+use super::bias::bias_metrics;
+use super::occupations::{prompt_probs, subset_prompts, MeasureOptions, MeasureResult};
+use crate::data::{BlsTable, OccupationPrompt};
+use crate::model::Model;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasureJob {
+    pub options: MeasureOptions,
+    /// Keep this many professions, evenly spaced over the subset (a cheaper report); `None`: all.
+    #[serde(default)]
+    pub max_professions: Option<usize>,
+}
+
+impl MeasureJob {
+    /// Every profession of the options' subset.
+    pub fn new(options: MeasureOptions) -> Self {
+        MeasureJob {
+            options,
+            max_professions: None,
+        }
+    }
+
+    /// The measured prompts (profession-major) and the sha256 of the files they came from.
+    pub fn prompts(&self) -> Result<(Vec<OccupationPrompt>, BTreeMap<String, String>)> {
+        if self.max_professions == Some(0) {
+            return Err(Error::param("max_professions", "must be at least 1"));
+        }
+        let (prompts, hashes) = subset_prompts(&self.options)?;
+        Ok((keep_professions(prompts, self.max_professions), hashes))
+    }
+
+    /// p(he), p(she), p(they) on every prompt and the bias metrics (BLS correlations included).
+    pub fn run(&self, model: &Model, on_progress: impl FnMut(usize)) -> Result<MeasureResult> {
+        let opts = &self.options;
+        let (prompts, mut data_hashes) = self.prompts()?;
+        if prompts.is_empty() {
+            return Err(Error::param(
+                "split",
+                format!("the {} subset has no prompts", opts.subset),
+            ));
+        }
+        let (targets, out) = prompt_probs(model, &prompts, opts.batch_size, on_progress)?;
+        let bls_path = opts.data_dir.join("winogender/occupations-stats.tsv");
+        let bls = BlsTable::load(&bls_path)?;
+        data_hashes.insert(
+            bls_path.to_string_lossy().into_owned(),
+            crate::io::sha256_file(&bls_path)?,
+        );
+        let metrics = bias_metrics(&out, Some(&bls), &opts.bootstrap)?;
+        Ok(MeasureResult {
+            biaslens_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: model.info.clone(),
+            options: opts.clone(),
+            max_professions: self.max_professions,
+            targets,
+            data_hashes,
+            metrics,
+            prompts: out,
+        })
+    }
+}
+
+/// Keep `m` professions evenly spaced over the (profession-major) prompt list.
+pub fn keep_professions(prompts: Vec<OccupationPrompt>, m: Option<usize>) -> Vec<OccupationPrompt> {
+    let mut names: Vec<String> = vec![];
+    for p in &prompts {
+        if names.last() != Some(&p.profession) {
+            names.push(p.profession.clone());
+        }
+    }
+    let n = names.len();
+    let Some(m) = m.filter(|&m| m < n) else {
+        return prompts;
+    };
+    let keep: Vec<&String> = (0..m).map(|i| &names[i * n / m]).collect();
+    prompts
+        .into_iter()
+        .filter(|p| keep.contains(&&p.profession))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(prof: &str, t: usize) -> OccupationPrompt {
+        OccupationPrompt {
+            profession: prof.into(),
+            name: prof.into(),
+            template_index: t,
+            template: "{}".into(),
+            text: prof.into(),
+            definitional: 0.0,
+            stereotypical: 0.0,
+        }
+    }
+
+    #[test]
+    fn keeps_whole_professions_evenly_spaced() {
+        let all: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .flat_map(|p| (0..3).map(move |t| prompt(p, t)))
+            .collect();
+        let kept = keep_professions(all.clone(), Some(2));
+        let profs: Vec<&str> = kept.iter().map(|p| p.profession.as_str()).collect();
+        assert_eq!(profs, ["a", "a", "a", "c", "c", "c"]);
+        assert_eq!(keep_professions(all.clone(), None).len(), 12);
+        assert_eq!(keep_professions(all, Some(9)).len(), 12);
+    }
+}

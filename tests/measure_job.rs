@@ -1,0 +1,142 @@
+//! One measure job for the CLI and the report (issue 14): `biaslens measure --json` writes the
+//! bytes the library's `MeasureJob` gives, and the report's measure stage (held-out professions
+//! and the definitional controls) reports the numbers `biaslens measure --split held-out` and
+//! `--split controls` print, also with a cap on professions. On the tiny llama with a word-level
+//! tokenizer.
+
+mod common;
+
+use biaslens::measure::{MeasureJob, MeasureOptions, MeasureResult, Subset};
+use biaslens::model::Model;
+use biaslens::report::pipeline::Pipeline;
+use biaslens::report::spec::Spec;
+use biaslens::report::stages::measure::{MeasureOutput, MeasureStage};
+use candle_core::Device;
+use std::path::Path;
+use std::process::Command;
+
+fn spec(model: &str, max_professions: Option<usize>) -> Spec {
+    let cap = max_professions.map_or(String::new(), |m| format!("max_professions = {m}"));
+    Spec::parse(&format!(
+        r#"
+name = "measure-job"
+[model]
+name = {model:?}
+[split]
+definitional_threshold = 0.5
+held_out_fraction = 0.5
+seed = 0
+[trace]
+prompts = 2
+samples = 1
+noise = 3.0
+window = 1
+kinds = ["mlp"]
+seed = 0
+[measure]
+batch = 64
+{cap}
+[methods]
+[benchmarks]
+bias = []
+capability = []
+[run]
+seeds = [0]
+threads = 2
+bootstrap = 1000
+"#
+    ))
+    .unwrap()
+}
+
+/// `biaslens measure --split <split> --json <out>` with its defaults (seed 0, batch 64).
+fn cli_measure(model: &str, split: &str, out: &Path) -> Vec<u8> {
+    let o = Command::new(env!("CARGO_BIN_EXE_biaslens"))
+        .args(["measure", "--model", model, "--split", split, "--json"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "measure failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// The base model's measure stage run alone into `out`: its job and its output.
+fn report_measure(spec: &Spec, out: &Path) -> (MeasureJob, MeasureOutput) {
+    let stage = MeasureStage::new(spec, "base");
+    let job = stage.job().clone();
+    let mut p = Pipeline::new();
+    p.push(Box::new(stage));
+    let outcome = p.run(spec, out, false).unwrap();
+    let o = serde_json::from_value(outcome.outputs["measure_base"].clone()).unwrap();
+    (job, o)
+}
+
+#[test]
+fn cli_and_report_measure_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_tok(tmp.path());
+    let model_name = dir.to_str().expect("UTF-8 temp path");
+    let model = Model::load(model_name, &Device::Cpu).unwrap();
+
+    // The CLI's file is the library job's result, byte for byte.
+    let cli = cli_measure(model_name, "held-out", &tmp.path().join("held.json"));
+    let job = MeasureJob::new(MeasureOptions {
+        subset: Subset::HeldOut,
+        ..MeasureOptions::default()
+    });
+    let lib = tmp.path().join("lib.json");
+    biaslens::io::write_json_atomic(&lib, &job.run(&model, |_| {}).unwrap()).unwrap();
+    assert!(
+        cli == std::fs::read(&lib).unwrap(),
+        "CLI and library differ"
+    );
+    let held: MeasureResult = serde_json::from_slice(&cli).unwrap();
+    let ctrl: MeasureResult = serde_json::from_slice(&cli_measure(
+        model_name,
+        "controls",
+        &tmp.path().join("c.json"),
+    ))
+    .unwrap();
+
+    // The report's stage runs that job and reports its numbers.
+    let (report_job, o) = report_measure(&spec(model_name, None), &tmp.path().join("report"));
+    assert_eq!(report_job, job);
+    let m = &held.metrics;
+    assert_eq!(
+        (o.n_prompts, o.n_professions),
+        (m.n_prompts, m.n_professions)
+    );
+    assert_eq!(o.mean_abs_gap, m.mean_abs_gap);
+    assert_eq!(o.mean_gap, m.mean_gap);
+    let fit = m.regression.as_ref();
+    assert_eq!(o.a_s.as_ref(), fit.map(|r| &r.a_s));
+    assert_eq!(o.r2.as_ref(), fit.map(|r| &r.r2));
+    assert_eq!(o.controls_abs_gap, Some(ctrl.metrics.mean_abs_gap));
+    assert_eq!(
+        o.controls_toward_definitional,
+        ctrl.metrics.gap_toward_definitional
+    );
+    assert!(o.controls_toward_definitional.is_some());
+}
+
+#[test]
+fn a_capped_report_measures_the_capped_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_tok(tmp.path());
+    let model_name = dir.to_str().expect("UTF-8 temp path");
+    let (job, o) = report_measure(&spec(model_name, Some(3)), &tmp.path().join("report"));
+    assert_eq!(job.max_professions, Some(3));
+    let model = Model::load(model_name, &Device::Cpu).unwrap();
+    let r = job.run(&model, |_| {}).unwrap();
+    assert_eq!((o.n_professions, r.metrics.n_professions), (3, 3));
+    assert_eq!(o.n_prompts, 3 * 17);
+    assert_eq!(o.mean_abs_gap, r.metrics.mean_abs_gap);
+    assert_eq!(
+        o.a_s.as_ref(),
+        r.metrics.regression.as_ref().map(|f| &f.a_s)
+    );
+}
