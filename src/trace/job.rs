@@ -35,7 +35,8 @@ pub struct TraceJob {
     pub prompts: usize,
     /// Samples, window, kinds, noise level and the seed of both the draw and the noise.
     pub settings: TraceSettings,
-    /// Rows per batched pass of the fast path.
+    /// Rows per batched pass of the fast path; it changes the last bits of the probabilities
+    /// (about 1e-9), so bit-identical runs need the same value.
     pub batch_rows: usize,
 }
 
