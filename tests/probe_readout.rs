@@ -86,7 +86,7 @@ fn readout_gaps_and_gradients_match_plain_forwards() {
                 let cap = m
                     .transformer
                     .forward(
-                        &[p.ids.clone()],
+                        std::slice::from_ref(&p.ids),
                         &InterventionPlan::default().with_capture([site]),
                     )
                     .unwrap()
