@@ -53,7 +53,11 @@ pub fn probe_weights(
     }
     let b = keys.transpose() * targets / n as f64;
     let chol = a.clone().cholesky().ok_or_else(|| {
-        Error::Model("probe: KᵀK/n + λC is not positive definite (raise λ)".into())
+        Error::Model(format!(
+            "probe: KᵀK/n + λC is not positive definite for keys of width {d}: raise \
+             probe.lambda, or probe.corpus_tokens if it is below {d} (C from fewer tokens \
+             than the width is singular)"
+        ))
     })?;
     let w0 = chol.solve(&b);
     let Some(p) = protect.filter(|p| p.nrows() > 0) else {
