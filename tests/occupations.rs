@@ -236,3 +236,43 @@ fn split_is_order_invariant_and_respects_fraction() {
     let dup = vec![p[0].clone(), p[0].clone()];
     assert!(split_professions(&dup, &SplitSpec::default()).is_err());
 }
+
+/// The protected word sets (the probe's and gap tuning's `protect_set`) never contain a
+/// profession, so the 32 definitional controls stay unseen by every edit; each set grows the
+/// previous one by its file.
+#[test]
+fn protected_sets_exclude_every_profession() {
+    use biaslens::edit::probe::{protect_set_words, ProtectSet};
+    let profs = professions();
+    let raw: Vec<String> = profs.iter().map(|p| p.raw.clone()).collect();
+    let data = fixture("data");
+    let mut sizes = Vec::new();
+    for set in [ProtectSet::Pairs, ProtectSet::Persons, ProtectSet::Roles] {
+        let words = protect_set_words(set, &data, &raw).unwrap();
+        for w in &words {
+            assert!(
+                !profs.iter().any(|p| &p.raw == w || &p.name == w),
+                "{set:?}: `{w}` is a profession"
+            );
+        }
+        let mut sorted = words.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, words, "{set:?}: sorted and unique");
+        sizes.push(words.len());
+    }
+    assert_eq!(sizes[0], 37, "the equalize-pair words");
+    assert!(sizes[0] < sizes[1] && sizes[1] < sizes[2], "{sizes:?}");
+    let files = ["gendered_persons.json", "gendered_roles.json"];
+    for f in files {
+        let list: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(data.join("protected").join(f)).unwrap())
+                .unwrap();
+        for w in &list {
+            assert!(
+                !profs.iter().any(|p| &p.raw == w || &p.name == w),
+                "{f}: `{w}` is a profession"
+            );
+        }
+    }
+}

@@ -55,6 +55,26 @@ pub struct EditArgs {
     /// probe: hold each protected prompt's key at zero change (default: each word's mean key).
     #[arg(long)]
     pub protect_each_prompt: bool,
+    /// probe and tune: gendered words held at zero change: `pairs` (the equalize pairs, 37
+    /// words; default), `persons` (plus 87 singular gendered persons from the seed list) or
+    /// `roles` (plus 55 gendered role nouns; fixtures/data/protected/README.md).
+    #[arg(long)]
+    pub protect_set: Option<biaslens::edit::probe::ProtectSet>,
+    /// tune: rank of each projection's change (default 4).
+    #[arg(long, value_parser = at_least_one)]
+    pub tune_rank: Option<usize>,
+    /// tune: Adam steps (default 200).
+    #[arg(long)]
+    pub tune_steps: Option<usize>,
+    /// tune: Adam learning rate (default 3e-3).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_lr: Option<f64>,
+    /// tune: β, weight of the corpus prior (relative output energy of each change; default 1).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_prior: Option<f64>,
+    /// tune: α, weight of keeping the protected words' gaps (default 1).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_protect: Option<f64>,
     /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
@@ -193,12 +213,35 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         spec.probe.target = t;
     }
     spec.probe.protect_each_prompt |= a.protect_each_prompt;
+    if let Some(p) = a.protect_set {
+        spec.probe.protect_set = p;
+        spec.tune.protect_set = p;
+    }
+    if let Some(r) = a.tune_rank {
+        spec.tune.rank = r;
+    }
+    if let Some(s) = a.tune_steps {
+        spec.tune.steps = s;
+    }
+    if let Some(l) = a.tune_lr {
+        spec.tune.lr = l;
+    }
+    if let Some(b) = a.tune_prior {
+        spec.tune.prior = b;
+    }
+    if let Some(w) = a.tune_protect {
+        spec.tune.protect_weight = w;
+    }
+    if let Some(c) = a.probe_components {
+        spec.tune.components = c;
+    }
     if let Some(p) = a.post_norm {
         spec.lsdm.post_norm = p;
     }
     if let Some(p) = a.prefixes {
         spec.lsdm.prefixes = p;
         spec.probe.prefixes = p;
+        spec.tune.prefixes = p;
     }
     if let Some(c) = a.components {
         spec.dama.components = c;
@@ -245,7 +288,8 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
 }
 
 /// Held-out professions and the definitional controls on the five templates no edit is fitted
-/// on, before and after: what the edit is for, printed when it finishes.
+/// on, before and after: what the edit is for, printed when it finishes (the validation
+/// professions and templates instead for a `--validation` edit).
 fn print_unseen(
     base: &Model,
     edited: &Model,
@@ -253,12 +297,20 @@ fn print_unseen(
 ) -> anyhow::Result<()> {
     use biaslens::data::TemplateSplit;
     use biaslens::measure::{measure_occupations, MeasureOptions, Subset};
-    println!("unseen templates (measure --template-split unseen):");
-    for subset in [Subset::HeldOut, Subset::Controls] {
+    // A --validation edit is being tuned: show it the validation professions and templates
+    // only, never the held-out ones (docs/method.md §2b).
+    let (first, templates) = if spec.validation {
+        println!("validation templates (measure --split validation --template-split validation):");
+        (Subset::Validation, TemplateSplit::Validation)
+    } else {
+        println!("unseen templates (measure --template-split unseen):");
+        (Subset::HeldOut, TemplateSplit::Unseen)
+    };
+    for subset in [first, Subset::Controls] {
         let opts = MeasureOptions {
             subset,
             split: spec.split.clone(),
-            template_split: TemplateSplit::Unseen,
+            template_split: templates,
             data_dir: spec.data_dir.clone(),
             ..Default::default()
         };
@@ -282,8 +334,9 @@ fn print_unseen(
                 m.regression.as_ref().map_or(f64::NAN, |r| r.a_s.value)
             };
             println!(
-                "  held-out  mean |p(he)-p(she)| {:.4} -> {:.4} ({:+.0}%), a_s {:.4} -> {:.4} \
+                "  {}  mean |p(he)-p(she)| {:.4} -> {:.4} ({:+.0}%), a_s {:.4} -> {:.4} \
                  ({:+.0}%), n = {}",
+                subset,
                 b.mean_abs_gap.value,
                 e.mean_abs_gap.value,
                 pct(b.mean_abs_gap.value, e.mean_abs_gap.value),
@@ -306,7 +359,8 @@ fn default_layers(
     method: biaslens::edit::method::Method,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<usize>> {
-    if method == biaslens::edit::method::Method::Probe {
+    use biaslens::edit::method::Method;
+    if matches!(method, Method::Probe | Method::Tune) {
         return Ok(biaslens::edit::probe::default_layers(
             model.config().num_layers,
         ));

@@ -78,6 +78,11 @@ pub struct TraceArgs {
     /// Instead of a run: time the fast and the naive path on this many prompts, print the speedup.
     #[arg(long, value_parser = at_least_one)]
     pub bench_naive: Option<usize>,
+    /// Also write the embedding noise of every traced prompt to this safetensors file
+    /// (`noise.{i}`: [samples, occupation tokens, hidden size] f32, i = the item's index in
+    /// results.jsonl), so another implementation can trace with the same noise.
+    #[arg(long)]
+    pub noise_out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -165,12 +170,19 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let sh = shard(&c.shard)?;
     let job = job_of(&a)?;
+    if let Some(p) = &a.noise_out {
+        biaslens::io::check_output_file(p, false, &[])?;
+    }
     let model = load_model(c)?;
     let prepared = job.prepare(&model)?;
     for s in &prepared.skipped {
         eprintln!("skipping {:?}: {}", s.text, s.reason);
     }
     let n = prepared.items.len();
+    if let Some(p) = &a.noise_out {
+        write_noise(&prepared, p)?;
+        eprintln!("wrote the noise of {n} prompts to {}", p.display());
+    }
     if let Some(k) = a.bench_naive {
         return bench(&prepared, k.min(n));
     }
@@ -184,6 +196,34 @@ pub fn run_trace(a: TraceArgs) -> anyhow::Result<()> {
         "seed": job.settings.seed, "trace": job.settings, "noise_std": prepared.noise_std,
     });
     sweep(&c.out, s, n, sh, "trace", |i| Ok(prepared.run_item(i)?))
+}
+
+/// Every item's noise as `noise.{i}` (f32, little endian) with the noise std as metadata.
+fn write_noise(p: &PreparedTrace, path: &std::path::Path) -> anyhow::Result<()> {
+    let mut owned = Vec::with_capacity(p.items.len());
+    for i in 0..p.items.len() {
+        let t = p.noise(i)?.to_device(&candle_core::Device::Cpu)?;
+        let bytes: Vec<u8> = t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        owned.push((format!("noise.{i}"), t.dims().to_vec(), bytes));
+    }
+    let views = owned
+        .iter()
+        .map(|(name, shape, b)| {
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?;
+            Ok((name.clone(), v))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let meta =
+        std::collections::HashMap::from([("noise_std".to_string(), format!("{:e}", p.noise_std))]);
+    let bytes = safetensors::serialize(views, &Some(meta))?;
+    biaslens::io::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 /// Fast vs naive on the first `k` items, with the run's noise, in one process.

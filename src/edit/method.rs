@@ -7,6 +7,7 @@ use super::delta::WeightDelta;
 use super::ftl::{ft_l, FtParams};
 use super::lsdm::{edit_prompts, lsdm, LsdmParams};
 use super::probe::{probe, ProbeParams};
+use super::tune::{tune, TuneParams};
 use crate::data::{Profession, SplitSpec};
 use crate::model::Model;
 use crate::{Error, Result};
@@ -21,6 +22,8 @@ pub enum Method {
     Dama,
     /// The gap probe at the last token (`edit::probe`).
     Probe,
+    /// Gap tuning: a low-rank edit of the probe's projections fitted end to end (`edit::tune`).
+    Tune,
 }
 
 impl std::str::FromStr for Method {
@@ -31,9 +34,10 @@ impl std::str::FromStr for Method {
             "ft" | "ft-l" => Ok(Method::Ft),
             "dama" => Ok(Method::Dama),
             "probe" => Ok(Method::Probe),
+            "tune" => Ok(Method::Tune),
             _ => Err(Error::param(
                 "method",
-                format!("`{s}`: expected lsdm, ft, dama or probe"),
+                format!("`{s}`: expected lsdm, ft, dama, probe or tune"),
             )),
         }
     }
@@ -53,6 +57,8 @@ pub struct EditSpec {
     pub dama: DamaSettings,
     #[serde(default)]
     pub probe: ProbeParams,
+    #[serde(default)]
+    pub tune: TuneParams,
     /// Fit without the validation professions and templates (`data::validation_professions`,
     /// `data::VALIDATION_TEMPLATES`), so `measure --split validation --template-split
     /// validation` can judge hyperparameters on data the edit never saw.
@@ -73,6 +79,7 @@ impl EditSpec {
             ft: FtParams::default(),
             dama: DamaSettings::default(),
             probe: ProbeParams::default(),
+            tune: TuneParams::default(),
             validation: false,
             data_dir: crate::data::data_dir(),
             cache_dir: Some(PathBuf::from(".biaslens-cache")),
@@ -117,6 +124,7 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
     let uses_corpus = match spec.method {
         Method::Lsdm => spec.lsdm.prior == "moment",
         Method::Probe => spec.probe.lambda > 0.0,
+        Method::Tune => true,
         _ => false,
     };
     if uses_corpus {
@@ -157,6 +165,24 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
                 &sets,
                 &spec.layers,
                 &spec.probe,
+                &spec.data_dir,
+                corpus,
+                spec.cache_dir.as_deref(),
+                log,
+            )?;
+            statistics_work = crate::model::Work {
+                passes: r.statistics_passes,
+                token_layers: r.statistics_token_layers,
+            };
+            statistics_tokens = r.statistics_tokens;
+            (d, serde_json::to_value(r)?)
+        }
+        Method::Tune => {
+            let (d, r) = tune(
+                model,
+                &sets,
+                &spec.layers,
+                &spec.tune,
                 &spec.data_dir,
                 corpus,
                 spec.cache_dir.as_deref(),

@@ -30,3 +30,4 @@ pub mod method;
 pub mod probe;
 pub mod probe_solve;
 pub mod target;
+pub mod tune;

@@ -61,6 +61,8 @@ pub struct ProbeParams {
     pub passes: usize,
     /// What each stage's probe is fitted to remove.
     pub target: StageTarget,
+    /// Which gendered words are held at zero change.
+    pub protect_set: ProtectSet,
 }
 
 impl Default for ProbeParams {
@@ -77,6 +79,7 @@ impl Default for ProbeParams {
             components: Components::Both,
             passes: 1,
             target: StageTarget::Share,
+            protect_set: ProtectSet::Pairs,
         }
     }
 }
@@ -153,6 +156,60 @@ pub fn protected_words(data_dir: &Path, professions: &[String]) -> Result<Vec<St
     if words.is_empty() {
         return Err(Error::file(&path, "no usable gendered word pairs"));
     }
+    Ok(words)
+}
+
+/// Which gendered words the probe and gap tuning hold at zero change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtectSet {
+    /// The equalize pairs' plain words ([`protected_words`], 37 words).
+    #[default]
+    Pairs,
+    /// Those plus the seed list's singular gendered persons
+    /// (`protected/gendered_persons.json`, 87 words; fixtures/data/protected/README.md).
+    Persons,
+    /// Those plus gendered role nouns that are not professions (`protected/gendered_roles.json`,
+    /// 56 words: hostess, policewoman, doorman, duchess, …).
+    Roles,
+}
+
+impl std::str::FromStr for ProtectSet {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pairs" => Ok(ProtectSet::Pairs),
+            "persons" => Ok(ProtectSet::Persons),
+            "roles" => Ok(ProtectSet::Roles),
+            _ => Err(Error::param(
+                "protect set",
+                format!("`{s}`: expected pairs, persons or roles"),
+            )),
+        }
+    }
+}
+
+/// The protected words of `set`, sorted, none of them in `professions`.
+pub fn protect_set_words(
+    set: ProtectSet,
+    data_dir: &Path,
+    professions: &[String],
+) -> Result<Vec<String>> {
+    let mut words = protected_words(data_dir, professions)?;
+    let files: &[&str] = match set {
+        ProtectSet::Pairs => &[],
+        ProtectSet::Persons => &["gendered_persons.json"],
+        ProtectSet::Roles => &["gendered_persons.json", "gendered_roles.json"],
+    };
+    for file in files {
+        let path = data_dir.join("protected").join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+        let extra: Vec<String> = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("expected [word, ...]: {e}")))?;
+        words.extend(extra.into_iter().filter(|w| !professions.contains(w)));
+    }
+    words.sort();
+    words.dedup();
     Ok(words)
 }
 
@@ -424,6 +481,28 @@ impl ProbeReader {
         })
     }
 
+    /// How many batches the prompts were cached in (the constructor's `batch` rows each).
+    pub fn n_batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// The gaps L = log p(he) − log p(she) of batch `i` on `tr`, [rows], differentiable in
+    /// `tr`'s weights above the cached layer (gap tuning backpropagates through it).
+    pub fn batch_gaps(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
+        let (resid, pads) = self
+            .batches
+            .get(i)
+            .ok_or_else(|| Error::param("batch", format!("{i} >= {}", self.batches.len())))?;
+        let t = resid.dim(1)?;
+        let plan = InterventionPlan {
+            capture: vec![Site::FinalNorm],
+            ..Default::default()
+        };
+        let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
+        let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
+        Ok(crate::model::stable_matmul::matmul(&last, &self.gap_dir)?.squeeze(1)?)
+    }
+
     /// Only the probe inputs of `component` at layer `l` (a forward that stops after `l`).
     pub fn keys(&self, tr: &Transformer, l: usize, component: Component) -> Result<DMatrix<f64>> {
         self.check(l)?;
@@ -456,13 +535,13 @@ fn rows_to_matrix(rows: &[Vec<f64>]) -> DMatrix<f64> {
     DMatrix::from_fn(rows.len(), c, |i, j| rows[i][j])
 }
 
-fn to_f64(t: &Tensor) -> Result<DMatrix<f64>> {
+pub(super) fn to_f64(t: &Tensor) -> Result<DMatrix<f64>> {
     let (r, c) = t.dims2()?;
     let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     Ok(DMatrix::from_row_slice(r, c, &v))
 }
 
-fn to_tensor(m: &DMatrix<f64>, like: &Tensor) -> Result<Tensor> {
+pub(super) fn to_tensor(m: &DMatrix<f64>, like: &Tensor) -> Result<Tensor> {
     let v: Vec<f64> = (0..m.nrows())
         .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
         .collect();
@@ -470,7 +549,11 @@ fn to_tensor(m: &DMatrix<f64>, like: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean key per group: [groups, d_ff].
-fn group_means(keys: &DMatrix<f64>, prompts: &[EditPrompt], groups: usize) -> DMatrix<f64> {
+pub(super) fn group_means(
+    keys: &DMatrix<f64>,
+    prompts: &[EditPrompt],
+    groups: usize,
+) -> DMatrix<f64> {
     let mut out = DMatrix::<f64>::zeros(groups, keys.ncols());
     let mut count = vec![0usize; groups];
     for (r, p) in prompts.iter().enumerate() {
@@ -524,7 +607,7 @@ pub fn probe(
             .into_iter()
             .map(|p| p.raw)
             .collect();
-    let words = protected_words(data_dir, &professions)?;
+    let words = protect_set_words(params.protect_set, data_dir, &professions)?;
     let protect = last_token_prompts(tok, &words, &templates, prefixes)?;
 
     let stages: Vec<(usize, Component)> = (0..params.passes)

@@ -87,6 +87,9 @@ pub fn probe_weights(
 
 /// Orthonormal basis [d, r] of the row space of `p` [m, d].
 pub fn row_space_basis(p: &DMatrix<f64>) -> DMatrix<f64> {
+    if p.nrows() == 0 || p.ncols() == 0 {
+        return DMatrix::zeros(p.ncols(), 0);
+    }
     let svd = p.transpose().svd(true, false);
     let Some(u) = svd.u else {
         return DMatrix::zeros(p.ncols(), 0);
