@@ -1,7 +1,8 @@
 //! The gap probe end to end on SmolLM2 (one layer, attention then MLP, a few professions): the
 //! delta holds exactly the two projections, each change is rank one, and the attention stage
 //! leaves every protected word's mean head output (read by a plain forward, the slow reference)
-//! unchanged: ΔW_o z̄ = 0 up to f32 rounding.
+//! unchanged: ΔW_o z̄ = 0 up to f32 rounding. Gap tuning likewise: the same two projections, rank
+//! <= r, and both changes zero on the protected words' mean inputs.
 //!
 //! Needs models/smollm2-135m (fetched by tests/common).
 
