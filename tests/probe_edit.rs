@@ -53,52 +53,15 @@ fn probe_edits_two_projections_rank_one_and_keeps_protected_head_outputs() {
 
     // The slow reference: the protected words' head outputs at the last token of the base model,
     // averaged per word as the probe does, and the attention change applied to them.
-    let tok = model.tokenizer().unwrap();
-    let professions: Vec<String> = biaslens::data::Profession::load(
-        &spec.data_dir.join("bolukbasi_debiaswe/professions.json"),
-    )
-    .unwrap()
-    .into_iter()
-    .map(|p| p.raw)
-    .collect();
-    let words = protected_words(&spec.data_dir, &professions).unwrap();
-    let all = biaslens::data::vig_templates();
-    let templates: Vec<_> = out
-        .sets
-        .edit_templates
-        .iter()
-        .map(|&i| all[i].clone())
-        .collect();
-    let prompts = last_token_prompts(tok, &words, &templates, &DEFAULT_PREFIXES[..1]).unwrap();
     let dw_o = matrix(&out.delta.entries[&o].delta);
-    let plan = InterventionPlan::default().with_capture([Site::HeadZ(l)]);
-    let mut sums = vec![DMatrix::<f64>::zeros(1, dw_o.ncols()); words.len()];
-    let mut counts = vec![0usize; words.len()];
-    for p in &prompts {
-        let z = model
-            .transformer
-            .forward(std::slice::from_ref(&p.ids), &plan)
-            .unwrap()
-            .captures[&Site::HeadZ(l)]
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec3::<f64>()
-            .unwrap();
-        let last = &z[0][p.ids.len() - 1];
-        for (j, v) in last.iter().enumerate() {
-            sums[p.group][(0, j)] += v;
-        }
-        counts[p.group] += 1;
-    }
     let typical = dw_o.norm() / (dw_o.ncols() as f64).sqrt();
-    for (g, (s, c)) in sums.iter().zip(&counts).enumerate() {
-        let mean = s / *c as f64;
+    for (word, mean) in protected_means(&model, &spec, &out.sets.edit_templates, Site::HeadZ(l), 1)
+    {
         let change = &dw_o * mean.transpose();
         let scale = typical * mean.norm();
         assert!(
             change.norm() < 1e-3 * scale,
-            "{}: attention change {} on its mean head output (scale {scale})",
-            words[g],
+            "{word}: attention change {} on its mean head output (scale {scale})",
             change.norm()
         );
     }

@@ -1,6 +1,6 @@
 //! The gap probe's readout (`edit::probe::ProbeReader`) against plain forwards on the tiny
-//! models: its gaps (two unembedding rows, resumed from a cached residual) equal
-//! log p(he) − log p(she) of an ordinary full-vocabulary pass, its keys equal a plain capture, and
+//! models: its gaps (two unembedding rows, resumed from a cached residual; also gap tuning's
+//! `batch_gaps`) equal log p(he) − log p(she) of an ordinary full-vocabulary pass, its keys equal a plain capture, and
 //! its gradients with respect to the edited projection's output (MLP down or attention output)
 //! agree with central finite differences taken through the intervention seam (a `PatchOp::Add`),
 //! with and without Gemma's post-norms.
@@ -75,8 +75,24 @@ fn readout_gaps_and_gradients_match_plain_forwards() {
             let reader = reader.unwrap();
             let r = reader.readout(&m.transformer, l, comp).unwrap();
             let keys = reader.keys(&m.transformer, l, comp).unwrap();
+            // Gap tuning's differentiable read-out, batch by batch (2 rows each), in prompt order.
+            let batched: Vec<f32> = (0..reader.n_batches())
+                .flat_map(|b| {
+                    reader
+                        .batch_gaps(&m.transformer, b)
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(batched.len(), prompts.len());
             for (i, p) in prompts.iter().enumerate() {
                 let plain = gap(&m, &p.ids, pronouns, None);
+                assert!(
+                    (batched[i] as f64 - plain).abs() < 1e-4,
+                    "{arch}: batch_gaps {} vs {plain}",
+                    batched[i]
+                );
                 assert!(
                     (r.gaps[i] - plain).abs() < 1e-4,
                     "{arch} {comp:?}: gap {} vs {plain}",

@@ -246,6 +246,12 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     if let Some(c) = a.components {
         spec.dama.components = c;
     }
+    // Bad hyperparameters fail here, before the model loads and the bias is measured.
+    match spec.method {
+        biaslens::edit::method::Method::Probe => spec.probe.validate()?,
+        biaslens::edit::method::Method::Tune => spec.tune.validate()?,
+        _ => {}
+    }
     let model = Model::load(&a.model, &device)?;
     require_tokenizer(&model)?;
     if spec.layers.is_empty() {

@@ -569,19 +569,26 @@ pub(super) fn group_means(
     out
 }
 
-/// Run the gap probe on `layers`; returns the delta (HF names) and a report.
-#[allow(clippy::too_many_arguments)]
-pub fn probe(
+/// What the probe and gap tuning share: checked layers, the pronoun ids, the fit prompts (edit
+/// professions × fit templates × prefixes, last token) and the protected words' prompts.
+pub struct ProbePrompts {
+    /// Sorted, unique, each below the model's layer count.
+    pub layers: Vec<usize>,
+    pub pronouns: [u32; 2],
+    pub fit: Vec<EditPrompt>,
+    pub words: Vec<String>,
+    /// `words` × the same templates and prefixes; `group` indexes `words`.
+    pub protect: Vec<EditPrompt>,
+}
+
+pub fn probe_prompts(
     model: &Model,
     sets: &EditSets,
     layers: &[usize],
-    params: &ProbeParams,
+    prefixes: usize,
+    protect_set: ProtectSet,
     data_dir: &Path,
-    corpus: &Path,
-    cache_dir: Option<&Path>,
-    mut log: impl FnMut(&str),
-) -> Result<(WeightDelta, ProbeReport)> {
-    params.validate()?;
+) -> Result<ProbePrompts> {
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
@@ -600,16 +607,53 @@ pub fn probe(
         .iter()
         .map(|&i| all[i].clone())
         .collect();
-    let prefixes = &DEFAULT_PREFIXES[..params.prefixes.min(DEFAULT_PREFIXES.len())];
+    let prefixes = &DEFAULT_PREFIXES[..prefixes.min(DEFAULT_PREFIXES.len())];
     let fit = last_token_prompts(tok, &sets.edit, &templates, prefixes)?;
     let professions: Vec<String> =
         crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?
             .into_iter()
             .map(|p| p.raw)
             .collect();
-    let words = protect_set_words(params.protect_set, data_dir, &professions)?;
+    let words = protect_set_words(protect_set, data_dir, &professions)?;
     let protect = last_token_prompts(tok, &words, &templates, prefixes)?;
+    Ok(ProbePrompts {
+        layers,
+        pronouns,
+        fit,
+        words,
+        protect,
+    })
+}
 
+/// Run the gap probe on `layers`; returns the delta (HF names) and a report.
+#[allow(clippy::too_many_arguments)]
+pub fn probe(
+    model: &Model,
+    sets: &EditSets,
+    layers: &[usize],
+    params: &ProbeParams,
+    data_dir: &Path,
+    corpus: &Path,
+    cache_dir: Option<&Path>,
+    mut log: impl FnMut(&str),
+) -> Result<(WeightDelta, ProbeReport)> {
+    params.validate()?;
+    let ProbePrompts {
+        layers,
+        pronouns,
+        fit,
+        words,
+        protect,
+    } = probe_prompts(
+        model,
+        sets,
+        layers,
+        params.prefixes,
+        params.protect_set,
+        data_dir,
+    )?;
+
+    let tok = model.tokenizer()?;
     let stages: Vec<(usize, Component)> = (0..params.passes)
         .flat_map(|_| layers.iter())
         .flat_map(|&l| params.components.list().iter().map(move |&c| (l, c)))

@@ -17,16 +17,15 @@
 //! keys (on the base model), so those keys map to exactly zero change, as the probe's Pw = 0.
 //! Adam on (A, B); each step one minibatch of fit prompts and one of protected prompts.
 
-use super::context::{EditSets, DEFAULT_PREFIXES};
+use super::context::EditSets;
 use super::corpus::corpus_moments;
 use super::delta::{DeltaMeta, WeightDelta};
 use super::lsdm::{record_down_delta, record_o_delta};
 use super::probe::{
-    group_means, last_token_prompts, protect_set_words, to_f64, Component, Components, ProbeReader,
+    group_means, probe_prompts, to_f64, Component, Components, ProbePrompts, ProbeReader,
     ProtectSet,
 };
 use super::probe_solve::row_space_basis;
-use crate::data::{vig_templates, Template};
 use crate::model::{Model, Transformer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -99,9 +98,14 @@ impl TuneParams {
                 ));
             }
         }
-        if self.rank == 0 || self.batch == 0 || self.prefixes == 0 || self.corpus_tokens == 0 {
+        if self.rank == 0
+            || self.steps == 0
+            || self.batch == 0
+            || self.prefixes == 0
+            || self.corpus_tokens == 0
+        {
             return Err(Error::param(
-                "tune.rank / tune.batch / tune.prefixes / tune.corpus_tokens",
+                "tune.rank / tune.steps / tune.batch / tune.prefixes / tune.corpus_tokens",
                 "must be > 0",
             ));
         }
@@ -229,36 +233,24 @@ pub fn tune(
     mut log: impl FnMut(&str),
 ) -> Result<(WeightDelta, TuneReport)> {
     params.validate()?;
-    let mut layers = layers.to_vec();
-    layers.sort_unstable();
-    layers.dedup();
-    let n_layers = model.config().num_layers;
-    if layers.is_empty() || layers.iter().any(|&l| l >= n_layers) {
-        return Err(Error::param(
-            "layers",
-            format!("{layers:?} must be a non-empty subset of 0..{n_layers}"),
-        ));
-    }
+    let ProbePrompts {
+        layers,
+        pronouns,
+        mut fit,
+        words,
+        protect: protect_ordered,
+    } = probe_prompts(
+        model,
+        sets,
+        layers,
+        params.prefixes,
+        params.protect_set,
+        data_dir,
+    )?;
     let tok = model.tokenizer()?;
-    let pronouns = [tok.single_token_id(" he")?, tok.single_token_id(" she")?];
-    let all = vig_templates();
-    let templates: Vec<Template> = sets
-        .edit_templates
-        .iter()
-        .map(|&i| all[i].clone())
-        .collect();
-    let prefixes = &DEFAULT_PREFIXES[..params.prefixes.min(DEFAULT_PREFIXES.len())];
     let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
-    let mut fit = last_token_prompts(tok, &sets.edit, &templates, prefixes)?;
     // Shuffled so that every minibatch mixes professions and templates.
     fit.shuffle(&mut rng);
-    let professions: Vec<String> =
-        crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?
-            .into_iter()
-            .map(|p| p.raw)
-            .collect();
-    let words = protect_set_words(params.protect_set, data_dir, &professions)?;
-    let protect_ordered = last_token_prompts(tok, &words, &templates, prefixes)?;
     let mut protect = protect_ordered.clone();
     protect.shuffle(&mut rng);
 
