@@ -19,7 +19,7 @@ pub struct EditArgs {
     /// probe (the gap probe at the last token, the default: it transfers to unseen professions
     /// and templates, docs/findings.md §6), lsdm, ft (FT-L) or dama.
     #[arg(long, default_value = "probe")]
-    pub method: String,
+    pub method: biaslens::edit::method::Method,
     /// Edited layers, e.g. 1,2,3,4 (overrides --sites).
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
@@ -173,7 +173,7 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     a.validate()?;
     a.output.prepare(&a.model)?;
     let device = super::common::parse_device(&a.device)?;
-    let method = a.method.parse()?;
+    let method = a.method;
     let mut spec = match &a.spec {
         Some(p) => {
             let text =

@@ -11,7 +11,7 @@ use super::context::{build_prompts, EditPrompt, EditSets, DEFAULT_PREFIXES};
 use super::corpus::corpus_moments;
 use super::delta::{DeltaMeta, WeightDelta};
 use super::keys::{capture_at_subject, group_mean};
-use super::solve::{solve_update_robust, LsqInput, Prior, SolvePath};
+use super::solve::{self, solve_update_robust, LsqInput, SolvePath};
 use super::target::{optimise_targets, TargetParams};
 use crate::data::{vig_templates, Template};
 use crate::model::{Arch, Model, Norm, Site, Transformer};
@@ -27,8 +27,8 @@ pub struct LsdmParams {
     pub lambda: f64,
     /// μ, weight of keeping the preserved (definitional) keys' outputs.
     pub mu: f64,
-    /// "moment" (C from the corpus) or "identity" (ridge).
-    pub prior: String,
+    /// `moment` (C from the corpus) or `identity` (ridge).
+    pub prior: Prior,
     /// Tokens of WikiText-2 valid used for C.
     pub corpus_tokens: usize,
     pub corpus_seq_len: usize,
@@ -46,6 +46,47 @@ pub struct LsdmParams {
     /// says which rule made it; records made before the option existed used `ignore`.
     #[serde(default)]
     pub post_norm: PostNorm,
+}
+
+/// The prior C in LSDM's λC term.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prior {
+    /// C = E[k kᵀ], the second moment of keys over the corpus (MEMIT's mom2).
+    #[default]
+    Moment,
+    /// C = I: a ridge penalty, no corpus statistics.
+    Identity,
+}
+
+impl Prior {
+    /// The spelling in specs, edit.json and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Prior::Moment => "moment",
+            Prior::Identity => "identity",
+        }
+    }
+}
+
+impl std::fmt::Display for Prior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Prior {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "moment" => Ok(Prior::Moment),
+            "identity" => Ok(Prior::Identity),
+            _ => Err(Error::param(
+                "prior",
+                format!("`{s}`: expected moment or identity"),
+            )),
+        }
+    }
 }
 
 /// How LSDM treats a norm between the down-projection and the residual stream.
@@ -83,7 +124,7 @@ impl Default for LsdmParams {
             // swamped KᵀK and the edit did nothing (docs/method.md, measured on SmolLM2).
             lambda: 10.0,
             mu: 1.0,
-            prior: "moment".into(),
+            prior: Prior::Moment,
             corpus_tokens: 16_384,
             corpus_seq_len: 128,
             target_templates: 12,
@@ -290,27 +331,23 @@ pub fn lsdm(
     // Corpus statistics (cacheable; their work is counted apart from the method's).
     let work_before_statistics = tr.work.read();
     let mut statistics_tokens = 0u64;
-    let prior_moments = if params.prior == "moment" {
-        let (m, tokens) = corpus_moments(
-            &tr,
-            &model.info.sha256,
-            tok,
-            corpus,
-            params.corpus_seq_len,
-            params.corpus_tokens,
-            &layers.iter().map(|&l| Site::MlpKey(l)).collect::<Vec<_>>(),
-            cache_dir,
-            &mut log,
-        )?;
-        statistics_tokens = tokens;
-        Some(m)
-    } else if params.prior == "identity" {
-        None
-    } else {
-        return Err(Error::param(
-            "prior",
-            format!("`{}`: expected moment or identity", params.prior),
-        ));
+    let prior_moments = match params.prior {
+        Prior::Moment => {
+            let (m, tokens) = corpus_moments(
+                &tr,
+                &model.info.sha256,
+                tok,
+                corpus,
+                params.corpus_seq_len,
+                params.corpus_tokens,
+                &layers.iter().map(|&l| Site::MlpKey(l)).collect::<Vec<_>>(),
+                cache_dir,
+                &mut log,
+            )?;
+            statistics_tokens = tokens;
+            Some(m)
+        }
+        Prior::Identity => None,
     };
     let statistics_work = tr.work.read() - work_before_statistics;
 
@@ -356,8 +393,8 @@ pub fn lsdm(
             )?)
         };
         let prior = match &prior_moments {
-            Some(m) => Prior::Moment(&m[&Site::MlpKey(l)]),
-            None => Prior::Identity,
+            Some(m) => solve::Prior::Moment(&m[&Site::MlpKey(l)]),
+            None => solve::Prior::Identity,
         };
         let (dw, path) = solve_update_robust(&LsqInput {
             keys: &k,
@@ -424,5 +461,53 @@ pub fn down_output_change(
             "inverting the post-MLP norm needs the MLP outputs",
         )),
         (None, _) => Ok(r.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::target::Optimizer;
+
+    #[test]
+    fn prior_and_optimizer_keep_their_spelling() {
+        // edit.json records and stage cache keys hold these strings.
+        let v = serde_json::to_value(LsdmParams::default()).unwrap();
+        assert_eq!(v["prior"], "moment");
+        assert_eq!(v["target"]["optimizer"], "gauss-newton");
+        for p in [Prior::Moment, Prior::Identity] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+            assert_eq!(p.name().parse::<Prior>().unwrap(), p);
+        }
+        for o in [Optimizer::GaussNewton, Optimizer::Adam] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+            assert_eq!(o.name().parse::<Optimizer>().unwrap(), o);
+        }
+        assert_eq!(
+            serde_json::to_value(Optimizer::GaussNewton).unwrap(),
+            "gauss-newton"
+        );
+        assert_eq!(serde_json::to_value(Prior::Identity).unwrap(), "identity");
+        assert_eq!(serde_json::to_value(Optimizer::Adam).unwrap(), "adam");
+    }
+
+    #[test]
+    fn unknown_prior_or_optimizer_names_the_allowed_values() {
+        let e = "ridge".parse::<Prior>().unwrap_err().to_string();
+        assert!(
+            e.contains("ridge") && e.contains("moment or identity"),
+            "{e}"
+        );
+        let e = "sgd".parse::<Optimizer>().unwrap_err().to_string();
+        assert!(
+            e.contains("sgd") && e.contains("gauss-newton or adam"),
+            "{e}"
+        );
+        let mut v = serde_json::to_value(LsdmParams::default()).unwrap();
+        v["prior"] = "ridge".into();
+        let e = serde_json::from_value::<LsdmParams>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("moment") && e.contains("identity"), "{e}");
     }
 }

@@ -5,7 +5,7 @@ use super::context::{edit_sets, EditSets};
 use super::dama::{dama, DamaSettings};
 use super::delta::WeightDelta;
 use super::ftl::{ft_l, FtParams};
-use super::lsdm::{edit_prompts, lsdm, LsdmParams};
+use super::lsdm::{edit_prompts, lsdm, LsdmParams, Prior};
 use super::probe::{probe, ProbeParams};
 use super::tune::{tune, TuneParams};
 use crate::data::{Profession, SplitSpec};
@@ -24,6 +24,25 @@ pub enum Method {
     Probe,
     /// Gap tuning: a low-rank edit of the probe's projections fitted end to end (`edit::tune`).
     Tune,
+}
+
+impl Method {
+    /// The spelling in specs, edit.json, report stage names and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Method::Lsdm => "lsdm",
+            Method::Ft => "ft",
+            Method::Dama => "dama",
+            Method::Probe => "probe",
+            Method::Tune => "tune",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::str::FromStr for Method {
@@ -122,7 +141,7 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
     }
     let corpus: &Path = &spec.data_dir.join("wikitext2/wikitext-2-v1.valid.tokens");
     let uses_corpus = match spec.method {
-        Method::Lsdm => spec.lsdm.prior == "moment",
+        Method::Lsdm => spec.lsdm.prior == Prior::Moment,
         Method::Probe => spec.probe.lambda > 0.0,
         Method::Tune => true,
         _ => false,

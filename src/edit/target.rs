@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetParams {
-    /// "gauss-newton" (default: least-norm steps on the linearised per-prompt gaps, converges in
-    /// 2-4 steps) or "adam" (MEMIT's optimiser on the full loss incl. KL and decay).
-    pub optimizer: String,
+    /// `gauss-newton` (default: least-norm steps on the linearised per-prompt gaps, converges in
+    /// 2-4 steps) or `adam` (MEMIT's optimiser on the full loss incl. KL and decay).
+    pub optimizer: Optimizer,
     /// Optimiser steps (MEMIT's Adam: 20-25; Gauss-Newton: 3).
     pub steps: usize,
     /// Adam learning rate on δ (MEMIT: 0.5).
@@ -28,10 +28,51 @@ pub struct TargetParams {
     pub chunk: usize,
 }
 
+/// How the target δ is optimised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    /// Least-norm steps on the linearised per-prompt gaps (KL and decay not in the step).
+    #[default]
+    GaussNewton,
+    /// MEMIT's Adam on the full loss, KL and decay included.
+    Adam,
+}
+
+impl Optimizer {
+    /// The spelling in specs, edit.json and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Optimizer::GaussNewton => "gauss-newton",
+            Optimizer::Adam => "adam",
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "gauss-newton" => Ok(Optimizer::GaussNewton),
+            "adam" => Ok(Optimizer::Adam),
+            _ => Err(Error::param(
+                "target.optimizer",
+                format!("`{s}`: expected gauss-newton or adam"),
+            )),
+        }
+    }
+}
+
 impl Default for TargetParams {
     fn default() -> Self {
         TargetParams {
-            optimizer: "gauss-newton".into(),
+            optimizer: Optimizer::GaussNewton,
             steps: 3,
             lr: 0.5,
             kl_weight: 0.0625,
@@ -129,23 +170,21 @@ pub fn optimise_targets(
             Ok((cached, base))
         })
         .collect::<Result<_>>()?;
-    if params.optimizer == "gauss-newton" {
-        return gauss_newton(
-            model,
-            target_prompts,
-            &chunks,
-            &kl_chunks,
-            layer,
-            pronouns,
-            norms,
-            params,
-            on_step,
-        );
-    } else if params.optimizer != "adam" {
-        return Err(Error::param(
-            "target.optimizer",
-            format!("`{}`: expected gauss-newton or adam", params.optimizer),
-        ));
+    match params.optimizer {
+        Optimizer::GaussNewton => {
+            return gauss_newton(
+                model,
+                target_prompts,
+                &chunks,
+                &kl_chunks,
+                layer,
+                pronouns,
+                norms,
+                params,
+                on_step,
+            )
+        }
+        Optimizer::Adam => {}
     }
     let n_rows = target_prompts.len() as f64;
     let n_kl = kl_prompts.len().max(1) as f64;

@@ -4,20 +4,13 @@
 
 use super::inputs::{BiasRow, CapabilityRow, CostRow, LocalisationSummary};
 use super::table::{fmt_num, Cell, Table};
+use super::variant::ReportVariant;
 use crate::stats::Estimate;
 use crate::{Error, Result};
 
-const VARIANT_ORDER: [&str; 4] = ["base", "lsdm", "ft", "dama"];
-
-/// Display names of the model variants in column headers.
+/// Display names of the model variants in column headers; other names are shown as they are.
 pub fn variant_label(v: &str) -> String {
-    match v {
-        "base" => "Base".into(),
-        "lsdm" => "LSDM".into(),
-        "ft" => "FT-L".into(),
-        "dama" => "DAMA".into(),
-        other => other.into(),
-    }
+    ReportVariant::from_name(v).map_or_else(|| v.to_string(), |r| r.label().to_string())
 }
 
 fn variants<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -28,10 +21,7 @@ fn variants<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
         }
     }
     let rank = |v: &str| {
-        VARIANT_ORDER
-            .iter()
-            .position(|o| *o == v)
-            .unwrap_or(VARIANT_ORDER.len())
+        ReportVariant::from_name(v).map_or(ReportVariant::ORDER.len(), ReportVariant::rank)
     };
     // Stable sort keeps first-appearance order among unknown variants.
     seen.sort_by_key(|v| rank(v));

@@ -3,6 +3,8 @@
 //! the same code yields the SVG embedded in the HTML and the PNG written next to it.
 
 use super::inputs::{TraceGrid, TradeoffPoint};
+use super::variant::ReportVariant;
+use crate::edit::method::Method;
 pub use crate::plot::{diverging, ensure_font};
 use crate::plot::{draw_colour_bar, draw_heatmap_cells};
 use crate::{Error, Result};
@@ -203,15 +205,22 @@ fn padded(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
 }
 
 /// Fixed colours per method so every report uses the same legend.
-pub fn method_colour(method: &str) -> RGBColor {
-    match method {
-        "base" => RGBColor(0, 0, 0),
-        "lsdm" => RGBColor(213, 94, 0),
-        "ft" => RGBColor(0, 114, 178),
-        "dama" => RGBColor(0, 158, 115),
-        _ => RGBColor(204, 121, 167),
+pub fn variant_colour(v: ReportVariant) -> RGBColor {
+    match v {
+        ReportVariant::Base => RGBColor(0, 0, 0),
+        ReportVariant::Method(Method::Lsdm) => RGBColor(213, 94, 0),
+        ReportVariant::Method(Method::Ft) => RGBColor(0, 114, 178),
+        ReportVariant::Method(Method::Dama) => RGBColor(0, 158, 115),
+        ReportVariant::Method(Method::Probe | Method::Tune) => OTHER_COLOUR,
     }
 }
+
+/// Colour of a point's method family by name; names that are no variant get a neutral colour.
+pub fn method_colour(method: &str) -> RGBColor {
+    ReportVariant::from_name(method).map_or(OTHER_COLOUR, variant_colour)
+}
+
+const OTHER_COLOUR: RGBColor = RGBColor(204, 121, 167);
 
 fn draw_tradeoff<DB: DrawingBackend>(
     id: &str,

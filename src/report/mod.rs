@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod spec;
 pub mod stages;
 pub mod table;
+pub mod variant;
 pub mod write;
 
 pub use inputs::ReportInputs;
@@ -20,3 +21,4 @@ pub use manifest::Manifest;
 pub use pipeline::{Ctx, Pipeline, Stage};
 pub use spec::Spec;
 pub use table::{Cell, Table};
+pub use variant::ReportVariant;

@@ -3,6 +3,11 @@
 //! silently fall back to a default) and every value is range-checked with its dotted name.
 
 use crate::data::split::SplitSpec;
+use crate::edit::ftl::FtParams;
+use crate::edit::lsdm::{LsdmParams, Prior};
+use crate::edit::method::Method;
+use crate::edit::target::{Optimizer, TargetParams};
+use crate::report::variant::ReportVariant;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -158,7 +163,7 @@ pub struct LsdmSpec {
     pub mu: f64,
     /// `moment` (C from WikiText-2) or `identity` (ridge).
     #[serde(default = "default_prior")]
-    pub prior: String,
+    pub prior: Prior,
     /// WikiText-2 tokens used for C.
     #[serde(default = "default_corpus_tokens")]
     pub corpus_tokens: usize,
@@ -169,7 +174,7 @@ pub struct LsdmSpec {
     pub prefixes: usize,
     /// Target optimiser: `gauss-newton` or `adam`.
     #[serde(default = "default_optimizer")]
-    pub optimizer: String,
+    pub optimizer: Optimizer,
     pub steps: usize,
     /// Adam learning rate on δ (unused by Gauss-Newton).
     pub lr: f64,
@@ -185,27 +190,28 @@ pub struct LsdmSpec {
     pub post_norm: crate::edit::lsdm::PostNorm,
 }
 
-fn default_prior() -> String {
-    "moment".into()
+// Defaults come from the library's LsdmParams, TargetParams and FtParams so a spec and
+// `biaslens edit` agree.
+fn default_prior() -> Prior {
+    LsdmParams::default().prior
 }
-// Defaults come from the library's LsdmParams so a spec and `biaslens edit` agree.
 fn default_corpus_tokens() -> usize {
-    crate::edit::lsdm::LsdmParams::default().corpus_tokens
+    LsdmParams::default().corpus_tokens
 }
 fn default_target_templates() -> usize {
-    crate::edit::lsdm::LsdmParams::default().target_templates
+    LsdmParams::default().target_templates
 }
 fn default_prefixes() -> usize {
-    crate::edit::lsdm::LsdmParams::default().prefixes
+    LsdmParams::default().prefixes
 }
-fn default_optimizer() -> String {
-    "gauss-newton".into()
+fn default_optimizer() -> Optimizer {
+    TargetParams::default().optimizer
 }
 fn default_weight_decay() -> f64 {
-    0.5
+    TargetParams::default().weight_decay
 }
 fn default_kl() -> f64 {
-    0.0625
+    FtParams::default().kl_weight
 }
 
 /// FT-L hyperparameters; names match `edit::ftl::FtParams`.
@@ -245,18 +251,22 @@ pub struct MethodsSpec {
 
 impl MethodsSpec {
     /// Model variants in the fixed column order used by every table: base first.
-    pub fn variants(&self) -> Vec<&'static str> {
-        let mut v = vec!["base"];
-        if self.lsdm.is_some() {
-            v.push("lsdm");
-        }
-        if self.ft.is_some() {
-            v.push("ft");
-        }
-        if self.dama.is_some() {
-            v.push("dama");
-        }
+    pub fn variants(&self) -> Vec<ReportVariant> {
+        let mut v = vec![ReportVariant::Base];
+        v.extend(self.edit_methods().into_iter().map(ReportVariant::Method));
         v
+    }
+
+    /// The methods whose sections are present, in table order.
+    pub fn edit_methods(&self) -> Vec<Method> {
+        [
+            (Method::Lsdm, self.lsdm.is_some()),
+            (Method::Ft, self.ft.is_some()),
+            (Method::Dama, self.dama.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(m, present)| present.then_some(m))
+        .collect()
     }
 }
 
@@ -455,21 +465,9 @@ impl Spec {
             m.layers.validate("methods.lsdm.layers")?;
             non_negative("methods.lsdm.lambda", m.lambda)?;
             non_negative("methods.lsdm.mu", m.mu)?;
-            if !matches!(m.prior.as_str(), "moment" | "identity") {
-                return Err(Error::param(
-                    "methods.lsdm.prior",
-                    format!("expected moment or identity, got {:?}", m.prior),
-                ));
-            }
             at_least_one("methods.lsdm.corpus_tokens", m.corpus_tokens)?;
             at_least_one("methods.lsdm.target_templates", m.target_templates)?;
             at_least_one("methods.lsdm.prefixes", m.prefixes)?;
-            if !matches!(m.optimizer.as_str(), "gauss-newton" | "adam") {
-                return Err(Error::param(
-                    "methods.lsdm.optimizer",
-                    format!("expected gauss-newton or adam, got {:?}", m.optimizer),
-                ));
-            }
             at_least_one("methods.lsdm.steps", m.steps)?;
             positive("methods.lsdm.lr", m.lr)?;
             non_negative("methods.lsdm.kl_weight", m.kl_weight)?;
@@ -574,6 +572,10 @@ threads = 2
 bootstrap = 100
 "#;
 
+    fn variant_names(m: &MethodsSpec) -> Vec<&'static str> {
+        m.variants().into_iter().map(ReportVariant::name).collect()
+    }
+
     fn err_of(text: &str) -> String {
         Spec::parse(text)
             .map(|_| ())
@@ -587,7 +589,11 @@ bootstrap = 100
         let s = Spec::parse(MINIMAL).unwrap();
         assert_eq!(s.model.device, "cpu");
         assert!(s.methods.lsdm.as_ref().unwrap().layers.is_from_sites());
-        assert_eq!(s.methods.variants(), vec!["base", "lsdm"]);
+        assert_eq!(variant_names(&s.methods), vec!["base", "lsdm"]);
+        let l = s.methods.lsdm.as_ref().unwrap();
+        assert_eq!(l.prior, LsdmParams::default().prior);
+        assert_eq!(l.optimizer, TargetParams::default().optimizer);
+        assert_eq!(l.weight_decay, TargetParams::default().weight_decay);
         assert_eq!(s.output, OutputSpec::default());
         assert_eq!(s.benchmarks.limit_for("copa"), Some(10));
     }
@@ -646,6 +652,35 @@ bootstrap = 100
     }
 
     #[test]
+    fn prior_and_optimizer_are_enums_spelled_as_before() {
+        let with = |extra: &str| MINIMAL.replace("mu = 1.0", &format!("mu = 1.0\n{extra}"));
+        let s = Spec::parse(&with("prior = \"identity\"\noptimizer = \"adam\"")).unwrap();
+        let l = s.methods.lsdm.as_ref().unwrap();
+        assert_eq!((l.prior, l.optimizer), (Prior::Identity, Optimizer::Adam));
+        let text = toml::to_string(&s).unwrap();
+        assert!(text.contains("prior = \"identity\""), "{text}");
+        assert!(text.contains("optimizer = \"adam\""), "{text}");
+        let s = Spec::parse(&with("prior = \"moment\"\noptimizer = \"gauss-newton\"")).unwrap();
+        let l = s.methods.lsdm.as_ref().unwrap();
+        assert_eq!(
+            (l.prior, l.optimizer),
+            (Prior::Moment, Optimizer::GaussNewton)
+        );
+    }
+
+    #[test]
+    fn unknown_prior_or_optimizer_is_a_parse_error_naming_the_allowed_values() {
+        let e = err_of(&MINIMAL.replace("mu = 1.0", "mu = 1.0\nprior = \"ridge\""));
+        for want in ["prior", "ridge", "moment", "identity"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = err_of(&MINIMAL.replace("mu = 1.0", "mu = 1.0\noptimizer = \"sgd\""));
+        for want in ["optimizer", "sgd", "gauss-newton", "adam"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
     fn limits_override_and_must_name_listed_tasks() {
         let s = Spec::parse(
             &MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\ncopa = 3"),
@@ -687,7 +722,7 @@ bootstrap = 100
             ("snapshot.toml", vec!["base", "lsdm", "ft", "dama"]),
         ] {
             let s = Spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
-            assert_eq!(s.methods.variants(), want, "{f}");
+            assert_eq!(variant_names(&s.methods), want, "{f}");
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Instant;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EditOutput {
     pub variant: String,
-    pub method: String,
+    pub method: Method,
     pub layers: Vec<usize>,
     /// Delta file, relative to the report folder.
     pub delta: String,
@@ -58,8 +58,7 @@ pub struct EditStage {
 
 /// The spec's method sections as the library's [`EditSpec`] (layers filled in at run time).
 pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
-    let method: Method = v.method.parse()?;
-    let mut e = EditSpec::new(method, vec![]);
+    let mut e = EditSpec::new(v.method, vec![]);
     e.split = spec.split.clone();
     e.max_edit_professions = spec.methods.max_edit_professions;
     let m = &spec.methods;
@@ -68,13 +67,13 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
         e.lsdm = LsdmParams {
             lambda: v.lambda.unwrap_or(l.lambda),
             mu: l.mu,
-            prior: l.prior.clone(),
+            prior: l.prior,
             corpus_tokens: l.corpus_tokens,
             target_templates: l.target_templates,
             prefixes: l.prefixes,
             post_norm: l.post_norm,
             target: TargetParams {
-                optimizer: l.optimizer.clone(),
+                optimizer: l.optimizer,
                 steps: l.steps,
                 lr: l.lr,
                 kl_weight: l.kl_weight,
@@ -100,10 +99,16 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
             ..DamaSettings::default()
         };
     }
-    let layers = match v.method.as_str() {
-        "lsdm" => m.lsdm.as_ref().map(|x| x.layers.clone()),
-        "ft" => m.ft.as_ref().map(|x| x.layers.clone()),
-        _ => m.dama.as_ref().map(|x| x.layers.clone()),
+    let layers = match v.method {
+        Method::Lsdm => m.lsdm.as_ref().map(|x| x.layers.clone()),
+        Method::Ft => m.ft.as_ref().map(|x| x.layers.clone()),
+        Method::Dama => m.dama.as_ref().map(|x| x.layers.clone()),
+        Method::Probe | Method::Tune => {
+            return Err(Error::param(
+                format!("variant {}", v.name),
+                format!("reports run lsdm, ft and dama, not {}", v.method),
+            ))
+        }
     }
     .ok_or_else(|| Error::param(format!("methods.{}", v.method), "section missing"))?;
     Ok((e, layers))
@@ -199,7 +204,7 @@ impl Stage for EditStage {
             .into_owned();
         let out = EditOutput {
             variant: self.variant.name.clone(),
-            method: self.variant.method.clone(),
+            method: self.variant.method,
             layers: spec.layers.clone(),
             delta: rel,
             delta_sha256: crate::io::sha256_file(&path)?,

@@ -331,7 +331,7 @@ mod tests {
             seconds: 0.0,
         };
         let o = EvalOutput {
-            variant: "base".into(),
+            variant: crate::report::stages::BASE.into(),
             tasks: vec![
                 t("copa", "capability", vec![row("acc", 0.6, None)]),
                 t("piqa", "capability", vec![row("acc", 0.8, None)]),

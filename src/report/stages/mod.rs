@@ -13,7 +13,9 @@ pub mod tradeoff;
 
 use super::pipeline::{Ctx, Pipeline};
 use super::spec::Spec;
+use super::variant::ReportVariant;
 use crate::edit::delta::WeightDelta;
+use crate::edit::method::Method;
 use crate::edit::record::apply_delta;
 use crate::model::Model;
 use crate::{Error, Result};
@@ -23,13 +25,16 @@ use std::time::Instant;
 /// Bump when a stage's output format or computation changes, so old caches are not reused.
 pub const STAGE_VERSION: u32 = 2;
 
+/// Variant name of the unedited model (`measure_base`, `eval_base`).
+pub const BASE: &str = ReportVariant::Base.name();
+
 /// What an edited variant changes relative to the spec's method section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Variant {
     /// Stage-name suffix and table column: `lsdm`, `ft`, `dama`, `lsdm_lambda_0`, ...
     pub name: String,
-    /// `lsdm`, `ft` or `dama`.
-    pub method: String,
+    /// The edit method (serialised `lsdm`, `ft` or `dama`).
+    pub method: Method,
     /// Overrides of LSDM's λ and of the number of edited layers (sweeps).
     pub lambda: Option<f64>,
     pub layer_count: Option<usize>,
@@ -41,21 +46,20 @@ pub struct Variant {
 pub fn variants(spec: &Spec) -> Vec<Variant> {
     let mut v: Vec<Variant> = spec
         .methods
-        .variants()
+        .edit_methods()
         .into_iter()
-        .filter(|m| *m != "base")
         .map(|m| Variant {
-            name: m.into(),
-            method: m.into(),
+            name: m.name().into(),
+            method: m,
             lambda: None,
             layer_count: None,
-            label: super::builders::variant_label(m),
+            label: ReportVariant::Method(m).label().into(),
         })
         .collect();
     for (i, &l) in spec.sweeps.lambda.iter().enumerate() {
         v.push(Variant {
-            name: format!("lsdm_lambda_{i}"),
-            method: "lsdm".into(),
+            name: format!("{}_lambda_{i}", Method::Lsdm),
+            method: Method::Lsdm,
             lambda: Some(l),
             layer_count: None,
             label: format!("λ={l:e}"),
@@ -63,8 +67,8 @@ pub fn variants(spec: &Spec) -> Vec<Variant> {
     }
     for (i, &n) in spec.sweeps.layer_count.iter().enumerate() {
         v.push(Variant {
-            name: format!("lsdm_layers_{i}"),
-            method: "lsdm".into(),
+            name: format!("{}_layers_{i}", Method::Lsdm),
+            method: Method::Lsdm,
             lambda: None,
             layer_count: Some(n),
             label: format!("{n} layers"),
@@ -75,7 +79,7 @@ pub fn variants(spec: &Spec) -> Vec<Variant> {
 
 /// Whether a variant is one of the spec's methods (tables) rather than a sweep point (figure only).
 pub fn is_method(v: &str) -> bool {
-    matches!(v, "base" | "lsdm" | "ft" | "dama")
+    ReportVariant::from_name(v).is_some()
 }
 
 /// Whether any method edits the layers the trace stage locates.
@@ -91,18 +95,18 @@ pub fn needs_sites(spec: &Spec) -> bool {
 pub fn standard_pipeline(spec: &Spec) -> Result<Pipeline> {
     let mut p = Pipeline::new();
     let vars = variants(spec);
-    p.push(Box::new(measure::MeasureStage::new(spec, "base")));
-    p.push(Box::new(trace::TraceStage::new(spec, "base")));
+    p.push(Box::new(measure::MeasureStage::new(spec, BASE)));
+    p.push(Box::new(trace::TraceStage::new(spec, BASE)));
     for v in &vars {
         p.push(Box::new(edit::EditStage::new(spec, v.clone())?));
     }
     if spec.trace.after_edit && spec.methods.lsdm.is_some() {
-        p.push(Box::new(trace::TraceStage::new(spec, "lsdm")));
+        p.push(Box::new(trace::TraceStage::new(spec, Method::Lsdm.name())));
     }
     for v in &vars {
         p.push(Box::new(measure::MeasureStage::new(spec, &v.name)));
     }
-    p.push(Box::new(eval::EvalStage::new(spec, "base")));
+    p.push(Box::new(eval::EvalStage::new(spec, BASE)));
     for v in &vars {
         p.push(Box::new(eval::EvalStage::new(spec, &v.name)));
     }
@@ -122,7 +126,7 @@ pub(crate) fn load_variant(ctx: &Ctx, variant: &str) -> Result<(Model, f64)> {
     let t0 = Instant::now();
     let dev = device(ctx.spec)?;
     let base = Model::load(&ctx.spec.model.name, &dev)?;
-    if variant == "base" {
+    if variant == BASE {
         return Ok((base, t0.elapsed().as_secs_f64()));
     }
     let stage = format!("edit_{variant}");
@@ -139,7 +143,7 @@ pub(crate) fn load_variant(ctx: &Ctx, variant: &str) -> Result<(Model, f64)> {
 
 /// Stages a variant's measure/eval/trace stage reads: its edit stage (none for base).
 pub(crate) fn edit_deps(variant: &str) -> Vec<String> {
-    if variant == "base" {
+    if variant == BASE {
         vec![]
     } else {
         vec![format!("edit_{variant}")]
@@ -177,6 +181,40 @@ mod tests {
         }
         assert!(stage_names.contains(&"trace".to_string()));
         assert!(stage_names.contains(&"trace_lsdm".to_string()));
+        assert!(stage_names.contains(&"edit_lsdm_lambda_0".to_string()));
         p.check().unwrap();
+    }
+
+    /// Cache keys hash the settings: the enums must serialise as the strings they replaced.
+    #[test]
+    fn settings_spell_methods_priors_and_optimisers_as_before() {
+        use super::super::pipeline::Stage;
+        use serde_json::json;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/quick.toml");
+        let spec = Spec::load(&root).unwrap();
+        let vars = variants(&spec);
+        let s = edit::EditStage::new(&spec, vars[0].clone())
+            .unwrap()
+            .settings()
+            .unwrap();
+        assert_eq!(s["variant"]["name"], "lsdm");
+        assert_eq!(s["variant"]["method"], "lsdm");
+        assert_eq!(s["edit"]["method"], "lsdm");
+        assert_eq!(s["edit"]["lsdm"]["prior"], "moment");
+        assert_eq!(s["edit"]["lsdm"]["target"]["optimizer"], "gauss-newton");
+        let s = edit::EditStage::new(&spec, vars[1].clone())
+            .unwrap()
+            .settings()
+            .unwrap();
+        assert_eq!(s["variant"]["method"], "ft");
+        let t = tradeoff::TradeoffStage::new(&spec, &vars)
+            .settings()
+            .unwrap();
+        assert_eq!(t["points"][0], json!(["base", "base", "Base"]));
+        assert_eq!(t["points"][1], json!(["lsdm", "lsdm", "LSDM"]));
+        assert_eq!(t["points"][2], json!(["ft", "ft", "FT-L"]));
+        assert_eq!(t["points"][3], json!(["dama", "dama", "DAMA"]));
+        assert_eq!(t["points"][4][0], "lsdm_lambda_0");
+        assert_eq!(t["points"][4][1], "lsdm");
     }
 }

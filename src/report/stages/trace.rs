@@ -3,7 +3,7 @@
 //! --split edit` runs too), aggregated by token role. The base trace also
 //! locates the sites (`LocatedSites`) whose MLP window the edits use when layers are `from_sites`.
 
-use super::{edit_deps, load_variant, STAGE_VERSION};
+use super::{edit_deps, load_variant, BASE, STAGE_VERSION};
 use crate::report::inputs::{LocalisationRow, LocalisationSummary, ReportInputs, TraceGrid};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
@@ -37,7 +37,7 @@ pub struct TraceStage {
 impl TraceStage {
     pub fn new(spec: &Spec, variant: &str) -> Self {
         TraceStage {
-            name: if variant == "base" {
+            name: if variant == BASE {
                 "trace".into()
             } else {
                 format!("trace_{variant}")
@@ -55,8 +55,8 @@ impl TraceStage {
 
     /// The heatmap column: before or after the edit.
     fn panel(&self) -> String {
-        if self.variant == "base" {
-            "before (base)".into()
+        if self.variant == BASE {
+            format!("before ({BASE})")
         } else {
             format!(
                 "after {}",
@@ -179,7 +179,7 @@ impl Stage for TraceStage {
     }
     fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
         let o: TraceOutput = serde_json::from_value(output.clone())?;
-        if self.variant == "base" {
+        if self.variant == BASE {
             inputs.localisation = Some(o.localisation);
         }
         inputs.traces.extend(o.grids);

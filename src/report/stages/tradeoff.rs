@@ -4,29 +4,29 @@
 use super::eval::EvalOutput;
 use super::measure::MeasureOutput;
 use super::{Variant, STAGE_VERSION};
-use crate::report::builders::variant_label;
 use crate::report::inputs::{ReportInputs, TradeoffPoint};
 use crate::report::pipeline::{Ctx, Stage};
 use crate::report::spec::Spec;
+use crate::report::variant::ReportVariant;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 
 pub struct TradeoffStage {
     /// (variant name, method family, label)
-    points: Vec<(String, String, String)>,
+    points: Vec<(String, ReportVariant, String)>,
 }
 
 impl TradeoffStage {
     pub fn new(_spec: &Spec, vars: &[Variant]) -> Self {
-        let mut points = vec![(
-            "base".to_string(),
-            "base".to_string(),
-            variant_label("base"),
-        )];
-        points.extend(
-            vars.iter()
-                .map(|v| (v.name.clone(), v.method.clone(), v.label.clone())),
-        );
+        let base = ReportVariant::Base;
+        let mut points = vec![(base.name().to_string(), base, base.label().to_string())];
+        points.extend(vars.iter().map(|v| {
+            (
+                v.name.clone(),
+                ReportVariant::Method(v.method),
+                v.label.clone(),
+            )
+        }));
         TradeoffStage { points }
     }
 }
@@ -57,7 +57,7 @@ impl Stage for TradeoffStage {
                 ));
             };
             out.push(TradeoffPoint {
-                method: method.clone(),
+                method: method.name().into(),
                 label: label.clone(),
                 bias: m.mean_abs_gap.value,
                 capability,
