@@ -13,6 +13,14 @@ pub mod transformer;
 pub mod tree;
 pub mod weights;
 
+// The transformer's parts, one job each; their public items are re-exported by `transformer`.
+mod attention;
+mod layer;
+mod seam;
+mod unembed;
+mod wiring;
+mod work;
+
 pub use config::{Arch, ModelConfig};
 pub use norm::Norm;
 pub use registry::{resolve_model, ModelSource};

@@ -1,7 +1,7 @@
 //! Named intervention sites and the intervention plan: what a forward pass reads and overwrites.
 //!
 //! Site names follow TransformerLens (`blocks.{l}.hook_mlp_out`). A plan is plain data handed to
-//! the forward; the model applies it in exactly one place (`Transformer::intervene`).
+//! the forward; the model applies it in exactly one place (`Transformer::intervene`, in `seam`).
 
 use crate::{Error, Result};
 use candle_core::Tensor;
