@@ -1,10 +1,142 @@
-//! Options shared by subcommands: model, device, progress bars, output paths.
+//! Options shared by subcommands: model, device, seed, output paths; progress bars and value
+//! parsers.
+//!
+//! Each shared flag is declared (and documented) once, in a small `clap::Args` struct that the
+//! subcommands flatten. Where subcommands differ in a flag's default or required-ness, there is
+//! one struct per variant (`ModelArgs` / `DefaultModelArgs`) or the flag stays local (`eval
+//! --seed` defaults to 1234, `report --force` reruns stages, `trace --out` has no `--force`).
 
 use anyhow::bail;
+use biaslens::edit::export::ExportOptions;
 use biaslens::model::Model;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The model `measure` and `edit` load when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+/// `--model`'s help, the same for the required and the defaulted flag.
+const MODEL_HELP: &str = "Registry alias (smollm2-135m, gemma-3-270m), GGUF file or Hugging \
+                          Face directory (with a tokenizer)";
+
+/// `--device`: where the model runs.
+#[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeviceArg {
+    /// Where the model runs: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl DeviceArg {
+    /// The parsed `--device`.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        parse_device(&self.device)
+    }
+}
+
+/// `--model` (required) and `--device`: trace, mediate and eval.
+#[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ModelArgs {
+    #[arg(long, help = MODEL_HELP)]
+    pub model: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceArg,
+}
+
+impl ModelArgs {
+    /// The parsed `--device`.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        self.device.device()
+    }
+}
+
+/// `--model` (default [`DEFAULT_MODEL`]) and `--device`: measure and edit.
+#[derive(clap::Args)]
+pub struct DefaultModelArgs {
+    #[arg(long, help = MODEL_HELP, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+impl DefaultModelArgs {
+    /// The parsed `--device`.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        self.device.device()
+    }
+}
+
+/// `--seed` (default 0): measure, edit, trace and mediate. (`eval --seed` defaults to 1234 and
+/// stays in `eval`.)
+#[derive(clap::Args)]
+pub struct SeedArg {
+    /// Seed of the random draws (profession split, prompt sample, noise, bootstrap).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `--json FILE` and `--force`: measure and compare.
+#[derive(clap::Args)]
+pub struct JsonOutArgs {
+    /// Also write the full result as JSON to this file (never one of the command's inputs).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Overwrite an existing --json file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl JsonOutArgs {
+    /// Check `--json` before any work: it may exist only with `--force` and is none of `inputs`.
+    pub fn check(&self, inputs: &[&Path]) -> anyhow::Result<()> {
+        if let Some(p) = &self.json {
+            biaslens::io::check_output_file(p, self.force, inputs)?;
+        }
+        Ok(())
+    }
+}
+
+/// `--out DIR` (required) and `--force`: commands that write result files into a folder (eval,
+/// merge).
+#[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OutArgs {
+    /// Output folder for the results.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite results already in --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Where an edited (or restored) model is written: edit, apply and revert.
+#[derive(clap::Args)]
+pub struct ModelOutArgs {
+    /// Output directory (HF model + delta.safetensors + edit.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing --out directory (only one biaslens wrote, never the input model).
+    #[arg(long)]
+    pub force: bool,
+    /// Also write model.gguf (f32) for llama.cpp.
+    #[arg(long)]
+    pub gguf: bool,
+}
+
+impl ModelOutArgs {
+    /// Check --out (and clean up after interrupted runs) before any work.
+    pub fn prepare(&self, model: &str) -> anyhow::Result<()> {
+        prepare_model_out(&self.out, self.force, model)
+    }
+
+    pub fn export_options(&self) -> ExportOptions {
+        ExportOptions {
+            force: self.force,
+            gguf: self.gguf,
+        }
+    }
+}
 
 /// Parse `cpu`, `cuda` or `cuda:N` into a candle device (see [`biaslens::device::parse_device`]).
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {

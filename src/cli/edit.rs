@@ -1,10 +1,11 @@
 //! `biaslens edit` (LSDM, FT-L, DAMA), `apply` and `revert` of a stored delta.
 
 use super::common::{
-    at_least_one, first_duplicate, non_negative, prepare_model_out, require_tokenizer,
+    at_least_one, first_duplicate, non_negative, require_tokenizer, DefaultModelArgs, ModelOutArgs,
+    SeedArg,
 };
 use biaslens::edit::delta::WeightDelta;
-use biaslens::edit::export::{write_hf_dir, ExportOptions};
+use biaslens::edit::export::write_hf_dir;
 use biaslens::edit::record::{apply_delta, revert_delta, write_edit_outputs, EditRecord};
 use biaslens::model::Model;
 use candle_core::Device;
@@ -13,9 +14,9 @@ use std::path::PathBuf;
 /// Edit a model and write it (HF directory + delta.safetensors + edit.json).
 #[derive(clap::Args)]
 pub struct EditArgs {
-    /// Base model: registry alias, GGUF file or Hugging Face directory.
-    #[arg(long, default_value = "smollm2-135m")]
-    pub model: String,
+    // The base model.
+    #[command(flatten)]
+    pub model: DefaultModelArgs,
     /// probe (the gap probe at the last token, the default: it transfers to unseen professions
     /// and templates, docs/findings.md §6), lsdm, ft (FT-L) or dama.
     #[arg(long, default_value = "probe")]
@@ -85,41 +86,10 @@ pub struct EditArgs {
     /// DAMA: null-space dimension (PLS components) per layer (default 16).
     #[arg(long, value_parser = at_least_one)]
     pub components: Option<usize>,
-    /// Seed of the profession split.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub rng: SeedArg,
     #[command(flatten)]
     pub output: ModelOutArgs,
-}
-
-/// Where an edited (or restored) model is written: shared by edit, apply and revert.
-#[derive(clap::Args)]
-pub struct ModelOutArgs {
-    /// Output directory (HF model + delta.safetensors + edit.json).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace an existing --out directory.
-    #[arg(long)]
-    pub force: bool,
-    /// Also write model.gguf (f32) for llama.cpp.
-    #[arg(long)]
-    pub gguf: bool,
-}
-
-impl ModelOutArgs {
-    /// Check --out (and clean up after interrupted runs) before any work.
-    fn prepare(&self, model: &str) -> anyhow::Result<()> {
-        prepare_model_out(&self.out, self.force, model)
-    }
-
-    fn export_options(&self) -> ExportOptions {
-        ExportOptions {
-            force: self.force,
-            gguf: self.gguf,
-        }
-    }
 }
 
 /// Apply a delta to the base model it was made for and write the edited model.
@@ -171,8 +141,8 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use biaslens::edit::method::{edit_model, EditSpec};
     a.validate()?;
-    a.output.prepare(&a.model)?;
-    let device = super::common::parse_device(&a.device)?;
+    a.output.prepare(&a.model.model)?;
+    let device = a.model.device()?;
     let method = a.method;
     let mut spec = match &a.spec {
         Some(p) => {
@@ -184,7 +154,7 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         None => EditSpec::new(method, Vec::new()),
     };
     spec.method = method;
-    spec.split.seed = a.seed;
+    spec.split.seed = a.rng.seed;
     spec.validation |= a.validation;
     if let Some(l) = &a.layers {
         spec.layers = l.clone();
@@ -252,10 +222,10 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         biaslens::edit::method::Method::Tune => spec.tune.validate()?,
         _ => {}
     }
-    let model = Model::load(&a.model, &device)?;
+    let model = Model::load(&a.model.model, &device)?;
     require_tokenizer(&model)?;
     if spec.layers.is_empty() {
-        spec.layers = default_layers(&a.model, &model, spec.method, &spec.data_dir)?;
+        spec.layers = default_layers(&a.model.model, &model, spec.method, &spec.data_dir)?;
     }
     eprintln!(
         "editing {} with {:?} on layers {:?}",

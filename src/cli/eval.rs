@@ -1,7 +1,9 @@
 //! `biaslens eval` (run a benchmark suite on one model) and `biaslens compare` (runs side by
 //! side with deltas and paired tests).
 
-use super::common::{at_least_one, fraction, parse_device, progress, require_tokenizer};
+use super::common::{
+    at_least_one, fraction, progress, require_tokenizer, JsonOutArgs, ModelArgs, OutArgs,
+};
 use anyhow::{bail, Context};
 use biaslens::eval::compare::{compare, markdown as compare_markdown};
 use biaslens::eval::load::LoadOptions;
@@ -17,9 +19,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EvalArgs {
-    /// Registry alias (smollm2-135m, gemma-3-270m), GGUF file or HF directory.
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
     /// bias, capability or all (ignored when --tasks is given).
     #[arg(long, default_value = "all")]
     pub suite: String,
@@ -32,13 +34,13 @@ pub struct EvalArgs {
     /// Keep a seeded random fraction in (0, 1] of each data file.
     #[arg(long, value_parser = fraction)]
     pub fraction: Option<f64>,
+    // Not common::SeedArg: eval's default is 1234, the other commands' 0.
+    /// Seed of the --fraction sample.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
     /// Skip (and report) data lines that do not parse instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Folder with the benchmark data (default: $BIASLENS_DATA, else the crate's fixtures/data).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -71,12 +73,10 @@ pub struct EvalArgs {
     /// Batches scored at once on separate threads (keeps every core busy between matmuls).
     #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub parallel_batches: usize,
-    /// Output folder for results.json and results.md.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Overwrite existing results in --out.
-    #[arg(long)]
-    pub force: bool,
+    // --out: results.json and results.md (a shard: eval-shard.json and cache/).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutArgs,
     /// This process's part of the requests, `i/n` (default: SLURM_ARRAY_TASK_ID/COUNT or
     /// JOB_COMPLETION_INDEX). A shard scores its requests into OUT/cache and writes
     /// OUT/eval-shard.json instead of results; `biaslens merge` turns the shards into the
@@ -109,12 +109,9 @@ pub struct CompareArgs {
     /// Result folders (or results.json files) of `biaslens eval`; the first is the baseline.
     #[arg(required = true, num_args = 2..)]
     pub runs: Vec<PathBuf>,
-    /// Also write the comparison as JSON here (never one of the runs' files).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Overwrite an existing --json file.
-    #[arg(long)]
-    pub force: bool,
+    // --json: the comparison.
+    #[command(flatten)]
+    pub output: JsonOutArgs,
 }
 
 pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
@@ -130,17 +127,18 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
         None => Shard::from_env()?,
     }
     .filter(|s| !s.is_whole());
-    let json_path = a.out.join("results.json");
-    let md_path = a.out.join("results.md");
-    let shard_path = a.out.join(SHARD_RECORD);
+    let (out, force) = (&a.output.out, a.output.force);
+    let json_path = out.join("results.json");
+    let md_path = out.join("results.md");
+    let shard_path = out.join(SHARD_RECORD);
     if shard.is_some() {
-        check_output_file(&shard_path, a.force, &[])?;
+        check_output_file(&shard_path, force, &[])?;
         if a.no_cache {
             bail!("--shard needs the cache (it is the shard's output): drop --no-cache");
         }
     } else {
-        check_output_file(&json_path, a.force, &[])?;
-        check_output_file(&md_path, a.force, &[])?;
+        check_output_file(&json_path, force, &[])?;
+        check_output_file(&md_path, force, &[])?;
     }
     if !data.is_dir() {
         bail!(
@@ -148,9 +146,8 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
             data.display()
         );
     }
-    let device = parse_device(&a.device)?;
-    let model =
-        Model::load(&a.model, &device).with_context(|| format!("loading --model {}", a.model))?;
+    let (spec, device) = (&a.model.model, a.model.device()?);
+    let model = Model::load(spec, &device).with_context(|| format!("loading --model {spec}"))?;
     require_tokenizer(&model)?;
     let lm_opts = LmOptions {
         batch_tokens: a.batch_tokens,
@@ -174,7 +171,7 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
         lm: lm_opts,
         // A shard's cache is its output, kept inside OUT for `biaslens merge`.
         cache_dir: match shard {
-            Some(_) => Some(a.out.join("cache")),
+            Some(_) => Some(out.join("cache")),
             None => (!a.no_cache).then(|| a.cache.clone()),
         },
         chunk_tokens: 8 * a.batch_tokens,
@@ -223,7 +220,7 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
             "shard {}/{}: cache in {}; run `biaslens merge --out DIR` over all {} shard folders",
             shard.index,
             shard.count,
-            a.out.join("cache").display(),
+            out.join("cache").display(),
             shard.count
         );
         return Ok(());
@@ -254,11 +251,9 @@ fn read_run(path: &Path) -> anyhow::Result<SuiteResult> {
 }
 
 pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
-    if let Some(j) = &a.json {
-        let inputs: Vec<PathBuf> = a.runs.iter().map(|p| run_file(p)).collect();
-        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-        check_output_file(j, a.force, &inputs)?;
-    }
+    let inputs: Vec<PathBuf> = a.runs.iter().map(|p| run_file(p)).collect();
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    a.output.check(&inputs)?;
     let runs = a
         .runs
         .iter()
@@ -267,7 +262,7 @@ pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let labels: Vec<String> = a.runs.iter().map(|p| p.display().to_string()).collect();
     let c = compare(&labels, &runs)?;
     print!("{}", compare_markdown(&c));
-    if let Some(j) = &a.json {
+    if let Some(j) = &a.output.json {
         biaslens::io::write_json_atomic(j, &c)?;
     }
     Ok(())
@@ -290,9 +285,9 @@ pub fn merge_eval_shards(out: &Path, shards: &[PathBuf], force: bool) -> anyhow:
     let n = first.shard.count;
     let settings = |r: &ShardRecord| {
         let mut a = r.args.clone();
-        a.out = PathBuf::new();
+        a.output.out = PathBuf::new();
         a.shard = None;
-        a.force = false;
+        a.output.force = false;
         serde_json::to_value(a).unwrap_or_default()
     };
     let mut seen = vec![false; n];
@@ -347,12 +342,12 @@ pub fn merge_eval_shards(out: &Path, shards: &[PathBuf], force: bool) -> anyhow:
         biaslens::io::write_atomic(&cache.join(rel), body.as_bytes())?;
     }
     let mut a = first.args.clone();
-    a.out = out.to_path_buf();
+    a.output.out = out.to_path_buf();
     a.cache = cache;
     a.no_cache = false;
     a.shard = Some("0/1".into());
     a.cache_only = true;
-    a.force = force;
+    a.output.force = force;
     eprintln!("merge: {n} eval shards; computing the results from the merged cache");
     run_eval(a)
 }

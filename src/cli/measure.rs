@@ -1,6 +1,8 @@
 //! `biaslens measure`: pronoun probabilities and bias metrics on occupation prompts.
 
-use super::common::{at_least_one, parse_device, progress, require_tokenizer};
+use super::common::{
+    at_least_one, progress, require_tokenizer, DefaultModelArgs, JsonOutArgs, SeedArg,
+};
 use biaslens::measure::{MeasureJob, MeasureOptions, MeasureResult};
 use biaslens::model::Model;
 use biaslens::stats::Estimate;
@@ -8,39 +10,30 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Registry alias (smollm2-135m, gemma-3-270m), GGUF file or Hugging Face directory.
-    #[arg(long, default_value = "smollm2-135m")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: DefaultModelArgs,
     /// Which professions: all, edit, held-out or controls.
     #[arg(long, default_value = "all")]
     pub split: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub batch_size: usize,
-    /// Seed of the profession split (and of the bootstrap).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub rng: SeedArg,
     /// Templates file (one per line with `{}`); default: the 17 Vig et al. templates.
     #[arg(long)]
     pub templates: Option<PathBuf>,
     /// Vig templates to use: all, fit (the twelve edits are fitted on) or unseen (the other five).
     #[arg(long, default_value = "all")]
     pub template_split: biaslens::data::TemplateSplit,
-    /// Write every prompt's probabilities and the metrics as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Overwrite an existing --json file.
-    #[arg(long)]
-    pub force: bool,
+    // --json: every prompt's probabilities and the metrics.
+    #[command(flatten)]
+    pub output: JsonOutArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if let Some(p) = &a.json {
-        let inputs: Vec<&std::path::Path> = a.templates.iter().map(PathBuf::as_path).collect();
-        biaslens::io::check_output_file(p, a.force, &inputs)?;
-    }
-    let device = parse_device(&a.device)?;
+    let inputs: Vec<&std::path::Path> = a.templates.iter().map(PathBuf::as_path).collect();
+    a.output.check(&inputs)?;
+    let device = a.model.device()?;
     let mut opts = MeasureOptions {
         subset: a.split.parse()?,
         batch_size: a.batch_size,
@@ -48,9 +41,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         template_split: a.template_split,
         ..Default::default()
     };
-    opts.split.seed = a.seed;
-    opts.bootstrap.seed = a.seed;
-    let model = Model::load(&a.model, &device)?;
+    opts.split.seed = a.rng.seed;
+    opts.bootstrap.seed = a.rng.seed;
+    let model = Model::load(&a.model.model, &device)?;
     require_tokenizer(&model)?;
     let job = MeasureJob::new(opts);
     let n = job.prompts()?.0.len();
@@ -58,7 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let result = job.run(&model, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     print!("{}", render_table(&result));
-    if let Some(p) = &a.json {
+    if let Some(p) = &a.output.json {
         biaslens::io::write_json_atomic(p, &result)?;
         eprintln!("wrote {}", p.display());
     }

@@ -1,7 +1,7 @@
 //! `biaslens trace` and `biaslens mediate`: resumable, shardable sweeps over occupation prompts.
 
 use super::common::{
-    at_least_one, first_duplicate, parse_device, positive, progress, require_tokenizer,
+    at_least_one, first_duplicate, positive, progress, require_tokenizer, ModelArgs, SeedArg,
 };
 use anyhow::Context;
 use biaslens::measure::Subset;
@@ -25,11 +25,11 @@ fn default_kinds() -> String {
     kinds.join(",")
 }
 
+/// What `trace` and `mediate` share: the model, the prompts and the run directory.
 #[derive(clap::Args)]
 pub struct Common {
-    /// Registry alias, GGUF file or HF directory (with a tokenizer).
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Number of occupation prompts (a seeded shuffle of professions × 17 templates).
     #[arg(long, default_value_t = defaults().prompts, value_parser = at_least_one)]
     pub prompts: usize,
@@ -39,15 +39,12 @@ pub struct Common {
     /// This process's part, `i/n` (default: SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX).
     #[arg(long)]
     pub shard: Option<String>,
-    /// Seed of the prompt selection and of the noise.
-    #[arg(long, default_value_t = defaults().settings.seed)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub rng: SeedArg,
     /// professions.json ([name, definitional, stereotypical] triples); default:
     /// bolukbasi_debiaswe/professions.json in $BIASLENS_DATA, else in the crate's fixtures/data.
     #[arg(long)]
     pub professions: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(clap::Args)]
@@ -99,8 +96,8 @@ fn shard(spec: &Option<String>) -> anyhow::Result<Shard> {
 }
 
 fn load_model(c: &Common) -> anyhow::Result<Model> {
-    let device = parse_device(&c.device)?;
-    let model = Model::load(&c.model, &device).with_context(|| format!("--model {}", c.model))?;
+    let (spec, device) = (&c.model.model, c.model.device()?);
+    let model = Model::load(spec, &device).with_context(|| format!("--model {spec}"))?;
     require_tokenizer(&model)?;
     Ok(model)
 }
@@ -156,7 +153,7 @@ fn job_of(a: &TraceArgs) -> anyhow::Result<TraceJob> {
     job.prompts = a.common.prompts;
     job.batch_rows = a.batch_rows;
     let s = &mut job.settings;
-    (s.samples, s.window, s.kinds, s.seed) = (a.samples, a.window, kinds, a.common.seed);
+    (s.samples, s.window, s.kinds, s.seed) = (a.samples, a.window, kinds, a.common.rng.seed);
     s.noise = match (a.noise_std, a.noise_times) {
         (Some(std), _) => NoiseLevel::Fixed(std),
         (None, Some(k)) => NoiseLevel::EmbedStdTimes(k),
@@ -264,7 +261,7 @@ pub fn run_mediate(a: MediateArgs) -> anyhow::Result<()> {
     let mut selection = defaults();
     selection.professions = c.professions.clone();
     selection.prompts = c.prompts;
-    selection.settings.seed = c.seed;
+    selection.settings.seed = c.rng.seed;
     let tok = model.tokenizer()?;
     let pronouns = pronoun_ids(tok)?;
     let mut items = Vec::new();
@@ -292,7 +289,7 @@ pub fn run_mediate(a: MediateArgs) -> anyhow::Result<()> {
     }
     let s = json!({
         "command": "mediate", "model": model.info.name, "model_sha256": model.info.sha256,
-        "prompts": c.prompts, "items": items.len(), "seed": c.seed,
+        "prompts": c.prompts, "items": items.len(), "seed": c.rng.seed,
         "intervention": "occupation replaced by the anti-stereotypical noun (man / woman)",
         "professions_tokenised_differently": differ,
     });
