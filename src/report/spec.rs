@@ -106,6 +106,11 @@ pub struct MeasureSpec {
     /// Prompts per forward.
     #[serde(default = "default_measure_batch")]
     pub batch: usize,
+    /// Which of the 17 templates held-out professions and controls are measured on: `all`
+    /// (default), or `unseen`, the five no edit is fitted on (the generalisation protocol,
+    /// docs/method.md).
+    #[serde(default)]
+    pub template_split: crate::data::split::TemplateSplit,
 }
 
 fn default_measure_batch() -> usize {
@@ -117,6 +122,7 @@ impl Default for MeasureSpec {
         MeasureSpec {
             max_professions: None,
             batch: default_measure_batch(),
+            template_split: Default::default(),
         }
     }
 }
@@ -237,6 +243,20 @@ pub struct DamaSpec {
     pub components: usize,
 }
 
+/// The gap probe or gap tuning in a report: the library's own parameter struct (same field
+/// names and defaults as `biaslens edit --spec`'s `[probe]` / `[tune]` tables), on the top
+/// layers the method picks by default unless `layers` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopLayersSpec<P> {
+    /// Edited layers; absent = the method's default (`edit::probe::default_layers`, the top 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+    /// The method's hyperparameters (`edit::probe::ProbeParams` / `edit::tune::TuneParams`).
+    #[serde(default)]
+    pub params: P,
+}
+
 /// Which edit methods run; absent sections are skipped. The base model always runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +267,10 @@ pub struct MethodsSpec {
     pub lsdm: Option<LsdmSpec>,
     pub ft: Option<FtSpec>,
     pub dama: Option<DamaSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<TopLayersSpec<crate::edit::probe::ProbeParams>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune: Option<TopLayersSpec<crate::edit::tune::TuneParams>>,
 }
 
 impl MethodsSpec {
@@ -263,6 +287,8 @@ impl MethodsSpec {
             (Method::Lsdm, self.lsdm.is_some()),
             (Method::Ft, self.ft.is_some()),
             (Method::Dama, self.dama.is_some()),
+            (Method::Probe, self.probe.is_some()),
+            (Method::Tune, self.tune.is_some()),
         ]
         .into_iter()
         .filter_map(|(m, present)| present.then_some(m))
@@ -361,6 +387,14 @@ fn non_negative(name: &str, x: f64) -> Result<()> {
             name,
             format!("must be a finite number >= 0, got {x}"),
         ))
+    }
+}
+
+/// An explicit layer list, if given, is non-empty and strictly increasing.
+fn top_layers(name: &str, layers: Option<&[usize]>) -> Result<()> {
+    match layers {
+        None => Ok(()),
+        Some(l) => Layers::List(l.to_vec()).validate(name),
     }
 }
 
@@ -484,6 +518,23 @@ impl Spec {
         if let Some(m) = &self.methods.dama {
             m.layers.validate("methods.dama.layers")?;
             at_least_one("methods.dama.components", m.components)?;
+        }
+        // The library names its parameters `probe.x` / `tune.x`; here they sit under
+        // `methods.<method>.params`.
+        let in_params = |e: Error| match e {
+            Error::Param { name, message } => {
+                let (method, field) = name.split_once('.').unwrap_or(("", name.as_str()));
+                Error::param(format!("methods.{method}.params.{field}"), message)
+            }
+            other => other,
+        };
+        if let Some(m) = &self.methods.probe {
+            top_layers("methods.probe.layers", m.layers.as_deref())?;
+            m.params.validate().map_err(in_params)?;
+        }
+        if let Some(m) = &self.methods.tune {
+            top_layers("methods.tune.layers", m.layers.as_deref())?;
+            m.params.validate().map_err(in_params)?;
         }
         if let Some(n) = self.methods.max_edit_professions {
             at_least_one("methods.max_edit_professions", n)?;
@@ -681,6 +732,54 @@ bootstrap = 100
     }
 
     #[test]
+    fn probe_and_tune_sections_embed_the_library_parameters() {
+        use crate::edit::probe::ProbeParams;
+        use crate::edit::tune::TuneParams;
+        let text = MINIMAL.replace(
+            "[benchmarks]",
+            "[methods.probe]\n[methods.tune]\nlayers = [27, 28, 29]\n\
+             [methods.tune.params]\nrank = 2\nprior = 10.0\n[benchmarks]",
+        );
+        let s = Spec::parse(&text).unwrap();
+        assert_eq!(
+            variant_names(&s.methods),
+            vec!["base", "lsdm", "probe", "tune"]
+        );
+        let p = s.methods.probe.as_ref().unwrap();
+        assert_eq!(
+            (p.layers.as_ref(), &p.params),
+            (None, &ProbeParams::default())
+        );
+        let t = s.methods.tune.as_ref().unwrap();
+        assert_eq!(t.layers, Some(vec![27, 28, 29]));
+        let want = TuneParams {
+            rank: 2,
+            prior: 10.0,
+            ..TuneParams::default()
+        };
+        assert_eq!(t.params, want);
+        // The edit stage hands exactly these parameters to the library.
+        for v in crate::report::stages::variants(&s) {
+            let (e, layers) = crate::report::stages::edit::edit_spec(&s, &v).unwrap();
+            match v.method {
+                Method::Probe => assert_eq!((e.probe, layers), (ProbeParams::default(), None)),
+                Method::Tune => {
+                    assert_eq!(e.tune, want);
+                    assert_eq!(layers, Some(Layers::List(vec![27, 28, 29])));
+                }
+                _ => {}
+            }
+        }
+        // Library names, report paths; unknown fields and bad layer lists are errors.
+        let e = err_of(&text.replace("rank = 2", "rank = 2\nlr = -1.0"));
+        assert!(e.contains("methods.tune.params.lr"), "{e}");
+        let e = err_of(&text.replace("rank = 2", "rank = 2\nrnk = 3"));
+        assert!(e.contains("rnk"), "{e}");
+        let e = err_of(&text.replace("[27, 28, 29]", "[28, 27]"));
+        assert!(e.contains("methods.tune.layers"), "{e}");
+    }
+
+    #[test]
     fn limits_override_and_must_name_listed_tasks() {
         let s = Spec::parse(
             &MINIMAL.replace("limit = 10", "limit = 10\n[benchmarks.limits]\ncopa = 3"),
@@ -719,6 +818,10 @@ bootstrap = 100
             ("quick.toml", vec!["base", "lsdm", "ft", "dama"]),
             ("full-smollm2.toml", vec!["base", "lsdm", "ft"]),
             ("full-gemma3.toml", vec!["base", "lsdm", "ft"]),
+            (
+                "mitigation-smollm2.toml",
+                vec!["base", "lsdm", "ft", "dama", "probe", "tune"],
+            ),
             ("snapshot.toml", vec!["base", "lsdm", "ft", "dama"]),
         ] {
             let s = Spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));

@@ -1,5 +1,6 @@
-//! `edit_<variant>`: one LSDM / FT-L / DAMA edit with the spec's hyperparameters, on explicit
-//! layers or on the layers the trace stage located; the delta goes to
+//! `edit_<variant>`: one LSDM / FT-L / DAMA / probe / gap-tuning edit with the spec's
+//! hyperparameters, on explicit layers, on the layers the trace stage located, or (probe, tune)
+//! on the method's default top layers; the delta goes to
 //! `artefacts/edit_<variant>/delta.safetensors` for the later stages to apply.
 
 use super::{Variant, STAGE_VERSION};
@@ -48,7 +49,8 @@ pub struct EditOutput {
 pub struct EditStage {
     name: String,
     variant: Variant,
-    layers: Layers,
+    /// None: the method's default layers (the probe's and gap tuning's top layers).
+    layers: Option<Layers>,
     edit: EditSpec,
     model: String,
     uses_sites: bool,
@@ -57,7 +59,7 @@ pub struct EditStage {
 }
 
 /// The spec's method sections as the library's [`EditSpec`] (layers filled in at run time).
-pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
+pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Option<Layers>)> {
     let mut e = EditSpec::new(v.method, vec![]);
     e.split = spec.split.clone();
     e.max_edit_professions = spec.methods.max_edit_professions;
@@ -99,25 +101,41 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Layers)> {
             ..DamaSettings::default()
         };
     }
-    let layers = match v.method {
-        Method::Lsdm => m.lsdm.as_ref().map(|x| x.layers.clone()),
-        Method::Ft => m.ft.as_ref().map(|x| x.layers.clone()),
-        Method::Dama => m.dama.as_ref().map(|x| x.layers.clone()),
-        Method::Probe | Method::Tune => {
-            return Err(Error::param(
-                format!("variant {}", v.name),
-                format!("reports run lsdm, ft and dama, not {}", v.method),
-            ))
-        }
+    if let Some(p) = &m.probe {
+        e.probe = p.params.clone();
     }
-    .ok_or_else(|| Error::param(format!("methods.{}", v.method), "section missing"))?;
+    if let Some(t) = &m.tune {
+        e.tune = t.params.clone();
+    }
+    let missing = || Error::param(format!("methods.{}", v.method), "section missing");
+    // None: the method's own default layers, resolved when the model is loaded.
+    let layers = match v.method {
+        Method::Lsdm => Some(m.lsdm.as_ref().ok_or_else(missing)?.layers.clone()),
+        Method::Ft => Some(m.ft.as_ref().ok_or_else(missing)?.layers.clone()),
+        Method::Dama => Some(m.dama.as_ref().ok_or_else(missing)?.layers.clone()),
+        Method::Probe => m
+            .probe
+            .as_ref()
+            .ok_or_else(missing)?
+            .layers
+            .clone()
+            .map(Layers::List),
+        Method::Tune => m
+            .tune
+            .as_ref()
+            .ok_or_else(missing)?
+            .layers
+            .clone()
+            .map(Layers::List),
+    };
     Ok((e, layers))
 }
 
 impl EditStage {
     pub fn new(spec: &Spec, variant: Variant) -> Result<Self> {
         let (edit, layers) = edit_spec(spec, &variant)?;
-        let uses_sites = layers.is_from_sites() || variant.layer_count.is_some();
+        let uses_sites =
+            layers.as_ref().is_some_and(Layers::is_from_sites) || variant.layer_count.is_some();
         Ok(EditStage {
             name: format!("edit_{}", variant.name),
             variant,
@@ -138,10 +156,16 @@ impl EditStage {
         }
     }
 
-    fn resolve_layers(&self, ctx: &Ctx) -> Result<Vec<usize>> {
+    fn resolve_layers(&self, ctx: &Ctx, model: &Model) -> Result<Vec<usize>> {
         if !self.uses_sites {
-            if let Layers::List(l) = &self.layers {
-                return Ok(l.clone());
+            match &self.layers {
+                Some(Layers::List(l)) => return Ok(l.clone()),
+                None => {
+                    return Ok(crate::edit::probe::default_layers(
+                        model.config().num_layers,
+                    ))
+                }
+                Some(Layers::Word(_)) => {}
             }
         }
         let sites = self.sites(ctx)?;
@@ -179,11 +203,11 @@ impl Stage for EditStage {
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let t0 = Instant::now();
         let mut spec = self.edit.clone();
-        spec.layers = self.resolve_layers(ctx)?;
+        let model = Model::load(&self.model, &super::device(ctx.spec)?)?;
+        spec.layers = self.resolve_layers(ctx, &model)?;
         if spec.layers.is_empty() {
             return Err(Error::param("layers", "no layers to edit"));
         }
-        let model = Model::load(&self.model, &super::device(ctx.spec)?)?;
         let before = edit_prompt_bias(&model, &spec)?;
         let name = self.name.clone();
         let work_before = model.transformer.work.read();

@@ -1,5 +1,6 @@
-//! `measure_<variant>`: bias on held-out occupation prompts (held-out professions × all 17 Vig
-//! templates), the number a bias edit must move without having seen those professions.
+//! `measure_<variant>`: bias on held-out occupation prompts (held-out professions × the spec's
+//! `measure.template_split`, all 17 Vig templates by default), the number a bias edit must move
+//! without having seen those professions, and the definitional controls on the same templates.
 
 use super::{bootstrap, edit_deps, is_method, load_variant, STAGE_VERSION};
 use crate::measure::{MeasureJob, MeasureOptions, Subset};
@@ -60,6 +61,7 @@ impl MeasureStage {
                     subset: Subset::HeldOut,
                     split: spec.split.clone(),
                     batch_size: spec.measure.batch,
+                    template_split: spec.measure.template_split,
                     bootstrap: bootstrap(spec),
                     ..MeasureOptions::default()
                 },
@@ -92,12 +94,17 @@ impl Stage for MeasureStage {
     }
     fn settings(&self) -> Result<Value> {
         let o = &self.job.options;
-        Ok(json!({
+        let mut v = json!({
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
             "split": o.split, "batch": o.batch_size,
             "bootstrap": o.bootstrap, "max_professions": self.job.max_professions,
             "data_dir": o.data_dir, "controls": true,
-        }))
+        });
+        // Only when not the default, so reports measured on all templates keep their cache keys.
+        if o.template_split != crate::data::split::TemplateSplit::All {
+            v["template_split"] = json!(o.template_split);
+        }
+        Ok(v)
     }
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let t0 = Instant::now();
