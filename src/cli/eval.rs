@@ -8,8 +8,9 @@ use anyhow::{bail, Context};
 use biaslens::eval::compare::{compare, markdown as compare_markdown};
 use biaslens::eval::load::LoadOptions;
 use biaslens::eval::model_lm::{LmOptions, ModelLm};
+use biaslens::eval::registry::TaskRegistry;
 use biaslens::eval::suite::{
-    markdown, parse_tasks, run_suite, suite_tasks, SuiteOptions, SuiteResult,
+    markdown, parse_tasks_in, run_suite, suite_tasks_in, SuiteOptions, SuiteResult,
 };
 use biaslens::io::check_output_file;
 use biaslens::model::Model;
@@ -28,6 +29,11 @@ pub struct EvalArgs {
     /// Comma-separated task names, e.g. copa,arc_easy.
     #[arg(long)]
     pub tasks: Option<String>,
+    /// Task registry file (TOML `[[task]]` records, see src/eval/tasks.toml) whose tasks are
+    /// added to the built-in ones for --tasks (default: $BIASLENS_TASKS if set).
+    #[arg(long)]
+    #[serde(default)]
+    pub task_file: Option<PathBuf>,
     /// Keep only the first N items of each data file.
     #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
@@ -118,9 +124,21 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
     // Resolved once and recorded (a shard record keeps the folder its shard read).
     let data = biaslens::data::resolve_data_dir(a.data.as_deref());
     a.data = Some(data.clone());
+    // Also resolved once and recorded, so `biaslens merge` reads the same tasks.
+    if a.task_file.is_none() {
+        a.task_file = std::env::var_os("BIASLENS_TASKS")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+    }
+    let registry = match &a.task_file {
+        Some(file) => std::borrow::Cow::Owned(
+            TaskRegistry::with_file(file).context("--task-file (or BIASLENS_TASKS)")?,
+        ),
+        None => std::borrow::Cow::Borrowed(TaskRegistry::builtin()),
+    };
     let specs = match &a.tasks {
-        Some(list) => parse_tasks(list).with_context(|| format!("--tasks {list}"))?,
-        None => suite_tasks(&a.suite)?,
+        Some(list) => parse_tasks_in(&registry, list).with_context(|| format!("--tasks {list}"))?,
+        None => suite_tasks_in(&registry, &a.suite)?,
     };
     let shard = match &a.shard {
         Some(s) => Some(Shard::parse(s)?),

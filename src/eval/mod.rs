@@ -15,7 +15,9 @@ pub use lm::{
 };
 pub use load::{LoadOptions, LoadReport, Loaded};
 pub use metrics::Metric;
-pub use registry::{run_task, task, TaskKind, TaskOutput, TaskScores, TaskSpec, TASKS};
+pub use registry::{
+    run_task, task, TaskKind, TaskOutput, TaskRegistry, TaskScores, TaskSpec, TASKS,
+};
 pub mod cache;
 pub mod compare;
 pub mod model_lm;

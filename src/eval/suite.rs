@@ -8,7 +8,7 @@ use crate::eval::lm::LanguageModel;
 use crate::eval::load::LoadOptions;
 use crate::eval::metrics::Metric;
 use crate::eval::model_lm::LmOptions;
-use crate::eval::registry::{run_task, task, TaskOutput, TaskScores, TaskSpec, TASKS};
+use crate::eval::registry::{run_task, TaskOutput, TaskRegistry, TaskScores, TaskSpec};
 use crate::model::ModelInfo;
 use crate::stats::BootstrapSpec;
 use crate::{Error, Result};
@@ -42,6 +42,11 @@ pub const CAPABILITY_TASKS: &[&str] = &[
 
 /// Task names of a suite: `bias`, `capability` or `all`.
 pub fn suite_tasks(suite: &str) -> Result<Vec<&'static TaskSpec>> {
+    suite_tasks_in(TaskRegistry::builtin(), suite)
+}
+
+/// [`suite_tasks`] looked up in `registry`.
+pub fn suite_tasks_in<'r>(registry: &'r TaskRegistry, suite: &str) -> Result<Vec<&'r TaskSpec>> {
     let names: Vec<&str> = match suite {
         "bias" => BIAS_TASKS.to_vec(),
         "capability" => CAPABILITY_TASKS.to_vec(),
@@ -53,17 +58,22 @@ pub fn suite_tasks(suite: &str) -> Result<Vec<&'static TaskSpec>> {
             ))
         }
     };
-    names.into_iter().map(task).collect()
+    names.into_iter().map(|n| registry.task(n)).collect()
 }
 
 /// Parse a comma-separated `--tasks` list; unknown names list the known ones, a name given
 /// twice is refused.
 pub fn parse_tasks(list: &str) -> Result<Vec<&'static TaskSpec>> {
+    parse_tasks_in(TaskRegistry::builtin(), list)
+}
+
+/// [`parse_tasks`] looked up in `registry` (e.g. the built-in tasks plus a `--task-file`).
+pub fn parse_tasks_in<'r>(registry: &'r TaskRegistry, list: &str) -> Result<Vec<&'r TaskSpec>> {
     let specs = list
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(task)
+        .map(|n| registry.task(n))
         .collect::<Result<Vec<_>>>()?;
     for (i, t) in specs.iter().enumerate() {
         if specs[..i].iter().any(|u| u.name == t.name) {
@@ -74,10 +84,9 @@ pub fn parse_tasks(list: &str) -> Result<Vec<&'static TaskSpec>> {
         }
     }
     if specs.is_empty() {
-        let known: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
         return Err(Error::param(
             "tasks",
-            format!("no task given; known: {}", known.join(", ")),
+            format!("no task given; known: {}", registry.names().join(", ")),
         ));
     }
     Ok(specs)
@@ -308,7 +317,7 @@ pub fn metric_rows(scores: &TaskScores) -> Vec<MetricRow> {
 
 /// sha256 of the task's data: its file, or every file under its folder (sorted).
 pub fn data_hashes(spec: &TaskSpec, data_dir: &Path) -> Result<BTreeMap<String, String>> {
-    let root = data_dir.join(spec.path);
+    let root = data_dir.join(&spec.path);
     let mut files = Vec::new();
     if root.is_dir() {
         let mut stack = vec![root.clone()];
@@ -355,8 +364,8 @@ pub fn run_suite(
         let file = opts
             .cache_dir
             .as_ref()
-            .map(|d| cache_path(d, &info.sha256, spec.name));
-        let mut report = |done: usize, total: usize| progress(spec.name, done, total);
+            .map(|d| cache_path(d, &info.sha256, &spec.name));
+        let mut report = |done: usize, total: usize| progress(&spec.name, done, total);
         let mut cached =
             CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
         if let Some(shard) = opts.shard {
@@ -367,9 +376,13 @@ pub fn run_suite(
         }
         let output = run_task(spec, &opts.data_dir, &opts.load, &mut cached)?;
         let cache = cached.stats;
+        let mut metrics = metric_rows(&output.result);
+        if let Some(reported) = spec.reported_metrics() {
+            metrics.retain(|m| reported.contains(&m.name.as_str()));
+        }
         runs.push(TaskRun {
-            task: spec.name.to_string(),
-            metrics: metric_rows(&output.result),
+            task: spec.name.clone(),
+            metrics,
             data_hashes: hashes,
             seconds: t0.elapsed().as_secs_f64(),
             cache,
