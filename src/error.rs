@@ -49,3 +49,24 @@ impl Error {
         }
     }
 }
+
+/// `s` as the one value of `all` whose `name` it is; otherwise an error naming `param` and
+/// every allowed spelling (`expected a, b or c`). The enums' spellings then live only in their
+/// `name` functions.
+pub fn parse_named<T: Copy>(
+    param: &str,
+    s: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<T> {
+    if let Some(&v) = all.iter().find(|&&v| name(v) == s) {
+        return Ok(v);
+    }
+    let names: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(Error::param(param, format!("`{s}`: expected {expected}")))
+}

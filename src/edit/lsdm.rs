@@ -78,14 +78,7 @@ impl std::fmt::Display for Prior {
 impl std::str::FromStr for Prior {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "moment" => Ok(Prior::Moment),
-            "identity" => Ok(Prior::Identity),
-            _ => Err(Error::param(
-                "prior",
-                format!("`{s}`: expected moment or identity"),
-            )),
-        }
+        crate::error::parse_named("prior", s, &[Prior::Moment, Prior::Identity], Prior::name)
     }
 }
 

@@ -48,17 +48,20 @@ impl std::fmt::Display for Method {
 impl std::str::FromStr for Method {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "lsdm" => Ok(Method::Lsdm),
-            "ft" | "ft-l" => Ok(Method::Ft),
-            "dama" => Ok(Method::Dama),
-            "probe" => Ok(Method::Probe),
-            "tune" => Ok(Method::Tune),
-            _ => Err(Error::param(
-                "method",
-                format!("`{s}`: expected lsdm, ft, dama, probe or tune"),
-            )),
-        }
+        // `ft-l`: the paper's name for FT, accepted as well.
+        let s = if s == "ft-l" { "ft" } else { s };
+        crate::error::parse_named(
+            "method",
+            s,
+            &[
+                Method::Lsdm,
+                Method::Ft,
+                Method::Dama,
+                Method::Probe,
+                Method::Tune,
+            ],
+            Method::name,
+        )
     }
 }
 

@@ -58,14 +58,12 @@ impl std::fmt::Display for Optimizer {
 impl std::str::FromStr for Optimizer {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "gauss-newton" => Ok(Optimizer::GaussNewton),
-            "adam" => Ok(Optimizer::Adam),
-            _ => Err(Error::param(
-                "target.optimizer",
-                format!("`{s}`: expected gauss-newton or adam"),
-            )),
-        }
+        crate::error::parse_named(
+            "target.optimizer",
+            s,
+            &[Optimizer::GaussNewton, Optimizer::Adam],
+            Optimizer::name,
+        )
     }
 }
 
