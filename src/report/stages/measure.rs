@@ -174,3 +174,33 @@ impl Stage for MeasureStage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::split::TemplateSplit;
+    use crate::report::spec::tests::MINIMAL;
+
+    #[test]
+    fn template_split_reaches_both_jobs_and_keys_only_when_not_all() {
+        let all = Spec::parse(MINIMAL).unwrap();
+        let stage = MeasureStage::new(&all, "base");
+        assert_eq!(stage.job().options.template_split, TemplateSplit::All);
+        assert!(stage.settings().unwrap().get("template_split").is_none());
+
+        let text = MINIMAL.replace(
+            "[benchmarks]",
+            "[measure]\ntemplate_split = \"unseen\"\n[benchmarks]",
+        );
+        let unseen = Spec::parse(&text).unwrap();
+        let stage = MeasureStage::new(&unseen, "base");
+        assert_eq!(stage.job().options.template_split, TemplateSplit::Unseen);
+        assert_eq!(
+            stage.controls_job().options.template_split,
+            TemplateSplit::Unseen
+        );
+        assert_eq!(stage.settings().unwrap()["template_split"], "unseen");
+        let e = Spec::parse(&text.replace("\"unseen\"", "\"novel\"")).unwrap_err();
+        assert!(e.to_string().contains("unseen"), "{e}");
+    }
+}
