@@ -2,7 +2,9 @@
 //! Invariants of causal tracing and mediation on the random tiny models of every architecture:
 //! fast == naive, restoring everything gives the clean run, zero noise gives no effect, the last
 //! layer's hidden state at the last token carries the clean metric, an MLP window covering every
-//! layer equals restoring all MLP outputs, and an input-independent mediator has no NIE.
+//! layer equals restoring all MLP outputs, an input-independent mediator has no NIE, and mediation
+//! with aligned tokens (a two-token occupation against a one-token noun) equals plain patched
+//! forwards.
 
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, Patch, PatchOp, Site, Transformer};
 use biaslens::trace::mediation::{mediate, MediationCase};
@@ -260,6 +262,8 @@ fn nie_through_an_input_independent_mediator_is_zero() {
     let case = MediationCase {
         base: vec![4, 8, 15, 16, 23],
         swapped: vec![4, 99, 15, 16, 23],
+        base_subject: (1, 2),
+        swapped_subject: (1, 2),
         pronouns: [3, 7, 11],
         male_stereotype: true,
     };
@@ -293,5 +297,123 @@ fn nie_through_an_input_independent_mediator_is_zero() {
                 .chain(same.nde_mlp.iter())
                 .chain(same.nie_head.iter().flatten())
                 .all(|x| x.abs() < 1e-5)
+    );
+}
+
+/// Odds of the anti-stereotypical pronoun (male stereotype: she / he) from plain forwards.
+fn odds_of(m: &Transformer, ids: &[u32], patches: Vec<Patch>, pronouns: [u32; 3]) -> f64 {
+    let p = probs(m, &[ids.to_vec()], patches, pronouns)[0];
+    p[1] / p[0]
+}
+
+/// The slow reference for multi-token mediation: for every layer, the MLP output, the attention
+/// output and head 0 are transplanted between a prompt with a two-token occupation and one with a
+/// one-token noun by a plain forward with `Set` patches at the aligned tokens (every token after
+/// the shared prefix, the occupation's last token against the noun); `mediate` (batched resumed
+/// passes) must give the same NIE and NDE.
+#[test]
+fn aligned_mediation_equals_plain_patched_forwards() {
+    for arch in ARCHS {
+        let m = tiny(arch);
+        let t = &m.transformer;
+        let case = MediationCase {
+            base: vec![4, 8, 9, 15, 16, 23],
+            swapped: vec![4, 99, 15, 16, 23],
+            base_subject: (1, 3),
+            swapped_subject: (1, 2),
+            pronouns: [3, 7, 11],
+            male_stereotype: true,
+        };
+        let pairs = case.alignment().unwrap();
+        assert_eq!(pairs, vec![(0, 0), (2, 1), (3, 2), (4, 3), (5, 4)]);
+        let r = mediate(t, &case).unwrap();
+        let nl = t.cfg.num_layers;
+        let hd = t.cfg.head_dim;
+        let mut sites = Vec::new();
+        for l in 0..nl {
+            sites.extend([Site::MlpOut(l), Site::AttnOut(l), Site::HeadZ(l)]);
+        }
+        let capture = |ids: &[u32]| {
+            t.forward(
+                &[ids.to_vec()],
+                &InterventionPlan::default().with_capture(sites.clone()),
+            )
+            .unwrap()
+        };
+        let (cx, cs) = (capture(&case.base), capture(&case.swapped));
+        let y = odds_of(t, &case.base, vec![], case.pronouns);
+        let ys = odds_of(t, &case.swapped, vec![], case.pronouns);
+        assert!(
+            (r.te - (ys / y - 1.0)).abs() < 1e-5 * (1.0 + r.te.abs()),
+            "{arch} TE"
+        );
+        for l in 0..nl {
+            for (site, cols, nie, nde) in [
+                (Site::MlpOut(l), None, r.nie_mlp[l], r.nde_mlp[l]),
+                (Site::AttnOut(l), None, r.nie_attn[l], r.nde_attn[l]),
+                (
+                    Site::HeadZ(l),
+                    Some((0, hd)),
+                    r.nie_head[l][0],
+                    r.nde_head[l][0],
+                ),
+            ] {
+                // (target prompt, source capture, (target token, source token) pairs)
+                for (ids, from, swap, got, what) in [
+                    (&case.base, &cs, false, nie, "NIE"),
+                    (&case.swapped, &cx, true, nde, "NDE"),
+                ] {
+                    let patches = pairs
+                        .iter()
+                        .map(|&(a, b)| if swap { (b, a) } else { (a, b) })
+                        .map(|(to, src)| {
+                            let v = from.at(site, 0, src).unwrap();
+                            Patch {
+                                site,
+                                row: 0,
+                                token: to,
+                                cols,
+                                op: PatchOp::Set,
+                                value: match cols {
+                                    Some((a, b)) => v.narrow(0, a, b - a).unwrap(),
+                                    None => v,
+                                },
+                            }
+                        })
+                        .collect();
+                    let want = odds_of(t, ids, patches, case.pronouns) / y - 1.0;
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{arch} layer {l} {site} {what}: mediate {got} vs plain {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn alignment_rejects_prompts_that_differ_outside_the_occupation() {
+    let case = MediationCase {
+        base: vec![4, 8, 9, 15, 16],
+        swapped: vec![4, 99, 15, 17],
+        base_subject: (1, 3),
+        swapped_subject: (1, 2),
+        pronouns: [3, 7, 11],
+        male_stereotype: true,
+    };
+    assert!(case.alignment().is_err(), "suffixes differ");
+    let case = MediationCase {
+        swapped: vec![5, 99, 15, 16],
+        ..case
+    };
+    assert!(case.alignment().is_err(), "prefixes differ");
+    let case = MediationCase {
+        swapped: vec![4, 99, 15, 16],
+        ..case
+    };
+    assert_eq!(
+        case.alignment().unwrap(),
+        vec![(0, 0), (2, 1), (3, 2), (4, 3)]
     );
 }

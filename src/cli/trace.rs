@@ -265,36 +265,46 @@ pub fn run_mediate(a: MediateArgs) -> anyhow::Result<()> {
     let tok = model.tokenizer()?;
     let pronouns = pronoun_ids(tok)?;
     let mut items = Vec::new();
-    let mut differ = std::collections::BTreeSet::new();
+    let mut unaligned = std::collections::BTreeSet::new();
+    let mut multi_token = std::collections::BTreeSet::new();
     for p in selection.select()? {
         let male = p.stereotypical >= 0.0;
         let noun = if male { "woman" } else { "man" };
-        let (base, _) = subject_span(tok, &p.template, &p.name)?;
-        let swapped_text = p.template.replacen("{}", noun, 1);
-        let swapped = tok.encode(&swapped_text)?;
-        if swapped.len() != base.len() {
-            differ.insert(p.profession.clone());
+        let (base, base_subject) = subject_span(tok, &p.template, &p.name)?;
+        let (swapped, swapped_subject) = subject_span(tok, &p.template, noun)?;
+        let case = MediationCase {
+            base,
+            swapped,
+            base_subject,
+            swapped_subject,
+            pronouns,
+            male_stereotype: male,
+        };
+        // Prompts whose tokens around the occupation change with it cannot be aligned.
+        if case.alignment().is_err() {
+            unaligned.insert(p.profession.clone());
             continue;
         }
-        items.push((
-            p,
-            swapped_text,
-            MediationCase {
-                base,
-                swapped,
-                pronouns,
-                male_stereotype: male,
-            },
-        ));
+        if base_subject.1 - base_subject.0 != swapped_subject.1 - swapped_subject.0 {
+            multi_token.insert(p.profession.clone());
+        }
+        let swapped_text = p.template.replacen("{}", noun, 1);
+        items.push((p, swapped_text, case));
     }
     let s = json!({
         "command": "mediate", "model": model.info.name, "model_sha256": model.info.sha256,
         "prompts": c.prompts, "items": items.len(), "seed": c.rng.seed,
-        "intervention": "occupation replaced by the anti-stereotypical noun (man / woman)",
-        "professions_tokenised_differently": differ,
+        "intervention": "occupation replaced by the anti-stereotypical noun (man / woman); \
+            tokens aligned by the occupation's last token (docs/method.md)",
+        "professions_with_other_token_counts": multi_token,
+        "professions_not_aligned": unaligned,
     });
-    if !differ.is_empty() {
-        eprintln!("mediate: {} professions tokenise to a different length than man/woman and are left out: {:?}", differ.len(), differ);
+    if !unaligned.is_empty() {
+        eprintln!(
+            "mediate: {} professions change the tokens around them and are left out: {:?}",
+            unaligned.len(),
+            unaligned
+        );
     }
     let n = items.len();
     sweep(&c.out, s, n, sh, "mediate", |i| {

@@ -3,21 +3,32 @@
 //! TE = y(x')/y(x) - 1, and per mediator (a layer's MLP output, attention output, or one head's
 //! output before o_proj, at every token)
 //! NIE = y(x, M(x'))/y(x) - 1 and NDE = y(x', M(x))/y(x) - 1.
+//!
+//! A profession of several tokens ("fire fighter") and its one-token replacement ("woman") give
+//! prompts of different lengths. Tokens are then aligned ([`MediationCase::alignment`]): the
+//! tokens before the occupation one to one, the occupation's last token with the noun's last
+//! token (and so on backwards while both spans have tokens), and the tokens after it one to one.
+//! A mediator is transplanted only between aligned tokens; an occupation token without a partner
+//! keeps its own value. With equal spans this is the token-by-token intervention of Vig et al.
 
-use super::aggregate::estimate;
 use crate::model::{
     ForwardOutput, InterventionPlan, LogitsRequest, Patch, PatchOp, Resume, Site, Transformer,
 };
-use crate::stats::Estimate;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-/// One base prompt x and its set-gender version x' (same token count).
+pub use super::mediation_summary::{summarise, MediationSummary};
+
+/// One base prompt x and its set-gender version x'.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediationCase {
     pub base: Vec<u32>,
     pub swapped: Vec<u32>,
+    /// The occupation's tokens `[b, e)` in `base`.
+    pub base_subject: (usize, usize),
+    /// The replacing noun's tokens `[b, e')` in `swapped` (same start).
+    pub swapped_subject: (usize, usize),
     /// Ids of (" he", " she", " they").
     pub pronouns: [u32; 3],
     /// The profession is male-stereotyped: "she" is the anti-stereotypical pronoun.
@@ -38,6 +49,34 @@ pub struct MediationResult {
     pub nde_head: Vec<Vec<f64>>,
 }
 
+impl MediationCase {
+    /// Pairs (token in x, token in x') that exchange mediator values, in x's order: the shared
+    /// prefix, the two spans aligned from their last tokens, and the shared suffix. Errors when
+    /// the prompts differ outside the spans.
+    pub fn alignment(&self) -> Result<Vec<(usize, usize)>> {
+        let ((b, e), (b2, e2)) = (self.base_subject, self.swapped_subject);
+        let (t, t2) = (self.base.len(), self.swapped.len());
+        let bad = |why: String| Err(Error::param("mediation case", why));
+        if b >= e || e > t || b2 >= e2 || e2 > t2 {
+            return bad(format!(
+                "spans {:?} / {:?} do not fit prompts of {t} / {t2} tokens",
+                self.base_subject, self.swapped_subject
+            ));
+        }
+        if b != b2 || self.base[..b] != self.swapped[..b] {
+            return bad("the prompts differ before the occupation".into());
+        }
+        if t - e != t2 - e2 || self.base[e..] != self.swapped[e2..] {
+            return bad("the prompts differ after the occupation".into());
+        }
+        let span = (e - b).min(e2 - b2);
+        let mut pairs: Vec<(usize, usize)> = (0..b).map(|i| (i, i)).collect();
+        pairs.extend((0..span).rev().map(|i| (e - 1 - i, e2 - 1 - i)));
+        pairs.extend((0..t - e).map(|i| (e + i, e2 + i)));
+        Ok(pairs)
+    }
+}
+
 fn odds(lp: &[f32], male_stereotype: bool) -> f64 {
     let (he, she) = ((lp[0] as f64).exp(), (lp[1] as f64).exp());
     if male_stereotype {
@@ -54,18 +93,42 @@ fn mediators(l: usize, heads: usize, hd: usize) -> Vec<(Site, Option<(usize, usi
     m
 }
 
+/// Transplant patches for one layer: row `i` of a pass over `to` gets mediator `i` of `from` at
+/// every aligned token `(t_to, t_from)` from the shared-prefix end on (before it, both prompts
+/// have identical activations, so a transplant changes nothing).
+fn transplants(
+    meds: &[(Site, Option<(usize, usize)>)],
+    from: &ForwardOutput,
+    pairs: &[(usize, usize)],
+) -> Result<Vec<Patch>> {
+    let mut patches = Vec::new();
+    for (row, &(site, cols)) in meds.iter().enumerate() {
+        for &(t_to, t_from) in pairs {
+            let v = from.at(site, 0, t_from)?;
+            let v = match cols {
+                Some((a, b)) => v.narrow(0, a, b - a)?,
+                None => v,
+            };
+            patches.push(Patch {
+                site,
+                row,
+                token: t_to,
+                cols,
+                op: PatchOp::Set,
+                value: v,
+            });
+        }
+    }
+    Ok(patches)
+}
+
 /// Run the analysis for one prompt pair.
 pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationResult> {
-    let t_len = case.base.len();
-    if case.swapped.len() != t_len {
-        return Err(Error::param(
-            "swapped",
-            format!(
-                "{} tokens but the base prompt has {t_len}",
-                case.swapped.len()
-            ),
-        ));
-    }
+    let pairs = case.alignment()?;
+    let changed = case.base_subject.0;
+    // (token in x, token in x') from the first occupation token on, and the same reversed.
+    let into_base: Vec<(usize, usize)> = pairs.iter().copied().filter(|p| p.0 >= changed).collect();
+    let into_swapped: Vec<(usize, usize)> = into_base.iter().map(|&(a, b)| (b, a)).collect();
     let (nl, heads, hd) = (
         model.cfg.num_layers,
         model.cfg.num_heads,
@@ -106,110 +169,39 @@ pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationRes
     for l in 0..nl {
         let meds = mediators(l, heads, hd);
         let m = meds.len();
-        let input = |o: &ForwardOutput| {
-            o.captures
+        // Row i: the layer input of `on`, mediator i transplanted from `from`; relative odds.
+        let effects = |on: &ForwardOutput, from: &ForwardOutput, pairs: &[(usize, usize)]| {
+            let input = on
+                .captures
                 .get(&Site::ResidPre(l))
-                .cloned()
-                .ok_or_else(|| Error::Model("layer input not captured".into()))
+                .ok_or_else(|| Error::Model("layer input not captured".into()))?;
+            let out = model.forward_resume(
+                &Resume {
+                    start_layer: l,
+                    offset: 0,
+                    resid: Tensor::cat(&vec![input; m], 0)?,
+                    past: None,
+                },
+                &InterventionPlan::logits(logits.clone())
+                    .with_patches(transplants(&meds, from, pairs)?),
+            )?;
+            Ok::<Vec<f64>, Error>(
+                lp(&out)?
+                    .iter()
+                    .map(|row| odds(row, case.male_stereotype) / y_base - 1.0)
+                    .collect(),
+            )
         };
-        // Rows 0..m: input x with the mediator from x'; rows m..2m: input x' with it from x.
-        let resid = Tensor::cat(
-            &[
-                &Tensor::cat(&vec![&input(&x)?; m], 0)?,
-                &Tensor::cat(&vec![&input(&xs)?; m], 0)?,
-            ],
-            0,
-        )?;
-        let mut patches = Vec::new();
-        for (i, &(site, cols)) in meds.iter().enumerate() {
-            for (row, from) in [(i, &xs), (m + i, &x)] {
-                for t in 0..t_len {
-                    let v = from.at(site, 0, t)?;
-                    let v = match cols {
-                        Some((a, b)) => v.narrow(0, a, b - a)?,
-                        None => v,
-                    };
-                    patches.push(Patch {
-                        site,
-                        row,
-                        token: t,
-                        cols,
-                        op: PatchOp::Set,
-                        value: v,
-                    });
-                }
-            }
-        }
-        let out = model.forward_resume(
-            &Resume {
-                start_layer: l,
-                offset: 0,
-                resid,
-                past: None,
-            },
-            &InterventionPlan::logits(logits.clone()).with_patches(patches),
-        )?;
-        let ys: Vec<f64> = lp(&out)?
-            .iter()
-            .map(|row| odds(row, case.male_stereotype) / y_base - 1.0)
-            .collect();
-        r.nie_mlp[l] = ys[0];
-        r.nie_attn[l] = ys[1];
-        r.nde_mlp[l] = ys[m];
-        r.nde_attn[l] = ys[m + 1];
+        let nie = effects(&x, &xs, &into_base)?;
+        let nde = effects(&xs, &x, &into_swapped)?;
+        r.nie_mlp[l] = nie[0];
+        r.nie_attn[l] = nie[1];
+        r.nde_mlp[l] = nde[0];
+        r.nde_attn[l] = nde[1];
         for h in 0..heads {
-            r.nie_head[l][h] = ys[2 + h];
-            r.nde_head[l][h] = ys[m + 2 + h];
+            r.nie_head[l][h] = nie[2 + h];
+            r.nde_head[l][h] = nde[2 + h];
         }
     }
     Ok(r)
-}
-
-/// Effects averaged over prompts with 95% CIs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MediationSummary {
-    pub n_prompts: usize,
-    pub te: Estimate,
-    pub nie_mlp: Vec<Estimate>,
-    pub nde_mlp: Vec<Estimate>,
-    pub nie_attn: Vec<Estimate>,
-    pub nde_attn: Vec<Estimate>,
-    /// Mean NIE per layer and head (CIs in `nie_head_ci`).
-    pub nie_head: Vec<Vec<f64>>,
-    pub nie_head_ci: Vec<Vec<Estimate>>,
-}
-
-pub fn summarise(results: &[MediationResult]) -> Result<MediationSummary> {
-    let first = results
-        .first()
-        .ok_or_else(|| Error::param("results", "no mediation results to summarise"))?;
-    let (nl, heads) = (
-        first.nie_mlp.len(),
-        first.nie_head.first().map_or(0, |h| h.len()),
-    );
-    let per = |f: &dyn Fn(&MediationResult, usize) -> f64| -> Result<Vec<Estimate>> {
-        (0..nl)
-            .map(|l| estimate(&results.iter().map(|r| f(r, l)).collect::<Vec<_>>()))
-            .collect()
-    };
-    let nie_head_ci: Vec<Vec<Estimate>> = (0..nl)
-        .map(|l| {
-            (0..heads)
-                .map(|h| estimate(&results.iter().map(|r| r.nie_head[l][h]).collect::<Vec<_>>()))
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect::<Result<_>>()?;
-    Ok(MediationSummary {
-        n_prompts: results.len(),
-        te: estimate(&results.iter().map(|r| r.te).collect::<Vec<_>>())?,
-        nie_mlp: per(&|r, l| r.nie_mlp[l])?,
-        nde_mlp: per(&|r, l| r.nde_mlp[l])?,
-        nie_attn: per(&|r, l| r.nie_attn[l])?,
-        nde_attn: per(&|r, l| r.nde_attn[l])?,
-        nie_head: nie_head_ci
-            .iter()
-            .map(|row| row.iter().map(|e| e.value).collect())
-            .collect(),
-        nie_head_ci,
-    })
 }

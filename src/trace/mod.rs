@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod fast;
 pub mod job;
 pub mod mediation;
+pub mod mediation_summary;
 pub mod naive;
 pub mod noise;
 pub mod prompts;

@@ -3,6 +3,7 @@
 
 use super::aggregate::{aggregate_roles, RoleSummary, TokenRole, Traced};
 use super::mediation::{summarise, MediationResult};
+use super::mediation_summary::Robust;
 use super::sites_json::locate_sites;
 use super::{Kind, TraceResult};
 use crate::plot::{heatmap, line_plot, Heatmap, LinePlot, Series};
@@ -151,6 +152,7 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
     let summary = summarise(&results)?;
     let dir = run.dir();
     crate::io::write_json_atomic(&dir.join("summary.json"), &summary)?;
+    crate::io::write_atomic(&dir.join("summary.md"), summary.markdown(10).as_bytes())?;
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::file(&plots, e.to_string()))?;
     let heads = summary.nie_head.first().map_or(0, |h| h.len());
@@ -164,6 +166,24 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
             values: summary.nie_head.clone(),
         },
         &plots.join("heads_nie"),
+    )?;
+    heatmap(
+        &Heatmap {
+            title: format!(
+                "mean ln(1 + NIE) per attention head (n = {})",
+                summary.n_prompts
+            ),
+            row_labels: (0..summary.nie_head_log.len())
+                .map(|l| format!("layer {l}"))
+                .collect(),
+            col_labels: (0..heads).map(|h| h.to_string()).collect(),
+            values: summary
+                .nie_head_log
+                .iter()
+                .map(|row| row.iter().map(|e| e.value).collect())
+                .collect(),
+        },
+        &plots.join("heads_nie_log"),
     )?;
     let ser = |label: &str, e: &[Estimate]| Series {
         label: label.into(),
@@ -182,5 +202,24 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
             ],
         },
         &plots.join("layers_nie"),
+    )?;
+    let log = |r: &[Robust]| -> Vec<Estimate> { r.iter().map(|x| x.log_ratio.clone()).collect() };
+    let med = |r: &[Robust]| -> Vec<Estimate> { r.iter().map(|x| x.median.clone()).collect() };
+    line_plot(
+        &LinePlot {
+            title: "mean ln(1 + NIE) and median NIE by layer, 95% CI".into(),
+            x_label: "layer".into(),
+            y_label: "ln(1 + NIE) / NIE".into(),
+            series: vec![
+                ser("MLP, mean ln(1 + NIE)", &log(&summary.nie_mlp_robust)),
+                ser(
+                    "attention, mean ln(1 + NIE)",
+                    &log(&summary.nie_attn_robust),
+                ),
+                ser("MLP, median NIE", &med(&summary.nie_mlp_robust)),
+                ser("attention, median NIE", &med(&summary.nie_attn_robust)),
+            ],
+        },
+        &plots.join("layers_nie_robust"),
     )
 }
