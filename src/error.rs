@@ -50,6 +50,39 @@ impl Error {
     }
 }
 
+/// `x` is finite and > 0; otherwise an error naming `name` (range checks of spec fields).
+pub fn positive(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && x > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(
+            name,
+            format!("must be a finite number > 0, got {x}"),
+        ))
+    }
+}
+
+/// `x` is finite and >= 0; otherwise an error naming `name`.
+pub fn non_negative(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(
+            name,
+            format!("must be a finite number >= 0, got {x}"),
+        ))
+    }
+}
+
+/// `n` >= 1; otherwise an error naming `name`.
+pub fn at_least_one(name: &str, n: usize) -> Result<()> {
+    if n >= 1 {
+        Ok(())
+    } else {
+        Err(Error::param(name, "must be at least 1"))
+    }
+}
+
 /// `s` as the one value of `all` whose `name` it is; otherwise an error naming `param` and
 /// every allowed spelling (`expected a, b or c`). The enums' spellings then live only in their
 /// `name` functions.

@@ -218,9 +218,11 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     }
     // Bad hyperparameters fail here, before the model loads and the bias is measured.
     match spec.method {
+        biaslens::edit::method::Method::Lsdm => spec.lsdm.validate()?,
+        biaslens::edit::method::Method::Ft => spec.ft.validate()?,
+        biaslens::edit::method::Method::Dama => spec.dama.validate()?,
         biaslens::edit::method::Method::Probe => spec.probe.validate()?,
         biaslens::edit::method::Method::Tune => spec.tune.validate()?,
-        _ => {}
     }
     let model = Model::load(&a.model.model, &device)?;
     require_tokenizer(&model)?;

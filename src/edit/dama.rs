@@ -17,11 +17,14 @@ use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+/// DAMA's hyperparameters: `[dama]` in `biaslens edit --spec`, `[methods.dama.params]` in a
+/// report spec. Missing fields take the defaults below.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DamaSettings {
     /// Null-space dimension (PLS components) per layer.
     pub components: usize,
+    /// Prompts per forward/backward pass.
     pub batch: usize,
 }
 
@@ -31,6 +34,14 @@ impl Default for DamaSettings {
             components: 16,
             batch: 64,
         }
+    }
+}
+
+impl DamaSettings {
+    /// Range checks TOML types cannot express; errors name the field as `dama.<field>`.
+    pub fn validate(&self) -> Result<()> {
+        crate::error::at_least_one("dama.components", self.components)?;
+        crate::error::at_least_one("dama.batch", self.batch)
     }
 }
 

@@ -10,8 +10,10 @@ use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+/// FT-L's hyperparameters: `[ft]` in `biaslens edit --spec`, `[methods.ft.params]` in a report
+/// spec. Missing fields take the defaults below.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FtParams {
     /// L∞ bound on the weight change (ROME: 5e-4 for GPT-2 XL).
     pub eps: f64,
@@ -30,6 +32,18 @@ impl Default for FtParams {
             kl_weight: 0.0625,
             chunk: 128,
         }
+    }
+}
+
+impl FtParams {
+    /// Range checks TOML types cannot express; errors name the field as `ft.<field>`.
+    pub fn validate(&self) -> Result<()> {
+        use crate::error::{at_least_one, non_negative, positive};
+        positive("ft.eps", self.eps)?;
+        at_least_one("ft.steps", self.steps)?;
+        positive("ft.lr", self.lr)?;
+        non_negative("ft.kl_weight", self.kl_weight)?;
+        at_least_one("ft.chunk", self.chunk)
     }
 }
 

@@ -20,8 +20,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// LSDM's hyperparameters: `[lsdm]` in `biaslens edit --spec`, `[methods.lsdm.params]` in a
+/// report spec. Missing fields take the defaults below.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LsdmParams {
     /// λ, weight of the corpus prior tr(ΔCΔᵀ) (MEMIT's mom2_update_weight).
     pub lambda: f64,
@@ -34,7 +36,8 @@ pub struct LsdmParams {
     pub corpus_seq_len: usize,
     /// Edit templates used to optimise the target (the first n edit templates).
     pub target_templates: usize,
-    /// Context prefixes used for keys (the first n of DEFAULT_PREFIXES).
+    /// Context prefixes used for keys (the first n of DEFAULT_PREFIXES). FT-L and DAMA build
+    /// their edit prompts from this and `target_templates` too (`edit::method::edit_model`).
     pub prefixes: usize,
     pub target: TargetParams,
     pub batch: usize,
@@ -44,7 +47,6 @@ pub struct LsdmParams {
     /// What to do when the MLP output passes a norm before joining the residual (Gemma-3's
     /// post-feedforward RMSNorm). Always written to edit.json and to stage keys, so a record
     /// says which rule made it; records made before the option existed used `ignore`.
-    #[serde(default)]
     pub post_norm: PostNorm,
 }
 
@@ -127,6 +129,21 @@ impl Default for LsdmParams {
             average_keys: false,
             post_norm: PostNorm::Invert,
         }
+    }
+}
+
+impl LsdmParams {
+    /// Range checks TOML types cannot express; errors name the field as `lsdm.<field>`.
+    pub fn validate(&self) -> Result<()> {
+        use crate::error::{at_least_one, non_negative};
+        non_negative("lsdm.lambda", self.lambda)?;
+        non_negative("lsdm.mu", self.mu)?;
+        at_least_one("lsdm.corpus_tokens", self.corpus_tokens)?;
+        at_least_one("lsdm.corpus_seq_len", self.corpus_seq_len)?;
+        at_least_one("lsdm.target_templates", self.target_templates)?;
+        at_least_one("lsdm.prefixes", self.prefixes)?;
+        at_least_one("lsdm.batch", self.batch)?;
+        self.target.validate("lsdm.target")
     }
 }
 

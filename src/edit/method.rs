@@ -74,8 +74,13 @@ pub struct EditSpec {
     pub split: SplitSpec,
     /// Use only this many edit professions (evenly spaced); None = the whole edit split.
     pub max_edit_professions: Option<usize>,
+    /// Each method's hyperparameters; a missing table or field takes the library default.
+    /// Report specs embed the same structs under `[methods.<method>.params]`.
+    #[serde(default)]
     pub lsdm: LsdmParams,
+    #[serde(default)]
     pub ft: FtParams,
+    #[serde(default)]
     pub dama: DamaSettings,
     #[serde(default)]
     pub probe: ProbeParams,
@@ -270,4 +275,60 @@ pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure
             seed: spec.split.seed,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::target::TargetParams;
+
+    /// `biaslens edit --spec`: a missing method table or field takes the library default, a
+    /// misspelt field is an error naming it, and range errors name the field.
+    #[test]
+    fn method_tables_default_per_field_and_name_unknown_fields() {
+        let head = "method = \"ft\"\nlayers = [3]\ndata_dir = \"data\"\n\
+                    [split]\ndefinitional_threshold = 0.5\nheld_out_fraction = 0.5\nseed = 0\n";
+        let e: EditSpec = toml::from_str(&format!(
+            "{head}[lsdm.target]\nsteps = 5\n[ft]\neps = 1e-3\n"
+        ))
+        .unwrap();
+        let want = LsdmParams {
+            target: TargetParams {
+                steps: 5,
+                ..TargetParams::default()
+            },
+            ..LsdmParams::default()
+        };
+        assert_eq!(e.lsdm, want);
+        let want = FtParams {
+            eps: 1e-3,
+            ..FtParams::default()
+        };
+        assert_eq!(e.ft, want);
+        assert_eq!(e.dama, DamaSettings::default());
+        for (table, field) in [
+            ("lsdm", "lamda"),
+            ("lsdm.target", "stpes"),
+            ("ft", "epsilon"),
+            ("dama", "component"),
+        ] {
+            let err = toml::from_str::<EditSpec>(&format!("{head}[{table}]\n{field} = 1\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("unknown field `{field}`")), "{err}");
+        }
+        let mut bad = e.clone();
+        bad.lsdm.target.clamp = 0.0;
+        let err = bad.lsdm.validate().unwrap_err().to_string();
+        assert!(err.contains("lsdm.target.clamp"), "{err}");
+        bad.ft.steps = 0;
+        let err = bad.ft.validate().unwrap_err().to_string();
+        assert!(err.contains("ft.steps"), "{err}");
+        bad.dama.components = 0;
+        let err = bad.dama.validate().unwrap_err().to_string();
+        assert!(err.contains("dama.components"), "{err}");
+        e.lsdm.validate().unwrap();
+        e.ft.validate().unwrap();
+        e.dama.validate().unwrap();
+    }
 }

@@ -8,8 +8,9 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
+/// Missing fields take the defaults below (in `biaslens edit --spec` and report specs alike).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TargetParams {
     /// `gauss-newton` (default: least-norm steps on the linearised per-prompt gaps, converges in
     /// 2-4 steps) or `adam` (MEMIT's optimiser on the full loss incl. KL and decay).
@@ -78,6 +79,20 @@ impl Default for TargetParams {
             clamp: 0.75,
             chunk: 128,
         }
+    }
+}
+
+impl TargetParams {
+    /// Range checks TOML types cannot express; errors name the field under `table`
+    /// (`lsdm.target`).
+    pub fn validate(&self, table: &str) -> Result<()> {
+        use crate::error::{at_least_one, non_negative, positive};
+        at_least_one(&format!("{table}.steps"), self.steps)?;
+        positive(&format!("{table}.lr"), self.lr)?;
+        non_negative(&format!("{table}.kl_weight"), self.kl_weight)?;
+        non_negative(&format!("{table}.weight_decay"), self.weight_decay)?;
+        positive(&format!("{table}.clamp"), self.clamp)?;
+        at_least_one(&format!("{table}.chunk"), self.chunk)
     }
 }
 

@@ -3,10 +3,11 @@
 //! silently fall back to a default) and every value is range-checked with its dotted name.
 
 use crate::data::split::SplitSpec;
+use crate::edit::dama::DamaSettings;
 use crate::edit::ftl::FtParams;
-use crate::edit::lsdm::{LsdmParams, Prior};
+use crate::edit::lsdm::LsdmParams;
 use crate::edit::method::Method;
-use crate::edit::target::{Optimizer, TargetParams};
+use crate::error::{at_least_one, non_negative, positive};
 use crate::report::variant::ReportVariant;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -158,89 +159,19 @@ impl Layers {
     }
 }
 
-/// LSDM hyperparameters; names match `edit::lsdm::LsdmParams` and its `target` (TargetParams).
+/// LSDM, FT-L or DAMA in a report: the library's own parameter struct (same field names and
+/// defaults as `biaslens edit --spec`'s `[lsdm]` / `[ft]` / `[dama]` tables) on the layers
+/// the trace stage located or on an explicit list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LsdmSpec {
+pub struct SitesLayersSpec<P> {
+    /// Edited layers: a strictly increasing list, or `from_sites` (the traced MLP window).
     pub layers: Layers,
-    /// λ, weight of the corpus prior tr(ΔCΔᵀ): larger keeps the edit smaller.
-    pub lambda: f64,
-    /// μ, weight of keeping the preserved (definitional-control) keys' outputs.
-    pub mu: f64,
-    /// `moment` (C from WikiText-2) or `identity` (ridge).
-    #[serde(default = "default_prior")]
-    pub prior: Prior,
-    /// WikiText-2 tokens used for C.
-    #[serde(default = "default_corpus_tokens")]
-    pub corpus_tokens: usize,
-    /// Edit templates used to optimise the targets, and context prefixes used for keys.
-    #[serde(default = "default_target_templates")]
-    pub target_templates: usize,
-    #[serde(default = "default_prefixes")]
-    pub prefixes: usize,
-    /// Target optimiser: `gauss-newton` or `adam`.
-    #[serde(default = "default_optimizer")]
-    pub optimizer: Optimizer,
-    pub steps: usize,
-    /// Adam learning rate on δ (unused by Gauss-Newton).
-    pub lr: f64,
-    /// Weight of the KL term keeping "The {occupation} is" unchanged.
-    pub kl_weight: f64,
-    /// Weight of ‖δ‖²/‖h‖².
-    #[serde(default = "default_weight_decay")]
-    pub weight_decay: f64,
-    /// Clamp ‖δ‖ <= clamp · ‖h‖ on the target residual.
-    pub clamp: f64,
-    /// `invert` (default) or `ignore`: how a norm after the MLP (Gemma-3) is treated.
+    /// The method's hyperparameters (`edit::lsdm::LsdmParams`, `edit::ftl::FtParams`,
+    /// `edit::dama::DamaSettings`). FT-L and DAMA build their edit prompts from
+    /// `[methods.lsdm.params]`'s `target_templates` and `prefixes`, as `biaslens edit` does.
     #[serde(default)]
-    pub post_norm: crate::edit::lsdm::PostNorm,
-}
-
-// Defaults come from the library's LsdmParams, TargetParams and FtParams so a spec and
-// `biaslens edit` agree.
-fn default_prior() -> Prior {
-    LsdmParams::default().prior
-}
-fn default_corpus_tokens() -> usize {
-    LsdmParams::default().corpus_tokens
-}
-fn default_target_templates() -> usize {
-    LsdmParams::default().target_templates
-}
-fn default_prefixes() -> usize {
-    LsdmParams::default().prefixes
-}
-fn default_optimizer() -> Optimizer {
-    TargetParams::default().optimizer
-}
-fn default_weight_decay() -> f64 {
-    TargetParams::default().weight_decay
-}
-fn default_kl() -> f64 {
-    FtParams::default().kl_weight
-}
-
-/// FT-L hyperparameters; names match `edit::ftl::FtParams`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FtSpec {
-    /// Layers fine-tuned; `from_sites` reuses the traced peak layers.
-    pub layers: Layers,
-    /// L∞ bound on the weight change, enforced after every step.
-    pub eps: f64,
-    pub steps: usize,
-    pub lr: f64,
-    #[serde(default = "default_kl")]
-    pub kl_weight: f64,
-}
-
-/// DAMA hyperparameters; names match `edit::dama::DamaSettings`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DamaSpec {
-    pub layers: Layers,
-    /// PLS components projected out per layer (the null-space dimension).
-    pub components: usize,
+    pub params: P,
 }
 
 /// The gap probe or gap tuning in a report: the library's own parameter struct (same field
@@ -264,9 +195,9 @@ pub struct MethodsSpec {
     /// Edit professions used by every method (evenly spaced over the edit split); absent = all.
     #[serde(default)]
     pub max_edit_professions: Option<usize>,
-    pub lsdm: Option<LsdmSpec>,
-    pub ft: Option<FtSpec>,
-    pub dama: Option<DamaSpec>,
+    pub lsdm: Option<SitesLayersSpec<LsdmParams>>,
+    pub ft: Option<SitesLayersSpec<FtParams>>,
+    pub dama: Option<SitesLayersSpec<DamaSettings>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<TopLayersSpec<crate::edit::probe::ProbeParams>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,41 +299,11 @@ impl Default for OutputSpec {
     }
 }
 
-fn positive(name: &str, x: f64) -> Result<()> {
-    if x.is_finite() && x > 0.0 {
-        Ok(())
-    } else {
-        Err(Error::param(
-            name,
-            format!("must be a finite number > 0, got {x}"),
-        ))
-    }
-}
-
-fn non_negative(name: &str, x: f64) -> Result<()> {
-    if x.is_finite() && x >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::param(
-            name,
-            format!("must be a finite number >= 0, got {x}"),
-        ))
-    }
-}
-
 /// An explicit layer list, if given, is non-empty and strictly increasing.
 fn top_layers(name: &str, layers: Option<&[usize]>) -> Result<()> {
     match layers {
         None => Ok(()),
         Some(l) => Layers::List(l.to_vec()).validate(name),
-    }
-}
-
-fn at_least_one(name: &str, n: usize) -> Result<()> {
-    if n >= 1 {
-        Ok(())
-    } else {
-        Err(Error::param(name, "must be at least 1"))
     }
 }
 
@@ -495,31 +396,7 @@ impl Spec {
                 ));
             }
         }
-        if let Some(m) = &self.methods.lsdm {
-            m.layers.validate("methods.lsdm.layers")?;
-            non_negative("methods.lsdm.lambda", m.lambda)?;
-            non_negative("methods.lsdm.mu", m.mu)?;
-            at_least_one("methods.lsdm.corpus_tokens", m.corpus_tokens)?;
-            at_least_one("methods.lsdm.target_templates", m.target_templates)?;
-            at_least_one("methods.lsdm.prefixes", m.prefixes)?;
-            at_least_one("methods.lsdm.steps", m.steps)?;
-            positive("methods.lsdm.lr", m.lr)?;
-            non_negative("methods.lsdm.kl_weight", m.kl_weight)?;
-            non_negative("methods.lsdm.weight_decay", m.weight_decay)?;
-            positive("methods.lsdm.clamp", m.clamp)?;
-        }
-        if let Some(m) = &self.methods.ft {
-            m.layers.validate("methods.ft.layers")?;
-            positive("methods.ft.eps", m.eps)?;
-            at_least_one("methods.ft.steps", m.steps)?;
-            positive("methods.ft.lr", m.lr)?;
-            non_negative("methods.ft.kl_weight", m.kl_weight)?;
-        }
-        if let Some(m) = &self.methods.dama {
-            m.layers.validate("methods.dama.layers")?;
-            at_least_one("methods.dama.components", m.components)?;
-        }
-        // The library names its parameters `probe.x` / `tune.x`; here they sit under
+        // The library names its parameters `lsdm.x`, `probe.x`, ...; here they sit under
         // `methods.<method>.params`.
         let in_params = |e: Error| match e {
             Error::Param { name, message } => {
@@ -528,6 +405,18 @@ impl Spec {
             }
             other => other,
         };
+        if let Some(m) = &self.methods.lsdm {
+            m.layers.validate("methods.lsdm.layers")?;
+            m.params.validate().map_err(in_params)?;
+        }
+        if let Some(m) = &self.methods.ft {
+            m.layers.validate("methods.ft.layers")?;
+            m.params.validate().map_err(in_params)?;
+        }
+        if let Some(m) = &self.methods.dama {
+            m.layers.validate("methods.dama.layers")?;
+            m.params.validate().map_err(in_params)?;
+        }
         if let Some(m) = &self.methods.probe {
             top_layers("methods.probe.layers", m.layers.as_deref())?;
             m.params.validate().map_err(in_params)?;
@@ -589,6 +478,8 @@ impl Spec {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::edit::lsdm::Prior;
+    use crate::edit::target::{Optimizer, TargetParams};
 
     pub(crate) const MINIMAL: &str = r#"
 name = "t"
@@ -607,12 +498,13 @@ kinds = ["mlp", "attn"]
 seed = 1
 [methods.lsdm]
 layers = "from_sites"
+[methods.lsdm.params]
 lambda = 10.0
 mu = 1.0
-steps = 5
-lr = 0.5
-kl_weight = 0.0625
-clamp = 0.75
+target.steps = 5
+target.lr = 0.5
+target.kl_weight = 0.0625
+target.clamp = 0.75
 [benchmarks]
 bias = ["winobias_type1"]
 capability = ["copa"]
@@ -641,10 +533,20 @@ bootstrap = 100
         assert_eq!(s.model.device, "cpu");
         assert!(s.methods.lsdm.as_ref().unwrap().layers.is_from_sites());
         assert_eq!(variant_names(&s.methods), vec!["base", "lsdm"]);
-        let l = s.methods.lsdm.as_ref().unwrap();
-        assert_eq!(l.prior, LsdmParams::default().prior);
-        assert_eq!(l.optimizer, TargetParams::default().optimizer);
-        assert_eq!(l.weight_decay, TargetParams::default().weight_decay);
+        // Fields the spec leaves out take the library's defaults.
+        let want = LsdmParams {
+            lambda: 10.0,
+            mu: 1.0,
+            target: TargetParams {
+                steps: 5,
+                lr: 0.5,
+                kl_weight: 0.0625,
+                clamp: 0.75,
+                ..TargetParams::default()
+            },
+            ..LsdmParams::default()
+        };
+        assert_eq!(s.methods.lsdm.as_ref().unwrap().params, want);
         assert_eq!(s.output, OutputSpec::default());
         assert_eq!(s.benchmarks.limit_for("copa"), Some(10));
     }
@@ -657,11 +559,52 @@ bootstrap = 100
         assert!(e.contains("foo"), "{e}");
     }
 
+    /// Inside a method's `params` (the library's structs) and beside `layers`, a misspelt or
+    /// misplaced key is an error naming it.
+    #[test]
+    fn unknown_method_fields_are_named() {
+        let sections = "[methods.ft]\nlayers = [3, 4]\n[methods.ft.params]\neps = 1e-3\n\
+                        [methods.dama]\nlayers = [3, 4]\n[methods.dama.params]\ncomponents = 8\n\
+                        [benchmarks]";
+        let text = MINIMAL.replace("[benchmarks]", sections);
+        Spec::parse(&text).unwrap();
+        for (from, to, field) in [
+            ("mu = 1.0", "mu = 1.0\nlamda = 3.0", "lamda"),
+            ("target.steps = 5", "target.stpes = 5", "stpes"),
+            ("eps = 1e-3", "eps = 1e-3\nepsilon = 1e-3", "epsilon"),
+            (
+                "components = 8",
+                "components = 8\ncomponent = 8",
+                "component",
+            ),
+            // A parameter beside `layers` instead of under `params`.
+            (
+                "layers = [3, 4]\n[methods.ft.params]",
+                "layers = [3, 4]\nsteps = 5\n[methods.ft.params]",
+                "steps",
+            ),
+            (
+                "layers = \"from_sites\"",
+                "layers = \"from_sites\"\nclamp = 0.75",
+                "clamp",
+            ),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text, "{from}");
+            let e = err_of(&bad);
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{field}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn bad_values_name_the_parameter() {
         let cases = [
             ("noise = 3.0", "noise = -1.0", "trace.noise"),
-            ("lr = 0.5", "lr = 0.0", "methods.lsdm.lr"),
+            ("lr = 0.5", "lr = 0.0", "methods.lsdm.params.target.lr"),
+            ("mu = 1.0", "mu = -1.0", "methods.lsdm.params.mu"),
             (
                 "layers = \"from_sites\"",
                 "layers = \"all\"",
@@ -705,16 +648,22 @@ bootstrap = 100
     #[test]
     fn prior_and_optimizer_are_enums_spelled_as_before() {
         let with = |extra: &str| MINIMAL.replace("mu = 1.0", &format!("mu = 1.0\n{extra}"));
-        let s = Spec::parse(&with("prior = \"identity\"\noptimizer = \"adam\"")).unwrap();
-        let l = s.methods.lsdm.as_ref().unwrap();
-        assert_eq!((l.prior, l.optimizer), (Prior::Identity, Optimizer::Adam));
+        let s = Spec::parse(&with("prior = \"identity\"\ntarget.optimizer = \"adam\"")).unwrap();
+        let l = &s.methods.lsdm.as_ref().unwrap().params;
+        assert_eq!(
+            (l.prior, l.target.optimizer),
+            (Prior::Identity, Optimizer::Adam)
+        );
         let text = toml::to_string(&s).unwrap();
         assert!(text.contains("prior = \"identity\""), "{text}");
         assert!(text.contains("optimizer = \"adam\""), "{text}");
-        let s = Spec::parse(&with("prior = \"moment\"\noptimizer = \"gauss-newton\"")).unwrap();
-        let l = s.methods.lsdm.as_ref().unwrap();
+        let s = Spec::parse(&with(
+            "prior = \"moment\"\ntarget.optimizer = \"gauss-newton\"",
+        ))
+        .unwrap();
+        let l = &s.methods.lsdm.as_ref().unwrap().params;
         assert_eq!(
-            (l.prior, l.optimizer),
+            (l.prior, l.target.optimizer),
             (Prior::Moment, Optimizer::GaussNewton)
         );
     }
@@ -725,7 +674,7 @@ bootstrap = 100
         for want in ["prior", "ridge", "moment", "identity"] {
             assert!(e.contains(want), "{want}: {e}");
         }
-        let e = err_of(&MINIMAL.replace("mu = 1.0", "mu = 1.0\noptimizer = \"sgd\""));
+        let e = err_of(&MINIMAL.replace("mu = 1.0", "mu = 1.0\ntarget.optimizer = \"sgd\""));
         for want in ["optimizer", "sgd", "gauss-newton", "adam"] {
             assert!(e.contains(want), "{want}: {e}");
         }
@@ -777,6 +726,82 @@ bootstrap = 100
         assert!(e.contains("rnk"), "{e}");
         let e = err_of(&text.replace("[27, 28, 29]", "[28, 27]"));
         assert!(e.contains("methods.tune.layers"), "{e}");
+    }
+
+    /// `[methods.<m>.params]` of a report and `[<m>]` of `biaslens edit --spec` are one schema:
+    /// the same text gives the same library struct, and the edit stage hands it on unchanged.
+    #[test]
+    fn lsdm_ft_dama_params_read_as_edit_spec_tables() {
+        use crate::edit::lsdm::PostNorm;
+        use crate::edit::method::EditSpec;
+        // Every value differs from the library default, so a dropped field would show.
+        let lsdm = "lambda = 3.0\nmu = 2.0\nprior = \"identity\"\ncorpus_tokens = 1024\n\
+                    corpus_seq_len = 64\ntarget_templates = 4\nprefixes = 2\nbatch = 16\n\
+                    average_keys = true\npost_norm = \"ignore\"\n\
+                    target.optimizer = \"adam\"\ntarget.steps = 7\ntarget.lr = 0.25\n\
+                    target.kl_weight = 0.5\ntarget.weight_decay = 0.125\ntarget.clamp = 2.0\n\
+                    target.chunk = 32\n";
+        let ft = "eps = 1e-3\nsteps = 4\nlr = 2e-3\nkl_weight = 0.25\nchunk = 64\n";
+        let dama = "components = 8\nbatch = 32\n";
+        let report = MINIMAL.replace(
+            "[methods.lsdm]\nlayers = \"from_sites\"\n[methods.lsdm.params]\nlambda = 10.0\nmu = 1.0\n\
+             target.steps = 5\ntarget.lr = 0.5\ntarget.kl_weight = 0.0625\ntarget.clamp = 0.75\n",
+            &format!(
+                "[methods.lsdm]\nlayers = [1, 2]\n[methods.lsdm.params]\n{lsdm}\
+                 [methods.ft]\nlayers = [1, 2]\n[methods.ft.params]\n{ft}\
+                 [methods.dama]\nlayers = [1, 2]\n[methods.dama.params]\n{dama}"
+            ),
+        );
+        let edit = format!(
+            "method = \"lsdm\"\nlayers = [1, 2]\ndata_dir = \"data\"\n\
+             [split]\ndefinitional_threshold = 0.5\nheld_out_fraction = 0.5\nseed = 0\n\
+             [lsdm]\n{lsdm}[ft]\n{ft}[dama]\n{dama}"
+        );
+        let s = Spec::parse(&report).unwrap();
+        let e: EditSpec = toml::from_str(&edit).unwrap();
+        let m = &s.methods;
+        assert_eq!(m.lsdm.as_ref().unwrap().params, e.lsdm);
+        assert_eq!(m.ft.as_ref().unwrap().params, e.ft);
+        assert_eq!(m.dama.as_ref().unwrap().params, e.dama);
+        assert_ne!(e.lsdm, LsdmParams::default());
+        assert_eq!(e.lsdm.post_norm, PostNorm::Ignore);
+        assert_eq!(e.lsdm.target.chunk, 32);
+        assert_ne!(e.ft, FtParams::default());
+        assert_ne!(e.dama, DamaSettings::default());
+        for v in crate::report::stages::variants(&s) {
+            let (got, layers) = crate::report::stages::edit::edit_spec(&s, &v).unwrap();
+            assert_eq!(
+                (&got.lsdm, &got.ft, &got.dama),
+                (&e.lsdm, &e.ft, &e.dama),
+                "{}",
+                v.name
+            );
+            assert_eq!(layers, Some(Layers::List(vec![1, 2])), "{}", v.name);
+        }
+        // A λ sweep point changes λ alone.
+        let swept = Spec::parse(
+            &report.replace("[benchmarks]", "[sweeps]\nlambda = [100.0]\n[benchmarks]"),
+        )
+        .unwrap();
+        let point = crate::report::stages::variants(&swept)
+            .into_iter()
+            .find(|v| v.lambda.is_some())
+            .unwrap();
+        let (got, _) = crate::report::stages::edit::edit_spec(&swept, &point).unwrap();
+        assert_eq!(
+            got.lsdm,
+            LsdmParams {
+                lambda: 100.0,
+                ..e.lsdm.clone()
+            }
+        );
+        // Range errors use the report's path to the field.
+        let e = err_of(&report.replace("eps = 1e-3", "eps = 0.0"));
+        assert!(e.contains("methods.ft.params.eps"), "{e}");
+        let e = err_of(&report.replace("components = 8", "components = 0"));
+        assert!(e.contains("methods.dama.params.components"), "{e}");
+        let e = err_of(&report.replace("target.chunk = 32", "target.chunk = 0"));
+        assert!(e.contains("methods.lsdm.params.target.chunk"), "{e}");
     }
 
     #[test]

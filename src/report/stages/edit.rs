@@ -4,11 +4,7 @@
 //! `artefacts/edit_<variant>/delta.safetensors` for the later stages to apply.
 
 use super::{Variant, STAGE_VERSION};
-use crate::edit::dama::DamaSettings;
-use crate::edit::ftl::FtParams;
-use crate::edit::lsdm::LsdmParams;
 use crate::edit::method::{edit_model, edit_prompt_bias, EditSpec, Method};
-use crate::edit::target::TargetParams;
 use crate::model::Model;
 use crate::report::inputs::{CostRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
@@ -64,42 +60,19 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Option<Layers>)>
     e.split = spec.split.clone();
     e.max_edit_professions = spec.methods.max_edit_professions;
     let m = &spec.methods;
+    // Each present section's parameters as they are; absent ones keep the library defaults.
     if let Some(l) = &m.lsdm {
-        let d = LsdmParams::default();
-        e.lsdm = LsdmParams {
-            lambda: v.lambda.unwrap_or(l.lambda),
-            mu: l.mu,
-            prior: l.prior,
-            corpus_tokens: l.corpus_tokens,
-            target_templates: l.target_templates,
-            prefixes: l.prefixes,
-            post_norm: l.post_norm,
-            target: TargetParams {
-                optimizer: l.optimizer,
-                steps: l.steps,
-                lr: l.lr,
-                kl_weight: l.kl_weight,
-                weight_decay: l.weight_decay,
-                clamp: l.clamp,
-                ..TargetParams::default()
-            },
-            ..d
-        };
+        e.lsdm = l.params.clone();
+    }
+    if let Some(lambda) = v.lambda {
+        // A λ sweep point.
+        e.lsdm.lambda = lambda;
     }
     if let Some(f) = &m.ft {
-        e.ft = FtParams {
-            eps: f.eps,
-            steps: f.steps,
-            lr: f.lr,
-            kl_weight: f.kl_weight,
-            ..FtParams::default()
-        };
+        e.ft = f.params.clone();
     }
     if let Some(d) = &m.dama {
-        e.dama = DamaSettings {
-            components: d.components,
-            ..DamaSettings::default()
-        };
+        e.dama = d.params.clone();
     }
     if let Some(p) = &m.probe {
         e.probe = p.params.clone();
