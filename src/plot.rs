@@ -103,6 +103,9 @@ pub struct Heatmap {
     pub title: String,
     pub row_labels: Vec<String>,
     pub col_labels: Vec<String>,
+    /// What the columns are ("layer", "head") and what the colour shows ("IE", "ln(1 + NIE)").
+    pub col_title: String,
+    pub value_label: String,
     pub values: Vec<Vec<f64>>,
 }
 
@@ -135,13 +138,12 @@ pub fn draw_heatmap_cells<DB: DrawingBackend>(
     caption: &str,
     row_labels: &[String],
     col_labels: &[String],
+    x_desc: &str,
     values: &[Vec<f64>],
     scale: f64,
     text: bool,
 ) -> std::result::Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    // Every heatmap here is token role × layer.
-    let x_desc = "layer";
     let (nr, nc) = (values.len(), values.first().map_or(0, |r| r.len()));
     let mut b = ChartBuilder::on(area);
     b.margin(8);
@@ -261,12 +263,13 @@ fn draw_heatmap<DB: DrawingBackend>(
         &h.title,
         &h.row_labels,
         &h.col_labels,
+        &h.col_title,
         &h.values,
         max_abs,
         text,
     )
     .map_err(|e| err(path, e))?;
-    draw_colour_bar(&bar, max_abs, "IE", text).map_err(|e| err(path, e))?;
+    draw_colour_bar(&bar, max_abs, &h.value_label, text).map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())
 }
@@ -380,6 +383,8 @@ mod tests {
             title: "IE".into(),
             row_labels: vec!["a".into(), "b".into()],
             col_labels: (0..5).map(|i| i.to_string()).collect(),
+            col_title: "layer".into(),
+            value_label: "IE".into(),
             values: vec![vec![0.1, -0.2, 0.3, 0.0, 0.05], vec![0.0; 5]],
         };
         heatmap(&h, &tmp.path().join("h")).unwrap();

@@ -189,6 +189,7 @@ fn draw_one_heatmap<DB: DrawingBackend>(
         &format!("{} — {}", g.kind, g.variant),
         &g.roles,
         &layers,
+        "layer",
         &g.aie,
         scale,
         true,

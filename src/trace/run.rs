@@ -116,6 +116,8 @@ fn finalize_trace(run: &RunDir, s: &serde_json::Value) -> Result<()> {
                 ),
                 row_labels: rows.iter().map(|r| r.role.label().to_string()).collect(),
                 col_labels: (0..nl).map(|l| l.to_string()).collect(),
+                col_title: "layer".into(),
+                value_label: "IE".into(),
                 values: rows
                     .iter()
                     .map(|r| r.ie.iter().map(|e| e.value).collect())
@@ -163,6 +165,8 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
                 .map(|l| format!("layer {l}"))
                 .collect(),
             col_labels: (0..heads).map(|h| h.to_string()).collect(),
+            col_title: "head".into(),
+            value_label: "NIE".into(),
             values: summary.nie_head.clone(),
         },
         &plots.join("heads_nie"),
@@ -177,6 +181,8 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
                 .map(|l| format!("layer {l}"))
                 .collect(),
             col_labels: (0..heads).map(|h| h.to_string()).collect(),
+            col_title: "head".into(),
+            value_label: "ln(1 + NIE)".into(),
             values: summary
                 .nie_head_log
                 .iter()
@@ -204,22 +210,16 @@ fn finalize_mediation(run: &RunDir) -> Result<()> {
         &plots.join("layers_nie"),
     )?;
     let log = |r: &[Robust]| -> Vec<Estimate> { r.iter().map(|x| x.log_ratio.clone()).collect() };
-    let med = |r: &[Robust]| -> Vec<Estimate> { r.iter().map(|x| x.median.clone()).collect() };
     line_plot(
         &LinePlot {
-            title: "mean ln(1 + NIE) and median NIE by layer, 95% CI".into(),
+            title: "mean ln(1 + NIE) by layer, 95% CI (ln(1 + TE) = te_robust.log_ratio)".into(),
             x_label: "layer".into(),
-            y_label: "ln(1 + NIE) / NIE".into(),
+            y_label: "mean ln(1 + NIE)".into(),
             series: vec![
-                ser("MLP, mean ln(1 + NIE)", &log(&summary.nie_mlp_robust)),
-                ser(
-                    "attention, mean ln(1 + NIE)",
-                    &log(&summary.nie_attn_robust),
-                ),
-                ser("MLP, median NIE", &med(&summary.nie_mlp_robust)),
-                ser("attention, median NIE", &med(&summary.nie_attn_robust)),
+                ser("MLP", &log(&summary.nie_mlp_robust)),
+                ser("attention", &log(&summary.nie_attn_robust)),
             ],
         },
-        &plots.join("layers_nie_robust"),
+        &plots.join("layers_nie_log"),
     )
 }
