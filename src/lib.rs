@@ -6,6 +6,11 @@
 //! `trace` / `mediate` (where the bias flows) → `edit` (LSDM and baselines) → `eval`
 //! (bias and capability benchmarks) → `report` (tables, figures, snapshots).
 
+// The command line lives in the library so that the Python bindings (crates/biaslens-py) run
+// the same code: its files name the crate `biaslens::`, as from outside.
+extern crate self as biaslens;
+
+pub mod cli;
 pub mod data;
 pub mod device;
 pub mod edit;

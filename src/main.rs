@@ -1,8 +1,5 @@
-//! The `biaslens` command line: a thin layer over the library, one file per subcommand.
-
-mod cli;
-
-use clap::Parser;
+//! The `biaslens` command line: a thin layer over the library, one file per subcommand
+//! (`biaslens::cli`, in the library so that `python -m biaslens` runs the same code).
 
 /// The eval engine allocates and frees tensors of megabytes per op; glibc's malloc hands them
 /// back to the kernel and faults them in again (a fifth of a BoolQ sample's CPU time was system
@@ -24,9 +21,5 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let args = cli::Cli::parse();
-    if let Err(e) = cli::run(args) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    std::process::exit(biaslens::cli::main_with_args(std::env::args_os()));
 }

@@ -138,11 +138,20 @@ impl EditArgs {
 }
 
 pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
+    let spec = edit_spec(&a)?;
+    let model = Model::load(&a.model.model, &a.model.device()?)?;
+    edit_loaded(&a, spec, &model)?;
+    Ok(())
+}
+
+/// The edit spec the flags describe (`--spec`, then the flags over it), after checking the
+/// flags, `--out` and the hyperparameters: everything that fails before a model is loaded.
+pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpec> {
     use anyhow::Context;
-    use biaslens::edit::method::{edit_model, EditSpec};
+    use biaslens::edit::method::EditSpec;
     a.validate()?;
     a.output.prepare(&a.model.model)?;
-    let device = a.model.device()?;
+    a.model.device()?;
     let method = a.method;
     let mut spec = match &a.spec {
         Some(p) => {
@@ -224,21 +233,31 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         biaslens::edit::method::Method::Probe => spec.probe.validate()?,
         biaslens::edit::method::Method::Tune => spec.tune.validate()?,
     }
-    let model = Model::load(&a.model.model, &device)?;
-    require_tokenizer(&model)?;
+    Ok(spec)
+}
+
+/// Run the edit `spec` ([`edit_spec`] of `a`) on `model` (loaded from `a`'s `--model`), write
+/// --out, print the before / after bias, and return the record written to `edit.json`.
+pub fn edit_loaded(
+    a: &EditArgs,
+    mut spec: biaslens::edit::method::EditSpec,
+    model: &Model,
+) -> anyhow::Result<EditRecord> {
+    use biaslens::edit::method::edit_model;
+    require_tokenizer(model)?;
     if spec.layers.is_empty() {
-        spec.layers = default_layers(&a.model.model, &model, spec.method, &spec.data_dir)?;
+        spec.layers = default_layers(&a.model.model, model, spec.method, &spec.data_dir)?;
     }
     eprintln!(
         "editing {} with {:?} on layers {:?}",
         model.info.name, spec.method, spec.layers
     );
-    let before = biaslens::edit::method::edit_prompt_bias(&model, &spec)?;
-    let outcome = edit_model(&model, &spec, |s| eprintln!("{s}"))?;
-    let weights_after = apply_delta(&model, &outcome.delta)?;
+    let before = biaslens::edit::method::edit_prompt_bias(model, &spec)?;
+    let outcome = edit_model(model, &spec, |s| eprintln!("{s}"))?;
+    let weights_after = apply_delta(model, &outcome.delta)?;
     let edited = model.with_weights(weights_after.clone(), "+edit")?;
     let after = biaslens::edit::method::edit_prompt_bias(&edited, &spec)?;
-    let mut record = EditRecord::new(outcome.delta.meta.method.as_str(), &model);
+    let mut record = EditRecord::new(outcome.delta.meta.method.as_str(), model);
     record.layers = spec.layers.clone();
     record.hyperparameters = serde_json::to_value(&spec)?;
     record.seed = spec.split.seed;
@@ -247,7 +266,7 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     record.metrics_after = serde_json::to_value(&after)?;
     record.wall_times_s.insert("edit".into(), outcome.seconds);
     write_edit_outputs(
-        &model,
+        model,
         &weights_after,
         &outcome.delta,
         &record,
@@ -261,8 +280,8 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
         after.n_prompts,
         a.output.out.display()
     );
-    print_unseen(&model, &edited, &spec)?;
-    Ok(())
+    print_unseen(model, &edited, &spec)?;
+    Ok(record)
 }
 
 /// Held-out professions and the definitional controls on the five templates no edit is fitted

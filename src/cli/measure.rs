@@ -34,18 +34,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let inputs: Vec<&std::path::Path> = a.templates.iter().map(PathBuf::as_path).collect();
     a.output.check(&inputs)?;
     let device = a.model.device()?;
-    let mut opts = MeasureOptions {
-        subset: a.split.parse()?,
-        batch_size: a.batch_size,
-        templates: a.templates.clone(),
-        template_split: a.template_split,
-        ..Default::default()
-    };
-    opts.split.seed = a.rng.seed;
-    opts.bootstrap.seed = a.rng.seed;
+    let job = job(&a)?;
     let model = Model::load(&a.model.model, &device)?;
     require_tokenizer(&model)?;
-    let job = MeasureJob::new(opts);
     let n = job.prompts()?.0.len();
     let pb = progress(n as u64, "prompts");
     let result = job.run(&model, |k| pb.inc(k as u64))?;
@@ -56,6 +47,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// The job the flags describe (the split and the bootstrap seeded by `--seed`).
+pub fn job(a: &Args) -> anyhow::Result<MeasureJob> {
+    let mut opts = MeasureOptions {
+        subset: a.split.parse()?,
+        batch_size: a.batch_size,
+        templates: a.templates.clone(),
+        template_split: a.template_split,
+        ..Default::default()
+    };
+    opts.split.seed = a.rng.seed;
+    opts.bootstrap.seed = a.rng.seed;
+    Ok(MeasureJob::new(opts))
 }
 
 fn est(e: &Estimate) -> String {

@@ -1,4 +1,6 @@
-//! Subcommands. Each file holds its clap `Args` and a `run` that calls the library.
+//! The `biaslens` command line. Each file holds a subcommand's clap `Args` and a `run` that
+//! calls the library; the binary (src/main.rs) and `python -m biaslens` both call
+//! [`main_with_args`].
 
 pub mod common;
 pub mod edit;
@@ -43,6 +45,31 @@ pub enum Command {
     Report(report::Args),
     /// Merge shard outputs into the single-run result.
     Merge(merge::Args),
+}
+
+/// Parse `args` (the first is the program name) and run the command, as the `biaslens` binary
+/// does: a usage error or `--help` is printed by clap, a failure as one `error: ...` line on
+/// stderr. Returns the exit code (0 ok, 1 failed, 2 usage error).
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            // What clap's `exit` does, without ending the process.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

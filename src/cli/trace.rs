@@ -137,7 +137,7 @@ fn sweep<T: serde::Serialize>(
 }
 
 /// The job the flags describe, checked before the model is loaded and anything is written.
-fn job_of(a: &TraceArgs) -> anyhow::Result<TraceJob> {
+pub fn job_of(a: &TraceArgs) -> anyhow::Result<TraceJob> {
     let kinds = a
         .kinds
         .split(',')

@@ -55,6 +55,21 @@ pub struct TraceSummary {
     pub roles: Vec<RoleSummary>,
 }
 
+/// The summary of traced prompts (`summary.json`): the mean total effect and each kind ×
+/// token role × layer's mean indirect effect, with 95% CIs.
+pub fn summarise_trace<'a>(
+    records: impl IntoIterator<Item = &'a TraceRecord>,
+) -> Result<TraceSummary> {
+    let recs: Vec<&TraceRecord> = records.into_iter().collect();
+    let items: Vec<Traced> = recs.iter().map(|r| r.traced()).collect();
+    let te: Vec<f64> = recs.iter().map(|r| r.result.effects(r.sign).te).collect();
+    Ok(TraceSummary {
+        n_prompts: recs.len(),
+        te: super::aggregate::estimate(&te)?,
+        roles: aggregate_roles(&items)?,
+    })
+}
+
 fn settings(dir: &Path) -> Result<serde_json::Value> {
     let p = dir.join(SETTINGS);
     let t = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e.to_string()))?;
@@ -77,17 +92,7 @@ pub fn finalize(dir: &Path) -> Result<()> {
 
 fn finalize_trace(run: &RunDir, s: &serde_json::Value) -> Result<()> {
     let recs: Vec<(usize, TraceRecord)> = run.records()?;
-    let items: Vec<Traced> = recs.iter().map(|(_, r)| r.traced()).collect();
-    let te: Vec<f64> = recs
-        .iter()
-        .map(|(_, r)| r.result.effects(r.sign).te)
-        .collect();
-    let roles = aggregate_roles(&items)?;
-    let summary = TraceSummary {
-        n_prompts: recs.len(),
-        te: super::aggregate::estimate(&te)?,
-        roles,
-    };
+    let summary = summarise_trace(recs.iter().map(|(_, r)| r))?;
     let dir = run.dir();
     crate::io::write_json_atomic(&dir.join("summary.json"), &summary)?;
     let nl = recs.first().map_or(0, |(_, r)| r.result.layers);
