@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 import biaslens
 
 # The cheap edit of --quick: `biaslens edit --max-edit 4 --probe-components mlp`.
@@ -67,8 +69,9 @@ def main():
     t = m.trace(prompts=2, samples=3, kinds=("hidden", "mlp", "attn"), seed=0)
     print(t)
     for kind, grid in zip(t.kinds, t.effects):
-        role, layer = divmod(int(grid.argmax()), grid.shape[1])
-        print(f"  {kind}: largest mean IE {grid.max():.4f} at {t.roles[role]}, layer {layer}")
+        # NaN: no traced prompt has that token role (a one-token occupation has no middle).
+        role, layer = divmod(int(np.nanargmax(grid)), grid.shape[1])
+        print(f"  {kind}: largest mean IE {grid[role, layer]:.4f} at {t.roles[role]}, layer {layer}")
     out_dir = Path(tempfile.mkdtemp(prefix="biaslens-quickstart-"))
     heatmap(t, out_dir / "trace-heatmap.png")
 
