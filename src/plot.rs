@@ -130,19 +130,22 @@ fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::file(path, format!("plot: {e}"))
 }
 
-/// Heatmap cells of `values[r][c]` on `area`, row 0 at the top, coloured by
-/// `diverging(v / scale)`; labels (and the caption) only when `text`. Column labels are thinned
+/// Heatmap cells of `h.values[r][c]` on `area`, row 0 at the top, coloured by
+/// `diverging(v / scale)`; labels (and the title) only when `text`. Column labels are thinned
 /// to about 12 so 30-layer axes stay legible.
 pub fn draw_heatmap_cells<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    caption: &str,
-    row_labels: &[String],
-    col_labels: &[String],
-    x_desc: &str,
-    values: &[Vec<f64>],
+    h: &Heatmap,
     scale: f64,
     text: bool,
 ) -> std::result::Result<(), String> {
+    let (caption, row_labels, col_labels, x_desc, values) = (
+        h.title.as_str(),
+        &h.row_labels,
+        &h.col_labels,
+        h.col_title.as_str(),
+        &h.values,
+    );
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let (nr, nc) = (values.len(), values.first().map_or(0, |r| r.len()));
     let mut b = ChartBuilder::on(area);
@@ -258,17 +261,7 @@ fn draw_heatmap<DB: DrawingBackend>(
         .filter(|v| v.is_finite())
         .fold(0f64, |m, v| m.max(v.abs()));
     let (main, bar) = root.split_horizontally(root.dim_in_pixel().0 as i32 - 90);
-    draw_heatmap_cells(
-        &main,
-        &h.title,
-        &h.row_labels,
-        &h.col_labels,
-        &h.col_title,
-        &h.values,
-        max_abs,
-        text,
-    )
-    .map_err(|e| err(path, e))?;
+    draw_heatmap_cells(&main, h, max_abs, text).map_err(|e| err(path, e))?;
     draw_colour_bar(&bar, max_abs, &h.value_label, text).map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())

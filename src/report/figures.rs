@@ -6,7 +6,7 @@ use super::inputs::{TraceGrid, TradeoffPoint};
 use super::variant::ReportVariant;
 use crate::edit::method::Method;
 pub use crate::plot::{diverging, ensure_font};
-use crate::plot::{draw_colour_bar, draw_heatmap_cells};
+use crate::plot::{draw_colour_bar, draw_heatmap_cells, Heatmap};
 use crate::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -184,17 +184,15 @@ fn draw_one_heatmap<DB: DrawingBackend>(
     scale: f64,
 ) -> Result<()> {
     let layers: Vec<String> = (0..g.layers()).map(|l| l.to_string()).collect();
-    draw_heatmap_cells(
-        area,
-        &format!("{} — {}", g.kind, g.variant),
-        &g.roles,
-        &layers,
-        "layer",
-        &g.aie,
-        scale,
-        true,
-    )
-    .map_err(|e| plot_err(id, e))
+    let h = Heatmap {
+        title: format!("{} — {}", g.kind, g.variant),
+        row_labels: g.roles.clone(),
+        col_labels: layers,
+        col_title: "layer".into(),
+        value_label: "IE".into(),
+        values: g.aie.clone(),
+    };
+    draw_heatmap_cells(area, &h, scale, true).map_err(|e| plot_err(id, e))
 }
 
 /// Axis range with 10% padding (or ±0.05 for a single value).

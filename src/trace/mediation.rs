@@ -198,10 +198,8 @@ pub fn mediate(model: &Transformer, case: &MediationCase) -> Result<MediationRes
         r.nie_attn[l] = nie[1];
         r.nde_mlp[l] = nde[0];
         r.nde_attn[l] = nde[1];
-        for h in 0..heads {
-            r.nie_head[l][h] = nie[2 + h];
-            r.nde_head[l][h] = nde[2 + h];
-        }
+        r.nie_head[l].copy_from_slice(&nie[2..2 + heads]);
+        r.nde_head[l].copy_from_slice(&nde[2..2 + heads]);
     }
     Ok(r)
 }
