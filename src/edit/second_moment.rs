@@ -187,7 +187,50 @@ pub(crate) fn tensors_to_bytes(
                 .map_err(|e| e.to_string())
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, &Some(header.clone())).map_err(|e| e.to_string())
+    let bytes = safetensors::serialize(views, &Some(header.clone())).map_err(|e| e.to_string())?;
+    canonical_header(bytes)
+}
+
+/// The same file with the JSON header's object keys in sorted order (the `__metadata__` map is
+/// a HashMap, written in a per-process random order): equal inputs give equal bytes. Sorting
+/// keeps the compact JSON's length, so the header is rewritten in place, padding kept.
+fn canonical_header(mut bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let short = || "safetensors file shorter than its header".to_string();
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .ok_or_else(short)?
+        .try_into()
+        .map_err(|_| short())?;
+    let n = u64::from_le_bytes(len_bytes) as usize;
+    let raw = bytes.get(8..8 + n).ok_or_else(short)?;
+    let text = std::str::from_utf8(raw).map_err(|e| e.to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_str(text.trim_end()).map_err(|e| e.to_string())?;
+    let sorted = serde_json::to_string(&sort_keys(value)).map_err(|e| e.to_string())?;
+    if sorted.len() > n {
+        return Err(format!(
+            "sorted header is {} bytes, the slot {n}",
+            sorted.len()
+        ));
+    }
+    let slot = &mut bytes[8..8 + n];
+    slot.fill(b' ');
+    slot[..sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(bytes)
+}
+
+fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+                map.into_iter().map(|(k, v)| (k, sort_keys(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().collect())
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(sort_keys).collect())
+        }
+        other => other,
+    }
 }
 
 /// Reference: Σ kkᵀ / count over the same batches in nalgebra f64 (mask: true = real row).
@@ -217,4 +260,36 @@ pub fn reference_moment(batches: &[(DMatrix<f64>, Option<Vec<bool>>)]) -> Result
         return Err(Error::Numerical("second moment of zero keys".into()));
     }
     Ok(sum / count as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal tensors and metadata give equal bytes, whatever order the HashMaps iterate in, and
+    /// the file still reads back with its metadata.
+    #[test]
+    fn equal_inputs_give_equal_files() {
+        let build = || {
+            let t: HashMap<String, Tensor> = (0..4)
+                .map(|i| {
+                    let v = Tensor::new(&[i as f32, 1.0, 2.0], &Device::Cpu).unwrap();
+                    (format!("t{i}"), v)
+                })
+                .collect();
+            let h: HashMap<String, String> = (0..8)
+                .map(|i| (format!("key{i}"), format!("value {i}")))
+                .collect();
+            tensors_to_bytes(&t, &h).unwrap()
+        };
+        let first = build();
+        for _ in 0..5 {
+            assert_eq!(build(), first);
+        }
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        let m = meta.metadata().as_ref().unwrap();
+        assert_eq!(m["key3"], "value 3");
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("t2").unwrap().shape(), &[3]);
+    }
 }
