@@ -85,32 +85,20 @@ impl Default for ProbeParams {
 }
 
 impl ProbeParams {
+    /// Range checks TOML types cannot express; errors name the field as `probe.<field>`.
     pub fn validate(&self) -> Result<()> {
-        let pos = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(Error::param(
-                    name,
-                    format!("{v} must be a finite number >= 0"),
-                ))
-            }
-        };
-        pos("probe.lambda", self.lambda)?;
-        pos("probe.scale", self.scale)?;
+        use crate::error::{at_least_one, non_negative};
+        non_negative("probe.lambda", self.lambda)?;
+        non_negative("probe.scale", self.scale)?;
         if self.corpus_tokens == 0 && self.lambda > 0.0 {
             return Err(Error::param(
                 "probe.corpus_tokens",
                 "must be > 0 when λ > 0",
             ));
         }
-        if self.batch == 0 || self.prefixes == 0 || self.passes == 0 {
-            return Err(Error::param(
-                "probe.batch / probe.prefixes / probe.passes",
-                "must be > 0",
-            ));
-        }
-        Ok(())
+        at_least_one("probe.batch", self.batch)?;
+        at_least_one("probe.prefixes", self.prefixes)?;
+        at_least_one("probe.passes", self.passes)
     }
 }
 

@@ -85,31 +85,17 @@ impl Default for TuneParams {
 }
 
 impl TuneParams {
+    /// Range checks TOML types cannot express; errors name the field as `tune.<field>`.
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("tune.lr", self.lr),
-            ("tune.protect_weight", self.protect_weight),
-            ("tune.prior", self.prior),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::param(
-                    name,
-                    format!("{v} must be a finite number >= 0"),
-                ));
-            }
-        }
-        if self.rank == 0
-            || self.steps == 0
-            || self.batch == 0
-            || self.prefixes == 0
-            || self.corpus_tokens == 0
-        {
-            return Err(Error::param(
-                "tune.rank / tune.steps / tune.batch / tune.prefixes / tune.corpus_tokens",
-                "must be > 0",
-            ));
-        }
-        Ok(())
+        use crate::error::{at_least_one, non_negative};
+        non_negative("tune.lr", self.lr)?;
+        non_negative("tune.protect_weight", self.protect_weight)?;
+        non_negative("tune.prior", self.prior)?;
+        at_least_one("tune.rank", self.rank)?;
+        at_least_one("tune.steps", self.steps)?;
+        at_least_one("tune.batch", self.batch)?;
+        at_least_one("tune.prefixes", self.prefixes)?;
+        at_least_one("tune.corpus_tokens", self.corpus_tokens)
     }
 }
 
