@@ -62,19 +62,13 @@ pub fn median(xs: &[f64]) -> Result<Estimate> {
     bootstrap(xs.len(), MEDIAN_RESAMPLES, MEDIAN_SEED, med)
 }
 
-/// ln(1 + x) of every effect; an effect of −1 or below (odds of zero) is an error, since its
-/// log-ratio does not exist.
-fn log_ratios(xs: &[f64]) -> Result<Vec<f64>> {
+/// ln(1 + x) of every effect whose log-ratio exists. An effect of −1 or below means the patched
+/// odds underflowed to zero; such prompts are left out of the log-ratio (its `n` says how many
+/// remain) rather than failing the summary of a finished run.
+fn log_ratios(xs: &[f64]) -> Vec<f64> {
     xs.iter()
-        .map(|&x| {
-            if x > -1.0 {
-                Ok(x.ln_1p())
-            } else {
-                Err(Error::Model(format!(
-                    "mediation effect {x}: the patched odds are zero, no log-ratio"
-                )))
-            }
-        })
+        .filter(|&&x| x > -1.0 && x.is_finite())
+        .map(|&x| x.ln_1p())
         .collect()
 }
 
@@ -82,7 +76,7 @@ pub fn robust(xs: &[f64]) -> Result<Robust> {
     Ok(Robust {
         mean: estimate(xs)?,
         median: median(xs)?,
-        log_ratio: estimate(&log_ratios(xs)?)?,
+        log_ratio: estimate(&log_ratios(xs))?,
     })
 }
 
@@ -127,7 +121,7 @@ pub fn summarise(results: &[MediationResult]) -> Result<MediationSummary> {
         te_robust: robust(&column(&|r| r.te))?,
         nie_mlp_robust: per_robust(&|r, l| r.nie_mlp[l])?,
         nie_attn_robust: per_robust(&|r, l| r.nie_attn[l])?,
-        nie_head_log: per_head(&|xs| estimate(&log_ratios(xs)?))?,
+        nie_head_log: per_head(&|xs| estimate(&log_ratios(xs)))?,
     })
 }
 
@@ -214,7 +208,10 @@ mod tests {
         let r = robust(&[1.0, -0.5]).unwrap();
         assert!(r.log_ratio.value.abs() < 1e-12);
         assert!((r.mean.value - 0.25).abs() < 1e-12);
-        assert!(robust(&[-1.0, 0.5]).is_err());
+        // Zero patched odds (effect −1): left out of the log-ratio, kept in mean and median.
+        let z = robust(&[-1.0, 0.5, 1.0]).unwrap();
+        assert_eq!((z.log_ratio.n, z.mean.n, z.median.n), (2, 3, 3));
+        assert!((z.log_ratio.value - (1.5f64.ln() + 2f64.ln()) / 2.0).abs() < 1e-12);
     }
 
     #[test]
