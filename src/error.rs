@@ -18,6 +18,9 @@ pub enum Error {
     Model(String),
     #[error("numerical: {0}")]
     Numerical(String),
+    /// A stop was requested ([`crate::model::stop::StopFlag`]), e.g. by Ctrl-C in Python.
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

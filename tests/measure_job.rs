@@ -140,3 +140,44 @@ fn a_capped_report_measures_the_capped_job() {
         r.metrics.regression.as_ref().map(|f| &f.a_s)
     );
 }
+
+/// A stop requested while a measure runs ends it at the next layer with `Error::Interrupted`
+/// (the Python bindings' Ctrl-C); once withdrawn, the same job on the same model gives the
+/// bytes of an uninterrupted run. A `with_weights` copy (an edited model) obeys the same flag.
+#[test]
+fn a_requested_stop_ends_the_job_and_a_cleared_one_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_tok(tmp.path());
+    let model = Model::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+    let job = MeasureJob::new(MeasureOptions {
+        subset: Subset::Controls,
+        batch_size: 1,
+        ..MeasureOptions::default()
+    });
+    let whole = serde_json::to_vec(&job.run(&model, |_| {}).unwrap()).unwrap();
+    let total = job.prompts().unwrap().0.len();
+    assert!(total > 2);
+
+    let stop = model.stop_flag().clone();
+    let mut done = 0;
+    let err = job
+        .run(&model, |k| {
+            done += k;
+            if done == 2 {
+                stop.request();
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, biaslens::Error::Interrupted), "{err}");
+    assert_eq!(done, 2, "prompts kept being measured after the stop");
+
+    let copy = model.with_weights(model.weights.clone(), "+copy").unwrap();
+    assert!(matches!(
+        job.run(&copy, |_| {}).unwrap_err(),
+        biaslens::Error::Interrupted
+    ));
+
+    stop.clear();
+    let again = serde_json::to_vec(&job.run(&model, |_| {}).unwrap()).unwrap();
+    assert!(again == whole, "a cleared stop changed the result");
+}

@@ -140,7 +140,7 @@ impl EditArgs {
 pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     let spec = edit_spec(&a)?;
     let model = Model::load(&a.model.model, &a.model.device()?)?;
-    edit_loaded(&a, spec, &model)?;
+    edit_loaded(&a, spec, &model, &mut |s| eprintln!("{s}"))?;
     Ok(())
 }
 
@@ -237,23 +237,25 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 }
 
 /// Run the edit `spec` ([`edit_spec`] of `a`) on `model` (loaded from `a`'s `--model`), write
-/// --out, print the before / after bias, and return the record written to `edit.json`.
+/// --out, print the before / after bias, and return the record written to `edit.json`. The
+/// edit's stage lines go to `log` (stderr for the command).
 pub fn edit_loaded(
     a: &EditArgs,
     mut spec: biaslens::edit::method::EditSpec,
     model: &Model,
+    log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<EditRecord> {
     use biaslens::edit::method::edit_model;
     require_tokenizer(model)?;
     if spec.layers.is_empty() {
         spec.layers = default_layers(&a.model.model, model, spec.method, &spec.data_dir)?;
     }
-    eprintln!(
+    log(&format!(
         "editing {} with {:?} on layers {:?}",
         model.info.name, spec.method, spec.layers
-    );
+    ));
     let before = biaslens::edit::method::edit_prompt_bias(model, &spec)?;
-    let outcome = edit_model(model, &spec, |s| eprintln!("{s}"))?;
+    let outcome = edit_model(model, &spec, &mut *log)?;
     let weights_after = apply_delta(model, &outcome.delta)?;
     let edited = model.with_weights(weights_after.clone(), "+edit")?;
     let after = biaslens::edit::method::edit_prompt_bias(&edited, &spec)?;

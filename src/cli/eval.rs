@@ -120,7 +120,37 @@ pub struct CompareArgs {
     pub output: JsonOutArgs,
 }
 
-pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
+pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
+    let mut bar: Option<(String, ProgressBar)> = None;
+    let mut on_progress = |task: &str, done: usize, total: usize| {
+        if bar.as_ref().is_none_or(|(t, _)| t != task) {
+            if let Some((_, b)) = bar.take() {
+                b.finish();
+            }
+            bar = Some((task.to_string(), progress(total as u64, task)));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    };
+    let result = run_eval_with(a, None, &Default::default(), &mut on_progress);
+    if let Some((_, b)) = bar.take() {
+        b.finish();
+    }
+    result
+}
+
+/// `biaslens eval` on `model` when given (it must be what `a`'s `--model` names; the Python
+/// bindings pass the model they hold), else on the model `--model` loads after the inputs are
+/// checked, stopped by `stop`. `on_progress(task, done, total)` is called as requests are
+/// scored.
+pub fn run_eval_with(
+    mut a: EvalArgs,
+    model: Option<&Model>,
+    stop: &biaslens::model::StopFlag,
+    on_progress: &mut dyn FnMut(&str, usize, usize),
+) -> anyhow::Result<()> {
     // Resolved once and recorded (a shard record keeps the folder its shard read).
     let data = biaslens::data::resolve_data_dir(a.data.as_deref());
     a.data = Some(data.clone());
@@ -164,9 +194,18 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
             data.display()
         );
     }
-    let (spec, device) = (&a.model.model, a.model.device()?);
-    let model = Model::load(spec, &device).with_context(|| format!("loading --model {spec}"))?;
-    require_tokenizer(&model)?;
+    let loaded;
+    let model = match model {
+        Some(m) => m,
+        None => {
+            let (spec, device) = (&a.model.model, a.model.device()?);
+            loaded = Model::load(spec, &device)
+                .with_context(|| format!("loading --model {spec}"))?
+                .with_stop_flag(stop.clone());
+            &loaded
+        }
+    };
+    require_tokenizer(model)?;
     let lm_opts = LmOptions {
         batch_tokens: a.batch_tokens,
         max_length: a.max_length,
@@ -177,7 +216,7 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
         parallel_batches: a.parallel_batches,
         ..LmOptions::default()
     };
-    let mut lm = ModelLm::new(&model, lm_opts)?;
+    let mut lm = ModelLm::new(model, lm_opts)?;
     let opts = SuiteOptions {
         data_dir: data,
         load: LoadOptions {
@@ -196,23 +235,7 @@ pub fn run_eval(mut a: EvalArgs) -> anyhow::Result<()> {
         shard,
         cache_only: a.cache_only,
     };
-    let mut bar: Option<(String, ProgressBar)> = None;
-    let mut on_progress = |task: &str, done: usize, total: usize| {
-        if bar.as_ref().is_none_or(|(t, _)| t != task) {
-            if let Some((_, b)) = bar.take() {
-                b.finish();
-            }
-            bar = Some((task.to_string(), progress(total as u64, task)));
-        }
-        if let Some((_, b)) = &bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
-    };
-    let result = run_suite(&mut lm, &model.info, &specs, &opts, &mut on_progress)?;
-    if let Some((_, b)) = bar.take() {
-        b.finish();
-    }
+    let result = run_suite(&mut lm, &model.info, &specs, &opts, on_progress)?;
     for t in &result.tasks {
         for s in &t.output.load.skipped {
             eprintln!("skipped {}:{}: {}", s.path.display(), s.line, s.message);

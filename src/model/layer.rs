@@ -120,6 +120,7 @@ impl Transformer {
         // One mask per attention window (full and sliding layers), built once per pass.
         let mut mask_cache: HashMap<(Option<usize>, usize), Tensor> = HashMap::new();
         for l in start..self.cfg.num_layers {
+            self.stop.check()?;
             let layer = &self.layers[l];
             x = self.intervene(Site::ResidPre(l), x, &mut st)?;
             let kind = self.cfg.layer_types[l];

@@ -9,6 +9,7 @@ pub mod norm;
 pub mod registry;
 pub mod sites;
 pub mod stable_matmul;
+pub mod stop;
 pub mod transformer;
 pub mod tree;
 pub mod weights;
@@ -25,6 +26,7 @@ pub use config::{Arch, ModelConfig};
 pub use norm::Norm;
 pub use registry::{resolve_model, ModelSource};
 pub use sites::{InterventionPlan, LogitsRequest, Patch, PatchOp, Site};
+pub use stop::StopFlag;
 pub use transformer::{ForwardOutput, KvCache, Resume, Transformer, Work};
 pub use tree::TreeRow;
 
@@ -216,8 +218,10 @@ impl Model {
 
     /// A copy of this model with `weights` replaced (e.g. after an edit); `suffix` marks the name.
     pub fn with_weights(&self, weights: weights::WeightMap, suffix: &str) -> Result<Model> {
-        let transformer =
+        let mut transformer =
             Transformer::from_weights(self.config().clone(), &weights, &self.transformer.device)?;
+        // The copy stops when this model is asked to (an edit measures its edited model).
+        transformer.stop = self.transformer.stop.clone();
         let mut info = self.info.clone();
         info.name = format!("{}{suffix}", info.name);
         let mut bytes = Vec::new();
@@ -242,6 +246,17 @@ impl Model {
             tokenizer: self.tokenizer.clone(),
             weights,
         })
+    }
+
+    /// The flag that stops this model's passes (and those of its `with_weights` copies).
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.transformer.stop
+    }
+
+    /// This model, stopped by `flag` (one the caller already holds) instead of its own.
+    pub fn with_stop_flag(mut self, flag: StopFlag) -> Model {
+        self.transformer.stop = flag;
+        self
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -74,6 +74,9 @@ pub struct Transformer {
     /// Passes and token-layers run by this transformer and its clones (shared), so cost
     /// tables report counted work.
     pub work: Arc<WorkCounter>,
+    /// Checked before every layer of every pass: a requested stop ends the pass with
+    /// `Error::Interrupted` (shared by clones and by `Model::with_weights` copies).
+    pub stop: super::stop::StopFlag,
     /// Run the CPU eval kernels where they apply (f32 CPU, no gradients): projections through
     /// `model::matmul`'s AVX-512 kernel, fused attention (`model::matmul::fused_attention`),
     /// one-pass SwiGLU and RMS norm (`model::fused`). Off by default so edits, traces and

@@ -159,6 +159,7 @@ impl Transformer {
             lm_head,
             device: device.clone(),
             work: Arc::default(),
+            stop: Default::default(),
             fast_kernels: false,
         })
     }

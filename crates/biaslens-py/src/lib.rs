@@ -4,7 +4,9 @@
 //! Every method turns its keyword arguments into the flags of the matching subcommand and lets
 //! the command line's clap parser read them, so defaults, value checks and error messages are
 //! the CLI's: `m.edit(out, max_edit=4)` is `biaslens edit --out OUT --max-edit 4` run on the
-//! already loaded model. Long calls release the GIL (`Python::detach`).
+//! already loaded model. Long calls run on a worker thread ([`interruptible`]): the calling
+//! thread releases the GIL, shows their progress and turns Ctrl-C into a stop of the model's
+//! passes.
 
 use biaslens::cli::{self, Cli, Command};
 use biaslens::measure::MeasureResult;
@@ -15,11 +17,13 @@ use clap::Parser;
 use numpy::ndarray::Array3;
 use numpy::{IntoPyArray, PyArray1, PyArray3};
 use pyo3::create_exception;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 create_exception!(
     _biaslens,
@@ -36,6 +40,128 @@ fn err(e: impl Into<anyhow::Error>) -> PyErr {
 /// A progress line on stderr, one per stage.
 fn stage(msg: &str) {
     eprintln!("biaslens: {msg}");
+}
+
+/// What a worker reports: a stage line, or `done` of `total` units of `what`.
+enum Note {
+    Line(String),
+    Step {
+        what: String,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// The worker's notes, queued for the calling thread to show.
+#[derive(Clone, Default)]
+struct Notes(Arc<Mutex<Vec<Note>>>);
+
+impl Notes {
+    fn push(&self, note: Note) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push(note);
+        }
+    }
+    fn line(&self, text: &str) {
+        self.push(Note::Line(text.to_string()));
+    }
+    fn step(&self, what: &str, done: usize, total: usize) {
+        self.push(Note::Step {
+            what: what.to_string(),
+            done,
+            total,
+        });
+    }
+    fn take(&self) -> Vec<Note> {
+        self.0
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// The object that shows a call's progress: `progress=None` or `True` is
+/// `biaslens._progress.Progress()` (tqdm when installed, else stderr lines), `False` shows
+/// nothing, any other object is used as it is (it needs `line(text)` and
+/// `step(what, done, total)`).
+fn progress_display<'py>(
+    py: Python<'py>,
+    progress: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let enabled = match progress {
+        None => true,
+        Some(p) => match p.cast::<PyBool>() {
+            Ok(b) => b.is_true(),
+            Err(_) => return Ok(p.clone()),
+        },
+    };
+    py.import("biaslens._progress")?
+        .getattr("Progress")?
+        .call1((enabled,))
+}
+
+/// Run `work` on a worker thread while the calling thread shows its notes on `progress`
+/// ([`progress_display`]) and watches for Ctrl-C. On KeyboardInterrupt (a signal, or raised by
+/// the display) it requests `stop`, so the model's passes end at their next layer, waits for
+/// the worker and raises the KeyboardInterrupt. Nothing the work keeps on disk is lost: the
+/// eval cache keeps every scored chunk, and outputs are written atomically or not at all.
+/// Other errors of the display are ignored: showing progress must not stop the work.
+fn interruptible<'py, T: Send>(
+    py: Python<'py>,
+    stop: &biaslens::model::StopFlag,
+    progress: Option<&Bound<'py, PyAny>>,
+    work: impl FnOnce(&Notes) -> anyhow::Result<T> + Send,
+) -> PyResult<T> {
+    let display = progress_display(py, progress)?;
+    let show = |note: Note| -> PyResult<()> {
+        match note {
+            Note::Line(text) => display.call_method1("line", (text,))?,
+            Note::Step { what, done, total } => {
+                display.call_method1("step", (what, done, total))?
+            }
+        };
+        Ok(())
+    };
+    let notes = Notes::default();
+    stop.clear();
+    let (result, interrupted) = std::thread::scope(|s| {
+        let worker = {
+            let notes = notes.clone();
+            s.spawn(move || work(&notes))
+        };
+        let mut interrupted: Option<PyErr> = None;
+        loop {
+            let finished = worker.is_finished();
+            for note in notes.take() {
+                if let Err(e) = show(note) {
+                    if interrupted.is_none() && e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                        stop.request();
+                        interrupted = Some(e);
+                    }
+                }
+            }
+            if finished {
+                break;
+            }
+            if interrupted.is_none() {
+                if let Err(e) = py.check_signals() {
+                    stop.request();
+                    interrupted = Some(e);
+                }
+            }
+            py.detach(|| std::thread::sleep(Duration::from_millis(50)));
+        }
+        (worker.join(), interrupted)
+    });
+    let _ = display.call_method0("close");
+    stop.clear();
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    match result {
+        Ok(r) => r.map_err(err),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// The flag form of keyword arguments: `max_edit=4` → `--max-edit 4`, `True` → the bare flag,
@@ -161,12 +287,13 @@ impl PyModel {
     /// `biaslens measure`: pronoun probabilities and bias metrics on occupation prompts.
     /// Other flags of the command go in `overrides` (`seed=1`, `batch_size=32`,
     /// `templates=PATH`, `json=PATH`, `force=True`).
-    #[pyo3(signature = (split = None, template_split = None, **overrides))]
+    #[pyo3(signature = (split = None, template_split = None, progress = None, **overrides))]
     fn measure(
         &self,
         py: Python<'_>,
         split: Option<String>,
         template_split: Option<String>,
+        progress: Option<&Bound<'_, PyAny>>,
         overrides: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyMeasureResult> {
         let mut args: Vec<OsString> = vec!["measure".into()];
@@ -182,8 +309,13 @@ impl PyModel {
         let job = cli::measure::job(&a).map_err(err)?;
         cli::common::require_tokenizer(&self.model).map_err(err)?;
         let n = job.prompts().map_err(err)?.0.len();
-        stage(&format!("measuring {n} prompts"));
-        let result = py.detach(|| job.run(&self.model, |_| {})).map_err(err)?;
+        let result = interruptible(py, self.model.stop_flag(), progress, |notes| {
+            let mut done = 0;
+            Ok(job.run(&self.model, |k| {
+                done += k;
+                notes.step("measure: prompts", done, n);
+            })?)
+        })?;
         if let Some(p) = &a.output.json {
             biaslens::io::write_json_atomic(p, &result).map_err(err)?;
             stage(&format!("wrote {}", p.display()));
@@ -195,7 +327,8 @@ impl PyModel {
     /// `overrides` `split`, `window`, `noise_times`, `noise_std`, `batch_rows`,
     /// `professions`), traced prompt by prompt (Ctrl-C stops between prompts) and summarised
     /// as the run's summary.json. No run directory is written.
-    #[pyo3(signature = (prompts = None, samples = None, kinds = None, seed = None, **overrides))]
+    #[pyo3(signature = (prompts = None, samples = None, kinds = None, seed = None, progress = None, **overrides))]
+    #[allow(clippy::too_many_arguments)]
     fn trace(
         &self,
         py: Python<'_>,
@@ -203,6 +336,7 @@ impl PyModel {
         samples: Option<usize>,
         kinds: Option<Vec<String>>,
         seed: Option<u64>,
+        progress: Option<&Bound<'_, PyAny>>,
         overrides: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyTraceResult> {
         // `--out` is required by the command and unused here: nothing is written.
@@ -224,17 +358,21 @@ impl PyModel {
         }
         let job = cli::trace::job_of(&a).map_err(err)?;
         cli::common::require_tokenizer(&self.model).map_err(err)?;
-        let prepared = py.detach(|| job.prepare(&self.model)).map_err(err)?;
-        for s in &prepared.skipped {
-            stage(&format!("skipping {:?}: {}", s.text, s.reason));
-        }
-        let n = prepared.items.len();
-        let mut records = Vec::with_capacity(n);
-        for i in 0..n {
-            stage(&format!("tracing prompt {}/{n}", i + 1));
-            records.push(py.detach(|| prepared.run_item(i)).map_err(err)?);
-            py.check_signals()?;
-        }
+        let (records, skipped) = interruptible(py, self.model.stop_flag(), progress, |notes| {
+            let prepared = job.prepare(&self.model)?;
+            for s in &prepared.skipped {
+                notes.line(&format!("skipping {:?}: {}", s.text, s.reason));
+            }
+            let n = prepared.items.len();
+            let mut records = Vec::with_capacity(n);
+            notes.step("trace: prompts", 0, n);
+            for i in 0..n {
+                records.push(prepared.run_item(i)?);
+                notes.step("trace: prompts", i + 1, n);
+            }
+            let skipped: Vec<String> = prepared.skipped.iter().map(|s| s.text.clone()).collect();
+            Ok((records, skipped))
+        })?;
         let summary = summarise_trace(&records).map_err(err)?;
         let kinds = job.settings.kinds.clone();
         let layers = records.first().map_or(0, |r| r.result.layers);
@@ -242,19 +380,20 @@ impl PyModel {
             summary,
             kinds,
             layers,
-            skipped: prepared.skipped.iter().map(|s| s.text.clone()).collect(),
+            skipped,
         })
     }
 
     /// `biaslens edit --out OUT` on this model, with the command's defaults (method `probe`);
     /// every other flag of the command goes in `overrides` (`max_edit=4`, `layers=[1, 2]`,
     /// `tune_steps=50`, `force=True`, ...). Returns (out, the edit.json record as a dict).
-    #[pyo3(signature = (out, method = None, **overrides))]
+    #[pyo3(signature = (out, method = None, progress = None, **overrides))]
     fn edit<'py>(
         &self,
         py: Python<'py>,
         out: PathBuf,
         method: Option<String>,
+        progress: Option<&Bound<'_, PyAny>>,
         overrides: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<(PathBuf, Bound<'py, PyAny>)> {
         let mut args: Vec<OsString> = vec!["edit".into(), "--out".into(), out.clone().into()];
@@ -265,9 +404,10 @@ impl PyModel {
             unreachable!("parsed as edit")
         };
         let spec = cli::edit::edit_spec(&a).map_err(err)?;
-        stage(&format!("editing into {} (minutes)", out.display()));
-        py.detach(|| cli::edit::edit_loaded(&a, spec, &self.model))
-            .map_err(err)?;
+        interruptible(py, self.model.stop_flag(), progress, |notes| {
+            notes.line(&format!("editing into {} (minutes)", out.display()));
+            cli::edit::edit_loaded(&a, spec, &self.model, &mut |s| notes.line(s))
+        })?;
         let record = biaslens::io::read_text(&out.join("edit.json")).map_err(err)?;
         Ok((out, json_loads(py, &record)?))
     }
@@ -481,23 +621,24 @@ impl PyTraceResult {
 }
 
 /// `biaslens eval --out OUT`: scores the tasks and returns results.json as a dict. `model` is
-/// a loaded [`PyModel`] (its `--model` and `--device`; the eval engine loads it again) or a
+/// a loaded [`PyModel`] (scored as it is, not loaded again) or a
 /// `--model` string. With `out=None` the results go to a temporary folder that is removed.
 #[pyfunction]
-#[pyo3(signature = (model, tasks = None, limit = None, out = None, **overrides))]
+#[pyo3(signature = (model, tasks = None, limit = None, out = None, progress = None, **overrides))]
 fn eval<'py>(
     py: Python<'py>,
     model: &Bound<'py, PyAny>,
     tasks: Option<Vec<String>>,
     limit: Option<usize>,
     out: Option<PathBuf>,
+    progress: Option<&Bound<'_, PyAny>>,
     overrides: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut args: Vec<OsString> = vec!["eval".into()];
-    if let Ok(m) = model.cast::<PyModel>() {
-        args.extend(m.get().model_flags());
-    } else {
-        args.extend(["--model".into(), model.extract::<String>()?.into()]);
+    let held = model.cast::<PyModel>().ok();
+    match &held {
+        Some(m) => args.extend(m.get().model_flags()),
+        None => args.extend(["--model".into(), model.extract::<String>()?.into()]),
     }
     let tmp = match out {
         Some(_) => None,
@@ -516,8 +657,17 @@ fn eval<'py>(
             "shard is an option of the `biaslens eval` command, not of biaslens.eval",
         ));
     }
-    stage("evaluating");
-    py.detach(|| cli::eval::run_eval(a)).map_err(err)?;
+    // The model this Python object holds, not a second copy loaded from its path; a `--model`
+    // string is loaded by the eval job (after its inputs are checked), stopped by `own_stop`.
+    let held_model = held.as_ref().map(|m| &m.get().model);
+    let own_stop = biaslens::model::StopFlag::default();
+    let stop = held_model.map_or(&own_stop, |m| m.stop_flag());
+    interruptible(py, stop, progress, |notes| {
+        let mut on_progress = |task: &str, done: usize, total: usize| {
+            notes.step(&format!("eval: {task}"), done, total)
+        };
+        cli::eval::run_eval_with(a, held_model, &own_stop, &mut on_progress)
+    })?;
     let text = biaslens::io::read_text(&out.join("results.json")).map_err(err)?;
     json_loads(py, &text)
 }

@@ -6,6 +6,7 @@ definitional controls (the issue's done-when check, about 30 s).
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -203,3 +204,69 @@ def test_python_m_runs_the_cli(tiny, cli, tmp_path):
     p = subprocess.run([sys.executable, "-m", "biaslens", "--version"], capture_output=True,
                        text=True)
     assert p.returncode == 0 and p.stdout.startswith("biaslens ")
+
+
+class CtrlCAt:
+    """A progress display that records what it is shown and sends this process SIGINT, as
+    Ctrl-C does, when the first step of `what` arrives with work still to do. Deterministic:
+    no timer decides whether the work had finished."""
+
+    def __init__(self, what):
+        self.what, self.steps, self.lines, self.sent = what, [], [], False
+
+    def line(self, text):
+        self.lines.append(text)
+
+    def step(self, what, done, total):
+        self.steps.append((what, done, total))
+        if not self.sent and what.startswith(self.what) and 0 < done < total:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_measure_and_the_model_still_works(tiny, cli, tmp_path):
+    m = biaslens.load(str(tiny))
+    ctrl_c = CtrlCAt("measure")
+    with pytest.raises(KeyboardInterrupt):
+        m.measure(split="controls", batch_size=1, progress=ctrl_c)
+    assert ctrl_c.sent
+    done, total = max(d for _, d, _ in ctrl_c.steps), ctrl_c.steps[0][2]
+    assert done < total, "the interrupted measure ran to the end"
+    # The stop is withdrawn: the same model measures again, as the CLI does.
+    shown = CtrlCAt("nothing")
+    r = m.measure(split="controls", batch_size=1, progress=shown)
+    assert shown.steps[-1][1] == shown.steps[-1][2] == r.n_prompts
+    cli(["measure", "--model", tiny, "--split", "controls", "--batch-size", "1",
+         "--json", "cli.json"], cwd=tmp_path)
+    check_measure(r, tmp_path / "cli.json")
+
+
+def test_ctrl_c_during_eval_keeps_the_scored_requests(smollm2, tmp_path):
+    """An interrupted eval leaves its cache; the rerun reads it and gives the results of an
+    uninterrupted run. On SmolLM2: the tiny model scores all of it before Ctrl-C can land, and
+    its word-level tokenizer makes some requests identical."""
+    m = biaslens.load(smollm2)
+    args = dict(tasks=["copa"], limit=20, batch_tokens=64, cache=str(tmp_path / "cache"))
+    ctrl_c = CtrlCAt("eval")
+    with pytest.raises(KeyboardInterrupt):
+        biaslens.eval(m, progress=ctrl_c, **args)
+    assert ctrl_c.sent
+    cached = list((tmp_path / "cache").rglob("copa.jsonl"))
+    assert len(cached) == 1
+    kept = len(cached[0].read_text().splitlines())
+    assert 0 < kept < 40, kept  # 20 items x 2 choices
+    resumed = biaslens.eval(m, progress=False, **args)
+    fresh = biaslens.eval(m, progress=False, tasks=["copa"], limit=20, batch_tokens=64,
+                          no_cache=True)
+    assert resumed["tasks"][0]["cache"]["from_cache"] == kept
+    assert resumed["tasks"][0]["metrics"] == fresh["tasks"][0]["metrics"]
+
+
+def test_progress_reaches_the_end_of_each_stage(tiny):
+    m = biaslens.load(str(tiny))
+    shown = CtrlCAt("nothing")
+    t = m.trace(prompts=2, samples=2, kinds=("mlp",), window=2, progress=shown)
+    assert shown.steps[-1] == ("trace: prompts", t.n_prompts, t.n_prompts)
+    shown = CtrlCAt("nothing")
+    biaslens.eval(m, tasks=["copa"], limit=5, no_cache=True, progress=shown)
+    assert shown.steps and shown.steps[-1][1] == shown.steps[-1][2]
