@@ -10,7 +10,9 @@
 //! [`matmul`] splits every contraction into at most [`CHUNK`]-long pieces and adds them in a
 //! fixed order. When gradients are tracked, the two backward products contract over the output
 //! columns and over the rows, so the product is also tiled into at most [`CHUNK`] × [`CHUNK`]
-//! output blocks. Thread counts only decide which thread computes which output tile.
+//! output blocks. Thread counts only decide which thread computes which output tile. A
+//! one-column product, which gemm would reduce along k in SIMD lanes of the CPU's width, is
+//! computed as a one-row product instead ([`one_column`]).
 //!
 //! Tested bit for bit against a scalar sequential-FMA reference (below), and end to end by
 //! `harness/cross-cpu-check.sh`, which reruns tests under an emulated Intel cache geometry.
@@ -35,6 +37,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let (m, k) = (a.dim(rank - 2)?, a.dim(rank - 1)?);
     let n = b.dim(rank - 1)?;
+    if n == 1 {
+        return one_column(a, b, m, rank);
+    }
     let tracked = a.track_op() || b.track_op();
     if k <= CHUNK && (!tracked || (m <= CHUNK && n <= CHUNK)) {
         return Ok(a.matmul(b)?);
@@ -63,6 +68,26 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         rows.push(Tensor::cat(&tiles, rank - 1)?);
     }
     Ok(Tensor::cat(&rows, rank - 2)?)
+}
+
+/// `a · b` where `b` has one column. gemm reduces such a product along k in SIMD lanes (8 with
+/// AVX2, 16 with AVX-512), so its bits would depend on the CPU; as the one-row product
+/// `(bᵀ · aᵀ)ᵀ`, both operands row-major, every output is one sequential sum again, as for
+/// every other shape. A single
+/// output (`m` = 1 too) gets a zero second column for the same reason.
+fn one_column(a: &Tensor, b: &Tensor, m: usize, rank: usize) -> Result<Tensor> {
+    let (r, c) = (rank - 2, rank - 1);
+    if m > 1 {
+        // Contiguous: with a column-major right operand gemm would take dot products again.
+        let (bt, at) = (
+            b.transpose(r, c)?.contiguous()?,
+            a.transpose(r, c)?.contiguous()?,
+        );
+        let out = matmul(&bt, &at)?;
+        return Ok(out.transpose(r, c)?.contiguous()?);
+    }
+    let b2 = Tensor::cat(&[b, &b.zeros_like()?], c)?;
+    Ok(matmul(a, &b2)?.narrow(c, 0, 1)?.contiguous()?)
 }
 
 /// `Σ_c a[.., :, c] · b[.., c, :]` over the contraction spans, added left to right.
@@ -147,6 +172,10 @@ mod tests {
         // chunk, rows from one (gemv) to hundreds.
         for &(m, k, n) in &[
             (1, 576, 192),
+            (192, 576, 1),
+            (576, 576, 1),
+            (2048, 512, 1),
+            (1, 1536, 1),
             (3, 64, 7),
             (17, 576, 1536),
             (130, 1536, 576),
@@ -200,6 +229,48 @@ mod tests {
             .iter()
             .zip(&three)
             .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn one_column_products_match_the_definition_as_views_and_batches() {
+        let dev = Device::Cpu;
+        let (m, k) = (150, 1100);
+        let (av, bv) = (data(2 * m * k, 5), data(2 * k, 6));
+        let want = |i: usize| {
+            reference(
+                &av[i * m * k..(i + 1) * m * k],
+                &bv[i * k..(i + 1) * k],
+                m,
+                k,
+                1,
+            )
+        };
+        let bits = |t: Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        let a = Tensor::from_vec(av.clone(), (2, m, k), &dev).unwrap();
+        let b = Tensor::from_vec(bv.clone(), (2, k, 1), &dev).unwrap();
+        let batched = bits(matmul(&a, &b).unwrap());
+        let both: Vec<u32> = want(0)
+            .iter()
+            .chain(&want(1))
+            .map(|x| x.to_bits())
+            .collect();
+        assert!(batched == both, "batched one-column product");
+        // x · wᵀ with a one-row weight: `b` is a transposed view.
+        let a0 = a.get(0).unwrap();
+        let w = Tensor::from_vec(bv[..k].to_vec(), (1, k), &dev).unwrap();
+        let viewed = bits(matmul(&a0, &w.t().unwrap()).unwrap());
+        assert!(
+            viewed == want(0).iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "x·wᵀ"
+        );
     }
 
     #[test]
