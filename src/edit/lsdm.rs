@@ -98,17 +98,25 @@ pub enum PostNorm {
     Ignore,
 }
 
+impl PostNorm {
+    /// The spelling in specs, edit.json and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PostNorm::Invert => "invert",
+            PostNorm::Ignore => "ignore",
+        }
+    }
+}
+
 impl std::str::FromStr for PostNorm {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "invert" => Ok(PostNorm::Invert),
-            "ignore" => Ok(PostNorm::Ignore),
-            _ => Err(Error::param(
-                "post_norm",
-                format!("`{s}`: expected invert or ignore"),
-            )),
-        }
+        crate::error::parse_named(
+            "post_norm",
+            s,
+            &[PostNorm::Invert, PostNorm::Ignore],
+            PostNorm::name,
+        )
     }
 }
 
@@ -476,6 +484,25 @@ pub fn down_output_change(
 
 #[cfg(test)]
 mod tests {
+
+    /// PostNorm and probe StageTarget: the CLI/spec spelling is the serde spelling, both
+    /// directions, and an unknown value names the parameter and every allowed value.
+    #[test]
+    fn post_norm_and_stage_target_spellings_round_trip() {
+        use crate::edit::probe::StageTarget;
+        for p in [PostNorm::Invert, PostNorm::Ignore] {
+            assert_eq!(p.name().parse::<PostNorm>().unwrap(), p);
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+        }
+        for t in [StageTarget::Share, StageTarget::Full] {
+            assert_eq!(t.name().parse::<StageTarget>().unwrap(), t);
+            assert_eq!(serde_json::to_value(t).unwrap(), t.name());
+        }
+        let e = "x".parse::<PostNorm>().unwrap_err().to_string();
+        assert_eq!(e, "parameter `post_norm`: `x`: expected invert or ignore");
+        let e = "x".parse::<StageTarget>().unwrap_err().to_string();
+        assert_eq!(e, "parameter `probe target`: `x`: expected share or full");
+    }
     use super::*;
     use crate::edit::target::Optimizer;
 

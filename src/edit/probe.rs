@@ -354,17 +354,25 @@ pub enum StageTarget {
     Full,
 }
 
+impl StageTarget {
+    /// The spelling in specs, edit.json and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StageTarget::Share => "share",
+            StageTarget::Full => "full",
+        }
+    }
+}
+
 impl std::str::FromStr for StageTarget {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "share" => Ok(StageTarget::Share),
-            "full" => Ok(StageTarget::Full),
-            _ => Err(Error::param(
-                "probe target",
-                format!("`{s}`: expected share or full"),
-            )),
-        }
+        crate::error::parse_named(
+            "probe target",
+            s,
+            &[StageTarget::Share, StageTarget::Full],
+            StageTarget::name,
+        )
     }
 }
 
