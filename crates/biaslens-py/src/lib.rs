@@ -325,7 +325,7 @@ impl PyModel {
 
     /// `biaslens trace` in memory: the same job (`prompts`, `samples`, `kinds`, `seed`, and in
     /// `overrides` `split`, `window`, `noise_times`, `noise_std`, `batch_rows`,
-    /// `professions`), traced prompt by prompt (Ctrl-C stops between prompts) and summarised
+    /// `professions`), traced prompt by prompt (Ctrl-C stops the pass in flight) and summarised
     /// as the run's summary.json. No run directory is written.
     #[pyo3(signature = (prompts = None, samples = None, kinds = None, seed = None, progress = None, **overrides))]
     #[allow(clippy::too_many_arguments)]
