@@ -9,6 +9,9 @@
 #
 # Example (the snapshot test as an Intel Xeon would run it, on one thread):
 #   harness/cross-cpu-check.sh --l1 48K --ways 12 --threads 1 -- --test report_quick snapshot_spec
+# The vector width is the other machine dependence: on an AVX-512 CPU the default build runs
+# gemm's AVX-512 kernels, and adding `--no-default-features` to the cargo arguments runs its
+# AVX2 ones, as a CPU without AVX-512 would; the snapshot must pass under both.
 set -euo pipefail
 l1=48K ways=12 threads=""
 while [ $# -gt 0 ]; do

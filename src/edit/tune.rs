@@ -26,6 +26,7 @@ use super::probe::{
     ProtectSet,
 };
 use super::probe_solve::row_space_basis;
+use crate::model::stable_matmul::matmul as mm;
 use crate::model::{Model, Transformer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -129,20 +130,20 @@ pub struct TuneReport {
 /// `a` [d_in, r], `b` [d_out, r], `q` [d_in, m] with orthonormal columns (m may be 0).
 pub fn low_rank_delta(a: &Tensor, b: &Tensor, q: Option<&Tensor>) -> Result<Tensor> {
     let a = match q {
-        Some(q) => (a - q.matmul(&q.t()?.matmul(a)?)?)?,
+        Some(q) => (a - mm(q, &mm(&q.t()?, a)?)?)?,
         None => a.clone(),
     };
-    Ok(b.matmul(&a.t()?)?)
+    mm(b, &a.t()?)
 }
 
 /// tr(ΔW C ΔWᵀ) for ΔW = B Ãᵀ, computed as Σ (B (ÃᵀCÃ)) ⊙ B without forming ΔW C.
 pub fn prior_energy(a: &Tensor, b: &Tensor, q: Option<&Tensor>, c: &Tensor) -> Result<Tensor> {
     let a = match q {
-        Some(q) => (a - q.matmul(&q.t()?.matmul(a)?)?)?,
+        Some(q) => (a - mm(q, &mm(&q.t()?, a)?)?)?,
         None => a.clone(),
     };
-    let m = a.t()?.matmul(&c.matmul(&a)?)?;
-    Ok((b.matmul(&m)? * b)?.sum_all()?)
+    let m = mm(&a.t()?, &mm(c, &a)?)?;
+    Ok((mm(b, &m)? * b)?.sum_all()?)
 }
 
 struct Stage {
@@ -289,7 +290,7 @@ pub fn tune(
             Some(Tensor::from_vec(v, (d_in, qm.ncols()), &device)?.to_dtype(dtype)?)
         };
         let c = moments[&comp.key_site(l)].to_dtype(dtype)?;
-        let energy0 = (w0.matmul(&c)? * &w0)?
+        let energy0 = (mm(&w0, &c)? * &w0)?
             .sum_all()?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;

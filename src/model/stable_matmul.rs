@@ -5,24 +5,32 @@
 //! 48 KiB 12-way one) and adds the blocks' partial products. A contraction of 576 is one block
 //! on an Intel Xeon and two of 288 on an AMD EPYC, so the same product rounds differently and
 //! the snapshot tables moved in their 4th digit between the two. A contraction of at most
-//! [`CHUNK`] is never split on any machine, and within a block every output is one sequential
-//! fused-multiply-add sum (the AVX2 kernel; the crate is built without its AVX-512 one). So
-//! [`matmul`] splits every contraction into at most [`CHUNK`]-long pieces and adds them in a
-//! fixed order. When gradients are tracked, the two backward products contract over the output
-//! columns and over the rows, so the product is also tiled into at most [`CHUNK`] × [`CHUNK`]
-//! output blocks. Thread counts only decide which thread computes which output tile. A
-//! one-column product, which gemm would reduce along k in SIMD lanes of the CPU's width, is
-//! computed as a one-row product instead ([`one_column`]).
+//! [`CHUNK`] is never split on any machine, and within a block gemm's packed kernels compute
+//! every output as one sequential fused-multiply-add sum whatever their vector width (AVX2 or
+//! AVX-512). So [`matmul`] splits every contraction into at most [`CHUNK`]-long pieces and adds
+//! them in a fixed order, and steers each piece away from the paths that reduce along the
+//! contraction in SIMD lanes of the CPU's width ([`piece`]): dot-product layouts (a row-major
+//! left operand and a column-major right one) with one output row, one output column or at
+//! most 16 × 16 outputs. Thread counts only decide which thread computes which output tile.
+//!
+//! When gradients are tracked, each piece is the custom op [`Piece`], whose backward computes
+//! its two products (`grad · bᵀ` over the output columns, `aᵀ · grad` over the rows) with
+//! [`matmul`] again, so gradients are machine-independent too; candle's own backward would
+//! call gemm directly.
 //!
 //! Tested bit for bit against a scalar sequential-FMA reference (below), and end to end by
 //! `harness/cross-cpu-check.sh`, which reruns tests under an emulated Intel cache geometry.
 //! On other devices this is candle's matmul.
 
 use crate::Result;
-use candle_core::Tensor;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 /// The longest contraction the `gemm` crate never splits (its smallest `kc`).
 pub const CHUNK: usize = 512;
+
+/// gemm's "horizontal" kernels take dot-product layouts with at most this many outputs.
+const SMALL_OUTPUT: usize = 16 * 16;
 
 /// `a [.., m, k] · b [.., k, n]`, like `Tensor::matmul`, with a machine-independent result on
 /// the CPU.
@@ -40,34 +48,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if n == 1 {
         return one_column(a, b, m, rank);
     }
-    let tracked = a.track_op() || b.track_op();
-    if k <= CHUNK && (!tracked || (m <= CHUNK && n <= CHUNK)) {
-        return Ok(a.matmul(b)?);
-    }
-    let k_spans = spans(k);
-    if !tracked {
-        return chunked(a, b, &k_spans, rank);
-    }
-    let (m_spans, n_spans) = (spans(m), spans(n));
-    // Narrow each operand once per span, so the backward pass accumulates each piece's gradient
-    // before padding it into the whole.
-    let a_pieces = m_spans
-        .iter()
-        .map(|&(m0, ml)| a.narrow(rank - 2, m0, ml))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let b_pieces = n_spans
-        .iter()
-        .map(|&(n0, nl)| b.narrow(rank - 1, n0, nl))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let mut rows = Vec::with_capacity(a_pieces.len());
-    for ap in &a_pieces {
-        let tiles = b_pieces
-            .iter()
-            .map(|bp| chunked(ap, bp, &k_spans, rank))
-            .collect::<Result<Vec<_>>>()?;
-        rows.push(Tensor::cat(&tiles, rank - 1)?);
-    }
-    Ok(Tensor::cat(&rows, rank - 2)?)
+    chunked(a, b, &spans(k), rank)
 }
 
 /// `a · b` where `b` has one column. gemm reduces such a product along k in SIMD lanes (8 with
@@ -94,15 +75,92 @@ fn one_column(a: &Tensor, b: &Tensor, m: usize, rank: usize) -> Result<Tensor> {
 fn chunked(a: &Tensor, b: &Tensor, k_spans: &[(usize, usize)], rank: usize) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for &(k0, kl) in k_spans {
-        let p = a
-            .narrow(rank - 1, k0, kl)?
-            .matmul(&b.narrow(rank - 2, k0, kl)?)?;
+        let p = piece(
+            &a.narrow(rank - 1, k0, kl)?,
+            &b.narrow(rank - 2, k0, kl)?,
+            rank,
+        )?;
         acc = Some(match acc {
             None => p,
             Some(s) => (s + p)?,
         });
     }
     acc.ok_or_else(|| crate::Error::Model("stable_matmul: empty contraction".into()))
+}
+
+/// One product with a contraction of at most [`CHUNK`] and at least two output columns.
+///
+/// gemm reduces along k in SIMD lanes (so its bits depend on the vector width) when the left
+/// operand's columns and the right operand's rows are unit-strided (a dot-product layout) and
+/// the output is one row or at most [`SMALL_OUTPUT`] entries. Such a small product gets a
+/// row-major copy of its right operand (cheap: at most 256 columns); a one-row product with
+/// more columns gets a zero second row instead (the packed kernel then runs, and the right
+/// operand, say a transposed unembedding, is not copied twice).
+fn piece(a: &Tensor, b: &Tensor, rank: usize) -> Result<Tensor> {
+    let (m, k, n) = (a.dim(rank - 2)?, a.dim(rank - 1)?, b.dim(rank - 1)?);
+    let dot_layout = k > 2 && a.stride()[rank - 1] == 1 && b.stride()[rank - 2] == 1;
+    if dot_layout && m * n <= SMALL_OUTPUT {
+        return product(a, &b.contiguous()?);
+    }
+    if dot_layout && m == 1 {
+        let a2 = Tensor::cat(&[a, &a.zeros_like()?], rank - 2)?;
+        return Ok(product(&a2, b)?.narrow(rank - 2, 0, 1)?);
+    }
+    product(a, b)
+}
+
+/// gemm's product, through [`Piece`] when a gradient will be asked of it.
+fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.track_op() || b.track_op() {
+        Ok(a.apply_op2(b, Piece)?)
+    } else {
+        Ok(a.matmul(b)?)
+    }
+}
+
+/// One piece of a tracked product: gemm forward (the caller has steered the layout), backward
+/// through [`matmul`], so the gradient's products are machine-independent as well.
+struct Piece;
+
+impl CustomOp2 for Piece {
+    fn name(&self) -> &'static str {
+        "stable-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (d1, d2) = (l1.dims(), l2.dims());
+        let rank = d1.len();
+        let (m, k, n) = (d1[rank - 2], d1[rank - 1], d2[rank - 1]);
+        let batch: usize = d1[..rank - 2].iter().product();
+        let out = s1.matmul(s2, (batch, m, n, k), l1, l2)?;
+        Ok((out, Shape::from(&d1[..rank - 2]).extend(&[m, n])))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let msg = |e: crate::Error| candle_core::Error::Msg(format!("stable_matmul backward: {e}"));
+        let grad = grad.detach();
+        let ga = match a.track_op() {
+            true => Some(matmul(&grad, &b.detach().t()?).map_err(msg)?),
+            false => None,
+        };
+        let gb = match b.track_op() {
+            true => Some(matmul(&a.detach().t()?, &grad).map_err(msg)?),
+            false => None,
+        };
+        Ok((ga, gb))
+    }
 }
 
 /// `len` split into the fewest near-equal spans of at most [`CHUNK`]: `(start, length)`.
@@ -303,6 +361,81 @@ mod tests {
             .unwrap();
         assert_eq!(got3[..m * n], got[..]);
         assert_eq!(got3[m * n..], got[..]);
+    }
+
+    /// `[rows, cols]` of `v` (row-major) transposed, row-major.
+    fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..cols)
+            .flat_map(|j| (0..rows).map(move |i| v[i * cols + j]))
+            .collect()
+    }
+
+    #[test]
+    fn dot_product_layouts_match_the_definition() {
+        // A row-major left operand times a column-major right one: gemm's lane-reducing paths
+        // (one row, or at most 16 × 16 outputs) unless `piece` steers them away.
+        let dev = Device::Cpu;
+        for &(m, k, n) in &[
+            (1, 576, 700),
+            (1, 64, 9),
+            (4, 64, 16),
+            (16, 576, 16),
+            (2, 1100, 5),
+        ] {
+            let (av, bv) = (data(m * k, 11), data(k * n, 12));
+            let a = Tensor::from_vec(av.clone(), (m, k), &dev).unwrap();
+            let bt = Tensor::from_vec(transposed(&bv, k, n), (n, k), &dev).unwrap();
+            let got: Vec<f32> = matmul(&a, &bt.t().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(got, reference(&av, &bv, m, k, n), "({m}, {k}, {n})");
+        }
+        // Attention's q · kᵀ: [heads, t, d] · [heads, d, t] with the keys transposed.
+        let (h, t, d) = (3, 7, 64);
+        let (qv, kv) = (data(h * t * d, 13), data(h * t * d, 14));
+        let q = Tensor::from_vec(qv.clone(), (h, t, d), &dev).unwrap();
+        let keys = Tensor::from_vec(kv.clone(), (h, t, d), &dev).unwrap();
+        let got: Vec<f32> = matmul(&q, &keys.transpose(1, 2).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for i in 0..h {
+            let (qs, ks) = (
+                &qv[i * t * d..(i + 1) * t * d],
+                &kv[i * t * d..(i + 1) * t * d],
+            );
+            let want = reference(qs, &transposed(ks, t, d), t, d, t);
+            assert_eq!(got[i * t * t..(i + 1) * t * t], want[..], "head {i}");
+        }
+    }
+
+    #[test]
+    fn tracked_products_and_their_gradients_match_the_definition() {
+        // y = a · btᵀ, loss = Σ y ⊙ g: dL/da = g · bt and dL/dbt = gᵀ · a, each the definition's
+        // bits (contractions over n = 10 and m = 600, the latter split at the chunk).
+        let dev = Device::Cpu;
+        let (m, k, n) = (600, 70, 10);
+        let (av, btv, gv) = (data(m * k, 15), data(n * k, 16), data(m * n, 17));
+        let a = Var::from_vec(av.clone(), (m, k), &dev).unwrap();
+        let bt = Var::from_vec(btv.clone(), (n, k), &dev).unwrap();
+        let g = Tensor::from_vec(gv.clone(), (m, n), &dev).unwrap();
+        let y = matmul(a.as_tensor(), &bt.as_tensor().t().unwrap()).unwrap();
+        let yv: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(yv, reference(&av, &transposed(&btv, n, k), m, k, n));
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |v: &Var| -> Vec<f32> {
+            let t = grads.get(v).unwrap();
+            t.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        assert_eq!(flat(&a), reference(&gv, &btv, m, n, k), "dL/da");
+        // dL/db = aᵀ · g ([k, n]); bt's gradient is its transpose.
+        let gb = reference(&transposed(&av, m, k), &gv, k, m, n);
+        assert_eq!(flat(&bt), transposed(&gb, k, n), "dL/dbt");
     }
 
     #[test]
