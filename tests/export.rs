@@ -4,8 +4,8 @@
 
 mod common;
 use biaslens::edit::delta::{bits, DeltaMeta, WeightDelta};
-use biaslens::edit::export::{hf_config_json, write_dir_atomically, write_hf_dir, ExportOptions};
 use biaslens::edit::record::{apply_delta, revert_delta, write_edit_outputs, EditRecord};
+use biaslens::model::export::{hf_config_json, write_dir_atomically, write_hf_dir, ExportOptions};
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, ModelConfig, Transformer};
 use biaslens::Error;
 use candle_core::quantized::gguf_file;
@@ -110,7 +110,7 @@ fn tiny_models_export_and_reload_to_identical_logits() {
         let mut want: Vec<_> = m
             .weights
             .keys()
-            .filter(|n| biaslens::edit::export::is_model_parameter(n, m.config().arch))
+            .filter(|n| biaslens::model::export::is_model_parameter(n, m.config().arch))
             .cloned()
             .collect();
         want.retain(|n| !(m.config().tie_embeddings && n == "lm_head.weight"));
@@ -210,7 +210,7 @@ fn delta_apply_export_reload_revert_is_bit_exact() {
         let params: Vec<_> = base
             .weights
             .iter()
-            .filter(|(n, _)| biaslens::edit::export::is_model_parameter(n, base.config().arch))
+            .filter(|(n, _)| biaslens::model::export::is_model_parameter(n, base.config().arch))
             .collect();
         assert_eq!(back.weights.len(), params.len());
         for (n, t) in params {

@@ -7,7 +7,7 @@
 //! --seed` defaults to 1234, `report --force` reruns stages, `trace --out` has no `--force`).
 
 use anyhow::bail;
-use biaslens::edit::export::ExportOptions;
+use biaslens::model::export::ExportOptions;
 use biaslens::model::Model;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -167,7 +167,7 @@ pub fn prepare_model_out(out: &Path, force: bool, model: &str) -> anyhow::Result
     biaslens::io::check_output_dir(
         out,
         force,
-        biaslens::edit::export::MODEL_DIR_MARKERS,
+        biaslens::model::export::MODEL_DIR_MARKERS,
         &[&base],
     )?;
     for p in biaslens::io::remove_stale_staging(out)? {

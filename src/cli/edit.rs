@@ -5,8 +5,8 @@ use super::common::{
     SeedArg,
 };
 use biaslens::edit::delta::WeightDelta;
-use biaslens::edit::export::write_hf_dir;
 use biaslens::edit::record::{apply_delta, revert_delta, write_edit_outputs, EditRecord};
+use biaslens::model::export::write_hf_dir;
 use biaslens::model::Model;
 use candle_core::Device;
 use std::path::PathBuf;

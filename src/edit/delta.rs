@@ -10,7 +10,7 @@
 //! verifies it and refuses non-finite values, naming the file and the tensor; files written
 //! before the checksum existed load with `checksum: None` (their values are still checked).
 
-use crate::edit::second_moment::tensors_to_bytes;
+use crate::model::safetensors_bytes::tensors_to_bytes;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};

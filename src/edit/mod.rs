@@ -6,14 +6,10 @@
 //! - [`dama_projection`]: DAMA's PLS null-space projection baseline, M = I - B Bᵀ.
 //! - [`delta`]: bit-exact store of per-layer edits, with apply and a guarded revert.
 //! - [`context`], [`keys`], [`target`], [`corpus`], [`lsdm`]: the LSDM pipeline itself.
-//! - [`export`]: HF directory export (config.json, safetensors, tokenizer), atomic and guarded.
-//! - [`gguf_export`]: f32 GGUF export for llama.cpp.
 //! - [`record`]: `edit.json` and the transaction writing model + delta + record together.
 
 pub mod dama_projection;
 pub mod delta;
-pub mod export;
-pub mod gguf_export;
 pub mod record;
 pub mod reference;
 pub mod second_moment;

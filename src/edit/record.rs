@@ -3,7 +3,7 @@
 //! Also the guarded apply / revert of a stored delta against a loaded model.
 
 use crate::edit::delta::{self, WeightDelta};
-use crate::edit::export::{write_dir_atomically, write_hf_files, ExportOptions};
+use crate::model::export::{write_dir_atomically, write_hf_files, ExportOptions};
 use crate::model::weights::WeightMap;
 use crate::model::Model;
 use crate::{Error, Result};

@@ -227,7 +227,7 @@ pub fn write_hf_files(
     }
     let st = dir.join("model.safetensors");
     let header = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = crate::edit::second_moment::tensors_to_bytes(&tensors, &header)
+    let bytes = crate::model::safetensors_bytes::tensors_to_bytes(&tensors, &header)
         .map_err(|e| Error::file(&st, e))?;
     crate::io::write_atomic(&st, &bytes)?;
     drop(bytes);
@@ -235,7 +235,7 @@ pub fn write_hf_files(
         tk.save_hf(dir)?;
     }
     if opts.gguf {
-        crate::edit::gguf_export::write_gguf(model, weights, &dir.join("model.gguf"))?;
+        crate::model::gguf_export::write_gguf(model, weights, &dir.join("model.gguf"))?;
     }
     let marker = json!({
         "written_by": "biaslens",

@@ -32,37 +32,7 @@ pub fn gguf_arch(cfg: &ModelConfig) -> Result<&'static str> {
     }
 }
 
-/// Map a Hugging Face tensor name to llama.cpp's (inverse of `weights::gguf_to_hf_name`).
-pub fn hf_to_gguf_name(name: &str, arch: Arch) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, leaf) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = leaf.rsplit_once('.')?;
-    let gg = match (module, arch) {
-        ("input_layernorm", _) => "attn_norm",
-        ("self_attn.q_proj", _) => "attn_q",
-        ("self_attn.k_proj", _) => "attn_k",
-        ("self_attn.v_proj", _) => "attn_v",
-        ("self_attn.o_proj", _) => "attn_output",
-        ("self_attn.q_norm", _) => "attn_q_norm",
-        ("self_attn.k_norm", _) => "attn_k_norm",
-        ("pre_feedforward_layernorm", Arch::Gemma3) => "ffn_norm",
-        ("post_attention_layernorm", Arch::Gemma3) => "post_attention_norm",
-        ("post_feedforward_layernorm", Arch::Gemma3) => "post_ffw_norm",
-        ("post_attention_layernorm", _) => "ffn_norm",
-        ("mlp.gate_proj", _) => "ffn_gate",
-        ("mlp.up_proj", _) => "ffn_up",
-        ("mlp.down_proj", _) => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gg}.{kind}"))
-}
+pub use super::names::hf_to_gguf_name;
 
 /// Reorder each head's q/k rows from HF's half-split RoPE layout to llama.cpp's interleaved one.
 fn permute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
@@ -79,7 +49,7 @@ pub fn gguf_tensors(cfg: &ModelConfig, weights: &WeightMap) -> Result<BTreeMap<S
     gguf_arch(cfg)?;
     let mut out = BTreeMap::new();
     for (hf, t) in weights {
-        if !crate::edit::export::is_model_parameter(hf, cfg.arch)
+        if !crate::model::export::is_model_parameter(hf, cfg.arch)
             || (cfg.tie_embeddings && hf == "lm_head.weight")
         {
             continue;
@@ -206,47 +176,6 @@ pub fn write_gguf(model: &Model, weights: &WeightMap, path: &Path) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::weights::gguf_to_hf_name;
-
-    #[test]
-    fn names_round_trip_through_hf() {
-        let leaves = [
-            "attn_norm",
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "attn_q_norm",
-            "attn_k_norm",
-            "ffn_norm",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ];
-        for arch in [Arch::Llama, Arch::Gemma3] {
-            let mut names: Vec<String> =
-                leaves.iter().map(|l| format!("blk.3.{l}.weight")).collect();
-            if arch == Arch::Gemma3 {
-                names.extend([
-                    "blk.0.post_attention_norm.weight".into(),
-                    "blk.0.post_ffw_norm.weight".into(),
-                ]);
-            }
-            names.extend([
-                "token_embd.weight".into(),
-                "output_norm.weight".into(),
-                "output.weight".into(),
-            ]);
-            for n in names {
-                let hf = gguf_to_hf_name(&n, arch).unwrap_or_else(|| panic!("{n} has no HF name"));
-                assert_eq!(
-                    hf_to_gguf_name(&hf, arch).as_deref(),
-                    Some(n.as_str()),
-                    "{arch:?} {hf}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn permutation_is_inverse_of_loader_unpermute() {

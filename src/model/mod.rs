@@ -2,11 +2,15 @@
 //! instrumented transformer. `Model::load("smollm2-135m")` is the entry point.
 
 pub mod config;
+pub mod export;
 pub mod fused;
+pub mod gguf_export;
 pub mod hash_cache;
 pub mod matmul;
+pub mod names;
 pub mod norm;
 pub mod registry;
+pub mod safetensors_bytes;
 pub mod sites;
 pub mod stable_matmul;
 pub mod stop;
@@ -82,7 +86,7 @@ pub fn weights_sha256(weights: &weights::WeightMap, cfg: &ModelConfig) -> Result
     let mut h = Sha256::new();
     let mut buf = Vec::with_capacity(1 << 16);
     for (name, t) in weights {
-        if !crate::edit::export::is_model_parameter(name, cfg.arch)
+        if !export::is_model_parameter(name, cfg.arch)
             || (cfg.tie_embeddings && name == "lm_head.weight")
         {
             continue;

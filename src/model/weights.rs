@@ -14,37 +14,7 @@ use std::path::Path;
 
 pub type WeightMap = BTreeMap<String, Tensor>;
 
-/// Map a llama.cpp tensor name to the Hugging Face name for the given architecture.
-pub fn gguf_to_hf_name(name: &str, arch: Arch) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, leaf) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = leaf.rsplit_once('.')?;
-    let hf = match (module, arch) {
-        ("attn_norm", _) => "input_layernorm",
-        ("attn_q", _) => "self_attn.q_proj",
-        ("attn_k", _) => "self_attn.k_proj",
-        ("attn_v", _) => "self_attn.v_proj",
-        ("attn_output", _) => "self_attn.o_proj",
-        ("attn_q_norm", _) => "self_attn.q_norm",
-        ("attn_k_norm", _) => "self_attn.k_norm",
-        ("ffn_norm", Arch::Gemma3) => "pre_feedforward_layernorm",
-        ("ffn_norm", _) => "post_attention_layernorm",
-        ("post_attention_norm", Arch::Gemma3) => "post_attention_layernorm",
-        ("post_ffw_norm", Arch::Gemma3) => "post_feedforward_layernorm",
-        ("ffn_gate", _) => "mlp.gate_proj",
-        ("ffn_up", _) => "mlp.up_proj",
-        ("ffn_down", _) => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
-}
+pub use super::names::gguf_to_hf_name;
 
 /// Undo llama.cpp's permutation of q/k rows (it reorders each head for interleaved RoPE).
 fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
