@@ -1,12 +1,12 @@
 //! Batched forward (64 prompts × 8 tokens) on SmolLM2 and the f32 matmul shapes it runs, so the
-//! forward's time can be read against the machine's matmul throughput; on an AVX-512 CPU each
-//! shape also runs through the eval path's kernel (`*_avx512`), the ratio read off one run.
+//! forward's time can be read against the machine's matmul throughput (candle's gemm, with its
+//! AVX-512 kernels where the CPU has them).
 //! `cargo bench --bench forward` (needs `harness/fetch-models.sh smollm2-135m`); on a GPU:
 //! `BIASLENS_DEVICE=cuda cargo bench --features cuda --bench forward`. Every timed iteration
 //! ends with a device synchronisation, so asynchronous CUDA launches are not mistaken for work.
 
 use biaslens::device::test_device;
-use biaslens::model::{matmul, InterventionPlan, LogitsRequest, Model};
+use biaslens::model::{InterventionPlan, LogitsRequest, Model};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -53,12 +53,6 @@ fn forward(c: &mut Criterion) {
                 y
             })
         });
-        // The eval path's AVX-512 kernel on the same shapes (CPU with AVX-512 only).
-        if dev.is_cpu() && matmul::available() {
-            g.bench_function(format!("{name}_avx512"), |b| {
-                b.iter(|| matmul::linear_nt(&x, &w).expect("kernel").expect("applies"))
-            });
-        }
     }
     g.finish();
 }

@@ -11,8 +11,8 @@ order, and compares what the two computed:
      on the last position only. biaslens's outputs stay inside the bench: no deviation here
      (row c runs the same forward on real prompts).
   b  f32 x.W^T at SmolLM2 layer shapes, 512 tokens (q/o, k/v, up, down). biaslens: the
-     `matmul_f32/*` benches of the same executable (criterion median; candle's matmul, and the
-     eval path's AVX-512 kernel where the CPU has it); PyTorch: F.linear on random inputs.
+     `matmul_f32/*` benches of the same executable (criterion median; candle's matmul, gemm's
+     AVX-512 kernels where the CPU has them); PyTorch: F.linear on random inputs.
   c  `biaslens measure` over the occupation prompts vs a batched transformers loop (rows sorted
      by length, batches of 64, left padding with position ids from the mask, head on the last
      position only); deviation = max |dp| over prompts and pronouns.
@@ -175,13 +175,11 @@ def row_matmul(exe, env, reps):
     out = []
     for name, k, n in MATMUL_SHAPES:
         t_b = criterion_median("target/criterion", "matmul_f32", name, since)
-        # The eval path's own kernel, benched only on CPUs with AVX-512.
-        t_k = criterion_median("target/criterion", "matmul_f32", name + "_avx512", since, False)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(TOKENS, k, generator=g)
         w = torch.randn(n, k, generator=g)
         t_p = median_time(lambda: F.linear(x, w), reps, inner=20, warmup=5)
-        out.append((name, 2 * TOKENS * k * n, t_b, t_k, t_p))
+        out.append((name, 2 * TOKENS * k * n, t_b, t_p))
     return out
 
 
@@ -464,11 +462,10 @@ def main():
                       f"{t_b:.3f} s", f"{t_p:.3f} s", ratio(t_b, t_p),
                       "n/a (bench keeps its outputs; see c)"))
     if "b" in rows:
-        for name, flop, t_b, t_k, t_p in row_matmul(a.bench_exe, env, reps):
+        for name, flop, t_b, t_p in row_matmul(a.bench_exe, env, reps):
             gb, gp = flop / t_b / 1e9, flop / t_p / 1e9
-            kern = f"; own AVX-512 kernel {flop / t_k / 1e9:.0f} ({ratio(t_k, t_p)})" if t_k else ""
             table.append(("b", f"matmul f32 x.W^T {name}, {TOKENS} tokens",
-                          f"{gb:.0f} GFLOP/s{kern}", f"{gp:.0f} GFLOP/s", ratio(t_b, t_p),
+                          f"{gb:.0f} GFLOP/s", f"{gp:.0f} GFLOP/s", ratio(t_b, t_p),
                           "n/a (random inputs inside the bench)"))
     if "c" in rows:
         n, t_b, t_0, t_p, dev = row_measure(ts, env, a.bin, a.model, a.work, a.quick)

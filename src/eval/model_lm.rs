@@ -97,9 +97,6 @@ impl<'a> ModelLm<'a> {
         }
         let mut transformer = model.transformer.clone();
         transformer.fast_kernels = opts.fast_kernels;
-        if opts.fast_kernels {
-            transformer.pack_weights()?;
-        }
         Ok(ModelLm {
             model,
             transformer,
@@ -367,12 +364,7 @@ impl ModelLm<'_> {
         let chunk = (self.opts.logit_floats / vocab).max(1);
         for c0 in (0..n).step_by(chunk) {
             let c = chunk.min(n - c0);
-            let logits = x_wt(
-                &gathered.narrow(0, c0, c)?,
-                &t.lm_head,
-                None,
-                t.fast_kernels,
-            )?;
+            let logits = x_wt(&gathered.narrow(0, c0, c)?, &t.lm_head, t.fast_kernels)?;
             let reads = &reads[c0..c0 + c];
             let tokens: Vec<Vec<u32>> = reads
                 .iter()

@@ -13,27 +13,23 @@ use super::unembed::check_finite;
 use crate::Result;
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// y = x Wᵀ + b with W stored as [out, in] (HF layout).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
-    /// The weight packed for the eval kernel ([`Transformer::pack_weights`]); ignored once
-    /// `weight` is replaced.
-    pub packed: Option<Arc<super::matmul::Packed>>,
 }
 
 impl Linear {
-    /// `fast`: try the AVX-512 kernel (`model::matmul`) first; it declines what it cannot do.
+    /// `fast`: the eval path's product ([`super::matmul::x_wt`]).
     pub(super) fn forward(&self, x: &Tensor, fast: bool) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let x2 = x.reshape((b * t, i))?;
         // Reduced-precision weights (see `Transformer::with_weight_dtype`): the matmul runs in the
         // weight dtype, everything around it stays in the activations' dtype (f32).
         let y = if self.weight.dtype() == x.dtype() {
-            super::matmul::x_wt(&x2, &self.weight, self.packed.as_deref(), fast)?
+            super::matmul::x_wt(&x2, &self.weight, fast)?
         } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
             // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
             // f32 accumulation, as cuBLAS does).

@@ -1,6 +1,5 @@
 //! Weights wiring: building a [`Transformer`] from HF-named tensors (GPT-2's Conv1D layout
-//! included), and the weight forms the eval paths use: reduced-precision projections and
-//! packed weights.
+//! included), and the weight form the eval paths use: reduced-precision projections.
 
 use super::config::{Arch, ModelConfig, NormKind};
 use super::layer::{Layer, Linear};
@@ -44,7 +43,6 @@ impl Transformer {
                 } else {
                     None
                 },
-                packed: None,
             })
         };
         // GPT-2 stores Conv1D weights as [in, out]; transpose to HF Linear layout.
@@ -54,7 +52,6 @@ impl Transformer {
                     .t()?
                     .contiguous()?,
                 bias: Some(take(w, &format!("{name}.bias"), &[out])?),
-                packed: None,
             })
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -74,7 +71,6 @@ impl Transformer {
                         Ok(Linear {
                             weight: qkv.weight.narrow(0, i * d, d)?.contiguous()?,
                             bias: Some(bias.narrow(0, i * d, d)?.contiguous()?),
-                            packed: None,
                         })
                     };
                     layers.push(Layer {
@@ -163,17 +159,6 @@ impl Transformer {
             fast_kernels: false,
         })
     }
-
-    /// Pack every projection weight once for the eval kernel (`model::matmul::Packed`; about
-    /// the weights' size again in memory). Without AVX-512, or off the CPU, nothing is packed.
-    pub fn pack_weights(&mut self) -> Result<()> {
-        for layer in &mut self.layers {
-            for lin in layer.linears_mut() {
-                lin.packed = super::matmul::Packed::new(&lin.weight)?.map(Arc::new);
-            }
-        }
-        Ok(())
-    }
 }
 
 // --- Reduced-precision weights (issue 7, item 4) ---------------------------------------------
@@ -193,7 +178,6 @@ impl Transformer {
             Ok(Linear {
                 weight: l.weight.to_dtype(dtype)?,
                 bias: l.bias.clone(),
-                packed: None,
             })
         };
         let mut out = self.clone();

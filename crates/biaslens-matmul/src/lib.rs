@@ -1,6 +1,9 @@
-//! The AVX-512 f32 kernel behind biaslens's `model::matmul` (its doc says why and how; its
-//! tests check it against f64 sums and candle's matmul). A crate of its own so that it is
-//! compiled with optimisation even in biaslens's quickly built dev profile.
+//! The AVX-512 f32 kernels of biaslens's eval path: fused attention (its two products run on
+//! the register-blocked kernel below, whose tested entry point is [`matmul_nt`]), the masked
+//! softmax and log-softmax normalisers, SwiGLU and RMS norm. The projections no longer use the
+//! kernel: candle's gemm with its AVX-512 kernels is faster at those shapes (biaslens's
+//! docs/performance.md). A crate of its own so that it is compiled with optimisation even in
+//! biaslens's quickly built dev profile.
 
 /// Output columns per packed weight panel (two 16-lane registers).
 const NR: usize = 32;
@@ -54,72 +57,6 @@ pub fn matmul_nt(a: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Option<V
     }
 }
 
-/// A weight `w [n, k]` packed once into the kernel's panels, for products repeated over many
-/// batches (the eval path's projections): packing per call was 1.5-3% of an eval run.
-pub struct PackedWeight {
-    panels: Vec<f32>,
-    n: usize,
-    k: usize,
-}
-
-impl PackedWeight {
-    pub fn new(w: &[f32], n: usize, k: usize) -> PackedWeight {
-        assert_eq!(w.len(), n * k, "w is not [n, k]");
-        PackedWeight {
-            panels: pack_panels(w, n, k),
-            n,
-            k,
-        }
-    }
-
-    /// `(n, k)`: output columns and inner length.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
-}
-
-impl std::fmt::Debug for PackedWeight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight [{}, {}]", self.n, self.k)
-    }
-}
-
-/// [`matmul_nt`] with a weight packed beforehand: `a [m, k] · wᵀ` → `[m, n]`, or `None`
-/// without AVX-512.
-pub fn matmul_packed(a: &[f32], m: usize, w: &PackedWeight) -> Option<Vec<f32>> {
-    assert_eq!(a.len(), m * w.k, "a is not [m, k]");
-    if !available() {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        Some(avx512::matmul_panels(a, m, w.k, &w.panels, w.n))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
-    }
-}
-
-/// The same product as [`matmul_nt`] on the calling thread, written into `c [m, n]`; `false`
-/// (and `c` untouched) without AVX-512.
-pub fn matmul_nt_serial(a: &[f32], m: usize, k: usize, w: &[f32], n: usize, c: &mut [f32]) -> bool {
-    assert_eq!(a.len(), m * k, "a is not [m, k]");
-    assert_eq!(w.len(), n * k, "w is not [n, k]");
-    if !available() {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::matmul_nt_serial(a, m, k, w, n, c);
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Pack `b [k, n]` (row-major, the untransposed operand) into the same panels as
 /// [`pack_panels`] packs `bᵀ`: panel p is `[k][NR]`, rows of b cut into `NR`-column pieces.
 fn pack_rows(b: &[f32], k: usize, n: usize) -> Vec<f32> {
@@ -170,16 +107,6 @@ mod avx512 {
             .enumerate()
             .for_each(|(task, block)| rows_into(a, task * ROWS_PER_TASK, k, packed, n, block));
         c
-    }
-
-    /// The same product on the calling thread, into `c` (for callers that parallelise above).
-    pub fn matmul_nt_serial(a: &[f32], m: usize, k: usize, w: &[f32], n: usize, c: &mut [f32]) {
-        assert_eq!(c.len(), m * n, "c is not [m, n]");
-        if m == 0 || n == 0 {
-            return;
-        }
-        let packed = pack_panels(w, n, k);
-        rows_into(a, 0, k, &packed, n, c);
     }
 
     /// Rows `row0..row0 + block.len() / n` of the product into `block`.
