@@ -363,6 +363,10 @@ mod tests {
         assert_eq!(got3[m * n..], got[..]);
     }
 
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     /// `[rows, cols]` of `v` (row-major) transposed, row-major.
     fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         (0..cols)
@@ -385,12 +389,7 @@ mod tests {
             let (av, bv) = (data(m * k, 11), data(k * n, 12));
             let a = Tensor::from_vec(av.clone(), (m, k), &dev).unwrap();
             let bt = Tensor::from_vec(transposed(&bv, k, n), (n, k), &dev).unwrap();
-            let got: Vec<f32> = matmul(&a, &bt.t().unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let got = values(&matmul(&a, &bt.t().unwrap()).unwrap());
             assert_eq!(got, reference(&av, &bv, m, k, n), "({m}, {k}, {n})");
         }
         // Attention's q · kᵀ: [heads, t, d] · [heads, d, t] with the keys transposed.
@@ -398,12 +397,7 @@ mod tests {
         let (qv, kv) = (data(h * t * d, 13), data(h * t * d, 14));
         let q = Tensor::from_vec(qv.clone(), (h, t, d), &dev).unwrap();
         let keys = Tensor::from_vec(kv.clone(), (h, t, d), &dev).unwrap();
-        let got: Vec<f32> = matmul(&q, &keys.transpose(1, 2).unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = values(&matmul(&q, &keys.transpose(1, 2).unwrap()).unwrap());
         for i in 0..h {
             let (qs, ks) = (
                 &qv[i * t * d..(i + 1) * t * d],
@@ -425,17 +419,31 @@ mod tests {
         let bt = Var::from_vec(btv.clone(), (n, k), &dev).unwrap();
         let g = Tensor::from_vec(gv.clone(), (m, n), &dev).unwrap();
         let y = matmul(a.as_tensor(), &bt.as_tensor().t().unwrap()).unwrap();
-        let yv: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(yv, reference(&av, &transposed(&btv, n, k), m, k, n));
+        assert_eq!(values(&y), reference(&av, &transposed(&btv, n, k), m, k, n));
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let flat = |v: &Var| -> Vec<f32> {
-            let t = grads.get(v).unwrap();
-            t.flatten_all().unwrap().to_vec1().unwrap()
-        };
+        let flat = |v: &Var| values(grads.get(v).unwrap());
         assert_eq!(flat(&a), reference(&gv, &btv, m, n, k), "dL/da");
         // dL/db = aᵀ · g ([k, n]); bt's gradient is its transpose.
         let gb = reference(&transposed(&av, m, k), &gv, k, m, n);
         assert_eq!(flat(&bt), transposed(&gb, k, n), "dL/dbt");
+    }
+
+    #[test]
+    fn attention_shaped_gradients_avoid_the_lane_reducing_path() {
+        // y = p · v as in attention (p the [t, t'] probabilities, v [t', d]): candle's own
+        // backward computes dL/dp = g · vᵀ with a row-major g and a column-major vᵀ and only
+        // 7 × 9 outputs, gemm's "horizontal" kernel, which sums along d in SIMD lanes. Through
+        // `Piece` it is the definition's sequential sum.
+        let dev = Device::Cpu;
+        let (t, t2, d) = (7, 9, 64);
+        let (pv, vv, gv) = (data(t * t2, 21), data(t2 * d, 22), data(t * d, 23));
+        let p = Var::from_vec(pv, (t, t2), &dev).unwrap();
+        let v = Tensor::from_vec(vv.clone(), (t2, d), &dev).unwrap();
+        let g = Tensor::from_vec(gv.clone(), (t, d), &dev).unwrap();
+        let y = matmul(p.as_tensor(), &v).unwrap();
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = values(grads.get(&p).unwrap());
+        assert_eq!(got, reference(&gv, &transposed(&vv, t2, d), t, d, t2));
     }
 
     #[test]
