@@ -78,8 +78,8 @@ pub struct Transformer {
     /// `Error::Interrupted` (shared by clones and by `Model::with_weights` copies).
     pub stop: super::stop::StopFlag,
     /// Run the CPU eval kernels where they apply (f32 CPU, no gradients): projections through
-    /// `model::matmul`'s AVX-512 kernel, fused attention (`model::matmul::fused_attention`),
-    /// one-pass SwiGLU and RMS norm (`model::fused`). Off by default so edits, traces and
+    /// candle's matmul in one call (`model::matmul::x_wt`), fused attention
+    /// (`model::matmul::fused_attention`), one-pass SwiGLU and RMS norm (`model::fused`). Off by default so edits, traces and
     /// snapshots keep candle's numbers; the eval engine turns it on (`LmOptions::fast_kernels`).
     pub fast_kernels: bool,
 }
