@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two biaslens binaries on the same tasks, back to back, no cache: seconds per task for each,
 # and whether their metric tables are identical (exit 1 if not). For comparing builds (the
-# vectorised-exp A/B in docs/performance-eval.md); harness/eval-speed.sh compares the fast and
+# vectorised-exp A/B, in git history at 402cab8); harness/eval-speed.sh compares the fast and
 # reference paths of one build instead.
 #
 #   harness/ab-binaries.sh OLD_BIN NEW_BIN "boolq 200" "lambada_openai 400" "wikitext2 3"

@@ -2,7 +2,7 @@
 //! (Table 4 without its wall-time columns):
 //! - `snapshot_spec_matches_snapshots` (in `cargo test`): harness/snapshot.toml on SmolLM2
 //!   (trace → LSDM/FT-L/DAMA edits on the located layers → held-out measurement → COPA), once;
-//!   about 2-3 minutes on 2 idle cores.
+//!   about 2 minutes (docs/performance.md, "Test suite and CI").
 //! - `quick_spec_matches_snapshots_and_is_deterministic` (`--ignored`, ~10 minutes):
 //!   harness/quick.toml twice into fresh folders; tables must match the `quick_*` snapshots and
 //!   the two runs must give byte-identical tables.
