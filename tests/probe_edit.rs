@@ -186,3 +186,44 @@ fn tune_edits_two_projections_low_rank_and_keeps_protected_inputs() {
         "steps 0 and 3 logged"
     );
 }
+
+/// Gap tuning's gap-size targets (`tune.keep_above`, findings §6f's hard threshold): with τ = 0
+/// every fit prompt's target is its own base gap, so the loss and every gradient are zero at the
+/// start and the edit is exactly zero; with τ above every gap the targets are all zero and the
+/// edit is bit for bit the default's.
+#[test]
+fn tune_keep_above_zero_changes_nothing_and_above_every_gap_is_the_default() {
+    let model = common::real_model("smollm2-135m");
+    let l = 10;
+    let mut spec = EditSpec::new(Method::Tune, vec![l]);
+    spec.max_edit_professions = Some(4);
+    spec.tune.rank = 2;
+    // One Adam step moves B off zero wherever a gradient is not zero.
+    spec.tune.steps = 1;
+    spec.tune.batch = 16;
+    spec.tune.corpus_tokens = 512;
+    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Pairs;
+    spec.cache_dir = None;
+    let run = |keep_above: Option<f64>| {
+        let mut s = spec.clone();
+        s.tune.keep_above = keep_above;
+        edit_model(&model, &s, |_| {}).unwrap()
+    };
+    let kept_all = run(Some(0.0));
+    assert_eq!(
+        kept_all.report["n_fit_kept"], kept_all.report["n_fit_prompts"],
+        "τ = 0 keeps every fit prompt's gap"
+    );
+    for (name, e) in &kept_all.delta.entries {
+        let max = matrix(&e.delta).amax();
+        assert_eq!(max, 0.0, "{name}: τ = 0 changed the weights by up to {max}");
+    }
+    let (default, above) = (run(None), run(Some(1e9)));
+    assert_eq!(above.report["n_fit_kept"], 0);
+    assert!(!default.delta.entries.is_empty());
+    for (name, e) in &default.delta.entries {
+        let (a, b) = (matrix(&e.delta), matrix(&above.delta.entries[name].delta));
+        assert!(a.amax() > 0.0, "{name}: the default changed nothing");
+        assert_eq!(a, b, "{name}: τ above every gap differs from the default");
+    }
+}

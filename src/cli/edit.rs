@@ -76,6 +76,10 @@ pub struct EditArgs {
     /// tune: α, weight of keeping the protected words' gaps (default 1).
     #[arg(long, value_parser = non_negative)]
     pub tune_protect: Option<f64>,
+    /// tune: τ in nats; fit prompts whose base |log p(he) − log p(she)| is at least τ keep their
+    /// gap, the rest are pulled to zero (default: every fit prompt to zero).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_keep_above: Option<f64>,
     /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
@@ -144,6 +148,13 @@ pub fn run_edit(a: EditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A flag given on the command line replaces the spec's value.
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *field = v;
+    }
+}
+
 /// The edit spec the flags describe (`--spec`, then the flags over it), after checking the
 /// flags, `--out` and the hyperparameters: everything that fails before a model is loaded.
 pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpec> {
@@ -179,60 +190,29 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
             _ => spec.lsdm.lambda = l,
         }
     }
-    if let Some(s) = a.scale {
-        spec.probe.scale = s;
-    }
-    if let Some(c) = a.probe_components {
-        spec.probe.components = c;
-    }
-    if let Some(p) = a.passes {
-        spec.probe.passes = p;
-    }
-    if let Some(t) = a.probe_target {
-        spec.probe.target = t;
-    }
+    set(&mut spec.probe.scale, a.scale);
+    set(&mut spec.probe.components, a.probe_components);
+    set(&mut spec.probe.passes, a.passes);
+    set(&mut spec.probe.target, a.probe_target);
     spec.probe.protect_each_prompt |= a.protect_each_prompt;
-    if let Some(p) = a.protect_set {
-        spec.probe.protect_set = p;
-        spec.tune.protect_set = p;
+    set(&mut spec.probe.protect_set, a.protect_set);
+    set(&mut spec.tune.protect_set, a.protect_set);
+    set(&mut spec.tune.rank, a.tune_rank);
+    set(&mut spec.tune.steps, a.tune_steps);
+    set(&mut spec.tune.lr, a.tune_lr);
+    set(&mut spec.tune.prior, a.tune_prior);
+    set(&mut spec.tune.protect_weight, a.tune_protect);
+    if a.tune_keep_above.is_some() {
+        spec.tune.keep_above = a.tune_keep_above;
     }
-    if let Some(r) = a.tune_rank {
-        spec.tune.rank = r;
-    }
-    if let Some(s) = a.tune_steps {
-        spec.tune.steps = s;
-    }
-    if let Some(l) = a.tune_lr {
-        spec.tune.lr = l;
-    }
-    if let Some(b) = a.tune_prior {
-        spec.tune.prior = b;
-    }
-    if let Some(w) = a.tune_protect {
-        spec.tune.protect_weight = w;
-    }
-    if let Some(c) = a.probe_components {
-        spec.tune.components = c;
-    }
-    if let Some(p) = a.post_norm {
-        spec.lsdm.post_norm = p;
-    }
-    if let Some(p) = a.prefixes {
-        spec.lsdm.prefixes = p;
-        spec.probe.prefixes = p;
-        spec.tune.prefixes = p;
-    }
-    if let Some(c) = a.components {
-        spec.dama.components = c;
-    }
+    set(&mut spec.tune.components, a.probe_components);
+    set(&mut spec.lsdm.post_norm, a.post_norm);
+    set(&mut spec.lsdm.prefixes, a.prefixes);
+    set(&mut spec.probe.prefixes, a.prefixes);
+    set(&mut spec.tune.prefixes, a.prefixes);
+    set(&mut spec.dama.components, a.components);
     // Bad hyperparameters fail here, before the model loads and the bias is measured.
-    match spec.method {
-        biaslens::edit::method::Method::Lsdm => spec.lsdm.validate()?,
-        biaslens::edit::method::Method::Ft => spec.ft.validate()?,
-        biaslens::edit::method::Method::Dama => spec.dama.validate()?,
-        biaslens::edit::method::Method::Probe => spec.probe.validate()?,
-        biaslens::edit::method::Method::Tune => spec.tune.validate()?,
-    }
+    spec.validate_params()?;
     Ok(spec)
 }
 

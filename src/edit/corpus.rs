@@ -10,6 +10,36 @@ use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// What gathering a method's corpus second moments cost this run, for edit.json and the cost
+/// tables: passes and token-layers are 0 when every site came from the cache, so tables count
+/// them apart from the method's own work (which does not depend on caches).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CorpusCost {
+    /// Corpus tokens behind C (0 when the method used none).
+    #[serde(default)]
+    pub statistics_tokens: u64,
+    #[serde(default)]
+    pub statistics_passes: u64,
+    #[serde(default)]
+    pub statistics_token_layers: u64,
+}
+
+impl CorpusCost {
+    pub fn new(tokens: u64, work: crate::model::Work) -> Self {
+        CorpusCost {
+            statistics_tokens: tokens,
+            statistics_passes: work.passes,
+            statistics_token_layers: work.token_layers,
+        }
+    }
+    pub fn work(&self) -> crate::model::Work {
+        crate::model::Work {
+            passes: self.statistics_passes,
+            token_layers: self.statistics_token_layers,
+        }
+    }
+}
+
 /// Token chunks of `seq_len` from a text file (WikiText-style: one paragraph per line), up to
 /// `max_tokens` tokens in all, in file order. Returns the chunks and the sha256 of the file.
 pub fn corpus_chunks(

@@ -171,15 +171,9 @@ pub struct LsdmReport {
     pub solve_paths: Vec<SolvePath>,
     /// ‖R‖ per layer (mean over professions) — how much each layer was asked to move.
     pub residual_norms: Vec<f64>,
-    /// Corpus tokens behind C (0 with the identity prior).
-    #[serde(default)]
-    pub statistics_tokens: u64,
-    /// Passes and token-layers this run spent on C: 0 when every layer came from the cache, so
-    /// cost tables count them apart from the method's own work (which does not depend on caches).
-    #[serde(default)]
-    pub statistics_passes: u64,
-    #[serde(default)]
-    pub statistics_token_layers: u64,
+    /// C's corpus tokens and this run's cost of gathering it (0 with the identity prior).
+    #[serde(flatten)]
+    pub statistics: super::corpus::CorpusCost,
 }
 
 /// HF name of layer l's down-projection and whether HF stores it transposed (GPT-2 Conv1D).
@@ -454,9 +448,7 @@ pub fn lsdm(
         delta_norms,
         solve_paths,
         residual_norms,
-        statistics_tokens,
-        statistics_passes: statistics_work.passes,
-        statistics_token_layers: statistics_work.token_layers,
+        statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
     };
     Ok((delta, report))
 }

@@ -114,6 +114,19 @@ impl EditSpec {
     }
 }
 
+impl EditSpec {
+    /// Range checks of the chosen method's hyperparameters; errors name the field.
+    pub fn validate_params(&self) -> Result<()> {
+        match self.method {
+            Method::Lsdm => self.lsdm.validate(),
+            Method::Ft => self.ft.validate(),
+            Method::Dama => self.dama.validate(),
+            Method::Probe => self.probe.validate(),
+            Method::Tune => self.tune.validate(),
+        }
+    }
+}
+
 /// The result of an edit: the delta and a JSON report of the method's internals.
 pub struct EditOutcome {
     pub delta: WeightDelta,
@@ -160,31 +173,19 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
             crate::io::sha256_file(corpus)?,
         );
     }
-    let mut statistics_work = crate::model::Work::default();
-    let mut statistics_tokens = 0;
-    let (delta, report) = match spec.method {
+    let none = super::corpus::CorpusCost::default();
+    let cache = spec.cache_dir.as_deref();
+    let (delta, report, statistics) = match spec.method {
         Method::Lsdm => {
-            let (d, r) = lsdm(
-                model,
-                &sets,
-                &spec.layers,
-                &spec.lsdm,
-                corpus,
-                spec.cache_dir.as_deref(),
-                log,
-            )?;
-            statistics_work = crate::model::Work {
-                passes: r.statistics_passes,
-                token_layers: r.statistics_token_layers,
-            };
-            statistics_tokens = r.statistics_tokens;
-            (d, serde_json::to_value(r)?)
+            let (d, r) = lsdm(model, &sets, &spec.layers, &spec.lsdm, corpus, cache, log)?;
+            let stats = r.statistics;
+            (d, serde_json::to_value(r)?, stats)
         }
         Method::Ft => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
             let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, log)?;
-            (d, serde_json::to_value(r)?)
+            (d, serde_json::to_value(r)?, none)
         }
         Method::Probe => {
             let (d, r) = probe(
@@ -194,15 +195,11 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
                 &spec.probe,
                 &spec.data_dir,
                 corpus,
-                spec.cache_dir.as_deref(),
+                cache,
                 log,
             )?;
-            statistics_work = crate::model::Work {
-                passes: r.statistics_passes,
-                token_layers: r.statistics_token_layers,
-            };
-            statistics_tokens = r.statistics_tokens;
-            (d, serde_json::to_value(r)?)
+            let stats = r.statistics;
+            (d, serde_json::to_value(r)?, stats)
         }
         Method::Tune => {
             let (d, r) = tune(
@@ -212,21 +209,17 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
                 &spec.tune,
                 &spec.data_dir,
                 corpus,
-                spec.cache_dir.as_deref(),
+                cache,
                 log,
             )?;
-            statistics_work = crate::model::Work {
-                passes: r.statistics_passes,
-                token_layers: r.statistics_token_layers,
-            };
-            statistics_tokens = r.statistics_tokens;
-            (d, serde_json::to_value(r)?)
+            let stats = r.statistics;
+            (d, serde_json::to_value(r)?, stats)
         }
         Method::Dama => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
             let (d, r) = dama(model, &prompts, &spec.layers, &spec.dama, log)?;
-            (d, serde_json::to_value(r)?)
+            (d, serde_json::to_value(r)?, none)
         }
     };
     Ok(EditOutcome {
@@ -235,8 +228,8 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         sets,
         report,
         seconds: t0.elapsed().as_secs_f64(),
-        statistics_work,
-        statistics_tokens,
+        statistics_work: statistics.work(),
+        statistics_tokens: statistics.statistics_tokens,
     })
 }
 

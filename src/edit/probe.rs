@@ -121,9 +121,9 @@ pub struct ProbeReport {
     pub protected_max_abs: Vec<f64>,
     /// Per stage: ‖ΔW‖_F.
     pub delta_norms: Vec<f64>,
-    pub statistics_tokens: u64,
-    pub statistics_passes: u64,
-    pub statistics_token_layers: u64,
+    /// C's corpus tokens and this run's cost of gathering it.
+    #[serde(flatten)]
+    pub statistics: super::corpus::CorpusCost,
 }
 
 /// Gendered nouns that are not in the profession list: Bolukbasi et al.'s equalize pairs, single
@@ -695,9 +695,7 @@ pub fn probe(
         fit_r2: Vec::new(),
         protected_max_abs: Vec::new(),
         delta_norms: Vec::new(),
-        statistics_tokens,
-        statistics_passes: statistics_work.passes,
-        statistics_token_layers: statistics_work.token_layers,
+        statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
     };
     // Every pass resumes from the residual stream below the lowest edited layer.
     let start = layers[0];

@@ -62,6 +62,12 @@ pub struct TuneParams {
     pub protect_set: ProtectSet,
     /// Seed of A's initialisation and of the minibatch shuffle.
     pub seed: u64,
+    /// τ (nats): fit prompts whose base |L₀| is at least τ keep their gap (target L₀), the
+    /// rest are pulled to zero: the hard-threshold rule of findings §6f, learnt by the edit.
+    /// None: every fit prompt's target is zero. (Not written when None, so the cache keys and
+    /// delta records of earlier tune edits stay as they were.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_above: Option<f64>,
 }
 
 impl Default for TuneParams {
@@ -81,6 +87,7 @@ impl Default for TuneParams {
             components: Components::Both,
             protect_set: ProtectSet::Roles,
             seed: 0,
+            keep_above: None,
         }
     }
 }
@@ -96,6 +103,9 @@ impl TuneParams {
         at_least_one("tune.steps", self.steps)?;
         at_least_one("tune.batch", self.batch)?;
         at_least_one("tune.prefixes", self.prefixes)?;
+        if let Some(t) = self.keep_above {
+            non_negative("tune.keep_above", t)?;
+        }
         at_least_one("tune.corpus_tokens", self.corpus_tokens)
     }
 }
@@ -107,6 +117,9 @@ pub struct TuneReport {
     pub stages: Vec<(usize, Component)>,
     pub n_edit_professions: usize,
     pub n_fit_prompts: usize,
+    /// Fit prompts whose target is their base gap (|L₀| ≥ `keep_above`); 0 without it.
+    #[serde(default)]
+    pub n_fit_kept: usize,
     pub protected_words: Vec<String>,
     pub n_protected_prompts: usize,
     /// Every 10 steps and the last: (step, fit mean L², protected mean (L − L₀)², prior).
@@ -121,9 +134,9 @@ pub struct TuneReport {
     pub delta_norms: Vec<f64>,
     /// Per stage: tr(ΔW C ΔWᵀ) / tr(W C Wᵀ).
     pub relative_energy: Vec<f64>,
-    pub statistics_tokens: u64,
-    pub statistics_passes: u64,
-    pub statistics_token_layers: u64,
+    /// C's corpus tokens and this run's cost of gathering it.
+    #[serde(flatten)]
+    pub statistics: super::corpus::CorpusCost,
 }
 
 /// ΔW = B (A − Q QᵀA)ᵀ, [d_out, d_in]: rank ≤ r, and ΔW p = 0 for every p in Q's column span.
@@ -144,6 +157,12 @@ pub fn prior_energy(a: &Tensor, b: &Tensor, q: Option<&Tensor>, c: &Tensor) -> R
     };
     let m = mm(&a.t()?, &mm(c, &a)?)?;
     Ok((mm(b, &m)? * b)?.sum_all()?)
+}
+
+/// The hard-threshold targets: 0 where |L₀| < τ, else L₀ (same shape and dtype as `base`).
+pub fn threshold_targets(base: &Tensor, tau: f64) -> Result<Tensor> {
+    let keep = base.abs()?.ge(tau)?;
+    Ok(keep.where_cond(base, &base.zeros_like()?)?)
 }
 
 struct Stage {
@@ -270,6 +289,30 @@ pub fn tune(
     let base_protect: Vec<Tensor> = (0..protect_reader.n_batches())
         .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
         .collect::<Result<_>>()?;
+    // Per fit batch: the gap each prompt is pulled to (None: zero for every prompt).
+    let fit_targets: Option<Vec<Tensor>> = match params.keep_above {
+        None => None,
+        Some(tau) => Some(
+            (0..fit_reader.n_batches())
+                .map(|i| {
+                    let g = fit_reader.batch_gaps(base, i)?.detach();
+                    Ok(threshold_targets(&g, tau)?)
+                })
+                .collect::<Result<_>>()?,
+        ),
+    };
+    let n_fit_kept = match &fit_targets {
+        None => 0,
+        Some(ts) => ts
+            .iter()
+            .map(|t| {
+                Ok(t.ne(0.0)?
+                    .to_dtype(DType::F64)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?)
+            })
+            .sum::<Result<f64>>()? as usize,
+    };
 
     let device = Device::Cpu;
     let mut stages = Vec::new();
@@ -323,10 +366,12 @@ pub fn tune(
         fit.len(),
     )?;
     log(&format!(
-        "gap tuning: {} stages, rank {}, {} fit prompts, {} protected prompts; fit mean |gap| {:.3}",
+        "gap tuning: {} stages, rank {}, {} fit prompts ({} keep their gap), {} protected \
+         prompts; fit mean |gap| {:.3}",
         stages.len(),
         params.rank,
         fit.len(),
+        n_fit_kept,
         protect.len(),
         fit_before
     ));
@@ -346,7 +391,12 @@ pub fn tune(
         for s in &stages {
             set_weight(&mut tr, s.layer, s.comp, (&s.w0 + s.delta()?)?);
         }
-        let fit_loss = fit_reader.batch_gaps(&tr, step % nf)?.sqr()?.mean_all()?;
+        let i = step % nf;
+        let fit_gaps = fit_reader.batch_gaps(&tr, i)?;
+        let fit_loss = match &fit_targets {
+            None => fit_gaps.sqr()?.mean_all()?,
+            Some(t) => (fit_gaps - &t[i])?.sqr()?.mean_all()?,
+        };
         let j = step % np;
         let prot_loss = (protect_reader.batch_gaps(&tr, j)? - &base_protect[j])?
             .sqr()?
@@ -433,6 +483,7 @@ pub fn tune(
         stages: stages_list,
         n_edit_professions: sets.edit.len(),
         n_fit_prompts: fit.len(),
+        n_fit_kept,
         protected_words: words,
         n_protected_prompts: protect.len(),
         history,
@@ -441,9 +492,7 @@ pub fn tune(
         protected_max_abs,
         delta_norms,
         relative_energy,
-        statistics_tokens,
-        statistics_passes: statistics_work.passes,
-        statistics_token_layers: statistics_work.token_layers,
+        statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
     };
     Ok((delta, report))
 }
@@ -464,6 +513,21 @@ mod tests {
             .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
             .collect();
         Tensor::from_vec(v, (m.nrows(), m.ncols()), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn threshold_targets_zero_small_gaps_and_keep_large_ones() {
+        let base = [-3.0f32, -2.4, -2.39, 0.0, 1.0, 2.4, 5.0];
+        let t = threshold_targets(&Tensor::new(&base[..], &Device::Cpu).unwrap(), 2.4)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(t, vec![-3.0, -2.4, 0.0, 0.0, 0.0, 2.4, 5.0]);
+        // No key for the default, so earlier records read and hash as before.
+        let v = serde_json::to_value(TuneParams::default()).unwrap();
+        assert!(v.get("keep_above").is_none());
+        let p: TuneParams = serde_json::from_value(v).unwrap();
+        assert_eq!(p, TuneParams::default());
     }
 
     proptest! {
