@@ -18,9 +18,10 @@ pub struct EditArgs {
     #[command(flatten)]
     pub model: DefaultModelArgs,
     /// probe (the gap probe at the last token, the default: it transfers to unseen professions
-    /// and templates, docs/findings.md §6), lsdm, ft (FT-L) or dama.
-    #[arg(long, default_value = "probe")]
-    pub method: biaslens::edit::method::Method,
+    /// and templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the
+    /// --spec file's method, else probe.
+    #[arg(long)]
+    pub method: Option<biaslens::edit::method::Method>,
     /// Edited layers, e.g. 1,2,3,4 (overrides --sites).
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
@@ -163,7 +164,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     a.validate()?;
     a.output.prepare(&a.model.model)?;
     a.model.device()?;
-    let method = a.method;
+    let method = a.method.unwrap_or(biaslens::edit::method::Method::Probe);
     let mut spec = match &a.spec {
         Some(p) => {
             let text =
@@ -173,7 +174,8 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
         }
         None => EditSpec::new(method, Vec::new()),
     };
-    spec.method = method;
+    // A --spec file keeps its own method unless --method names another.
+    set(&mut spec.method, a.method);
     spec.split.seed = a.rng.seed;
     spec.validation |= a.validation;
     if let Some(l) = &a.layers {
@@ -432,4 +434,44 @@ fn sites_default_layers(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
     let sites: biaslens::trace::LocatedSites = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a sites.json", path.display()))?;
     Ok(sites.default_edit_layers())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use biaslens::edit::method::{EditSpec, Method};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        edit: EditArgs,
+    }
+
+    fn spec_of(args: &[&str]) -> EditSpec {
+        let cmd = Cmd::try_parse_from(std::iter::once("edit").chain(args.iter().copied()))
+            .expect("flags parse");
+        edit_spec(&cmd.edit).expect("a valid spec")
+    }
+
+    /// `--spec` chooses the method unless `--method` is given; without either the default
+    /// method is the probe.
+    #[test]
+    fn a_spec_files_method_holds_unless_method_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tune.toml");
+        let mut written = EditSpec::new(Method::Tune, vec![3]);
+        written.tune.rank = 2;
+        std::fs::write(&file, toml::to_string(&written).unwrap()).unwrap();
+        let out = dir.path().join("out");
+        let (f, o) = (file.to_str().unwrap(), out.to_str().unwrap());
+        let s = spec_of(&["--spec", f, "--out", o]);
+        assert_eq!(
+            (s.method, s.tune.rank, s.layers),
+            (Method::Tune, 2, vec![3])
+        );
+        let s = spec_of(&["--spec", f, "--method", "lsdm", "--out", o]);
+        assert_eq!(s.method, Method::Lsdm);
+        assert_eq!(spec_of(&["--out", o]).method, Method::Probe);
+    }
 }
