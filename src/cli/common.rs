@@ -143,9 +143,19 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     Ok(biaslens::device::parse_device(spec)?)
 }
 
-/// A progress bar with an ETA, drawn on stderr (hidden when stderr is not a terminal).
+/// A progress bar with an ETA, drawn on stderr; where stderr is not a terminal (CI logs,
+/// `nohup`, pipes) it is written as a plain line at most every [`LOG_EVERY`], so a long run
+/// still shows its progress in a log.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
+    use std::io::IsTerminal;
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::term_like(Box::new(LogLines::default())),
+        )
+    };
     pb.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:32}] {pos}/{len} ({per_sec}, ETA {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -153,6 +163,55 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// How often a progress bar writes a line when stderr is not a terminal.
+pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A "terminal" that writes each progress line to stderr as a plain line, at most once per
+/// [`LOG_EVERY`] (the first one at once); cursor movements are dropped.
+#[derive(Debug, Default)]
+struct LogLines {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        let line = s.trim();
+        if line.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            *last = Some(std::time::Instant::now());
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Before any work: check that the model directory `out` may be written for a model loaded
