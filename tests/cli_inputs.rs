@@ -490,6 +490,12 @@ fn a_reverted_model_is_the_base_model_again() {
     assert_eq!(base["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(base["weights_sha256"].as_str().unwrap().len(), 64);
     assert_ne!(base["sha256"], base["weights_sha256"]);
+    // It also keeps the method's own report (FT-L: the bias loss per step, the largest change).
+    let report = &rec["method_report"];
+    assert_eq!(report["layers"], serde_json::json!([0]), "{report}");
+    assert!(report["bias_loss"]
+        .as_array()
+        .is_some_and(|l| !l.is_empty()));
 }
 
 /// Item 10: a registry alias whose file is another model (Gemma-3 under SmolLM2's file name) is

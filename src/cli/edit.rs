@@ -249,6 +249,7 @@ pub fn edit_loaded(
     record.metrics_before = serde_json::to_value(&before)?;
     record.metrics_after = serde_json::to_value(&after)?;
     record.wall_times_s.insert("edit".into(), outcome.seconds);
+    record.method_report = outcome.report.clone();
     write_edit_outputs(
         model,
         &weights_after,

@@ -51,6 +51,11 @@ pub struct EditRecord {
     pub metrics_after: serde_json::Value,
     /// Wall time of each stage, in seconds.
     pub wall_times_s: BTreeMap<String, f64>,
+    /// The method's own report (per-stage fit R², the fit history, ΔW norms, the protected
+    /// keys' residual change, …): `EditOutcome::report`. Null for a delta applied with
+    /// `biaslens apply`.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub method_report: serde_json::Value,
 }
 
 impl EditRecord {
@@ -72,6 +77,7 @@ impl EditRecord {
             metrics_before: serde_json::Value::Null,
             metrics_after: serde_json::Value::Null,
             wall_times_s: BTreeMap::new(),
+            method_report: serde_json::Value::Null,
         }
     }
 
