@@ -296,7 +296,7 @@ pub fn tune(
             (0..fit_reader.n_batches())
                 .map(|i| {
                     let g = fit_reader.batch_gaps(base, i)?.detach();
-                    Ok(threshold_targets(&g, tau)?)
+                    threshold_targets(&g, tau)
                 })
                 .collect::<Result<_>>()?,
         ),
