@@ -93,6 +93,28 @@ pub fn read_text(path: &Path) -> Result<String> {
 }
 
 /// Hex sha256 of bytes in memory.
+/// A safetensors file biaslens wrote, parsed from `bytes` (the file at `path`, for errors): the
+/// tensors, the raw JSON of its `biaslens` metadata entry, and every metadata entry.
+pub fn biaslens_safetensors<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(
+    safetensors::SafeTensors<'a>,
+    String,
+    std::collections::HashMap<String, String>,
+)> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("bad safetensors header: {e}")))?;
+    let entries = header.metadata().clone().unwrap_or_default();
+    let meta_json = entries
+        .get("biaslens")
+        .cloned()
+        .ok_or_else(|| Error::file(path, "missing `biaslens` metadata"))?;
+    Ok((st, meta_json, entries))
+}
+
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }

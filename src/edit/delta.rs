@@ -146,26 +146,14 @@ impl WeightDelta {
     /// The recorded checksum must match and every value must be finite.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, e.to_string()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::file(path, format!("bad safetensors header: {e}")))?;
-        let meta_json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("biaslens"))
-            .ok_or_else(|| Error::file(path, "missing `biaslens` metadata"))?;
-        let meta: DeltaMeta = serde_json::from_str(meta_json)
+        let (st, meta_json, entries) = crate::io::biaslens_safetensors(path, &bytes)?;
+        let meta: DeltaMeta = serde_json::from_str(&meta_json)
             .map_err(|e| Error::file(path, format!("bad `biaslens` metadata: {e}")))?;
-        let recorded = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(CHECKSUM_KEY))
-            .cloned();
+        let recorded = entries.get(CHECKSUM_KEY).cloned();
         let mut views = st.tensors();
         views.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(want) = &recorded {
-            let mut sum = Checksum::new(meta_json);
+            let mut sum = Checksum::new(&meta_json);
             for (key, view) in &views {
                 sum.tensor(key, view.shape(), view.data());
             }

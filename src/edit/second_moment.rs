@@ -121,16 +121,8 @@ impl MomentAccumulator {
 /// Load a cached C [d_ff, d_ff] (f64) and its metadata; refuses files without biaslens metadata.
 pub fn load_moment(path: &Path, device: &Device) -> Result<(Tensor, MomentMeta)> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::file(path, format!("bad safetensors header: {e}")))?;
-    let meta_json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("biaslens"))
-        .ok_or_else(|| Error::file(path, "missing `biaslens` metadata"))?;
-    let meta: MomentMeta = serde_json::from_str(meta_json)
+    let (st, meta_json, _) = crate::io::biaslens_safetensors(path, &bytes)?;
+    let meta: MomentMeta = serde_json::from_str(&meta_json)
         .map_err(|e| Error::file(path, format!("bad `biaslens` metadata: {e}")))?;
     let view = st
         .tensor("second_moment")
