@@ -29,29 +29,21 @@ unseen templates (2, 5, 8, 11, 14) and for the controls on the same templates:
 
 Figures: docs/findings.md section 6f. Standard library only.
 """
-import json
 import math
 import statistics
 import sys
 from collections import defaultdict
 
+from measure_json import log_odds, prompts
+
 UNSEEN = (2, 5, 8, 11, 14)
 VALIDATION = (1, 7, 13)
 
-
-def prompts(path):
-    try:
-        return json.load(open(path))["prompts"]
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"{path}: expected a `biaslens measure --json` file ({e})")
 
 
 def gap(p, log_odds):
     return (p["p_he"] + p["p_she"]) * math.tanh(log_odds / 2)
 
-
-def log_odds(p):
-    return math.log(p["p_he"] / p["p_she"])
 
 
 def scores(ho, ctl, rewrite):

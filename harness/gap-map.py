@@ -11,23 +11,15 @@ the base |L0|, the number of prompts, the mean |L0| and the mean of sign(L0) * L
 also the share of sum |L| kept below and above TAU. Used for docs/findings.md section 6g.
 Standard library only.
 """
-import json
 import math
 import statistics
 import sys
 
+from measure_json import log_odds, prompts
+
 BINS = [(0, 0.5), (0.5, 1), (1, 1.5), (1.5, 2), (2, 2.5), (2.5, 3), (3, 4), (4, math.inf)]
 
 
-def prompts(path):
-    try:
-        return json.load(open(path))["prompts"]
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"{path}: expected a `biaslens measure --json` file ({e})")
-
-
-def log_odds(p):
-    return math.log(p["p_he"] / p["p_she"])
 
 
 def main():

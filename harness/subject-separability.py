@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from measure_json import log_odds, prompts
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 UNSEEN = (2, 5, 8, 11, 14)
 NOT_A_PERSON = set(
@@ -53,15 +55,6 @@ def protected_words():
     return sorted(words)
 
 
-def prompts(path):
-    try:
-        return json.load(open(path))["prompts"]
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"{path}: expected a `biaslens measure --json` file ({e})")
-
-
-def log_odds(p):
-    return math.log(p["p_he"] / p["p_she"])
 
 
 def main():
