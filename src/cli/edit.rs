@@ -204,9 +204,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.lr, a.tune_lr);
     set(&mut spec.tune.prior, a.tune_prior);
     set(&mut spec.tune.protect_weight, a.tune_protect);
-    if a.tune_keep_above.is_some() {
-        spec.tune.keep_above = a.tune_keep_above;
-    }
+    set(&mut spec.tune.keep_above, a.tune_keep_above.map(Some));
     set(&mut spec.tune.components, a.probe_components);
     set(&mut spec.lsdm.post_norm, a.post_norm);
     set(&mut spec.lsdm.prefixes, a.prefixes);

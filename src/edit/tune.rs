@@ -289,30 +289,28 @@ pub fn tune(
     let base_protect: Vec<Tensor> = (0..protect_reader.n_batches())
         .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
         .collect::<Result<_>>()?;
-    // Per fit batch: the gap each prompt is pulled to (None: zero for every prompt).
-    let fit_targets: Option<Vec<Tensor>> = match params.keep_above {
-        None => None,
-        Some(tau) => Some(
-            (0..fit_reader.n_batches())
-                .map(|i| {
-                    let g = fit_reader.batch_gaps(base, i)?.detach();
-                    threshold_targets(&g, tau)
-                })
-                .collect::<Result<_>>()?,
-        ),
-    };
-    let n_fit_kept = match &fit_targets {
-        None => 0,
-        Some(ts) => ts
+    // The base model's gap on every fit batch, computed once: the "before" figure and the
+    // gap-size targets (None: zero for every prompt).
+    let base_fit: Vec<Tensor> = (0..fit_reader.n_batches())
+        .map(|i| Ok(fit_reader.batch_gaps(base, i)?.detach()))
+        .collect::<Result<_>>()?;
+    let base_fit_values: Vec<f64> = base_fit
+        .iter()
+        .map(|t| Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let fit_targets: Option<Vec<Tensor>> = params
+        .keep_above
+        .map(|tau| base_fit.iter().map(|g| threshold_targets(g, tau)).collect())
+        .transpose()?;
+    // Counted as `threshold_targets` decides, in the gaps' own precision.
+    let n_fit_kept = params.keep_above.map_or(0, |tau| {
+        let tau = tau as f32;
+        base_fit_values
             .iter()
-            .map(|t| {
-                Ok(t.ne(0.0)?
-                    .to_dtype(DType::F64)?
-                    .sum_all()?
-                    .to_scalar::<f64>()?)
-            })
-            .sum::<Result<f64>>()? as usize,
-    };
+            .filter(|x| (x.abs() as f32) >= tau)
+            .count()
+    });
 
     let device = Device::Cpu;
     let mut stages = Vec::new();
@@ -359,12 +357,7 @@ pub fn tune(
         });
     }
 
-    let fit_before = mean_over(
-        &fit_reader,
-        base,
-        |g, _| g.iter().map(|x| x.abs()).sum(),
-        fit.len(),
-    )?;
+    let fit_before = base_fit_values.iter().map(|x| x.abs()).sum::<f64>() / fit.len().max(1) as f64;
     log(&format!(
         "gap tuning: {} stages, rank {}, {} fit prompts ({} keep their gap), {} protected \
          prompts; fit mean |gap| {:.3}",
