@@ -169,10 +169,21 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A "terminal" that writes each progress line to stderr as a plain line, at most once per
-/// [`LOG_EVERY`] (the first one at once); cursor movements are dropped.
+/// [`LOG_EVERY`] (the first one at once), and the last line it held back when the bar goes
+/// away, so a log ends on the final count; cursor movements are dropped.
 #[derive(Debug, Default)]
 struct LogLines {
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When a line was last written, and the newest line held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, Option<String>)>,
+}
+
+impl Drop for LogLines {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(line) = state.1.take() {
+            eprintln!("{line}");
+        }
+    }
 }
 
 impl indicatif::TermLike for LogLines {
@@ -199,10 +210,12 @@ impl indicatif::TermLike for LogLines {
         if line.is_empty() {
             return Ok(());
         }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-            *last = Some(std::time::Instant::now());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            *state = (Some(std::time::Instant::now()), None);
             eprintln!("{line}");
+        } else {
+            state.1 = Some(line.to_string());
         }
         Ok(())
     }
