@@ -1,6 +1,7 @@
 //! Batched forward (64 prompts × 8 tokens) on SmolLM2 and the f32 matmul shapes it runs, so the
-//! forward's time can be read against the machine's matmul throughput (candle's gemm, with its
-//! AVX-512 kernels where the CPU has them).
+//! forward's time can be read against the machine's matmul throughput: `model::matmul::x_wt`,
+//! the eval path's product (candle's gemm, with its AVX-512 kernels where the CPU has them; MKL
+//! with `--features mkl`).
 //! `cargo bench --bench forward` (needs `harness/fetch-models.sh smollm2-135m`); on a GPU:
 //! `BIASLENS_DEVICE=cuda cargo bench --features cuda --bench forward`. Every timed iteration
 //! ends with a device synchronisation, so asynchronous CUDA launches are not mistaken for work.
@@ -48,7 +49,7 @@ fn forward(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * 512 * k * n) as u64));
         g.bench_function(name, |b| {
             b.iter(|| {
-                let y = x.matmul(&w.t().expect("t")).expect("matmul");
+                let y = biaslens::model::matmul::x_wt(&x, &w, true).expect("matmul");
                 dev.synchronize().expect("synchronize");
                 y
             })

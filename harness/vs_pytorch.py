@@ -11,8 +11,9 @@ order, and compares what the two computed:
      on the last position only. biaslens's outputs stay inside the bench: no deviation here
      (row c runs the same forward on real prompts).
   b  f32 x.W^T at SmolLM2 layer shapes, 512 tokens (q/o, k/v, up, down). biaslens: the
-     `matmul_f32/*` benches of the same executable (criterion median; candle's matmul, gemm's
-     AVX-512 kernels where the CPU has them); PyTorch: F.linear on random inputs.
+     `matmul_f32/*` benches of the same executable (criterion median; `model::matmul::x_wt`:
+     candle's matmul with gemm's AVX-512 kernels where the CPU has them, MKL in a build with
+     `--features mkl`); PyTorch: F.linear on random inputs.
   c  `biaslens measure` over the occupation prompts vs a batched transformers loop (rows sorted
      by length, batches of 64, left padding with position ids from the mask, head on the last
      position only); deviation = max |dp| over prompts and pronouns.

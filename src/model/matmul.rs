@@ -51,6 +51,10 @@ pub(crate) fn with_cpu_f32<R, const N: usize>(
 /// [`super::stable_matmul::matmul`], whose bits do not depend on the CPU.
 pub fn x_wt(x: &Tensor, w: &Tensor, fast: bool) -> Result<Tensor> {
     if fast && x.device().is_cpu() {
+        #[cfg(feature = "mkl")]
+        if let Some(out) = super::mkl::matmul(x, &w.t()?)? {
+            return Ok(out);
+        }
         return Ok(x.matmul(&w.t()?)?);
     }
     super::stable_matmul::matmul(x, &w.t()?)

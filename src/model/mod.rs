@@ -7,6 +7,8 @@ pub mod fused;
 pub mod gguf_export;
 pub mod hash_cache;
 pub mod matmul;
+#[cfg(feature = "mkl")]
+pub mod mkl;
 pub mod names;
 pub mod norm;
 pub mod registry;

@@ -15,12 +15,14 @@
 //!
 //! When gradients are tracked, each piece is the custom op [`Piece`], whose backward computes
 //! its two products (`grad · bᵀ` over the output columns, `aᵀ · grad` over the rows) with
-//! [`matmul`] again, so gradients are machine-independent too; candle's own backward would
+//! [`stable`] again, so gradients are machine-independent too; candle's own backward would
 //! call gemm directly.
 //!
 //! Tested bit for bit against a scalar sequential-FMA reference (below), and end to end by
 //! `harness/cross-cpu-check.sh`, which reruns tests under an emulated Intel cache geometry.
-//! On other devices this is candle's matmul.
+//! On other devices this is candle's matmul. With the `mkl` feature, [`matmul`] hands products
+//! that track no gradient to MKL (`super::mkl`), whose bits depend on the CPU; [`stable`] is the
+//! machine-independent product in either build.
 
 use crate::Result;
 use candle_core::backend::BackendStorage;
@@ -34,7 +36,20 @@ const SMALL_OUTPUT: usize = 16 * 16;
 
 /// `a [.., m, k] · b [.., k, n]`, like `Tensor::matmul`, with a machine-independent result on
 /// the CPU.
+///
+/// With the `mkl` feature, products that track no gradient go to MKL instead ([`super::mkl`]),
+/// and their bits depend on the machine.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "mkl")]
+    if let Some(out) = super::mkl::matmul(a, b)? {
+        return Ok(out);
+    }
+    stable(a, b)
+}
+
+/// The machine-independent product itself: [`matmul`] without the `mkl` feature, and still what
+/// products that track a gradient take with it.
+pub fn stable(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !a.device().is_cpu() {
         return Ok(a.matmul(b)?);
     }
@@ -64,11 +79,11 @@ fn one_column(a: &Tensor, b: &Tensor, m: usize, rank: usize) -> Result<Tensor> {
             b.transpose(r, c)?.contiguous()?,
             a.transpose(r, c)?.contiguous()?,
         );
-        let out = matmul(&bt, &at)?;
+        let out = stable(&bt, &at)?;
         return Ok(out.transpose(r, c)?.contiguous()?);
     }
     let b2 = Tensor::cat(&[b, &b.zeros_like()?], c)?;
-    Ok(matmul(a, &b2)?.narrow(c, 0, 1)?.contiguous()?)
+    Ok(stable(a, &b2)?.narrow(c, 0, 1)?.contiguous()?)
 }
 
 /// `Σ_c a[.., :, c] · b[.., c, :]` over the contraction spans, added left to right.
@@ -119,7 +134,7 @@ fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// One piece of a tracked product: gemm forward (the caller has steered the layout), backward
-/// through [`matmul`], so the gradient's products are machine-independent as well.
+/// through [`stable`], so the gradient's products are machine-independent as well.
 struct Piece;
 
 impl CustomOp2 for Piece {
@@ -152,11 +167,11 @@ impl CustomOp2 for Piece {
         let msg = |e: crate::Error| candle_core::Error::Msg(format!("stable_matmul backward: {e}"));
         let grad = grad.detach();
         let ga = match a.track_op() {
-            true => Some(matmul(&grad, &b.detach().t()?).map_err(msg)?),
+            true => Some(stable(&grad, &b.detach().t()?).map_err(msg)?),
             false => None,
         };
         let gb = match b.track_op() {
-            true => Some(matmul(&a.detach().t()?, &grad).map_err(msg)?),
+            true => Some(stable(&a.detach().t()?, &grad).map_err(msg)?),
             false => None,
         };
         Ok((ga, gb))
@@ -243,7 +258,7 @@ mod tests {
             let (av, bv) = (data(m * k, 1), data(k * n, 2));
             let a = Tensor::from_vec(av.clone(), (m, k), &dev).unwrap();
             let b = Tensor::from_vec(bv.clone(), (k, n), &dev).unwrap();
-            let got: Vec<f32> = matmul(&a, &b)
+            let got: Vec<f32> = stable(&a, &b)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -274,7 +289,7 @@ mod tests {
             pool.install(|| {
                 let a = Tensor::from_vec(av.clone(), (m, k), &Device::Cpu).unwrap();
                 let b = Tensor::from_vec(bv.clone(), (k, n), &Device::Cpu).unwrap();
-                matmul(&a, &b)
+                stable(&a, &b)
                     .unwrap()
                     .flatten_all()
                     .unwrap()
@@ -314,7 +329,7 @@ mod tests {
         };
         let a = Tensor::from_vec(av.clone(), (2, m, k), &dev).unwrap();
         let b = Tensor::from_vec(bv.clone(), (2, k, 1), &dev).unwrap();
-        let batched = bits(matmul(&a, &b).unwrap());
+        let batched = bits(stable(&a, &b).unwrap());
         let both: Vec<u32> = want(0)
             .iter()
             .chain(&want(1))
@@ -324,7 +339,7 @@ mod tests {
         // x · wᵀ with a one-row weight: `b` is a transposed view.
         let a0 = a.get(0).unwrap();
         let w = Tensor::from_vec(bv[..k].to_vec(), (1, k), &dev).unwrap();
-        let viewed = bits(matmul(&a0, &w.t().unwrap()).unwrap());
+        let viewed = bits(stable(&a0, &w.t().unwrap()).unwrap());
         assert!(
             viewed == want(0).iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
             "x·wᵀ"
@@ -344,7 +359,7 @@ mod tests {
             .unwrap()
             .contiguous()
             .unwrap();
-        let got: Vec<f32> = matmul(&a, &bt.t().unwrap())
+        let got: Vec<f32> = stable(&a, &bt.t().unwrap())
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -353,7 +368,7 @@ mod tests {
         assert_eq!(got, reference(&av, &bv, m, k, n));
         let a3 = Tensor::stack(&[&a, &a], 0).unwrap();
         let b3 = Tensor::stack(&[&bt.t().unwrap(), &bt.t().unwrap()], 0).unwrap();
-        let got3: Vec<f32> = matmul(&a3, &b3)
+        let got3: Vec<f32> = stable(&a3, &b3)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -389,7 +404,7 @@ mod tests {
             let (av, bv) = (data(m * k, 11), data(k * n, 12));
             let a = Tensor::from_vec(av.clone(), (m, k), &dev).unwrap();
             let bt = Tensor::from_vec(transposed(&bv, k, n), (n, k), &dev).unwrap();
-            let got = values(&matmul(&a, &bt.t().unwrap()).unwrap());
+            let got = values(&stable(&a, &bt.t().unwrap()).unwrap());
             assert_eq!(got, reference(&av, &bv, m, k, n), "({m}, {k}, {n})");
         }
         // Attention's q · kᵀ: [heads, t, d] · [heads, d, t] with the keys transposed.
@@ -397,7 +412,7 @@ mod tests {
         let (qv, kv) = (data(h * t * d, 13), data(h * t * d, 14));
         let q = Tensor::from_vec(qv.clone(), (h, t, d), &dev).unwrap();
         let keys = Tensor::from_vec(kv.clone(), (h, t, d), &dev).unwrap();
-        let got = values(&matmul(&q, &keys.transpose(1, 2).unwrap()).unwrap());
+        let got = values(&stable(&q, &keys.transpose(1, 2).unwrap()).unwrap());
         for i in 0..h {
             let (qs, ks) = (
                 &qv[i * t * d..(i + 1) * t * d],
@@ -418,7 +433,7 @@ mod tests {
         let a = Var::from_vec(av.clone(), (m, k), &dev).unwrap();
         let bt = Var::from_vec(btv.clone(), (n, k), &dev).unwrap();
         let g = Tensor::from_vec(gv.clone(), (m, n), &dev).unwrap();
-        let y = matmul(a.as_tensor(), &bt.as_tensor().t().unwrap()).unwrap();
+        let y = stable(a.as_tensor(), &bt.as_tensor().t().unwrap()).unwrap();
         assert_eq!(values(&y), reference(&av, &transposed(&btv, n, k), m, k, n));
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         let flat = |v: &Var| values(grads.get(v).unwrap());
@@ -440,7 +455,7 @@ mod tests {
         let p = Var::from_vec(pv, (t, t2), &dev).unwrap();
         let v = Tensor::from_vec(vv.clone(), (t2, d), &dev).unwrap();
         let g = Tensor::from_vec(gv.clone(), (t, d), &dev).unwrap();
-        let y = matmul(p.as_tensor(), &v).unwrap();
+        let y = stable(p.as_tensor(), &v).unwrap();
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         let got = values(grads.get(&p).unwrap());
         assert_eq!(got, reference(&gv, &transposed(&vv, t2, d), t, d, t2));
@@ -454,7 +469,7 @@ mod tests {
         let a = Var::from_vec(av.clone(), (m, k), &dev).unwrap();
         let b = Var::from_vec(bv.clone(), (k, n), &dev).unwrap();
         let g = Tensor::from_vec(gv.clone(), (m, n), &dev).unwrap();
-        let y = matmul(a.as_tensor(), b.as_tensor()).unwrap();
+        let y = stable(a.as_tensor(), b.as_tensor()).unwrap();
         let loss = (y * &g).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let ga: Vec<f32> = grads
