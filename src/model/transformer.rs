@@ -81,6 +81,7 @@ pub struct Transformer {
     /// candle's matmul in one call (`model::matmul::x_wt`), fused attention
     /// (`model::matmul::fused_attention`), one-pass SwiGLU and RMS norm (`model::fused`). Off by default so edits, traces and
     /// snapshots keep candle's numbers; the eval engine turns it on (`LmOptions::fast_kernels`).
+    /// On from the start in a build with the `mkl` feature, whose bits depend on the CPU anyway.
     pub fast_kernels: bool,
 }
 

@@ -156,7 +156,9 @@ impl Transformer {
             device: device.clone(),
             work: Arc::default(),
             stop: Default::default(),
-            fast_kernels: false,
+            // An `mkl` build has given up machine-independent bits already (model::mkl), so it
+            // runs the fused kernels everywhere; the default build only on the eval path.
+            fast_kernels: cfg!(feature = "mkl"),
         })
     }
 }
