@@ -18,6 +18,8 @@
 #   THREADS=1 ...                          thread count of both sides (default 2)
 #   BIASLENS=path ...                      use this biaslens binary as it is (no build check)
 #   FORWARD_BENCH=path ...                 use this `cargo bench --bench forward` executable as it is
+#   FEATURES=mkl ...                       build both with these cargo features (mkl: MKL is
+#                                          installed from PyPI by harness/mkl.sh first)
 #
 # The venv ($VS_VENV, default /tmp/biaslens-torch-venv) is created with
 # `pip install torch transformers accelerate gguf numpy safetensors` (from PyPI; large) when missing.
@@ -31,6 +33,12 @@ THREADS=${THREADS:-2}
 ROWS=${ROWS:-a,b,c,d}
 TOL=${TOL:-1e-4}
 BIN=${BIASLENS:-target/release/biaslens}
+FEATURES=${FEATURES:-}
+feat=()
+if [ -n "$FEATURES" ]; then
+  feat=(--features "$FEATURES")
+  case ",$FEATURES," in *,mkl,*) eval "$(harness/mkl.sh)" ;; esac
+fi
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transformers, accelerate, gguf, numpy, safetensors" 2>/dev/null; then
   echo "== creating $VENV (torch, transformers, accelerate, gguf, numpy, safetensors from PyPI)" >&2
@@ -40,15 +48,16 @@ fi
 
 if [ -n "${BIASLENS:-}" ]; then
   [ -x "$BIN" ] || { echo "BIASLENS=$BIN is not an executable" >&2; exit 1; }
-elif [ ! -x "$BIN" ] || [ -n "$(find src crates Cargo.toml Cargo.lock -newer "$BIN" -print -quit)" ]; then
-  echo "== $BIN missing or older than the sources: building it" >&2
-  nice -n 15 cargo build --release
+elif [ -n "$FEATURES" ] || [ ! -x "$BIN" ] || [ -n "$(find src crates Cargo.toml Cargo.lock -newer "$BIN" -print -quit)" ]; then
+  # With FEATURES always: the binary there may have been built with other features.
+  echo "== building $BIN${FEATURES:+ with features $FEATURES}" >&2
+  nice -n 15 cargo build --release "${feat[@]}"
 fi
 BENCH=${FORWARD_BENCH:-}
 case ",$ROWS," in *,a,*|*,b,*)
   if [ -z "$BENCH" ]; then
     # The forward bench's executable (release profile), built before anything is timed.
-    BENCH=$(nice -n 15 cargo bench --bench forward --no-run 2>&1 | tee /dev/stderr |
+    BENCH=$(nice -n 15 cargo bench "${feat[@]}" --bench forward --no-run 2>&1 | tee /dev/stderr |
       sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -1)
     [ -x "$BENCH" ] || { echo "could not build the forward bench" >&2; exit 1; }
   fi ;;
@@ -64,6 +73,6 @@ args=(--bin "$BIN" --bench-exe "$BENCH" --threads "$THREADS" --rows "$ROWS" --to
 cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "machine: ${cpu:-unknown CPU}, $cores cores visible; threads per side: $THREADS;" \
-  "load average before: $load_before; $(date -u +%Y-%m-%dT%H:%MZ); biaslens $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+dirty')"
+  "load average before: $load_before; $(date -u +%Y-%m-%dT%H:%MZ); biaslens $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+dirty')${FEATURES:+ (features: $FEATURES)}"
 "$VENV/bin/python" harness/vs_pytorch.py "${args[@]}"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
