@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The optional `mkl` feature (src/model/mkl.rs): install MKL's static libraries from PyPI
-# (harness/mkl.sh, ~190 MB download), build with the feature, and run the tests that hold its
+# (harness/mkl.sh, 250 MB download), build with the feature, and run the tests that hold its
 # products to references: every lib test (the MKL glue's strided-layout tests against an f64
 # product among them), the forward against Hugging Face's numbers (tiny_reference,
 # real_reference), measure's jobs and the eval path against its plain scorer (eval_model).

@@ -7,7 +7,7 @@
 #   cargo build --release --features mkl
 #
 # Idempotent: a prefix whose stamp matches the pinned wheel is left alone. Override the prefix
-# with BIASLENS_MKL_PREFIX. Download about 190 MB; about 700 MB on disk.
+# with BIASLENS_MKL_PREFIX. Download 250 MB (the wheel); 620 MB on disk.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 prefix="${BIASLENS_MKL_PREFIX:-$root/.mkl}"
