@@ -120,6 +120,16 @@ pub struct CompareArgs {
     pub output: JsonOutArgs,
 }
 
+/// Move `bar` to `done` of `total`. The length is set only when it changes: setting it draws the
+/// bar at once, with the old position and a rate decayed by the time since the last update,
+/// and in a log (one line per 30 s, `common::progress`) that stale line was the one written.
+fn show_progress(bar: &ProgressBar, done: usize, total: usize) {
+    if bar.length() != Some(total as u64) {
+        bar.set_length(total as u64);
+    }
+    bar.set_position(done as u64);
+}
+
 pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let mut bar: Option<(String, ProgressBar)> = None;
     let mut on_progress = |task: &str, done: usize, total: usize| {
@@ -130,8 +140,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
             bar = Some((task.to_string(), progress(total as u64, task)));
         }
         if let Some((_, b)) = &bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
+            show_progress(b, done, total);
         }
     };
     let result = run_eval_with(a, None, &Default::default(), &mut on_progress);
@@ -391,4 +400,66 @@ pub fn merge_eval_shards(out: &Path, shards: &[PathBuf], force: bool) -> anyhow:
     a.output.force = force;
     eprintln!("merge: {n} eval shards; computing the results from the merged cache");
     run_eval(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A terminal that keeps every line drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl indicatif::TermLike for Capture {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(s)
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            if !s.trim().is_empty() {
+                self.0.lock().unwrap().push(s.trim().to_string());
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Every line drawn by an update shows that update's position: none shows the previous one
+    /// (which a log writing one line per 30 s would keep, with a rate near 0 and an ETA of years).
+    #[test]
+    fn a_progress_update_never_draws_the_previous_position() {
+        let cap = Capture::default();
+        let bar = ProgressBar::with_draw_target(
+            Some(100),
+            indicatif::ProgressDrawTarget::term_like(Box::new(cap.clone())),
+        );
+        bar.set_style(indicatif::ProgressStyle::with_template("{pos}/{len}").unwrap());
+        show_progress(&bar, 0, 100);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let before = cap.0.lock().unwrap().len();
+        show_progress(&bar, 10, 100);
+        let lines = cap.0.lock().unwrap()[before..].to_vec();
+        assert!(!lines.is_empty(), "the update drew nothing");
+        assert!(lines.iter().all(|l| l == "10/100"), "{lines:?}");
+    }
 }
