@@ -92,7 +92,6 @@ pub fn read_text(path: &Path) -> Result<String> {
     })
 }
 
-/// Hex sha256 of bytes in memory.
 /// A safetensors file biaslens wrote, parsed from `bytes` (the file at `path`, for errors): the
 /// tensors, the raw JSON of its `biaslens` metadata entry, and every metadata entry.
 pub fn biaslens_safetensors<'a>(
@@ -115,6 +114,7 @@ pub fn biaslens_safetensors<'a>(
     Ok((st, meta_json, entries))
 }
 
+/// Hex sha256 of bytes in memory.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
