@@ -159,10 +159,15 @@ pub fn prior_energy(a: &Tensor, b: &Tensor, q: Option<&Tensor>, c: &Tensor) -> R
     Ok((mm(b, &m)? * b)?.sum_all()?)
 }
 
+/// Which prompts keep their gap under the hard threshold: |L₀| ≥ τ, compared in `base`'s dtype
+/// (u8 mask). The one definition behind [`threshold_targets`] and the kept count.
+fn keeps_gap(base: &Tensor, tau: f64) -> Result<Tensor> {
+    Ok(base.abs()?.ge(tau)?)
+}
+
 /// The hard-threshold targets: 0 where |L₀| < τ, else L₀ (same shape and dtype as `base`).
 pub fn threshold_targets(base: &Tensor, tau: f64) -> Result<Tensor> {
-    let keep = base.abs()?.ge(tau)?;
-    Ok(keep.where_cond(base, &base.zeros_like()?)?)
+    Ok(keeps_gap(base, tau)?.where_cond(base, &base.zeros_like()?)?)
 }
 
 struct Stage {
@@ -303,14 +308,19 @@ pub fn tune(
         .keep_above
         .map(|tau| base_fit.iter().map(|g| threshold_targets(g, tau)).collect())
         .transpose()?;
-    // Counted as `threshold_targets` decides, in the gaps' own precision.
-    let n_fit_kept = params.keep_above.map_or(0, |tau| {
-        let tau = tau as f32;
-        base_fit_values
+    // Counted by the rule `threshold_targets` applies.
+    let n_fit_kept = match params.keep_above {
+        None => 0,
+        Some(tau) => base_fit
             .iter()
-            .filter(|x| (x.abs() as f32) >= tau)
-            .count()
-    });
+            .map(|g| {
+                Ok(keeps_gap(g, tau)?
+                    .to_dtype(DType::F64)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?)
+            })
+            .sum::<Result<f64>>()? as usize,
+    };
 
     let device = Device::Cpu;
     let mut stages = Vec::new();
