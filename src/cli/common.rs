@@ -153,7 +153,9 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     } else {
         ProgressBar::with_draw_target(
             Some(len),
-            indicatif::ProgressDrawTarget::term_like(Box::new(LogLines::default())),
+            indicatif::ProgressDrawTarget::term_like(Box::new(LineTerm(LogLines::new(
+                Stderr, LOG_EVERY,
+            )))),
         )
     };
     pb.set_style(
@@ -168,25 +170,27 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 /// How often a progress bar writes a line when stderr is not a terminal.
 pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A "terminal" that writes each progress line to stderr as a plain line, at most once per
-/// [`LOG_EVERY`] (the first one at once), and the last line it held back when the bar goes
-/// away, so a log ends on the final count; cursor movements are dropped.
-#[derive(Debug, Default)]
-struct LogLines {
-    /// When a line was last written, and the newest line held back since.
-    state: std::sync::Mutex<(Option<std::time::Instant>, Option<String>)>,
+/// Where a progress bar's plain lines go.
+pub(crate) trait LineSink: std::fmt::Debug + Send + Sync {
+    fn line(&self, line: &str);
 }
 
-impl Drop for LogLines {
-    fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(line) = state.1.take() {
-            eprintln!("{line}");
-        }
+/// Standard error, one line each.
+#[derive(Debug)]
+struct Stderr;
+
+impl LineSink for Stderr {
+    fn line(&self, line: &str) {
+        eprintln!("{line}");
     }
 }
 
-impl indicatif::TermLike for LogLines {
+/// A "terminal" of plain lines for indicatif: each drawn line, trimmed and non-empty, goes to
+/// the sink; cursor movements are dropped.
+#[derive(Debug)]
+pub(crate) struct LineTerm<S>(pub S);
+
+impl<S: LineSink> indicatif::TermLike for LineTerm<S> {
     fn width(&self) -> u16 {
         100
     }
@@ -207,15 +211,8 @@ impl indicatif::TermLike for LogLines {
     }
     fn write_str(&self, s: &str) -> std::io::Result<()> {
         let line = s.trim();
-        if line.is_empty() {
-            return Ok(());
-        }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-            *state = (Some(std::time::Instant::now()), None);
-            eprintln!("{line}");
-        } else {
-            state.1 = Some(line.to_string());
+        if !line.is_empty() {
+            self.0.line(line);
         }
         Ok(())
     }
@@ -224,6 +221,66 @@ impl indicatif::TermLike for LogLines {
     }
     fn flush(&self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A sink that passes a line on at most once per `every` (the first one at once), and the
+/// last line it held back when it goes away (with the bar), so a log ends on the final count.
+#[derive(Debug)]
+struct LogLines<S: LineSink> {
+    out: S,
+    every: std::time::Duration,
+    /// When a line was last passed on, and the newest line held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, Option<String>)>,
+}
+
+impl<S: LineSink> LogLines<S> {
+    fn new(out: S, every: std::time::Duration) -> Self {
+        LogLines {
+            out,
+            every,
+            state: Default::default(),
+        }
+    }
+}
+
+impl<S: LineSink> LineSink for LogLines<S> {
+    fn line(&self, line: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0.is_none_or(|t| t.elapsed() >= self.every) {
+            *state = (Some(std::time::Instant::now()), None);
+            self.out.line(line);
+        } else {
+            state.1 = Some(line.to_string());
+        }
+    }
+}
+
+impl<S: LineSink> Drop for LogLines<S> {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(line) = state.1.take() {
+            self.out.line(&line);
+        }
+    }
+}
+
+/// A sink that keeps every line (tests of progress output).
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+#[cfg(test)]
+impl Capture {
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[cfg(test)]
+impl LineSink for Capture {
+    fn line(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
     }
 }
 
@@ -322,4 +379,34 @@ pub fn first_duplicate<T: PartialEq>(items: &[T]) -> Option<&T> {
         .enumerate()
         .find(|(i, x)| items[..*i].contains(x))
         .map(|(_, x)| x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log gets the first line at once, holds back the lines within the interval (keeping
+    /// only the newest) and writes that newest one when the bar goes away.
+    #[test]
+    fn log_lines_write_the_first_line_then_the_newest_held_one_at_the_end() {
+        let cap = Capture::default();
+        let log = LogLines::new(cap.clone(), std::time::Duration::from_secs(3600));
+        for l in ["0/3", "1/3", "2/3", "3/3"] {
+            log.line(l);
+        }
+        assert_eq!(cap.lines(), ["0/3"]);
+        drop(log);
+        assert_eq!(cap.lines(), ["0/3", "3/3"]);
+    }
+
+    /// With a zero interval every line is passed on, and nothing is left to write at the end.
+    #[test]
+    fn log_lines_with_no_interval_pass_every_line() {
+        let cap = Capture::default();
+        let log = LogLines::new(cap.clone(), std::time::Duration::ZERO);
+        log.line("a");
+        log.line("b");
+        drop(log);
+        assert_eq!(cap.lines(), ["a", "b"]);
+    }
 }

@@ -405,44 +405,7 @@ pub fn merge_eval_shards(out: &Path, shards: &[PathBuf], force: bool) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A terminal that keeps every line drawn on it.
-    #[derive(Debug, Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<String>>>);
-
-    impl indicatif::TermLike for Capture {
-        fn width(&self) -> u16 {
-            80
-        }
-        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn write_line(&self, s: &str) -> std::io::Result<()> {
-            self.write_str(s)
-        }
-        fn write_str(&self, s: &str) -> std::io::Result<()> {
-            if !s.trim().is_empty() {
-                self.0.lock().unwrap().push(s.trim().to_string());
-            }
-            Ok(())
-        }
-        fn clear_line(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::cli::common::{Capture, LineTerm};
 
     /// Every line drawn by an update shows that update's position: none shows the previous one
     /// (which a log writing one line per 30 s would keep, with a rate near 0 and an ETA of years).
@@ -451,14 +414,14 @@ mod tests {
         let cap = Capture::default();
         let bar = ProgressBar::with_draw_target(
             Some(100),
-            indicatif::ProgressDrawTarget::term_like(Box::new(cap.clone())),
+            indicatif::ProgressDrawTarget::term_like(Box::new(LineTerm(cap.clone()))),
         );
         bar.set_style(indicatif::ProgressStyle::with_template("{pos}/{len}").unwrap());
         show_progress(&bar, 0, 100);
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let before = cap.0.lock().unwrap().len();
+        let before = cap.lines().len();
         show_progress(&bar, 10, 100);
-        let lines = cap.0.lock().unwrap()[before..].to_vec();
+        let lines = cap.lines()[before..].to_vec();
         assert!(!lines.is_empty(), "the update drew nothing");
         assert!(lines.iter().all(|l| l == "10/100"), "{lines:?}");
     }
