@@ -221,7 +221,11 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (3, 7, 33), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (3, 19, 33), &dev).unwrap();
-        check(&x, &w.transpose(1, 2).unwrap());
+        let wt = w.transpose(1, 2).unwrap();
+        // A weight's transpose is read in place as CblasTrans, not copied.
+        let o = operand(wt.layout()).expect("a transposed weight is readable");
+        assert!(o.trans && o.ld == 33 && o.batch_stride == 19 * 33, "{o:?}");
+        check(&x, &wt);
         let y = Tensor::randn(0f32, 1.0, (3, 33, 19), &dev).unwrap();
         check(&x, &y);
         check(
