@@ -58,8 +58,9 @@ pub struct EditArgs {
     #[arg(long)]
     pub protect_each_prompt: bool,
     /// probe and tune: gendered words held at zero change: `pairs` (the equalize pairs, 37
-    /// words; default), `persons` (plus 87 singular gendered persons from the seed list) or
-    /// `roles` (plus 55 gendered role nouns; fixtures/data/protected/README.md).
+    /// words; the probe's default), `persons` (plus 87 singular gendered persons from the seed
+    /// list), `roles` (plus 56 gendered role nouns; tune's default) or `extended` (plus 96 more
+    /// gendered persons; fixtures/data/protected/README.md).
     #[arg(long)]
     pub protect_set: Option<biaslens::edit::probe::ProtectSet>,
     /// tune: rank of each projection's change (default 4).

@@ -160,6 +160,9 @@ pub enum ProtectSet {
     /// Those plus gendered role nouns that are not professions (`protected/gendered_roles.json`,
     /// 56 words: hostess, policewoman, doorman, duchess, …).
     Roles,
+    /// Those plus 96 more definitionally gendered persons (`protected/gendered_extended.json`:
+    /// grandson, baroness, cowboy, spinster, …), for wider coverage of "gendered by definition".
+    Extended,
 }
 
 impl std::str::FromStr for ProtectSet {
@@ -169,9 +172,10 @@ impl std::str::FromStr for ProtectSet {
             "pairs" => Ok(ProtectSet::Pairs),
             "persons" => Ok(ProtectSet::Persons),
             "roles" => Ok(ProtectSet::Roles),
+            "extended" => Ok(ProtectSet::Extended),
             _ => Err(Error::param(
                 "protect set",
-                format!("`{s}`: expected pairs, persons or roles"),
+                format!("`{s}`: expected pairs, persons, roles or extended"),
             )),
         }
     }
@@ -188,6 +192,11 @@ pub fn protect_set_words(
         ProtectSet::Pairs => &[],
         ProtectSet::Persons => &["gendered_persons.json"],
         ProtectSet::Roles => &["gendered_persons.json", "gendered_roles.json"],
+        ProtectSet::Extended => &[
+            "gendered_persons.json",
+            "gendered_roles.json",
+            "gendered_extended.json",
+        ],
     };
     for file in files {
         let path = data_dir.join("protected").join(file);
