@@ -34,7 +34,6 @@ window = 1
 kinds = ["mlp"]
 seed = 0
 [measure]
-batch = 64
 {cap}
 [methods]
 [benchmarks]
@@ -49,7 +48,7 @@ bootstrap = 1000
     .unwrap()
 }
 
-/// `biaslens measure --split <split> --json <out>` with its defaults (seed 0, batch 64).
+/// `biaslens measure --split <split> --json <out>` with its defaults (seed 0, the job's batch).
 fn cli_measure(model: &str, split: &str, out: &Path) -> Vec<u8> {
     let o = Command::new(env!("CARGO_BIN_EXE_biaslens"))
         .args(["measure", "--model", model, "--split", split, "--json"])

@@ -15,7 +15,8 @@ pub struct Args {
     /// Which professions: all, edit, held-out or controls.
     #[arg(long, default_value = "all")]
     pub split: String,
-    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    /// Most prompts per forward pass (prompts sharing a prefix run it once, packed as a tree).
+    #[arg(long, default_value_t = MeasureOptions::default().batch_size, value_parser = at_least_one)]
     pub batch_size: usize,
     #[command(flatten)]
     pub rng: SeedArg,

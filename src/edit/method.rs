@@ -259,7 +259,8 @@ pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure
     for p in &mut prompts {
         p.template_index = sets.edit_templates[p.template_index];
     }
-    let (_, out) = prompt_probs(model, &prompts, 64, |_| {})?;
+    let batch = crate::measure::MeasureOptions::default().batch_size;
+    let (_, out) = prompt_probs(model, &prompts, batch, |_| {})?;
     bias_metrics(
         &out,
         None,

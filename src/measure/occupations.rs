@@ -75,7 +75,7 @@ impl Default for MeasureOptions {
         MeasureOptions {
             subset: Subset::All,
             split: SplitSpec::default(),
-            batch_size: 64,
+            batch_size: 256,
             bootstrap: BootstrapSpec::default(),
             data_dir: data::data_dir(),
             templates: None,

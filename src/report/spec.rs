@@ -114,8 +114,9 @@ pub struct MeasureSpec {
     pub template_split: crate::data::split::TemplateSplit,
 }
 
+/// The measure job's own default (one set of defaults for the CLI and the report).
 fn default_measure_batch() -> usize {
-    64
+    crate::measure::MeasureOptions::default().batch_size
 }
 
 impl Default for MeasureSpec {
