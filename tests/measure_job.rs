@@ -180,3 +180,56 @@ fn a_requested_stop_ends_the_job_and_a_cleared_one_changes_nothing() {
     let again = serde_json::to_vec(&job.run(&model, |_| {}).unwrap()).unwrap();
     assert!(again == whole, "a cleared stop changed the result");
 }
+
+/// Packed prompts score as their own rows: `next_token_probs` (prefix trees, several read
+/// positions per row, `LogitsRequest::PositionIds`) against one plain row per prompt
+/// (`LastTokenIds`), bit for bit on the stable path and within float rounding with the fused
+/// CPU kernels (whose normaliser is `fused::token_log_probs`).
+#[test]
+fn packed_prompts_score_as_their_own_rows() {
+    use biaslens::measure::next_token_probs;
+    use biaslens::model::{InterventionPlan, LogitsRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_tok(tmp.path());
+    let model = Model::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+    let job = MeasureJob::new(MeasureOptions {
+        subset: Subset::Controls,
+        ..MeasureOptions::default()
+    });
+    let tok = model.tokenizer().unwrap();
+    let rows: Vec<Vec<u32>> = job
+        .prompts()
+        .unwrap()
+        .0
+        .iter()
+        .map(|p| tok.encode(&p.text).unwrap())
+        .collect();
+    assert!(rows.len() > 40);
+    let ids = [3u32, 5, 8];
+    for fast in [false, true] {
+        let mut t = model.transformer.clone();
+        t.fast_kernels = fast;
+        // Batches of 7 prompts: several trees per pass, trees cut by the prompt limit.
+        let packed = next_token_probs(&t, &rows, &ids, 7, |_| {}).unwrap();
+        let plan = InterventionPlan::logits(LogitsRequest::LastTokenIds(ids.to_vec()));
+        for (i, row) in rows.iter().enumerate() {
+            let own: Vec<f64> = t
+                .forward(std::slice::from_ref(row), &plan)
+                .unwrap()
+                .logprobs
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()[0]
+                .iter()
+                .map(|&x| (x as f64).exp())
+                .collect();
+            for (a, b) in packed[i].iter().zip(&own) {
+                if fast {
+                    assert!((a - b).abs() <= 1e-6, "prompt {i}: {a} vs {b}");
+                } else {
+                    assert_eq!(a, b, "prompt {i}");
+                }
+            }
+        }
+    }
+}

@@ -179,18 +179,9 @@ pub fn next_token_probs(
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<Vec<f64>>> {
     check_prompt_lengths(model, rows, 0, nth_prompt(rows.len()))?;
-    for &id in target_ids {
-        if id as usize >= model.cfg.vocab_size {
-            return Err(Error::param(
-                "token id",
-                format!("{id} is outside the vocabulary"),
-            ));
-        }
-    }
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
     let trees = pack_prompts(rows, &order, MAX_TREE_TOKENS, batch_size);
-    let ids = candle_core::Tensor::from_vec(target_ids.to_vec(), target_ids.len(), &model.device)?;
     let mut out = vec![Vec::new(); rows.len()];
     let mut start = 0;
     while start < trees.len() {
@@ -216,12 +207,12 @@ pub fn next_token_probs(
             .enumerate()
             .flat_map(|(r, (_, reads))| reads.iter().map(move |&(_, node)| (r, node)))
             .collect();
-        let plan = InterventionPlan::logits(LogitsRequest::Positions(positions));
+        let plan =
+            InterventionPlan::logits(LogitsRequest::PositionIds(positions, target_ids.to_vec()));
         let lp = model
             .forward_tree(&batch, &plan)?
             .logprobs
             .ok_or_else(|| Error::Model("forward returned no log-probabilities".into()))?
-            .index_select(&ids, 1)?
             .to_vec2::<f32>()?;
         let prompts_in = chunk
             .iter()

@@ -126,6 +126,9 @@ pub enum LogitsRequest {
     LastTokenIds(Vec<u32>),
     /// Log-softmax over the vocabulary at these (row, token) positions: [positions, vocab].
     Positions(Vec<(usize, usize)>),
+    /// Log-probabilities of these ids at these (row, token) positions: [positions, ids]
+    /// (packed prompts read several positions per row; nothing vocabulary-sized is returned).
+    PositionIds(Vec<(usize, usize)>, Vec<u32>),
 }
 
 /// Everything a forward pass should do beyond the plain computation.

@@ -17,44 +17,58 @@ impl Transformer {
         offset: usize,
     ) -> Result<Option<Tensor>> {
         let (b, t, d) = x.dims3()?;
-        let rows = match req {
-            LogitsRequest::None => return Ok(None),
-            LogitsRequest::LastToken | LogitsRequest::LastTokenIds(_) => {
-                x.narrow(1, t - 1, 1)?.reshape((b, d))?
-            }
-            LogitsRequest::Positions(list) => {
-                let mut idx = Vec::with_capacity(list.len());
-                for &(r, tok) in list {
-                    if r >= b || tok < offset || pads[r] + tok - offset >= t {
-                        return Err(Error::param(
-                            "logits position",
-                            format!("(row {r}, token {tok}) is outside the batch"),
-                        ));
-                    }
-                    idx.push((r * t + pads[r] + tok - offset) as u32);
+        let last = || -> Result<Tensor> { Ok(x.narrow(1, t - 1, 1)?.reshape((b, d))?) };
+        let at = |list: &[(usize, usize)]| -> Result<Tensor> {
+            let mut idx = Vec::with_capacity(list.len());
+            for &(r, tok) in list {
+                if r >= b || tok < offset || pads[r] + tok - offset >= t {
+                    return Err(Error::param(
+                        "logits position",
+                        format!("(row {r}, token {tok}) is outside the batch"),
+                    ));
                 }
-                let n = idx.len();
-                x.reshape((b * t, d))?
-                    .index_select(&Tensor::from_vec(idx, n, &self.device)?, 0)?
+                idx.push((r * t + pads[r] + tok - offset) as u32);
             }
+            let n = idx.len();
+            Ok(x.reshape((b * t, d))?
+                .index_select(&Tensor::from_vec(idx, n, &self.device)?, 0)?)
         };
+        let (rows, ids) = match req {
+            LogitsRequest::None => return Ok(None),
+            LogitsRequest::LastToken => (last()?, None),
+            LogitsRequest::LastTokenIds(ids) => (last()?, Some(ids)),
+            LogitsRequest::Positions(list) => (at(list)?, None),
+            LogitsRequest::PositionIds(list, ids) => (at(list)?, Some(ids)),
+        };
+        if let Some(&id) = ids
+            .into_iter()
+            .flatten()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::param(
+                "token id",
+                format!("{id} is outside the vocabulary"),
+            ));
+        }
         let logits = mm(&rows, &self.lm_head.t()?)?;
-        let lp = log_softmax_accurate(&logits)?;
-        Ok(Some(match req {
-            LogitsRequest::LastTokenIds(ids) => {
-                for &id in ids {
-                    if id as usize >= self.cfg.vocab_size {
-                        return Err(Error::param(
-                            "token id",
-                            format!("{id} is outside the vocabulary"),
-                        ));
-                    }
-                }
-                let idx = Tensor::from_vec(ids.clone(), ids.len(), &self.device)?;
-                lp.index_select(&idx, 1)?
+        let Some(ids) = ids else {
+            return Ok(Some(log_softmax_accurate(&logits)?));
+        };
+        // The fast kernels read the ids off a one-pass normaliser instead of materialising the
+        // vocabulary-sized log-softmax (`fused::token_log_probs`).
+        if self.fast_kernels {
+            let wanted = vec![ids.clone(); rows.dim(0)?];
+            if let Some(lp) = super::fused::token_log_probs(&logits, &wanted)? {
+                let flat: Vec<f32> = lp.log_probs.into_iter().flatten().collect();
+                return Ok(Some(Tensor::from_vec(
+                    flat,
+                    (wanted.len(), ids.len()),
+                    &self.device,
+                )?));
             }
-            _ => lp,
-        }))
+        }
+        let idx = Tensor::from_vec(ids.clone(), ids.len(), &self.device)?;
+        Ok(Some(log_softmax_accurate(&logits)?.index_select(&idx, 1)?))
     }
 }
 
