@@ -12,9 +12,9 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     pub model: DefaultModelArgs,
-    /// Which professions: all, edit, held-out or controls.
+    /// Which professions: all, edit, held-out, controls or validation.
     #[arg(long, default_value = "all")]
-    pub split: String,
+    pub split: biaslens::measure::Subset,
     /// Most prompts per forward pass (prompts sharing a prefix run it once, packed as a tree).
     #[arg(long, default_value_t = MeasureOptions::default().batch_size, value_parser = at_least_one)]
     pub batch_size: usize,
@@ -53,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// The job the flags describe (the split and the bootstrap seeded by `--seed`).
 pub fn job(a: &Args) -> anyhow::Result<MeasureJob> {
     let mut opts = MeasureOptions {
-        subset: a.split.parse()?,
+        subset: a.split,
         batch_size: a.batch_size,
         templates: a.templates.clone(),
         template_split: a.template_split,
