@@ -78,6 +78,10 @@ pub struct EditArgs {
     /// tune: α, weight of keeping the protected words' gaps (default 1).
     #[arg(long, value_parser = non_negative)]
     pub tune_protect: Option<f64>,
+    /// tune: α for the protected prompts whose base gap leans he (default: α for every protected
+    /// prompt).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_protect_he: Option<f64>,
     /// tune: τ in nats; fit prompts whose base |log p(he) − log p(she)| is at least τ keep their
     /// gap, the rest are pulled to zero (default: every fit prompt to zero).
     #[arg(long, value_parser = non_negative)]
@@ -206,6 +210,10 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.prior, a.tune_prior);
     set(&mut spec.tune.protect_weight, a.tune_protect);
     set(&mut spec.tune.keep_above, a.tune_keep_above.map(Some));
+    set(
+        &mut spec.tune.protect_weight_he,
+        a.tune_protect_he.map(Some),
+    );
     set(&mut spec.tune.components, a.probe_components);
     set(&mut spec.lsdm.post_norm, a.post_norm);
     set(&mut spec.lsdm.prefixes, a.prefixes);

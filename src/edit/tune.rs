@@ -62,6 +62,11 @@ pub struct TuneParams {
     pub protect_set: ProtectSet,
     /// Seed of A's initialisation and of the minibatch shuffle.
     pub seed: u64,
+    /// α for the protected prompts whose base gap leans he (L₀ > 0), the side an edit of
+    /// he-leaning professions erodes (findings §6c: the male controls carry the loss). None: α.
+    /// (Not written when None, as `keep_above`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protect_weight_he: Option<f64>,
     /// τ (nats): fit prompts whose base |L₀| is at least τ keep their gap (target L₀), the
     /// rest are pulled to zero: the hard-threshold rule of findings §6f, learnt by the edit.
     /// None: every fit prompt's target is zero. (Not written when None, so the cache keys and
@@ -87,6 +92,7 @@ impl Default for TuneParams {
             components: Components::Both,
             protect_set: ProtectSet::Roles,
             seed: 0,
+            protect_weight_he: None,
             keep_above: None,
         }
     }
@@ -105,6 +111,9 @@ impl TuneParams {
         at_least_one("tune.prefixes", self.prefixes)?;
         if let Some(t) = self.keep_above {
             non_negative("tune.keep_above", t)?;
+        }
+        if let Some(w) = self.protect_weight_he {
+            non_negative("tune.protect_weight_he", w)?;
         }
         at_least_one("tune.corpus_tokens", self.corpus_tokens)
     }
@@ -168,6 +177,14 @@ fn keeps_gap(base: &Tensor, tau: f64) -> Result<Tensor> {
 /// The hard-threshold targets: 0 where |L₀| < τ, else L₀ (same shape and dtype as `base`).
 pub fn threshold_targets(base: &Tensor, tau: f64) -> Result<Tensor> {
     Ok(keeps_gap(base, tau)?.where_cond(base, &base.zeros_like()?)?)
+}
+
+/// Per-prompt weights of the protected loss: `he` where the base gap leans he (L₀ > 0), else
+/// `other` (same shape and dtype as `base`).
+pub fn protect_weights(base: &Tensor, he: f64, other: f64) -> Result<Tensor> {
+    let he_t = (base.ones_like()? * he)?;
+    let other_t = (base.ones_like()? * other)?;
+    Ok(base.gt(0.0)?.where_cond(&he_t, &other_t)?)
 }
 
 struct Stage {
@@ -294,6 +311,17 @@ pub fn tune(
     let base_protect: Vec<Tensor> = (0..protect_reader.n_batches())
         .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
         .collect::<Result<_>>()?;
+    // α per protected prompt (α_he where L₀ > 0), or one α for all.
+    let alpha = params.protect_weight;
+    let protect_alpha: Option<Vec<Tensor>> = params
+        .protect_weight_he
+        .map(|he| {
+            base_protect
+                .iter()
+                .map(|g| protect_weights(g, he, alpha))
+                .collect()
+        })
+        .transpose()?;
     // The base model's gap on every fit batch, computed once: the "before" figure and the
     // gap-size targets (None: zero for every prompt).
     let base_fit: Vec<Tensor> = (0..fit_reader.n_batches())
@@ -401,15 +429,18 @@ pub fn tune(
             Some(t) => (fit_gaps - &t[i])?.sqr()?.mean_all()?,
         };
         let j = step % np;
-        let prot_loss = (protect_reader.batch_gaps(&tr, j)? - &base_protect[j])?
-            .sqr()?
-            .mean_all()?;
+        let prot_sq = (protect_reader.batch_gaps(&tr, j)? - &base_protect[j])?.sqr()?;
+        let prot_loss = prot_sq.mean_all()?;
+        // The weighted term that is optimised; `prot_loss` (unweighted) is what history logs.
+        let prot_term = match &protect_alpha {
+            None => (&prot_loss * alpha)?,
+            Some(w) => (prot_sq * &w[j])?.mean_all()?,
+        };
         let mut prior = Tensor::zeros((), fit_loss.dtype(), &device)?;
         for s in &stages {
             prior = (prior + s.relative_energy()?)?;
         }
-        let total =
-            ((&fit_loss + (&prot_loss * params.protect_weight)?)? + (&prior * params.prior)?)?;
+        let total = ((&fit_loss + &prot_term)? + (&prior * params.prior)?)?;
         if step % 10 == 0 || step + 1 == params.steps {
             let v = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             let row = (step, v(&fit_loss)?, v(&prot_loss)?, v(&prior)?);
@@ -531,6 +562,19 @@ mod tests {
         assert!(v.get("keep_above").is_none());
         let p: TuneParams = serde_json::from_value(v).unwrap();
         assert_eq!(p, TuneParams::default());
+    }
+
+    #[test]
+    fn protect_weights_pick_the_he_side() {
+        let base = Tensor::new(&[-2.0f32, 0.0, 0.5, 3.0][..], &Device::Cpu).unwrap();
+        let w = protect_weights(&base, 4.0, 1.0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(w, vec![1.0, 1.0, 4.0, 4.0]);
+        // Absent from records that do not set it, as `keep_above`.
+        let v = serde_json::to_value(TuneParams::default()).unwrap();
+        assert!(v.get("protect_weight_he").is_none());
     }
 
     proptest! {
