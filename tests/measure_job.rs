@@ -184,7 +184,7 @@ fn a_requested_stop_ends_the_job_and_a_cleared_one_changes_nothing() {
 /// Packed prompts score as their own rows: `next_token_probs` (prefix trees, several read
 /// positions per row, `LogitsRequest::PositionIds`) against one plain row per prompt
 /// (`LastTokenIds`), bit for bit on the stable path and within float rounding with the fused
-/// CPU kernels (whose normaliser is `fused::token_log_probs`).
+/// CPU kernels (whose normaliser is `fused::token_log_probs`) or MKL.
 #[test]
 fn packed_prompts_score_as_their_own_rows() {
     use biaslens::measure::next_token_probs;
@@ -224,7 +224,8 @@ fn packed_prompts_score_as_their_own_rows() {
                 .map(|&x| (x as f64).exp())
                 .collect();
             for (a, b) in packed[i].iter().zip(&own) {
-                if fast {
+                // An mkl build's products depend on the batch's shape: no bit promise there.
+                if fast || cfg!(feature = "mkl") {
                     assert!((a - b).abs() <= 1e-6, "prompt {i}: {a} vs {b}");
                 } else {
                     assert_eq!(a, b, "prompt {i}");
