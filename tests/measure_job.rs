@@ -206,6 +206,11 @@ fn packed_prompts_score_as_their_own_rows() {
         .collect();
     assert!(rows.len() > 40);
     let ids = [3u32, 5, 8];
+    // An empty prompt is an error naming it, not a panic in the packing.
+    let mut with_empty = rows.clone();
+    with_empty[2].clear();
+    let err = next_token_probs(&model.transformer, &with_empty, &ids, 7, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("prompt 3 of"), "{err}");
     for fast in [false, true] {
         let mut t = model.transformer.clone();
         t.fast_kernels = fast;

@@ -113,9 +113,9 @@ fn nth_prompt(n: usize) -> impl Fn(usize) -> String {
 pub const MAX_TREE_TOKENS: usize = 64;
 
 /// Prompts packed into trees: each tree with the (prompt index, node of its last token) of
-/// every prompt in it. Prompts are taken in `order`, consecutive ones sharing a tree while it
-/// stays within `max_tokens` tokens and `max_prompts` prompts (a longer prompt gets a tree of
-/// its own).
+/// every prompt in it. Prompts (none empty) are taken in `order`, consecutive ones sharing a
+/// tree while it stays within `max_tokens` tokens and `max_prompts` prompts (a longer prompt
+/// gets a tree of its own).
 pub fn pack_prompts(
     rows: &[Vec<u32>],
     order: &[usize],
@@ -179,6 +179,12 @@ pub fn next_token_probs(
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<Vec<f64>>> {
     check_prompt_lengths(model, rows, 0, nth_prompt(rows.len()))?;
+    if let Some(i) = rows.iter().position(Vec::is_empty) {
+        return Err(Error::param(
+            "rows",
+            format!("{} has no tokens", nth_prompt(rows.len())(i)),
+        ));
+    }
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
     let trees = pack_prompts(rows, &order, MAX_TREE_TOKENS, batch_size);
