@@ -183,8 +183,9 @@ fn a_requested_stop_ends_the_job_and_a_cleared_one_changes_nothing() {
 
 /// Packed prompts score as their own rows: `next_token_probs` (prefix trees, several read
 /// positions per row, `LogitsRequest::PositionIds`) against one plain row per prompt
-/// (`LastTokenIds`), bit for bit on the stable path and within float rounding with the fused
-/// CPU kernels (whose normaliser is `fused::token_log_probs`) or MKL.
+/// through the composed ops (`LastTokenIds`, no fused kernels): bit for bit on the stable path,
+/// within float rounding with the fused CPU kernels (fused attention, the one-pass normaliser
+/// `fused::token_log_probs`) or MKL.
 #[test]
 fn packed_prompts_score_as_their_own_rows() {
     use biaslens::measure::next_token_probs;
@@ -211,14 +212,15 @@ fn packed_prompts_score_as_their_own_rows() {
     with_empty[2].clear();
     let err = next_token_probs(&model.transformer, &with_empty, &ids, 7, |_| {}).unwrap_err();
     assert!(err.to_string().contains("prompt 3 of"), "{err}");
-    for fast in [false, true] {
-        let mut t = model.transformer.clone();
-        t.fast_kernels = fast;
-        // Batches of 7 prompts: several trees per pass, trees cut by the prompt limit.
-        let packed = next_token_probs(&t, &rows, &ids, 7, |_| {}).unwrap();
-        let plan = InterventionPlan::logits(LogitsRequest::LastTokenIds(ids.to_vec()));
-        for (i, row) in rows.iter().enumerate() {
-            let own: Vec<f64> = t
+    // The reference: one plain row per prompt through the composed ops (no fused kernels:
+    // candle's attention and the vocabulary-sized log-softmax).
+    let mut reference = model.transformer.clone();
+    reference.fast_kernels = false;
+    let plan = InterventionPlan::logits(LogitsRequest::LastTokenIds(ids.to_vec()));
+    let own: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|row| {
+            reference
                 .forward(std::slice::from_ref(row), &plan)
                 .unwrap()
                 .logprobs
@@ -227,11 +229,19 @@ fn packed_prompts_score_as_their_own_rows() {
                 .unwrap()[0]
                 .iter()
                 .map(|&x| (x as f64).exp())
-                .collect();
-            for (a, b) in packed[i].iter().zip(&own) {
+                .collect()
+        })
+        .collect();
+    for fast in [false, true] {
+        let mut t = model.transformer.clone();
+        t.fast_kernels = fast;
+        // Batches of 7 prompts: several trees per pass, trees cut by the prompt limit.
+        let packed = next_token_probs(&t, &rows, &ids, 7, |_| {}).unwrap();
+        for (i, (p, o)) in packed.iter().zip(&own).enumerate() {
+            for (a, b) in p.iter().zip(o) {
                 // An mkl build's products depend on the batch's shape: no bit promise there.
                 if fast || cfg!(feature = "mkl") {
-                    assert!((a - b).abs() <= 1e-6, "prompt {i}: {a} vs {b}");
+                    assert!((a - b).abs() <= 1e-6, "fast {fast}, prompt {i}: {a} vs {b}");
                 } else {
                     assert_eq!(a, b, "prompt {i}");
                 }
