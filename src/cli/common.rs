@@ -361,6 +361,13 @@ pub fn non_negative(s: &str) -> Result<f64, String> {
     })
 }
 
+/// clap value parser: an attention head as LAYER.HEAD (e.g. `25.2`).
+pub fn layer_head(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{s}`: expected LAYER.HEAD, e.g. 25.2");
+    let (l, h) = s.trim().split_once('.').ok_or_else(bad)?;
+    Ok((l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
+}
+
 /// clap value parser: a fraction in (0, 1].
 pub fn fraction(s: &str) -> Result<f64, String> {
     finite(s).and_then(|x| {
@@ -384,6 +391,15 @@ pub fn first_duplicate<T: PartialEq>(items: &[T]) -> Option<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_head_parses_and_names_bad_values() {
+        assert_eq!(layer_head("25.2"), Ok((25, 2)));
+        assert_eq!(layer_head(" 9.0"), Ok((9, 0)));
+        for bad in ["25", "a.2", "25.", "25.2.1"] {
+            assert!(layer_head(bad).unwrap_err().contains(bad), "{bad}");
+        }
+    }
 
     /// A log gets the first line at once, holds back the lines within the interval (keeping
     /// only the newest) and writes that newest one when the bar goes away.

@@ -1,8 +1,8 @@
 //! `biaslens edit` (LSDM, FT-L, DAMA), `apply` and `revert` of a stored delta.
 
 use super::common::{
-    at_least_one, first_duplicate, non_negative, require_tokenizer, DefaultModelArgs, ModelOutArgs,
-    SeedArg,
+    at_least_one, first_duplicate, layer_head, non_negative, require_tokenizer, DefaultModelArgs,
+    ModelOutArgs, SeedArg,
 };
 use biaslens::edit::delta::WeightDelta;
 use biaslens::edit::record::{apply_delta, revert_delta, write_edit_outputs, EditRecord};
@@ -86,6 +86,12 @@ pub struct EditArgs {
     /// gap, the rest are pulled to zero (default: every fit prompt to zero).
     #[arg(long, value_parser = non_negative)]
     pub tune_keep_above: Option<f64>,
+    /// tune: edit only these attention heads, LAYER.HEAD, comma-separated (e.g. the heads
+    /// `biaslens mediate` locates: 25.2,26.2 on SmolLM2): the output projections of their
+    /// layers, each change reading only their outputs. Without --layers the edited layers are
+    /// the heads' own.
+    #[arg(long, value_delimiter = ',', value_parser = layer_head)]
+    pub tune_heads: Option<Vec<(usize, usize)>>,
     /// LSDM: `invert` (default) fits the edit through a norm after the MLP (Gemma-3); `ignore`
     /// treats it as absent (MEMIT as written).
     #[arg(long)]
@@ -215,6 +221,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
         a.tune_protect_he.map(Some),
     );
     set(&mut spec.tune.components, a.probe_components);
+    set(&mut spec.tune.heads, a.tune_heads.clone());
     set(&mut spec.lsdm.post_norm, a.post_norm);
     set(&mut spec.lsdm.prefixes, a.prefixes);
     set(&mut spec.probe.prefixes, a.prefixes);
@@ -237,7 +244,7 @@ pub fn edit_loaded(
     use biaslens::edit::method::edit_model;
     require_tokenizer(model)?;
     if spec.layers.is_empty() {
-        spec.layers = default_layers(&a.model.model, model, spec.method, &spec.data_dir)?;
+        spec.layers = default_layers(&a.model.model, model, &spec)?;
     }
     log(&format!(
         "editing {} with {:?} on layers {:?}",
@@ -339,16 +346,20 @@ fn print_unseen(
     Ok(())
 }
 
-/// Layers to edit when neither --layers nor --sites is given: the probe edits the top
-/// `probe::DEFAULT_TOP_LAYERS` MLPs at the last token; the other methods edit the window
-/// located by the 100-prompt trace shipped for registry models (data/located_sites).
+/// Layers to edit when neither --layers nor --sites is given: tune with `--tune-heads` edits
+/// those heads' layers; the probe and tune edit the top `probe::DEFAULT_TOP_LAYERS` layers at
+/// the last token; the other methods edit the window located by the 100-prompt trace shipped
+/// for registry models (data/located_sites).
 fn default_layers(
-    spec: &str,
+    model_spec: &str,
     model: &Model,
-    method: biaslens::edit::method::Method,
-    data_dir: &std::path::Path,
+    edit: &biaslens::edit::method::EditSpec,
 ) -> anyhow::Result<Vec<usize>> {
     use biaslens::edit::method::Method;
+    let (spec, method, data_dir) = (model_spec, edit.method, &edit.data_dir);
+    if method == Method::Tune && !edit.tune.heads.is_empty() {
+        return Ok(edit.tune.head_layers());
+    }
     if matches!(method, Method::Probe | Method::Tune) {
         return Ok(biaslens::edit::probe::default_layers(
             model.config().num_layers,

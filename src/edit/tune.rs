@@ -73,6 +73,12 @@ pub struct TuneParams {
     /// delta records of earlier tune edits stay as they were.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_above: Option<f64>,
+    /// Attention heads as (layer, head): when given, the edit is the attention output
+    /// projections of these heads' layers only, each change reading only these heads' outputs
+    /// (the mediation-located heads, findings-locate.md). Every head's layer must be among the
+    /// edited layers. Empty: every stage of `components`. (Not written when empty.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<(usize, usize)>,
 }
 
 impl Default for TuneParams {
@@ -94,11 +100,20 @@ impl Default for TuneParams {
             seed: 0,
             protect_weight_he: None,
             keep_above: None,
+            heads: vec![],
         }
     }
 }
 
 impl TuneParams {
+    /// The layers of `heads`, sorted, each once: what a heads-only edit edits by default.
+    pub fn head_layers(&self) -> Vec<usize> {
+        let mut l: Vec<usize> = self.heads.iter().map(|&(l, _)| l).collect();
+        l.sort_unstable();
+        l.dedup();
+        l
+    }
+
     /// Range checks TOML types cannot express; errors name the field as `tune.<field>`.
     pub fn validate(&self) -> Result<()> {
         use crate::error::{at_least_one, non_negative};
@@ -114,6 +129,17 @@ impl TuneParams {
         }
         if let Some(w) = self.protect_weight_he {
             non_negative("tune.protect_weight_he", w)?;
+        }
+        if let Some((i, &(l, h))) = self
+            .heads
+            .iter()
+            .enumerate()
+            .find(|(i, x)| self.heads[..*i].contains(x))
+        {
+            return Err(Error::param(
+                "tune.heads",
+                format!("head {l}.{h} is listed twice (entry {})", i + 1),
+            ));
         }
         at_least_one("tune.corpus_tokens", self.corpus_tokens)
     }
@@ -194,6 +220,9 @@ struct Stage {
     a: Var,
     b: Var,
     q: Option<Tensor>,
+    /// [d_in, 1] 0/1: the input coordinates the change may read (the chosen heads' columns);
+    /// None: all of them.
+    mask: Option<Tensor>,
     c: Tensor,
     /// tr(W₀ C W₀ᵀ)
     energy0: f64,
@@ -203,16 +232,85 @@ struct Stage {
 
 impl Stage {
     fn delta(&self) -> Result<Tensor> {
-        low_rank_delta(self.a.as_tensor(), self.b.as_tensor(), self.q.as_ref())
+        match &self.mask {
+            None => low_rank_delta(self.a.as_tensor(), self.b.as_tensor(), self.q.as_ref()),
+            Some(m) => mm(
+                self.b.as_tensor(),
+                &head_a(self.a.as_tensor(), self.q.as_ref(), m)?.t()?,
+            ),
+        }
     }
     fn relative_energy(&self) -> Result<Tensor> {
-        Ok((prior_energy(
-            self.a.as_tensor(),
-            self.b.as_tensor(),
-            self.q.as_ref(),
-            &self.c,
-        )? / self.energy0)?)
+        let e = match &self.mask {
+            None => prior_energy(
+                self.a.as_tensor(),
+                self.b.as_tensor(),
+                self.q.as_ref(),
+                &self.c,
+            )?,
+            Some(m) => {
+                let a = head_a(self.a.as_tensor(), self.q.as_ref(), m)?;
+                prior_energy(&a, self.b.as_tensor(), None, &self.c)?
+            }
+        };
+        Ok((e / self.energy0)?)
     }
+}
+
+/// Ã = M (A − Q Qᵀ M A) for a head-restricted change ΔW = B Ãᵀ: M the 0/1 `mask` [d_in, 1] of
+/// the heads' columns, Q [d_in, m] an orthonormal basis of the protected keys' head columns (M p).
+/// ΔW reads only the heads' columns (exact zeros elsewhere) and ΔW p = B Aᵀ M (I − QQᵀ) M p = 0
+/// for every protected key p, whatever p holds outside the heads.
+pub fn head_a(a: &Tensor, q: Option<&Tensor>, mask: &Tensor) -> Result<Tensor> {
+    let a = a.broadcast_mul(mask)?;
+    let a = match q {
+        Some(q) => (&a - mm(q, &mm(&q.t()?, &a)?)?)?,
+        None => a,
+    };
+    Ok(a.broadcast_mul(mask)?)
+}
+
+/// The 0/1 mask [d_in] over the concatenated head outputs of one layer that keeps `heads`'
+/// columns (head h: columns h·head_dim .. (h+1)·head_dim).
+pub fn head_mask(heads: &[usize], num_heads: usize, head_dim: usize) -> Vec<f64> {
+    (0..num_heads * head_dim)
+        .map(|i| f64::from(u8::from(heads.contains(&(i / head_dim)))))
+        .collect()
+}
+
+/// The stages of a tune edit: every component of every layer, or with `heads` the attention
+/// output projection of each head's layer. Errors name `tune.heads` for a head outside the
+/// model or the edited layers.
+pub fn tune_stages(
+    layers: &[usize],
+    params: &TuneParams,
+    num_heads: usize,
+) -> Result<Vec<(usize, Component)>> {
+    if params.heads.is_empty() {
+        return Ok(layers
+            .iter()
+            .flat_map(|&l| params.components.list().iter().map(move |&c| (l, c)))
+            .collect());
+    }
+    for &(l, h) in &params.heads {
+        if h >= num_heads {
+            return Err(Error::param(
+                "tune.heads",
+                format!("head {l}.{h}: the model has {num_heads} heads per layer"),
+            ));
+        }
+        if !layers.contains(&l) {
+            return Err(Error::param(
+                "tune.heads",
+                format!("head {l}.{h} is in layer {l}, which is not edited (layers {layers:?})"),
+            ));
+        }
+    }
+    Ok(layers
+        .iter()
+        .filter(|&&l| params.heads.iter().any(|&(hl, _)| hl == l))
+        .map(|&l| (l, Component::Attn))
+        .collect())
 }
 
 fn set_weight(tr: &mut Transformer, l: usize, comp: Component, w: Tensor) {
@@ -282,10 +380,8 @@ pub fn tune(
     let mut protect = protect_ordered.clone();
     protect.shuffle(&mut rng);
 
-    let stages_list: Vec<(usize, Component)> = layers
-        .iter()
-        .flat_map(|&l| params.components.list().iter().map(move |&c| (l, c)))
-        .collect();
+    let cfg = model.config();
+    let stages_list = tune_stages(&layers, params, cfg.num_heads)?;
     let base: &Transformer = &model.transformer;
     let work_before = base.work.read();
     let mut sites: Vec<_> = stages_list.iter().map(|&(l, c)| c.key_site(l)).collect();
@@ -304,7 +400,8 @@ pub fn tune(
     )?;
     let statistics_work = base.work.read() - work_before;
 
-    let start = layers[0];
+    // The lowest edited stage: the layers below it are cached once.
+    let start = stages_list.first().map_or(layers[0], |s| s.0);
     let fit_reader = ProbeReader::new(base, &fit, start, pronouns, params.batch)?;
     let protect_reader = ProbeReader::new(base, &protect, start, pronouns, params.batch)?;
     let ordered_reader = ProbeReader::new(base, &protect_ordered, start, pronouns, params.batch)?;
@@ -358,7 +455,43 @@ pub fn tune(
         let dtype = w0.dtype();
         let keys = ordered_reader.keys(base, l, comp)?;
         let protected = group_means(&keys, &protect_ordered, words.len());
-        let qm = row_space_basis(&protected);
+        // With heads: the change reads only their columns, so only those columns of the
+        // protected keys need to map to zero (ΔW p = ΔW (mask ⊙ p)).
+        let mask: Option<Vec<f64>> = (!params.heads.is_empty()).then(|| {
+            let hs: Vec<usize> = params
+                .heads
+                .iter()
+                .filter(|&&(hl, _)| hl == l)
+                .map(|&(_, h)| h)
+                .collect();
+            head_mask(&hs, cfg.num_heads, cfg.head_dim)
+        });
+        let qm = match &mask {
+            Some(m) => {
+                let mut restricted = protected.clone();
+                for mut row in restricted.row_iter_mut() {
+                    row.component_mul_assign(&nalgebra::RowDVector::from_row_slice(m));
+                }
+                row_space_basis(&restricted)
+            }
+            None => row_space_basis(&protected),
+        };
+        // Heads of 64 columns cannot hold 136 protected keys at zero and still change: the
+        // keys would span every column the change may read, and the edit would be null.
+        if let Some(m) = &mask {
+            let free = m.iter().filter(|&&x| x > 0.0).count();
+            if qm.ncols() >= free {
+                return Err(Error::param(
+                    "tune.heads",
+                    format!(
+                        "the {} protected words' keys span all {free} columns of the chosen \
+                         heads in layer {l}, so no change can keep them at zero: protect fewer \
+                         words (--protect-set pairs) or choose more heads",
+                        words.len()
+                    ),
+                ));
+            }
+        }
         let q = if qm.ncols() == 0 {
             None
         } else {
@@ -382,6 +515,9 @@ pub fn tune(
             &Tensor::from_vec(init, (d_in, params.rank), &device)?.to_dtype(dtype)?,
         )?;
         let b = Var::from_tensor(&Tensor::zeros((d_out, params.rank), dtype, &device)?)?;
+        let mask = mask
+            .map(|m| Tensor::from_vec(m, (d_in, 1), &device)?.to_dtype(dtype))
+            .transpose()?;
         stages.push(Stage {
             layer: l,
             comp,
@@ -389,6 +525,7 @@ pub fn tune(
             a,
             b,
             q,
+            mask,
             c,
             energy0,
             protected,
@@ -575,6 +712,81 @@ mod tests {
         // Absent from records that do not set it, as `keep_above`.
         let v = serde_json::to_value(TuneParams::default()).unwrap();
         assert!(v.get("protect_weight_he").is_none());
+    }
+
+    #[test]
+    fn head_stages_are_the_heads_layers_and_bad_heads_name_the_field() {
+        let p = |heads: Vec<(usize, usize)>| TuneParams {
+            heads,
+            ..TuneParams::default()
+        };
+        let all = tune_stages(&[3, 4], &p(vec![]), 4).unwrap();
+        assert_eq!(
+            all,
+            [
+                (3, Component::Attn),
+                (3, Component::Mlp),
+                (4, Component::Attn),
+                (4, Component::Mlp)
+            ]
+        );
+        let heads = tune_stages(&[2, 3, 4], &p(vec![(4, 1), (2, 0), (4, 3)]), 4).unwrap();
+        assert_eq!(heads, [(2, Component::Attn), (4, Component::Attn)]);
+        for bad in [vec![(3, 4)], vec![(5, 0)]] {
+            let e = tune_stages(&[3, 4], &p(bad), 4).unwrap_err().to_string();
+            assert!(e.contains("tune.heads"), "{e}");
+        }
+        assert_eq!(head_mask(&[1], 3, 2), [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(p(vec![(14, 3), (9, 2), (14, 1)]).head_layers(), [9, 14]);
+        let twice = p(vec![(9, 2), (14, 3), (9, 2)])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("tune.heads") && twice.contains("9.2"),
+            "{twice}"
+        );
+        // Absent from records that do not set it.
+        let v = serde_json::to_value(TuneParams::default()).unwrap();
+        assert!(v.get("heads").is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// With heads: ΔW = B (P⊥ M A)ᵀ, P⊥ the complement of the protected keys' head columns
+        /// (M p), reads only the heads' columns, maps every whole protected key p to zero and
+        /// matches the f64 formula.
+        #[test]
+        fn head_delta_reads_only_its_heads_and_protects_whole_keys(
+            heads in 1usize..4, head_dim in 1usize..5, pick in 0usize..4, r in 1usize..3,
+            d_out in 2usize..8, m in 0usize..3, seed in 0u64..1000,
+        ) {
+            let pick = pick % heads;
+            let d_in = heads * head_dim;
+            let mask = head_mask(&[pick], heads, head_dim);
+            let m = m.min(head_dim - 1);
+            let a = mat(d_in, r, seed);
+            let b = mat(d_out, r, seed + 1);
+            let p = mat(m, d_in, seed + 2);
+            let mdiag = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(mask.clone()));
+            let q = row_space_basis(&(&p * &mdiag));
+            let proj = DMatrix::<f64>::identity(d_in, d_in) - &q * q.transpose();
+            let want = &b * (&proj * &mdiag * &a).transpose();
+            let mask_t = Tensor::from_vec(
+                mask.iter().map(|&x| x as f32).collect::<Vec<_>>(), (d_in, 1), &Device::Cpu,
+            ).unwrap();
+            let qt = (q.ncols() > 0).then(|| tensor(&q));
+            let at = head_a(&tensor(&a), qt.as_ref(), &mask_t).unwrap();
+            let got = to_f64(&mm(&tensor(&b), &at.t().unwrap()).unwrap()).unwrap();
+            let scale = want.amax().max(1.0);
+            prop_assert!((&got - &want).amax() < 1e-4 * scale);
+            for (j, _) in mask.iter().enumerate().filter(|(_, &x)| x == 0.0) {
+                prop_assert!(got.column(j).amax() == 0.0, "column {j} outside the head");
+            }
+            if m > 0 {
+                prop_assert!((&got * p.transpose()).amax() < 1e-4 * scale * p.amax().max(1.0));
+            }
+        }
     }
 
     proptest! {
