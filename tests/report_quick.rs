@@ -82,6 +82,7 @@ fn check_spec(spec: &str, prefix: &str, twice: bool) {
         "report.html",
         "figures/fig1_trace_heatmaps.svg",
         "figures/fig2_tradeoff.svg",
+        "figures/fig3_factual.svg",
     ] {
         assert!(dir.path().join("a").join(f).is_file(), "{f} missing");
     }

@@ -237,20 +237,21 @@ fn fixture() -> ReportInputs {
             edit_s: 1.07,
         },
     ];
-    let tp = |m: &str, l: &str, b: f64, c: f64| TradeoffPoint {
+    let tp = |m: &str, l: &str, b: f64, c: f64, k: f64| TradeoffPoint {
         method: m.into(),
         label: l.into(),
         bias: b,
         capability: c,
+        factual: Some(k),
     };
     r.tradeoff = vec![
-        tp("base", "base", 0.142, 0.4969),
-        tp("lsdm", "λ=1.5e4", 0.0412, 0.4827),
-        tp("lsdm", "λ=1.5e3", 0.0203, 0.4702),
-        tp("lsdm", "λ=1.5e5", 0.0851, 0.4921),
-        tp("lsdm", "3 layers", 0.0302, 0.4765),
-        tp("ft", "ε=5e-4", 0.1008, 0.4911),
-        tp("dama", "16 comp.", 0.0497, 0.4788),
+        tp("base", "base", 0.142, 0.4969, 0.195),
+        tp("lsdm", "λ=1.5e4", 0.0412, 0.4827, 0.190),
+        tp("lsdm", "λ=1.5e3", 0.0203, 0.4702, 0.171),
+        tp("lsdm", "λ=1.5e5", 0.0851, 0.4921, 0.194),
+        tp("lsdm", "3 layers", 0.0302, 0.4765, 0.183),
+        tp("ft", "ε=5e-4", 0.1008, 0.4911, 0.052),
+        tp("dama", "16 comp.", 0.0497, 0.4788, 0.031),
     ];
     r
 }
@@ -315,7 +316,7 @@ fn fixture_report_renders_every_table_and_figure() {
             );
         }
     }
-    for f in ["fig1_trace_heatmaps", "fig2_tradeoff"] {
+    for f in ["fig1_trace_heatmaps", "fig2_tradeoff", "fig3_factual"] {
         for ext in ["svg", "png"] {
             let p = out.join("figures").join(format!("{f}.{ext}"));
             assert!(
@@ -333,11 +334,12 @@ fn fixture_report_renders_every_table_and_figure() {
         "table4_cost",
         "fig1_trace_heatmaps",
         "fig2_tradeoff",
+        "fig3_factual",
         "manifest",
     ] {
         assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
     }
-    assert_eq!(html.matches("<svg").count(), 2);
+    assert_eq!(html.matches("<svg").count(), 3);
     assert!(
         !html.contains("src=\"http") && !html.contains("<script"),
         "self-contained"

@@ -19,9 +19,36 @@ pub enum FigureKind {
     Heatmaps(Vec<TraceGrid>),
     Tradeoff {
         points: Vec<TradeoffPoint>,
+        /// Which value of each point is the x axis (the y axis is always its bias).
+        x: TradeoffX,
         x_label: String,
         y_label: String,
     },
+}
+
+/// The x axis of a trade-off figure: what an edit must keep while it removes bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TradeoffX {
+    /// Mean accuracy over the capability tasks.
+    Capability,
+    /// The definitional controls' mean gap toward their gender (factual gender kept).
+    Factual,
+}
+
+impl TradeoffX {
+    /// The point's x value; `None` when the point does not carry it.
+    pub fn of(self, p: &TradeoffPoint) -> Option<f64> {
+        match self {
+            TradeoffX::Capability => Some(p.capability),
+            TradeoffX::Factual => p.factual,
+        }
+    }
+    fn caption(self) -> &'static str {
+        match self {
+            TradeoffX::Capability => "Bias vs capability (lower right is better)",
+            TradeoffX::Factual => "Bias vs factual gender kept (lower right is better)",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,13 +111,13 @@ impl Figure {
                     }
                 }
             }
-            FigureKind::Tradeoff { points, .. } => {
+            FigureKind::Tradeoff { points, x, .. } => {
                 if points.is_empty() {
                     return Err(plot_err(&self.id, "no trade-off points"));
                 }
                 if let Some(p) = points
                     .iter()
-                    .find(|p| !(p.bias.is_finite() && p.capability.is_finite()))
+                    .find(|p| !(p.bias.is_finite() && x.of(p).is_some_and(f64::is_finite)))
                 {
                     return Err(plot_err(
                         &self.id,
@@ -110,9 +137,10 @@ impl Figure {
             FigureKind::Heatmaps(g) => draw_heatmaps(&self.id, root, g),
             FigureKind::Tradeoff {
                 points,
+                x,
                 x_label,
                 y_label,
-            } => draw_tradeoff(&self.id, root, points, x_label, y_label),
+            } => draw_tradeoff(&self.id, root, points, *x, x_label, y_label),
         }?;
         root.present().map_err(|e| plot_err(&self.id, e))
     }
@@ -225,19 +253,19 @@ fn draw_tradeoff<DB: DrawingBackend>(
     id: &str,
     root: &DrawingArea<DB, Shift>,
     points: &[TradeoffPoint],
+    x: TradeoffX,
     x_label: &str,
     y_label: &str,
 ) -> Result<()> {
     let e = |e| plot_err(id, e);
-    let (x0, x1) = padded(points.iter().map(|p| p.capability));
+    // `check` has made sure every point has a finite x.
+    let xs = |p: &TradeoffPoint| x.of(p).unwrap_or(f64::NAN);
+    let (x0, x1) = padded(points.iter().map(xs));
     let (y0, y1) = padded(points.iter().map(|p| p.bias));
     // Empty band above the data for the legend, so it never hides a point.
     let y1 = y1 + 0.4 * (y1 - y0);
     let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Bias vs capability (lower right is better)",
-            ("sans-serif", 20),
-        )
+        .caption(x.caption(), ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -262,7 +290,7 @@ fn draw_tradeoff<DB: DrawingBackend>(
         // Each point is a circle with its label offset to the upper right, so text never covers a marker.
         chart
             .draw_series(pts.iter().map(|p| {
-                EmptyElement::at((p.capability, p.bias))
+                EmptyElement::at((xs(p), p.bias))
                     + Circle::new((0, 0), 6, c.filled())
                     + Text::new(
                         p.label.clone(),
@@ -308,13 +336,36 @@ pub fn standard_figures(inputs: &super::ReportInputs) -> Vec<Figure> {
                 .into(),
             kind: FigureKind::Tradeoff {
                 points: inputs.tradeoff.clone(),
+                x: TradeoffX::Capability,
                 x_label: inputs.tradeoff_capability_axis.clone(),
+                y_label: inputs.tradeoff_bias_axis.clone(),
+            },
+        });
+    }
+    // The second panel of the trade-off: an edit can reach low bias by erasing factual gender
+    // (FT-L and DAMA do, findings §3), which the capability axis does not show.
+    if !inputs.tradeoff.is_empty() && inputs.tradeoff.iter().all(|p| p.factual.is_some()) {
+        out.push(Figure {
+            id: "fig3_factual".into(),
+            title: "Figure 3: Bias vs factual gender across methods and sweeps".into(),
+            caption: "Each point is one edited model, as in Figure 2; x is the definitional controls' \
+                      (actress, policeman, ...) mean p(he) − p(she) toward their own gender on the same \
+                      templates. An edit that removes the stereotype keeps x at Base's; one that erases \
+                      gender moves left."
+                .into(),
+            kind: FigureKind::Tradeoff {
+                points: inputs.tradeoff.clone(),
+                x: TradeoffX::Factual,
+                x_label: FACTUAL_AXIS.into(),
                 y_label: inputs.tradeoff_bias_axis.clone(),
             },
         });
     }
     out
 }
+
+/// Axis label of Figure 3's x.
+pub const FACTUAL_AXIS: &str = "definitional controls: mean gap toward their gender";
 
 #[cfg(test)]
 mod tests {
@@ -374,6 +425,7 @@ mod tests {
             caption: "".into(),
             kind: FigureKind::Tradeoff {
                 points: vec![],
+                x: TradeoffX::Capability,
                 x_label: "x".into(),
                 y_label: "y".into(),
             },
@@ -388,6 +440,7 @@ mod tests {
             label: l.into(),
             bias: b,
             capability: c,
+            factual: None,
         };
         let f = Figure {
             id: "t".into(),
@@ -399,12 +452,52 @@ mod tests {
                     p("lsdm", "λ=1e4", 0.1, 0.59),
                     p("lsdm", "λ=1e3", 0.05, 0.55),
                 ],
+                x: TradeoffX::Capability,
                 x_label: "cap".into(),
                 y_label: "bias".into(),
             },
         };
         let svg = f.to_svg().unwrap();
         for l in ["λ=1e4", "λ=1e3", "LSDM", "Base", "cap", "bias"] {
+            assert!(svg.contains(l), "{l}");
+        }
+        // Points without the controls cannot be drawn on the factual axis: an error, not a
+        // point at 0.
+        let FigureKind::Tradeoff { points, .. } = &f.kind else {
+            unreachable!()
+        };
+        let factual = Figure {
+            kind: FigureKind::Tradeoff {
+                points: points.clone(),
+                x: TradeoffX::Factual,
+                x_label: "kept".into(),
+                y_label: "bias".into(),
+            },
+            ..f.clone()
+        };
+        assert!(factual.to_svg().is_err());
+    }
+
+    #[test]
+    fn factual_panel_only_when_every_point_has_the_controls() {
+        let mut inputs = crate::report::ReportInputs::new("t");
+        let p = |m: &str, b, k: Option<f64>| TradeoffPoint {
+            method: m.into(),
+            label: m.into(),
+            bias: b,
+            capability: 0.5,
+            factual: k,
+        };
+        inputs.tradeoff = vec![p("base", 0.2, Some(0.37)), p("probe", 0.05, None)];
+        let ids = |i: &crate::report::ReportInputs| -> Vec<String> {
+            standard_figures(i).into_iter().map(|f| f.id).collect()
+        };
+        assert_eq!(ids(&inputs), ["fig2_tradeoff"]);
+        inputs.tradeoff[1].factual = Some(0.25);
+        assert_eq!(ids(&inputs), ["fig2_tradeoff", "fig3_factual"]);
+        let f = standard_figures(&inputs).pop().unwrap();
+        let svg = f.to_svg().unwrap();
+        for l in ["factual gender", FACTUAL_AXIS, "Base"] {
             assert!(svg.contains(l), "{l}");
         }
     }

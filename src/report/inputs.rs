@@ -96,6 +96,10 @@ pub struct TradeoffPoint {
     pub bias: f64,
     /// Capability summary (higher is better), e.g. mean accuracy over capability tasks.
     pub capability: f64,
+    /// The definitional controls' mean p(he) − p(she) toward their own gender, on the same
+    /// templates (higher is better: factual gender kept). Absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factual: Option<f64>,
 }
 
 /// Everything the tables and figures need, in one serialisable bundle.

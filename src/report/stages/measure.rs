@@ -34,8 +34,9 @@ pub struct MeasureOutput {
     /// DAMA regression slope on the stereotypical score, and its R².
     pub a_s: Option<Estimate>,
     pub r2: Option<Estimate>,
-    /// The definitional controls (all of them, 17 templates): mean |e| and mean e signed toward
-    /// each word's definitional gender (absent in outputs of older versions).
+    /// The definitional controls (all of them, on the held-out rows' templates): mean |e| and
+    /// mean e signed toward each word's definitional gender (absent in outputs of older
+    /// versions).
     #[serde(default)]
     pub controls_abs_gap: Option<Estimate>,
     #[serde(default)]

@@ -1,5 +1,6 @@
 //! `tradeoff`: one point per model variant (methods and sweep points) pairing the held-out bias of
-//! `measure_<v>` with the mean capability accuracy of `eval_<v>`, for the trade-off figure.
+//! `measure_<v>` with the mean capability accuracy of `eval_<v>` and the definitional controls'
+//! gap toward their gender (factual gender kept), for the trade-off figures.
 
 use super::eval::EvalOutput;
 use super::measure::MeasureOutput;
@@ -42,7 +43,8 @@ impl Stage for TradeoffStage {
             .collect()
     }
     fn settings(&self) -> Result<Value> {
-        Ok(json!({ "version": STAGE_VERSION, "points": self.points }))
+        // "factual": outputs before it lack the controls' point (Figure 3).
+        Ok(json!({ "version": STAGE_VERSION, "points": self.points, "factual": true }))
     }
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let mut out = vec![];
@@ -61,6 +63,7 @@ impl Stage for TradeoffStage {
                 label: label.clone(),
                 bias: m.mean_abs_gap.value,
                 capability,
+                factual: m.controls_toward_definitional.map(|e| e.value),
             });
         }
         Ok(serde_json::to_value(out)?)
