@@ -144,7 +144,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
             "mkl matmul: a layout reaches past its storage".into(),
         ));
     }
-    let mut out = vec![0f32; batch * m * n];
+    // Not zeroed: with β = 0 sgemm writes every element of C and reads none (BLAS's definition),
+    // and zeroing it cost a memset of the whole output per product (2.6% of a forward's profile).
+    let len = batch * m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     let flag = |t: bool| if t { TRANS } else { NO_TRANS };
     for i in 0..batch {
         // SAFETY: both operands' matrices lie inside their slices (checked above) and `out`
@@ -168,6 +171,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
             );
         }
     }
+    // SAFETY: the `batch` calls above wrote all `len` elements (β = 0: C is output only).
+    unsafe { out.set_len(len) };
     let mut shape = ad[..rank - 2].to_vec();
     shape.extend([m, n]);
     Ok(Some(Tensor::from_vec(out, shape, a.device())?))

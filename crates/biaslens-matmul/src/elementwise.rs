@@ -27,18 +27,21 @@ unsafe fn silu_mul_avx512(g: &[f32], u: &[f32]) -> Vec<f32> {
     use std::arch::x86_64::*;
     let n = g.len().min(u.len());
     let body = n - n % 16;
-    let mut out = vec![0f32; n];
+    // Written once, not zeroed first: every element below is stored exactly once.
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let dst = out.as_mut_ptr();
     let one = _mm512_set1_ps(1.0);
     for i in (0..body).step_by(16) {
         let a = _mm512_loadu_ps(g.as_ptr().add(i));
         let b = _mm512_loadu_ps(u.as_ptr().add(i));
         let e = crate::softmax::avx512::exp16(_mm512_sub_ps(_mm512_setzero_ps(), a));
         let y = _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(e, one)), b);
-        _mm512_storeu_ps(out.as_mut_ptr().add(i), y);
+        _mm512_storeu_ps(dst.add(i), y);
     }
     for i in body..n {
-        out[i] = g[i] / ((-g[i]).exp() + 1.0) * u[i];
+        dst.add(i).write(g[i] / ((-g[i]).exp() + 1.0) * u[i]);
     }
+    out.set_len(n);
     out
 }
 
