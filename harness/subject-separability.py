@@ -20,7 +20,6 @@ removes exactly what the read-out predicts) and reports held-out professions x u
 mean |p(he) - p(she)| cut and the controls' gap toward their gender kept.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -30,31 +29,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from measure_json import log_odds, prompts
+from protected_words import protected_words
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 UNSEEN = (2, 5, 8, 11, 14)
-NOT_A_PERSON = set(
-    "he she his her himself herself boys girls brothers sisters dads moms daughters sons fathers "
-    "mothers females males gals dudes gentlemen ladies men women kings queens wives husbands "
-    "granddaughters grandsons colt filly gelding mare convent monastery fraternity sorority "
-    "estrogen testosterone fatherhood motherhood female male".split()
-)
-
-
-def protected_words():
-    """src/edit/probe.rs protect_set_words(Roles): equalize-pair words + persons + roles."""
-    data = os.path.join(ROOT, "fixtures/data")
-    pro = {p[0] for p in json.load(open(f"{data}/bolukbasi_debiaswe/professions.json"))}
-    words = set()
-    for pair in json.load(open(f"{data}/bolukbasi_debiaswe/equalize_pairs.json")):
-        for w in pair:
-            if w.isalpha() and w.islower() and w not in NOT_A_PERSON and w not in pro:
-                words.add(w)
-    for f in ("gendered_persons.json", "gendered_roles.json"):
-        words |= {w for w in json.load(open(f"{data}/protected/{f}")) if w not in pro}
-    return sorted(words)
-
-
 
 
 def main():
