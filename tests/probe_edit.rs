@@ -2,7 +2,8 @@
 //! delta holds exactly the two projections, each change is rank one, and the attention stage
 //! leaves every protected word's mean head output (read by a plain forward, the slow reference)
 //! unchanged: ΔW_o z̄ = 0 up to f32 rounding. Gap tuning likewise: the same two projections, rank
-//! <= r, and both changes zero on the protected words' mean inputs.
+//! <= r, and both changes zero on the protected words' mean inputs; with `tune.heads`, only the
+//! heads' columns of the output projection change.
 //!
 //! Needs models/smollm2-135m (fetched by tests/common).
 
@@ -225,5 +226,55 @@ fn tune_keep_above_zero_changes_nothing_and_above_every_gap_is_the_default() {
         let (a, b) = (matrix(&e.delta), matrix(&above.delta.entries[name].delta));
         assert!(a.amax() > 0.0, "{name}: the default changed nothing");
         assert_eq!(a, b, "{name}: τ above every gap differs from the default");
+    }
+}
+
+/// Gap tuning of one attention head (`tune.heads`, the mediation-located site): the delta is the
+/// output projection of the head's layer only, exactly zero outside the head's columns of the
+/// concatenated head outputs, nonzero inside them, and it leaves every protected word's whole
+/// mean head output (plain forwards, all heads) unchanged: ΔW z̄ = 0. This is the wiring that
+/// `head_a`'s property test (src/edit/tune.rs) does not reach: the mask per stage and the
+/// protected keys restricted to the head's columns.
+#[test]
+fn tune_heads_edits_only_the_heads_columns_and_keeps_protected_outputs() {
+    let model = common::real_model("smollm2-135m");
+    let (l, h) = (10, 3);
+    let head_dim = model.config().head_dim;
+    let mut spec = EditSpec::new(Method::Tune, vec![l]);
+    spec.max_edit_professions = Some(4);
+    spec.tune.heads = vec![(l, h)];
+    spec.tune.rank = 2;
+    spec.tune.steps = 2;
+    spec.tune.lr = 3e-3;
+    spec.tune.batch = 16;
+    spec.tune.corpus_tokens = 512;
+    // 37 words: fewer than the head's 64 columns (the default's 136 would be refused).
+    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Pairs;
+    spec.cache_dir = None;
+    let out = edit_model(&model, &spec, |_| {}).unwrap();
+    let o = format!("model.layers.{l}.self_attn.o_proj.weight");
+    let names: Vec<&String> = out.delta.entries.keys().collect();
+    assert_eq!(names, vec![&o]);
+    let dw = matrix(&out.delta.entries[&o].delta);
+    let cols = h * head_dim..(h + 1) * head_dim;
+    for j in 0..dw.ncols() {
+        let m = dw.column(j).amax();
+        if cols.contains(&j) {
+            continue;
+        }
+        assert!(m == 0.0, "column {j} outside head {l}.{h} changed by {m}");
+    }
+    let inside = dw.columns(cols.start, head_dim).norm();
+    assert!(inside > 0.0, "no change inside the head");
+    let typical = inside / (head_dim as f64).sqrt();
+    for (word, mean) in protected_means(&model, &spec, &out.sets.edit_templates, Site::HeadZ(l), 3)
+    {
+        let change = &dw * mean.transpose();
+        let scale = typical * mean.norm();
+        assert!(
+            change.norm() < 1e-3 * scale,
+            "{word}: change {} on its mean head output (scale {scale})",
+            change.norm()
+        );
     }
 }
