@@ -346,26 +346,22 @@ fn print_unseen(
     Ok(())
 }
 
-/// Layers to edit when neither --layers nor --sites is given: tune with `--tune-heads` edits
-/// those heads' layers; the probe and tune edit the top `probe::DEFAULT_TOP_LAYERS` layers at
-/// the last token; the other methods edit the window located by the 100-prompt trace shipped
-/// for registry models (data/located_sites).
+/// Layers to edit when neither --layers nor --sites is given: the method's own default
+/// (`EditSpec::method_default_layers`: probe and tune), else the window located by the
+/// 100-prompt trace shipped for registry models (data/located_sites).
 fn default_layers(
     model_spec: &str,
     model: &Model,
     edit: &biaslens::edit::method::EditSpec,
 ) -> anyhow::Result<Vec<usize>> {
-    use biaslens::edit::method::Method;
-    let (spec, method, data_dir) = (model_spec, edit.method, &edit.data_dir);
-    if method == Method::Tune && !edit.tune.heads.is_empty() {
-        return Ok(edit.tune.head_layers());
+    if let Some(layers) = edit.method_default_layers(model.config().num_layers) {
+        return Ok(layers);
     }
-    if matches!(method, Method::Probe | Method::Tune) {
-        return Ok(biaslens::edit::probe::default_layers(
-            model.config().num_layers,
-        ));
-    }
-    let shipped = data_dir.join("located_sites").join(format!("{spec}.json"));
+    let spec = model_spec;
+    let shipped = edit
+        .data_dir
+        .join("located_sites")
+        .join(format!("{spec}.json"));
     if shipped.is_file() {
         return sites_default_layers(&shipped);
     }

@@ -115,6 +115,18 @@ impl EditSpec {
 }
 
 impl EditSpec {
+    /// The layers the method edits when none are given, for the methods with a default of their
+    /// own: tune with `tune.heads` edits those heads' layers, the probe and tune otherwise the top
+    /// [`super::probe::DEFAULT_TOP_LAYERS`]. `None` for LSDM, FT-L and DAMA, which edit the
+    /// located sites. The one rule `biaslens edit` and the report both follow.
+    pub fn method_default_layers(&self, num_layers: usize) -> Option<Vec<usize>> {
+        match self.method {
+            Method::Tune if !self.tune.heads.is_empty() => Some(self.tune.head_layers()),
+            Method::Probe | Method::Tune => Some(super::probe::default_layers(num_layers)),
+            Method::Lsdm | Method::Ft | Method::Dama => None,
+        }
+    }
+
     /// Range checks of the chosen method's hyperparameters; errors name the field.
     pub fn validate_params(&self) -> Result<()> {
         match self.method {
@@ -275,6 +287,23 @@ pub fn edit_prompt_bias(model: &Model, spec: &EditSpec) -> Result<crate::measure
 mod tests {
     use super::*;
     use crate::edit::target::TargetParams;
+
+    /// The default layers of each method: heads-only tune edits its heads' layers (so a head
+    /// below the top five, Gemma-3's 9.2, is edited rather than refused), probe and tune the top
+    /// five, the located-site methods none of their own.
+    #[test]
+    fn method_default_layers_follow_the_method_and_the_heads() {
+        let mut s = EditSpec::new(Method::Tune, vec![]);
+        assert_eq!(s.method_default_layers(18), Some(vec![13, 14, 15, 16, 17]));
+        s.tune.heads = vec![(14, 3), (9, 2)];
+        assert_eq!(s.method_default_layers(18), Some(vec![9, 14]));
+        s.method = Method::Probe;
+        assert_eq!(s.method_default_layers(18), Some(vec![13, 14, 15, 16, 17]));
+        for m in [Method::Lsdm, Method::Ft, Method::Dama] {
+            s.method = m;
+            assert_eq!(s.method_default_layers(18), None, "{m:?}");
+        }
+    }
 
     /// `biaslens edit --spec`: a missing method table or field takes the library default, a
     /// misspelt field is an error naming it, and range errors name the field.

@@ -134,9 +134,13 @@ impl EditStage {
             match &self.layers {
                 Some(Layers::List(l)) => return Ok(l.clone()),
                 None => {
-                    return Ok(crate::edit::probe::default_layers(
-                        model.config().num_layers,
-                    ))
+                    // The probe's and tune's own default (a heads-only tune: the heads' layers);
+                    // the other methods always name their layers (`edit_spec`).
+                    let n = model.config().num_layers;
+                    return Ok(self
+                        .edit
+                        .method_default_layers(n)
+                        .unwrap_or_else(|| crate::edit::probe::default_layers(n)));
                 }
                 Some(Layers::Word(_)) => {}
             }
