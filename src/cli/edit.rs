@@ -227,9 +227,52 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.probe.prefixes, a.prefixes);
     set(&mut spec.tune.prefixes, a.prefixes);
     set(&mut spec.dama.components, a.components);
+    method_flags_apply(a, spec.method)?;
     // Bad hyperparameters fail here, before the model loads and the bias is measured.
     spec.validate_params()?;
     Ok(spec)
+}
+
+/// Refuse a method-specific flag that the edit's method would not read (e.g. `--tune-rank`
+/// with the probe), naming the flag and the methods it applies to: before, such a flag was
+/// ignored without a word.
+fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
+    use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 17] = [
+        ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
+        ("--scale", a.scale.is_some(), &[Probe]),
+        (
+            "--probe-components",
+            a.probe_components.is_some(),
+            &[Probe, Tune],
+        ),
+        ("--passes", a.passes.is_some(), &[Probe]),
+        ("--probe-target", a.probe_target.is_some(), &[Probe]),
+        ("--protect-each-prompt", a.protect_each_prompt, &[Probe]),
+        ("--protect-set", a.protect_set.is_some(), &[Probe, Tune]),
+        ("--tune-rank", a.tune_rank.is_some(), &[Tune]),
+        ("--tune-steps", a.tune_steps.is_some(), &[Tune]),
+        ("--tune-lr", a.tune_lr.is_some(), &[Tune]),
+        ("--tune-prior", a.tune_prior.is_some(), &[Tune]),
+        ("--tune-protect", a.tune_protect.is_some(), &[Tune]),
+        ("--tune-protect-he", a.tune_protect_he.is_some(), &[Tune]),
+        ("--tune-keep-above", a.tune_keep_above.is_some(), &[Tune]),
+        ("--tune-heads", a.tune_heads.is_some(), &[Tune]),
+        ("--post-norm", a.post_norm.is_some(), &[Lsdm]),
+        ("--components", a.components.is_some(), &[Dama]),
+    ];
+    for (flag, given, methods) in flags {
+        if given && !methods.contains(&method) {
+            let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+            anyhow::bail!(
+                "{flag} applies to --method {}, but this edit's method is {} (from --method, \
+                 else --spec, else the default probe)",
+                names.join(" or "),
+                method.name()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Run the edit `spec` ([`edit_spec`] of `a`) on `model` (loaded from `a`'s `--model`), write
@@ -488,5 +531,51 @@ mod tests {
         let s = spec_of(&["--spec", f, "--method", "lsdm", "--out", o]);
         assert_eq!(s.method, Method::Lsdm);
         assert_eq!(spec_of(&["--out", o]).method, Method::Probe);
+    }
+
+    fn error_of(args: &[&str]) -> String {
+        let cmd = Cmd::try_parse_from(std::iter::once("edit").chain(args.iter().copied()))
+            .expect("flags parse");
+        match edit_spec(&cmd.edit) {
+            Ok(_) => panic!("{args:?}: accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    /// A method-specific flag with a method that does not read it is refused before any work,
+    /// naming the flag and its methods; with its own method (given, from --spec, or the default
+    /// probe) it is taken.
+    #[test]
+    fn a_flag_of_another_method_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let o = out.to_str().unwrap();
+        let e = error_of(&["--tune-heads", "3.1", "--out", o]);
+        assert!(
+            e.contains("--tune-heads") && e.contains("tune") && e.contains("probe"),
+            "{e}"
+        );
+        let e = error_of(&["--method", "ft", "--lambda", "5", "--out", o]);
+        assert!(
+            e.contains("--lambda applies to --method lsdm or probe"),
+            "{e}"
+        );
+        let e = error_of(&["--method", "lsdm", "--components", "8", "--out", o]);
+        assert!(e.contains("--components applies to --method dama"), "{e}");
+        assert_eq!(spec_of(&["--scale", "0.5", "--out", o]).probe.scale, 0.5);
+        let s = spec_of(&["--method", "tune", "--tune-rank", "2", "--out", o]);
+        assert_eq!(s.tune.rank, 2);
+        let file = dir.path().join("dama.toml");
+        let written = EditSpec::new(Method::Dama, vec![3]);
+        std::fs::write(&file, toml::to_string(&written).unwrap()).unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(
+            spec_of(&["--spec", f, "--components", "4", "--out", o])
+                .dama
+                .components,
+            4
+        );
+        let e = error_of(&["--spec", f, "--tune-rank", "2", "--out", o]);
+        assert!(e.contains("this edit's method is dama"), "{e}");
     }
 }
