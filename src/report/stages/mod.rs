@@ -22,7 +22,9 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Bump when a stage's output format or computation changes, so old caches are not reused.
+/// Bump when the output format or computation of every stage changes, so old caches are not
+/// reused. A change to one stage's output bumps that stage's own version instead (a `VERSION`
+/// beside this one in its settings, as `tradeoff` has), which keeps the other stages' caches.
 pub const STAGE_VERSION: u32 = 2;
 
 /// Variant name of the unedited model (`measure_base`, `eval_base`).
