@@ -132,6 +132,23 @@ fn protected_means(
         .collect()
 }
 
+/// A gap-tuning spec small enough for a test: layer `l`, `professions` edit professions, `steps`
+/// Adam steps of rank 2, no cache. The prior needs no inverse, so a short corpus sample will
+/// do; the 37 pair words are protected (protected_means reads them), since the default adds 143
+/// more, which would cost thousands of single-prompt forwards.
+fn small_tune_spec(l: usize, professions: usize, steps: usize) -> EditSpec {
+    let mut spec = EditSpec::new(Method::Tune, vec![l]);
+    spec.max_edit_professions = Some(professions);
+    spec.tune.rank = 2;
+    spec.tune.steps = steps;
+    spec.tune.lr = 3e-3;
+    spec.tune.batch = 16;
+    spec.tune.corpus_tokens = 512;
+    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Pairs;
+    spec.cache_dir = None;
+    spec
+}
+
 /// Gap tuning end to end on SmolLM2 (one layer, a few Adam steps): the delta names exactly the
 /// attention output and MLP down-projections, each change has rank <= r, and both leave every
 /// protected word's mean input on the base model (plain forwards) unchanged: ΔW p̄ = 0.
@@ -140,18 +157,7 @@ fn tune_edits_two_projections_low_rank_and_keeps_protected_inputs() {
     let model = common::real_model("smollm2-135m");
     // A low layer: the readers and the reference forwards stop there, so the test stays cheap.
     let l = 10;
-    let mut spec = EditSpec::new(Method::Tune, vec![l]);
-    spec.max_edit_professions = Some(6);
-    spec.tune.rank = 2;
-    spec.tune.steps = 4;
-    spec.tune.lr = 3e-3;
-    spec.tune.batch = 16;
-    // The prior needs no inverse, so a short corpus sample will do.
-    spec.tune.corpus_tokens = 512;
-    // The 37 pair words (protected_means reads them): the default adds 143 more, which would
-    // cost this test thousands of single-prompt forwards.
-    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Pairs;
-    spec.cache_dir = None;
+    let spec = small_tune_spec(l, 6, 4);
     let out = edit_model(&model, &spec, |_| {}).unwrap();
     let o = format!("model.layers.{l}.self_attn.o_proj.weight");
     let down = format!("model.layers.{l}.mlp.down_proj.weight");
@@ -196,15 +202,8 @@ fn tune_edits_two_projections_low_rank_and_keeps_protected_inputs() {
 fn tune_keep_above_zero_changes_nothing_and_above_every_gap_is_the_default() {
     let model = common::real_model("smollm2-135m");
     let l = 10;
-    let mut spec = EditSpec::new(Method::Tune, vec![l]);
-    spec.max_edit_professions = Some(4);
-    spec.tune.rank = 2;
     // One Adam step moves B off zero wherever a gradient is not zero.
-    spec.tune.steps = 1;
-    spec.tune.batch = 16;
-    spec.tune.corpus_tokens = 512;
-    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Pairs;
-    spec.cache_dir = None;
+    let spec = small_tune_spec(l, 4, 1);
     let run = |keep_above: Option<f64>| {
         let mut s = spec.clone();
         s.tune.keep_above = keep_above;
@@ -240,17 +239,10 @@ fn tune_heads_edits_only_the_heads_columns_and_keeps_protected_outputs() {
     let model = common::real_model("smollm2-135m");
     let (l, h) = (10, 3);
     let head_dim = model.config().head_dim;
-    let mut spec = EditSpec::new(Method::Tune, vec![l]);
-    spec.max_edit_professions = Some(4);
+    let mut spec = small_tune_spec(l, 4, 2);
+    // The 37 pair words are fewer than the head's 64 columns (the default's 136 would be
+    // refused).
     spec.tune.heads = vec![(l, h)];
-    spec.tune.rank = 2;
-    spec.tune.steps = 2;
-    spec.tune.lr = 3e-3;
-    spec.tune.batch = 16;
-    spec.tune.corpus_tokens = 512;
-    // 37 words: fewer than the head's 64 columns (the default's 136 would be refused).
-    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Pairs;
-    spec.cache_dir = None;
     let out = edit_model(&model, &spec, |_| {}).unwrap();
     let o = format!("model.layers.{l}.self_attn.o_proj.weight");
     let names: Vec<&String> = out.delta.entries.keys().collect();
