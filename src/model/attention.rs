@@ -42,6 +42,9 @@ impl RopeTables {
         if x.track_op() {
             return apply_rope(x, &self.cos_full, &self.sin_full);
         }
+        if let Some(y) = super::fused::rope(x, &self.cos_half, &self.sin_half)? {
+            return Ok(y);
+        }
         Ok(candle_nn::rotary_emb::rope(
             &x.contiguous()?,
             &self.cos_half,
@@ -182,8 +185,9 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The fused RoPE kernel (inference) and the composed form (where gradients flow) give
-    /// bit-identical rotations at per-row positions: the same floating-point operations.
+    /// The fused RoPE kernel (inference: `fused::rope`), candle's and the composed form (where
+    /// gradients flow) give bit-identical rotations at per-row positions: the same
+    /// floating-point operations.
     #[test]
     fn fused_rope_equals_the_composed_form() {
         let (b, h, t, hd) = (2, 3, 5, 8);
@@ -224,7 +228,9 @@ mod tests {
                 .map(|v| v.to_bits())
                 .collect()
         };
+        let candle = candle_nn::rotary_emb::rope(&x, &tables.cos_half, &tables.sin_half).unwrap();
         assert_eq!(bits(&fused), bits(&composed));
+        assert_eq!(bits(&candle), bits(&composed));
         assert_eq!(bits(&tracked), bits(&composed));
     }
 }

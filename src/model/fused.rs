@@ -9,7 +9,29 @@
 use super::matmul::with_cpu_f32;
 use super::transformer::log_softmax_accurate;
 use crate::{Error, Result};
+use biaslens_matmul::parallel::{ForEach, Rayon, Serial};
 use candle_core::{DType, Tensor, D};
+
+/// The threads of the element-wise passes: with `mkl`, called outside rayon's workers, the
+/// OpenMP team that runs MKL's products ([`super::mkl::OpenMp`]: its threads would otherwise spin
+/// idle); otherwise the calling thread, as candle's ops run.
+pub(super) fn elementwise_threads() -> &'static dyn ForEach {
+    #[cfg(feature = "mkl")]
+    if rayon::current_thread_index().is_none() {
+        return &super::mkl::OpenMp;
+    }
+    &Serial
+}
+
+/// The threads of the fused attention's (row, head) pairs: the OpenMP team as above with `mkl`,
+/// else rayon's pool.
+pub(super) fn attention_threads() -> &'static dyn ForEach {
+    #[cfg(feature = "mkl")]
+    if rayon::current_thread_index().is_none() {
+        return &super::mkl::OpenMp;
+    }
+    &Rayon
+}
 
 /// `silu(g) · u` with candle's silu (`g / (1 + exp(-g))`), the exponential vectorised (within
 /// a few ulp of the composed ops); `None` when the fused form does not apply.
@@ -18,7 +40,7 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let out = with_cpu_f32([g, u], |[gv, uv]| {
-        biaslens_matmul::elementwise::silu_mul(gv, uv)
+        biaslens_matmul::elementwise::silu_mul_with(gv, uv, elementwise_threads())
     })?;
     match out {
         Some(v) => Ok(Some(Tensor::from_vec(v, g.shape(), g.device())?)),
@@ -34,7 +56,24 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Option<Tensor>> 
         return Ok(None);
     }
     let out = with_cpu_f32([x, scale], |[xv, sv]| {
-        biaslens_matmul::elementwise::rms_norm(xv, dim, sv, eps as f32)
+        biaslens_matmul::elementwise::rms_norm_with(xv, dim, sv, eps as f32, elementwise_threads())
+    })?;
+    match out {
+        Some(v) => Ok(Some(Tensor::from_vec(v, x.shape(), x.device())?)),
+        None => Ok(None),
+    }
+}
+
+/// HF's rotate-half RoPE of `x [rows, heads, t, d]` with per-row tables `cos`, `sin [rows, t,
+/// d / 2]`: candle's `rope` kernel's operations (the same bits), its rows on
+/// [`attention_threads`]. `None` when it does not apply.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, heads, t, d) = x.dims4()?;
+    if d % 2 != 0 || cos.dims() != [rows, t, d / 2] || sin.dims() != cos.dims() {
+        return Ok(None);
+    }
+    let out = with_cpu_f32([x, cos, sin], |[xv, cv, sv]| {
+        biaslens_matmul::elementwise::rope_with(xv, rows, heads, t, d, cv, sv, attention_threads())
     })?;
     match out {
         Some(v) => Ok(Some(Tensor::from_vec(v, x.shape(), x.device())?)),

@@ -8,7 +8,7 @@
 //! [`super::stable_matmul`] and candle's ops.
 
 use crate::Result;
-pub use biaslens_matmul::{attention, available, AttentionShape};
+pub use biaslens_matmul::{attention, attention_with, available, AttentionShape};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 /// Below this many rows, packing the weight costs more than the kernel saves.
@@ -86,7 +86,7 @@ pub fn fused_attention(
         head_dim,
     };
     let z = with_cpu_f32([q, k, v, mask], |[qs, ks, vs, ms]| {
-        attention(qs, ks, vs, ms, shape)
+        attention_with(qs, ks, vs, ms, shape, super::fused::attention_threads())
     })?;
     match z.flatten() {
         Some(z) => Ok(Some(Tensor::from_vec(

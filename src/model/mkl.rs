@@ -13,7 +13,11 @@
 //! makes MKL's own results reproducible on every CPU with AVX2, at some speed.
 
 use crate::Result;
+use biaslens_matmul::parallel::ForEach;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
@@ -38,6 +42,71 @@ extern "C" {
         c: *mut f32,
         ldc: i32,
     );
+}
+
+extern "C" {
+    // GNU OpenMP's entry point for `#pragma omp parallel` (libgomp, linked with MKL by build.rs):
+    // runs `f(data)` on every thread of a team; 0 threads = the default team size.
+    fn GOMP_parallel(
+        f: unsafe extern "C" fn(*mut c_void),
+        data: *mut c_void,
+        threads: u32,
+        flags: u32,
+    );
+    fn omp_in_parallel() -> i32;
+}
+
+/// The OpenMP team that runs MKL's products, as a [`ForEach`] for the fused kernels. Between two
+/// products that team's other threads spin waiting (about a quarter of the `mkl` forward's wall
+/// time, docs/performance.md "Where the time goes"); handing them the element-wise passes and
+/// the attention uses that time and keeps a second pool (rayon's) from competing with the
+/// spinning threads for the cores. Inside a parallel region it runs the pieces in order.
+pub struct OpenMp;
+
+/// One `for_each` call as the team sees it: pieces are taken from a shared counter.
+struct Job<'a> {
+    n: usize,
+    f: &'a (dyn Fn(usize) + Sync),
+    next: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+unsafe extern "C" fn run_job(data: *mut c_void) {
+    // SAFETY: `data` is the `Job` that `OpenMp::for_each` keeps alive until the team is done.
+    let job = unsafe { &*(data as *const Job) };
+    loop {
+        let i = job.next.fetch_add(1, Ordering::Relaxed);
+        if i >= job.n || job.panicked.load(Ordering::Relaxed) {
+            return;
+        }
+        // A panic must not unwind into C: it is caught and raised again on the caller's thread.
+        if catch_unwind(AssertUnwindSafe(|| (job.f)(i))).is_err() {
+            job.panicked.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+impl ForEach for OpenMp {
+    fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        // SAFETY: a plain query of the OpenMP runtime.
+        if n <= 1 || unsafe { omp_in_parallel() } != 0 {
+            (0..n).for_each(f);
+            return;
+        }
+        let job = Job {
+            n,
+            f,
+            next: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+        };
+        // SAFETY: `run_job` reads `job` only while GOMP_parallel runs, and GOMP_parallel returns
+        // after every thread of the team has left it.
+        unsafe { GOMP_parallel(run_job, &job as *const Job as *mut c_void, 0, 0) };
+        if job.panicked.load(Ordering::Relaxed) {
+            panic!("a fused kernel panicked on an OpenMP thread");
+        }
+    }
 }
 
 /// Where one operand's matrices lie in its storage: a row-major or transposed (column-major)
@@ -247,6 +316,23 @@ mod tests {
         check(&wide.narrow(2, 5, 33).unwrap(), &y);
         check(&x.narrow(1, 0, 1).unwrap(), &y);
         check(&x, &y.narrow(2, 3, 1).unwrap());
+    }
+
+    /// The OpenMP runner runs every piece exactly once, nested calls too, and a piece's panic
+    /// reaches the caller.
+    #[test]
+    fn openmp_runs_every_piece_once() {
+        let seen: Vec<AtomicUsize> = (0..999).map(|_| AtomicUsize::new(0)).collect();
+        OpenMp.for_each(seen.len(), &|i| {
+            seen[i].fetch_add(1, Ordering::Relaxed);
+            OpenMp.for_each(2, &|_| {
+                seen[i].fetch_add(10, Ordering::Relaxed);
+            });
+        });
+        assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 21));
+        let caught =
+            catch_unwind(|| OpenMp.for_each(8, &|i| assert!(i != 5, "piece 5 panics on purpose")));
+        assert!(caught.is_err(), "a piece's panic was lost");
     }
 
     /// A layout BLAS cannot read (no unit stride) is copied, not refused.

@@ -1,8 +1,9 @@
 //! Masked softmax attention for the CPU eval path, fused per (row, head): scores, mask, softmax
 //! and the weighted sum of values without leaving the head's cache-sized buffers. The two
-//! products run through the register-blocked kernel; (row, head) pairs run on rayon's threads.
+//! products run through the register-blocked kernel; (row, head) pairs run on rayon's threads,
+//! or on the caller's ([`attention_with`]).
 
-use rayon::prelude::*;
+use crate::parallel::{ForEach, Rayon, SharedOut};
 
 /// The shapes of one attention call (queries already scaled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,18 @@ pub fn attention(
     v: &[f32],
     mask: &[f32],
     s: AttentionShape,
+) -> Option<Vec<f32>> {
+    attention_with(q, k, v, mask, s, &Rayon)
+}
+
+/// [`attention`] with its (row, head) pairs on `par`'s threads; the same result.
+pub fn attention_with(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    s: AttentionShape,
+    par: &dyn ForEach,
 ) -> Option<Vec<f32>> {
     let (t, tk, d) = (s.queries, s.keys, s.head_dim);
     assert!(
@@ -66,27 +79,23 @@ pub fn attention(
                 .map_or(1, |j| j + 1)
         })
         .collect();
-    let per_head: Vec<Vec<f32>> = (0..s.rows * s.heads)
-        .into_par_iter()
-        .map(|rh| {
-            let (r, h) = (rh / s.heads, rh % s.heads);
-            let kv = r * s.kv_heads + h / groups;
-            let qh = &q[rh * t * d..(rh + 1) * t * d];
-            let kh = &k[kv * tk * d..(kv + 1) * tk * d];
-            let vh = &v[kv * tk * d..(kv + 1) * tk * d];
-            let mh = &mask[r * t * tk..(r + 1) * t * tk];
-            head(qh, kh, vh, mh, &limits[r * t..(r + 1) * t], t, tk, d)
-        })
-        .collect();
     let width = s.heads * d;
     let mut z = vec![0f32; s.rows * t * width];
-    for (rh, zh) in per_head.iter().enumerate() {
+    let out = SharedOut::new(&mut z);
+    par.for_each(s.rows * s.heads, &|rh| {
         let (r, h) = (rh / s.heads, rh % s.heads);
+        let kv = r * s.kv_heads + h / groups;
+        let qh = &q[rh * t * d..(rh + 1) * t * d];
+        let kh = &k[kv * tk * d..(kv + 1) * tk * d];
+        let vh = &v[kv * tk * d..(kv + 1) * tk * d];
+        let mh = &mask[r * t * tk..(r + 1) * t * tk];
+        let zh = head(qh, kh, vh, mh, &limits[r * t..(r + 1) * t], t, tk, d);
         for i in 0..t {
-            let dst = (r * t + i) * width + h * d;
-            z[dst..dst + d].copy_from_slice(&zh[i * d..(i + 1) * d]);
+            // SAFETY: (row r, query i, head h) owns these d columns of z; no other pair writes them.
+            let dst = unsafe { out.range((r * t + i) * width + h * d, d) };
+            dst.copy_from_slice(&zh[i * d..(i + 1) * d]);
         }
-    }
+    });
     Some(z)
 }
 
@@ -229,5 +238,11 @@ mod tests {
             }
         }
         assert!(worst < 1e-5, "largest difference {worst}");
+        let serial = attention_with(&q, &k, &v, &mask, s, &crate::parallel::Serial);
+        assert_eq!(
+            serial.as_deref(),
+            Some(&z[..]),
+            "the runner changed the result"
+        );
     }
 }

@@ -16,8 +16,9 @@ const ROWS_PER_TASK: usize = MR * 8;
 
 mod attention;
 pub mod elementwise;
+pub mod parallel;
 pub mod softmax;
-pub use attention::{attention, AttentionShape};
+pub use attention::{attention, attention_with, AttentionShape};
 
 /// Deterministic values in [-0.5, 0.5) for the kernels' tests, here and in the main crate
 /// (the same inputs in both, no random-number dependency).
