@@ -32,6 +32,46 @@ struct Job {
     start: usize,
 }
 
+/// A pass's fixed cost, in restorations' worth of rows, as [`passes`] prices it. Chosen on the
+/// Xeon (docs/performance.md, "Causal tracing"): 1, 2 and 4 ran alike, 0 (one pass per start
+/// layer where the limit allows) and 8 or more slower.
+const PASS_OVERHEAD: usize = 2;
+
+/// Restorations sorted by start layer, cut into passes of at most `max` that each resume at their
+/// first start: the cut that minimises Σ (restorations + `overhead`) × layers run. One pass per
+/// start layer would do the least work, but small passes run their matmuls slower, which
+/// `overhead` prices; `usize::MAX` gives passes of `max` in order.
+fn passes(
+    starts: &[usize],
+    max: usize,
+    layers: usize,
+    overhead: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let (m, max) = (starts.len(), max.max(1));
+    if overhead == usize::MAX {
+        return (0..m).step_by(max).map(|i| i..(i + max).min(m)).collect();
+    }
+    let mut best = vec![usize::MAX; m + 1];
+    let mut cut = vec![0; m + 1];
+    best[0] = 0;
+    for j in 1..=m {
+        for i in j.saturating_sub(max)..j {
+            let cost = best[i] + (j - i + overhead) * (layers - starts[i].min(layers));
+            if cost < best[j] {
+                (best[j], cut[j]) = (cost, i);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut j = m;
+    while j > 0 {
+        out.push(cut[j]..j);
+        j = cut[j];
+    }
+    out.reverse();
+    out
+}
+
 /// `n` copies along dim 0, contiguous (the attention concatenates past keys along the token
 /// axis, which needs contiguous inputs to give a matmul-ready layout).
 fn repeat(x: &Tensor, n: usize) -> Result<Tensor> {
@@ -100,10 +140,9 @@ pub fn trace_fast_batched(
             }
         }
         jobs.sort_by_key(|j| (j.start, j.grid, j.l));
-        // Passes of `per_pass` restorations in order of start layer, each resuming at its
-        // smallest start: one pass per start layer would do the minimum work, but its tiny
-        // matmuls run slower on CPU than a few wasted layers in large ones.
-        for chunk in jobs.chunks(per_pass) {
+        let starts: Vec<usize> = jobs.iter().map(|j| j.start).collect();
+        for range in passes(&starts, per_pass, nl, PASS_OVERHEAD) {
+            let chunk = &jobs[range];
             let probs = run_chunk(
                 model, case, settings, &clean_out, &corr, &kv, chunk, s, &logits,
             )?;
@@ -193,4 +232,42 @@ fn run_chunk(
             .ok_or_else(|| Error::Model("no log-probabilities".into()))?,
         s,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passes;
+
+    /// Σ (restorations + overhead) × layers run, the quantity `passes` minimises.
+    fn cost(starts: &[usize], cuts: &[std::ops::Range<usize>], layers: usize, o: usize) -> usize {
+        cuts.iter()
+            .map(|r| (r.len() + o) * (layers - starts[r.start]))
+            .sum()
+    }
+
+    /// The passes cover every restoration once, in order, none longer than the limit, and cost
+    /// no more than plain chunks; without an overhead price they are the plain chunks.
+    #[test]
+    fn passes_cover_every_restoration_and_cost_no_more_than_chunks() {
+        let layers: usize = 30;
+        let mut starts: Vec<usize> = (0..layers)
+            .map(|l| (l + 1).min(layers - 1))
+            .chain((0..2 * layers).map(|l| (l % layers).saturating_sub(5)))
+            .collect();
+        starts.sort_unstable();
+        let chunks = passes(&starts, 48, layers, usize::MAX);
+        let plain: Vec<_> = vec![0..48, 48..90];
+        assert_eq!(chunks, plain);
+        for o in [0, 1, 4, 16, 1000] {
+            for max in [1, 7, 48, 200] {
+                let cuts = passes(&starts, max, layers, o);
+                assert_eq!(cuts.first().map(|r| r.start), Some(0));
+                assert_eq!(cuts.last().map(|r| r.end), Some(starts.len()));
+                assert!(cuts.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(cuts.iter().all(|r| !r.is_empty() && r.len() <= max));
+                let plain = passes(&starts, max, layers, usize::MAX);
+                assert!(cost(&starts, &cuts, layers, o) <= cost(&starts, &plain, layers, o));
+            }
+        }
+    }
 }
