@@ -38,9 +38,9 @@ struct Job {
 const PASS_OVERHEAD: usize = 2;
 
 /// Restorations sorted by start layer, cut into passes of at most `max` that each resume at their
-/// first start: the cut that minimises Σ (restorations + `overhead`) × layers run. One pass per
-/// start layer would do the least work, but small passes run their matmuls slower, which
-/// `overhead` prices; `usize::MAX` gives passes of `max` in order.
+/// first start: the cut that minimises Σ (restorations + `overhead`) × layers run (dynamic
+/// programming over the cut points). One pass per start layer would do the least work, but small
+/// passes run their matmuls slower, which `overhead` prices.
 fn passes(
     starts: &[usize],
     max: usize,
@@ -48,9 +48,6 @@ fn passes(
     overhead: usize,
 ) -> Vec<std::ops::Range<usize>> {
     let (m, max) = (starts.len(), max.max(1));
-    if overhead == usize::MAX {
-        return (0..m).step_by(max).map(|i| i..(i + max).min(m)).collect();
-    }
     let mut best = vec![usize::MAX; m + 1];
     let mut cut = vec![0; m + 1];
     best[0] = 0;
@@ -245,27 +242,49 @@ mod tests {
             .sum()
     }
 
+    /// Every cut into passes of at most `max`, by enumeration: the slow reference.
+    fn every_cut(m: usize, max: usize) -> Vec<Vec<std::ops::Range<usize>>> {
+        if m == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for first in 1..=max.min(m) {
+            for rest in every_cut(m - first, max) {
+                let mut cut = Vec::with_capacity(m);
+                cut.push(0..first);
+                cut.extend(rest.into_iter().map(|r| r.start + first..r.end + first));
+                out.push(cut);
+            }
+        }
+        out
+    }
+
     /// The passes cover every restoration once, in order, none longer than the limit, and cost
-    /// no more than plain chunks; without an overhead price they are the plain chunks.
+    /// exactly the least any cut costs (every cut enumerated), never more than plain chunks.
     #[test]
-    fn passes_cover_every_restoration_and_cost_no_more_than_chunks() {
-        let layers: usize = 30;
-        let mut starts: Vec<usize> = (0..layers)
-            .map(|l| (l + 1).min(layers - 1))
-            .chain((0..2 * layers).map(|l| (l % layers).saturating_sub(5)))
-            .collect();
-        starts.sort_unstable();
-        let chunks = passes(&starts, 48, layers, usize::MAX);
-        let plain: Vec<_> = vec![0..48, 48..90];
-        assert_eq!(chunks, plain);
-        for o in [0, 1, 4, 16, 1000] {
-            for max in [1, 7, 48, 200] {
+    fn passes_are_the_least_cost_cut() {
+        let layers: usize = 12;
+        let starts: Vec<usize> = vec![0, 0, 0, 1, 2, 2, 3, 5, 6, 6, 8, 9, 11];
+        for o in [0, 1, 2, 4, 1000] {
+            for max in [1, 3, 5, 13] {
                 let cuts = passes(&starts, max, layers, o);
                 assert_eq!(cuts.first().map(|r| r.start), Some(0));
                 assert_eq!(cuts.last().map(|r| r.end), Some(starts.len()));
                 assert!(cuts.windows(2).all(|w| w[0].end == w[1].start));
                 assert!(cuts.iter().all(|r| !r.is_empty() && r.len() <= max));
-                let plain = passes(&starts, max, layers, usize::MAX);
+                let least = every_cut(starts.len(), max)
+                    .iter()
+                    .map(|c| cost(&starts, c, layers, o))
+                    .min();
+                assert_eq!(
+                    Some(cost(&starts, &cuts, layers, o)),
+                    least,
+                    "o {o} max {max}"
+                );
+                let plain: Vec<_> = (0..starts.len())
+                    .step_by(max)
+                    .map(|i| i..(i + max).min(starts.len()))
+                    .collect();
                 assert!(cost(&starts, &cuts, layers, o) <= cost(&starts, &plain, layers, o));
             }
         }
