@@ -12,25 +12,26 @@ use crate::{Error, Result};
 use biaslens_matmul::parallel::{ForEach, Rayon, Serial};
 use candle_core::{DType, Tensor, D};
 
-/// The threads of the element-wise passes: with `mkl`, called outside rayon's workers, the
-/// OpenMP team that runs MKL's products ([`super::mkl::OpenMp`]: its threads would otherwise spin
-/// idle); otherwise the calling thread, as candle's ops run.
-pub(super) fn elementwise_threads() -> &'static dyn ForEach {
+/// With `mkl`, called outside rayon's workers: the OpenMP team that runs MKL's products
+/// ([`super::mkl::OpenMp`]), whose threads would otherwise spin idle between products.
+fn openmp_team() -> Option<&'static dyn ForEach> {
     #[cfg(feature = "mkl")]
     if rayon::current_thread_index().is_none() {
-        return &super::mkl::OpenMp;
+        return Some(&super::mkl::OpenMp);
     }
-    &Serial
+    None
 }
 
-/// The threads of the fused attention's (row, head) pairs: the OpenMP team as above with `mkl`,
-/// else rayon's pool.
+/// The threads of the element-wise passes: the OpenMP team where there is one, else the
+/// calling thread, as candle's ops run.
+pub(super) fn elementwise_threads() -> &'static dyn ForEach {
+    openmp_team().unwrap_or(&Serial)
+}
+
+/// The threads of the fused attention's (row, head) pairs and of RoPE's rows: the OpenMP team
+/// where there is one, else rayon's pool.
 pub(super) fn attention_threads() -> &'static dyn ForEach {
-    #[cfg(feature = "mkl")]
-    if rayon::current_thread_index().is_none() {
-        return &super::mkl::OpenMp;
-    }
-    &Rayon
+    openmp_team().unwrap_or(&Rayon)
 }
 
 /// `silu(g) · u` with candle's silu (`g / (1 + exp(-g))`), the exponential vectorised (within
