@@ -7,6 +7,7 @@
 //! with respect to the residual stream after the layer at the subject token (one backward pass
 //! per batch instead of two optimisations per prompt). docs/method.md records this choice.
 
+use super::checkpoint::{prompt_identity, Checkpoint};
 use super::context::EditPrompt;
 use super::dama_projection::{apply_projection, dama_projection, DamaParams};
 use super::delta::{DeltaMeta, WeightDelta};
@@ -91,11 +92,22 @@ fn gender_gradients(
     Ok(Tensor::stack(&out, 0)?)
 }
 
+/// DAMA's state after a finished layer (with each finished layer's new weight as a tensor).
+#[derive(Serialize, Deserialize)]
+struct DamaState {
+    done: Vec<usize>,
+}
+
+/// DAMA on `layers`, bottom up, each layer's projection fitted on the model with the layers
+/// below already projected. With a `cache_dir`, the state after every layer is checkpointed
+/// there ([`Checkpoint`]): a stopped run resumes from its last finished layer and gives the same
+/// edit, bit for bit.
 pub fn dama(
     model: &Model,
     prompts: &EditPrompts,
     layers: &[usize],
     settings: &DamaSettings,
+    cache_dir: Option<&std::path::Path>,
     mut log: impl FnMut(&str),
 ) -> Result<(WeightDelta, DamaReport)> {
     let mut layers = layers.to_vec();
@@ -109,30 +121,76 @@ pub fn dama(
         model_hash: model.info.identity().to_string(),
         params: serde_json::to_value(settings)?,
     });
+    let checkpoint = Checkpoint::new(
+        cache_dir,
+        "dama",
+        &tr.device,
+        &serde_json::json!({
+            "model": model.info.identity(),
+            "layers": layers,
+            "settings": settings,
+            "keys": prompt_identity(&prompts.keys),
+        }),
+    )?;
+    let mut done: Vec<usize> = Vec::new();
+    let mut finished: Vec<(usize, Tensor)> = Vec::new();
+    if let Some(saved) = checkpoint.load::<DamaState>(&tr.device)? {
+        for &l in &saved.state.done {
+            let w = saved
+                .tensors
+                .get(&format!("w.{l}"))
+                .ok_or_else(|| Error::Model(format!("DAMA checkpoint has no tensor `w.{l}`")))?;
+            finished.push((l, w.clone()));
+        }
+        done = saved.state.done;
+        log(&format!(
+            "DAMA: resuming after layers {done:?} from {}",
+            checkpoint
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
     for &l in &layers {
-        let keys = capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l)], settings.batch)?
-            .remove(&Site::MlpKey(l))
-            .ok_or_else(|| Error::Model("no keys".into()))?;
-        let diffs = gender_gradients(&tr, &prompts.keys, l, &pronouns, settings.batch)?;
         let w = tr.layers[l].down.weight.clone();
-        let proj = dama_projection(
-            &keys,
-            &w,
-            &diffs,
-            &DamaParams {
-                components: settings.components,
-                ..Default::default()
-            },
-        )?;
-        let new_w = apply_projection(&proj.projection, &w)?;
+        let new_w = match finished.iter().find(|(d, _)| *d == l) {
+            Some((_, saved)) => saved.clone(),
+            None => {
+                let keys =
+                    capture_at_subject(&tr, &prompts.keys, &[Site::MlpKey(l)], settings.batch)?
+                        .remove(&Site::MlpKey(l))
+                        .ok_or_else(|| Error::Model("no keys".into()))?;
+                let diffs = gender_gradients(&tr, &prompts.keys, l, &pronouns, settings.batch)?;
+                let proj = dama_projection(
+                    &keys,
+                    &w,
+                    &diffs,
+                    &DamaParams {
+                        components: settings.components,
+                        ..Default::default()
+                    },
+                )?;
+                apply_projection(&proj.projection, &w)?
+            }
+        };
         let dw = (&new_w - &w)?;
         log(&format!(
             "DAMA layer {l}: |ΔW| {:.4}",
             dw.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?
         ));
-        tr.layers[l].down.weight = new_w;
+        tr.layers[l].down.weight = new_w.clone();
         record_down_delta(model, &mut delta, l, dw)?;
+        if !done.contains(&l) {
+            done.push(l);
+            finished.push((l, new_w));
+            let tensors: Vec<(String, &Tensor)> = finished
+                .iter()
+                .map(|(d, t)| (format!("w.{d}"), t))
+                .collect();
+            checkpoint.save(&DamaState { done: done.clone() }, &tensors)?;
+        }
     }
+    checkpoint.finish()?;
     Ok((
         delta,
         DamaReport {

@@ -2,6 +2,7 @@
 //! same layers and the same objective as LSDM's target, projected after every step so that
 //! ‖W − W₀‖∞ ≤ ε.
 
+use super::checkpoint::{prompt_identity, Checkpoint};
 use super::context::EditPrompt;
 use super::delta::{DeltaMeta, WeightDelta};
 use super::lsdm::{record_down_delta, EditPrompts};
@@ -73,11 +74,24 @@ fn cache_input(model: &Transformer, prompts: &[EditPrompt], layer: usize) -> Res
     })
 }
 
+/// FT-L's state after a finished step (with the weights and Adam moments as tensors).
+#[derive(Serialize, Deserialize)]
+struct FtState {
+    /// The next step to run.
+    next: usize,
+    /// Bias loss before each step run so far.
+    bias_loss: Vec<f64>,
+}
+
+/// FT-L on `layers`. With a `cache_dir`, the state after every step is checkpointed there
+/// ([`Checkpoint`]): a stopped run resumes from its last finished step and gives the same edit,
+/// bit for bit.
 pub fn ft_l(
     model: &Model,
     prompts: &EditPrompts,
     layers: &[usize],
     params: &FtParams,
+    cache_dir: Option<&std::path::Path>,
     mut log: impl FnMut(&str),
 ) -> Result<(WeightDelta, FtReport)> {
     let mut layers = layers.to_vec();
@@ -124,12 +138,49 @@ pub fn ft_l(
         .collect::<Result<_>>()?;
     let n = prompts.target.len() as f64;
     let n_kl = prompts.kl.len().max(1) as f64;
+    let checkpoint = Checkpoint::new(
+        cache_dir,
+        "ft-l",
+        &base.device,
+        &serde_json::json!({
+            "model": model.info.identity(),
+            "layers": layers,
+            "params": params,
+            "target": prompt_identity(&prompts.target),
+            "kl": prompt_identity(&prompts.kl),
+        }),
+    )?;
     let mut moments: Vec<(Tensor, Tensor)> = vars
         .iter()
         .map(|(_, v, _)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
         .collect::<Result<_>>()?;
     let mut hist = Vec::new();
-    for step in 0..=params.steps {
+    let mut start = 0;
+    if let Some(saved) = checkpoint.load::<FtState>(&base.device)? {
+        let get = |name: String| {
+            saved
+                .tensors
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Error::Model(format!("FT-L checkpoint has no tensor `{name}`")))
+        };
+        for ((l, v, _), (m, s)) in vars.iter().zip(moments.iter_mut()) {
+            v.set(&get(format!("w.{l}"))?)?;
+            *m = get(format!("m.{l}"))?;
+            *s = get(format!("s.{l}"))?;
+        }
+        start = saved.state.next;
+        hist = saved.state.bias_loss;
+        log(&format!(
+            "  FT-L: resuming at step {start} of {} from {}",
+            params.steps,
+            checkpoint
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
+    for step in start..=params.steps {
         let mut grads: Vec<Tensor> = vars
             .iter()
             .map(|(_, v, _)| v.as_tensor().zeros_like())
@@ -179,9 +230,10 @@ pub fn ft_l(
             }
         }
         hist.push(total);
-        if step % 5 == 0 {
-            log(&format!("  FT-L step {step}: bias loss {total:.4}"));
-        }
+        log(&format!(
+            "  FT-L step {step}/{}: bias loss {total:.4}",
+            params.steps
+        ));
         if step == params.steps {
             break;
         }
@@ -197,6 +249,17 @@ pub fn ft_l(
             let change = (&next - w0)?.clamp(-params.eps, params.eps)?;
             v.set(&(w0 + change)?)?;
         }
+        let mut tensors = Vec::new();
+        for ((l, v, _), (m, s)) in vars.iter().zip(&moments) {
+            tensors.push((format!("w.{l}"), v.as_tensor()));
+            tensors.push((format!("m.{l}"), m));
+            tensors.push((format!("s.{l}"), s));
+        }
+        let state = FtState {
+            next: step + 1,
+            bias_loss: hist.clone(),
+        };
+        checkpoint.save(&state, &tensors)?;
     }
     let mut delta = WeightDelta::new(DeltaMeta {
         method: "ft-l".into(),
@@ -209,6 +272,7 @@ pub fn ft_l(
         max_change = max_change.max(dw.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64);
         record_down_delta(model, &mut delta, *l, dw)?;
     }
+    checkpoint.finish()?;
     Ok((
         delta,
         FtReport {

@@ -196,7 +196,7 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         Method::Ft => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
-            let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, log)?;
+            let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, cache, log)?;
             (d, serde_json::to_value(r)?, none)
         }
         Method::Probe => {
@@ -230,7 +230,7 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         Method::Dama => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
-            let (d, r) = dama(model, &prompts, &spec.layers, &spec.dama, log)?;
+            let (d, r) = dama(model, &prompts, &spec.layers, &spec.dama, cache, log)?;
             (d, serde_json::to_value(r)?, none)
         }
     };

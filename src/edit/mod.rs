@@ -16,6 +16,7 @@ pub mod second_moment;
 pub mod solve;
 
 // The edit pipeline (lead): prompts, keys, targets, corpus statistics, methods.
+pub mod checkpoint;
 pub mod context;
 pub mod corpus;
 pub mod dama;
