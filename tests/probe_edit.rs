@@ -270,3 +270,27 @@ fn tune_heads_edits_only_the_heads_columns_and_keeps_protected_outputs() {
         );
     }
 }
+
+/// A head cannot keep more protected words than it has columns: with the default `roles` set
+/// (136 words) and one 64-column head the edit is refused, naming `tune.heads`, before the corpus
+/// statistics are computed.
+#[test]
+fn tune_heads_that_cannot_keep_the_protected_words_are_refused_before_the_statistics() {
+    let model = common::real_model("smollm2-135m");
+    let mut spec = small_tune_spec(10, 4, 2);
+    spec.tune.protect_set = biaslens::edit::probe::ProtectSet::Roles;
+    spec.tune.heads = vec![(10, 3)];
+    let mut lines = Vec::new();
+    let err = edit_model(&model, &spec, |l| lines.push(l.to_string()))
+        .err()
+        .expect("136 protected words in 64 columns were accepted")
+        .to_string();
+    assert!(
+        err.contains("tune.heads") && err.contains("span all 64 columns"),
+        "{err}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("second moments")),
+        "the statistics ran first: {lines:?}"
+    );
+}

@@ -383,6 +383,59 @@ pub fn tune(
     let cfg = model.config();
     let stages_list = tune_stages(&layers, params, cfg.num_heads)?;
     let base: &Transformer = &model.transformer;
+
+    // The lowest edited stage: the layers below it are cached once.
+    let start = stages_list.first().map_or(layers[0], |s| s.0);
+    let fit_reader = ProbeReader::new(base, &fit, start, pronouns, params.batch)?;
+    let protect_reader = ProbeReader::new(base, &protect, start, pronouns, params.batch)?;
+    let ordered_reader = ProbeReader::new(base, &protect_ordered, start, pronouns, params.batch)?;
+    // Each stage's protected basis first: a choice of heads that cannot keep the protected words
+    // is refused before the corpus statistics are computed.
+    let bases = stages_list
+        .iter()
+        .map(|&(l, comp)| {
+            let keys = ordered_reader.keys(base, l, comp)?;
+            let protected = group_means(&keys, &protect_ordered, words.len());
+            // With heads: the change reads only their columns, so only those columns of the
+            // protected keys need to map to zero (ΔW p = ΔW (mask ⊙ p)).
+            let mask: Option<Vec<f64>> = (!params.heads.is_empty()).then(|| {
+                let hs: Vec<usize> = params
+                    .heads
+                    .iter()
+                    .filter(|&&(hl, _)| hl == l)
+                    .map(|&(_, h)| h)
+                    .collect();
+                head_mask(&hs, cfg.num_heads, cfg.head_dim)
+            });
+            let qm = match &mask {
+                Some(m) => {
+                    let mut restricted = protected.clone();
+                    for mut row in restricted.row_iter_mut() {
+                        row.component_mul_assign(&nalgebra::RowDVector::from_row_slice(m));
+                    }
+                    row_space_basis(&restricted)
+                }
+                None => row_space_basis(&protected),
+            };
+            // Heads of 64 columns cannot hold 136 protected keys at zero and still change: the
+            // keys would span every column the change may read, and the edit would be null.
+            if let Some(m) = &mask {
+                let free = m.iter().filter(|&&x| x > 0.0).count();
+                if qm.ncols() >= free {
+                    return Err(Error::param(
+                        "tune.heads",
+                        format!(
+                            "the {} protected words' keys span all {free} columns of the chosen \
+                             heads in layer {l}, so no change can keep them at zero: protect fewer \
+                             words (--protect-set pairs) or choose more heads",
+                            words.len()
+                        ),
+                    ));
+                }
+            }
+            Ok((protected, qm, mask))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let work_before = base.work.read();
     let mut sites: Vec<_> = stages_list.iter().map(|&(l, c)| c.key_site(l)).collect();
     sites.sort();
@@ -399,12 +452,6 @@ pub fn tune(
         &mut log,
     )?;
     let statistics_work = base.work.read() - work_before;
-
-    // The lowest edited stage: the layers below it are cached once.
-    let start = stages_list.first().map_or(layers[0], |s| s.0);
-    let fit_reader = ProbeReader::new(base, &fit, start, pronouns, params.batch)?;
-    let protect_reader = ProbeReader::new(base, &protect, start, pronouns, params.batch)?;
-    let ordered_reader = ProbeReader::new(base, &protect_ordered, start, pronouns, params.batch)?;
     let base_protect: Vec<Tensor> = (0..protect_reader.n_batches())
         .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
         .collect::<Result<_>>()?;
@@ -449,49 +496,10 @@ pub fn tune(
 
     let device = Device::Cpu;
     let mut stages = Vec::new();
-    for &(l, comp) in &stages_list {
+    for (&(l, comp), (protected, qm, mask)) in stages_list.iter().zip(bases) {
         let w0 = weight(base, l, comp);
         let (d_out, d_in) = w0.dims2()?;
         let dtype = w0.dtype();
-        let keys = ordered_reader.keys(base, l, comp)?;
-        let protected = group_means(&keys, &protect_ordered, words.len());
-        // With heads: the change reads only their columns, so only those columns of the
-        // protected keys need to map to zero (ΔW p = ΔW (mask ⊙ p)).
-        let mask: Option<Vec<f64>> = (!params.heads.is_empty()).then(|| {
-            let hs: Vec<usize> = params
-                .heads
-                .iter()
-                .filter(|&&(hl, _)| hl == l)
-                .map(|&(_, h)| h)
-                .collect();
-            head_mask(&hs, cfg.num_heads, cfg.head_dim)
-        });
-        let qm = match &mask {
-            Some(m) => {
-                let mut restricted = protected.clone();
-                for mut row in restricted.row_iter_mut() {
-                    row.component_mul_assign(&nalgebra::RowDVector::from_row_slice(m));
-                }
-                row_space_basis(&restricted)
-            }
-            None => row_space_basis(&protected),
-        };
-        // Heads of 64 columns cannot hold 136 protected keys at zero and still change: the
-        // keys would span every column the change may read, and the edit would be null.
-        if let Some(m) = &mask {
-            let free = m.iter().filter(|&&x| x > 0.0).count();
-            if qm.ncols() >= free {
-                return Err(Error::param(
-                    "tune.heads",
-                    format!(
-                        "the {} protected words' keys span all {free} columns of the chosen \
-                         heads in layer {l}, so no change can keep them at zero: protect fewer \
-                         words (--protect-set pairs) or choose more heads",
-                        words.len()
-                    ),
-                ));
-            }
-        }
         let q = if qm.ncols() == 0 {
             None
         } else {
