@@ -250,6 +250,21 @@ pub struct BenchmarkSpec {
     /// Per-task overrides of `limit`.
     #[serde(default)]
     pub limits: BTreeMap<String, usize>,
+    /// The CPU kernels the eval stages score with.
+    #[serde(default)]
+    pub kernels: EvalKernels,
+}
+
+/// Which CPU kernels the report's eval stages score with (`[benchmarks] kernels`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalKernels {
+    /// candle's composed ops: the same numbers on every CPU, as the snapshot tests need.
+    #[default]
+    Composed,
+    /// The fused kernels of `biaslens eval` (AVX-512 where the CPU has it): 1.5-1.8× faster
+    /// (docs/performance.md, "Report"); the last bits of a score depend on the CPU and the batch.
+    Fused,
 }
 
 impl BenchmarkSpec {

@@ -8,7 +8,7 @@ use crate::eval::model_lm::{LmOptions, ModelLm};
 use crate::eval::suite::{run_suite, MetricRow, SuiteOptions};
 use crate::report::inputs::{BiasRow, CapabilityRow, ReportInputs};
 use crate::report::pipeline::{Ctx, Stage};
-use crate::report::spec::Spec;
+use crate::report::spec::{EvalKernels, Spec};
 use crate::stats::{wilson, Estimate, MIN_N_FOR_CI, Z95};
 use crate::Result;
 use serde::{Deserialize, Serialize};
@@ -80,11 +80,11 @@ impl EvalStage {
             model: spec.model.name.clone(),
             data_dir: crate::data::data_dir(),
             cache_dir: PathBuf::from(".biaslens-cache"),
-            // candle's composed ops: the fused AVX-512 kernels exist only on some CPUs, and
-            // snapshot numbers must not depend on which CPU made them (packing is exact and
-            // CPU-independent).
+            // By default candle's composed ops: the fused AVX-512 kernels exist only on some
+            // CPUs, and snapshot numbers must not depend on which CPU made them (packing is
+            // exact and CPU-independent).
             lm: LmOptions {
-                fast_kernels: false,
+                fast_kernels: b.kernels == EvalKernels::Fused,
                 ..LmOptions::default()
             },
         }

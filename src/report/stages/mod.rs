@@ -219,4 +219,34 @@ mod tests {
         assert_eq!(t["points"][4][0], "lsdm_lambda_0");
         assert_eq!(t["points"][4][1], "lsdm");
     }
+
+    /// The eval stages score with candle's composed ops unless the spec asks for the fused
+    /// kernels; the choice is part of their cache key only (the default key is unchanged).
+    #[test]
+    fn eval_kernels_come_from_the_spec_and_key_only_the_eval_stages() {
+        use super::super::pipeline::Stage;
+        use crate::report::spec::EvalKernels;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/quick.toml");
+        let mut spec = Spec::load(&root).unwrap();
+        assert_eq!(spec.benchmarks.kernels, EvalKernels::Composed);
+        let vars = variants(&spec);
+        let eval_key = |spec: &Spec| eval::EvalStage::new(spec, "lsdm").settings().unwrap();
+        let edit_key = |spec: &Spec| {
+            edit::EditStage::new(spec, vars[0].clone())
+                .unwrap()
+                .settings()
+                .unwrap()
+        };
+        let (composed, edit_before) = (eval_key(&spec), edit_key(&spec));
+        assert_eq!(composed["lm"]["fast_kernels"], false);
+        let text = std::fs::read_to_string(&root)
+            .unwrap()
+            .replace("[benchmarks]", "[benchmarks]\nkernels = \"fused\"");
+        spec = toml::from_str(&text).unwrap();
+        assert_eq!(spec.benchmarks.kernels, EvalKernels::Fused);
+        let fused = eval_key(&spec);
+        assert_eq!(fused["lm"]["fast_kernels"], true);
+        assert_ne!(fused, composed);
+        assert_eq!(edit_key(&spec), edit_before);
+    }
 }
