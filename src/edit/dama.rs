@@ -13,7 +13,7 @@ use super::dama_projection::{apply_projection, dama_projection, DamaParams};
 use super::delta::{DeltaMeta, WeightDelta};
 use super::keys::capture_at_subject;
 use super::lsdm::{record_down_delta, EditPrompts};
-use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer};
+use crate::model::{InterventionPlan, KvCache, LogitsRequest, Model, Resume, Site, Transformer};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -53,8 +53,10 @@ pub struct DamaReport {
     pub n_prompts: usize,
 }
 
-/// Gradient of Σ_rows (log p(he) − log p(she)) w.r.t. the residual after `layer` at the subject token: [rows, d].
-fn gender_gradients(
+/// Gradient of Σ_rows (log p(he) − log p(she)) w.r.t. the residual after `layer` at the subject
+/// token: [rows, d]. The slow reference of [`gender_gradients`]: whole rows, every token tracked
+/// above `layer`.
+pub fn gender_gradients_reference(
     model: &Transformer,
     prompts: &[EditPrompt],
     layer: usize,
@@ -89,6 +91,92 @@ fn gender_gradients(
             out.push(g.get(r)?.get(fwd.pads[r] + p.last_subject_token)?);
         }
     }
+    Ok(Tensor::stack(&out, 0)?)
+}
+
+/// Gradient of Σ_rows (log p(he) − log p(she)) w.r.t. the residual after `layer` at the subject
+/// token: [rows, d], in `prompts`' order. Same as [`gender_gradients_reference`], with the
+/// tracked pass (candle's composed ops and their backward) cut to the tokens the subject's state
+/// can reach. By causal attention, tokens before the subject token s do not depend on it at any
+/// layer, so they run once without gradients: prompts of equal s and length form batches; the
+/// tokens `..s` run through every layer (keys and values cached), the tokens `s..` resume from
+/// that cache up to `layer`, and only they run, tracked, from `layer + 1` to the pronouns.
+pub fn gender_gradients(
+    model: &Transformer,
+    prompts: &[EditPrompt],
+    layer: usize,
+    pronouns: &[u32],
+    batch: usize,
+) -> Result<Tensor> {
+    let mut groups: std::collections::BTreeMap<(usize, usize), Vec<usize>> = Default::default();
+    for (i, p) in prompts.iter().enumerate() {
+        if p.last_subject_token == 0 || p.last_subject_token >= p.ids.len() {
+            return Err(Error::param(
+                "prompts",
+                format!(
+                    "{:?}: subject token {} out of range",
+                    p.text, p.last_subject_token
+                ),
+            ));
+        }
+        groups
+            .entry((p.last_subject_token, p.ids.len()))
+            .or_default()
+            .push(i);
+    }
+    let mut out: Vec<Option<Tensor>> = vec![None; prompts.len()];
+    for ((s, _), members) in groups {
+        for chunk in members.chunks(batch.max(1)) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].ids.clone()).collect();
+            let whole = model.forward(
+                &ids,
+                &InterventionPlan {
+                    capture: vec![Site::ResidPost(layer)],
+                    capture_kv: true,
+                    ..Default::default()
+                },
+            )?;
+            let past: KvCache = whole
+                .kv
+                .ok_or_else(|| Error::Model("no keys and values".into()))?
+                .iter()
+                .map(|(k, v)| Ok((k.narrow(2, 0, s)?, v.narrow(2, 0, s)?)))
+                .collect::<Result<_>>()?;
+            let resid = whole.captures[&Site::ResidPost(layer)].detach();
+            let tail = resid.dim(1)? - s;
+            let resid = resid.narrow(1, s, tail)?;
+            let subject = Var::from_tensor(&resid.narrow(1, 0, 1)?)?;
+            let tracked = if tail > 1 {
+                Tensor::cat(&[subject.as_tensor(), &resid.narrow(1, 1, tail - 1)?], 1)?
+            } else {
+                subject.as_tensor().clone()
+            };
+            let lp = model
+                .forward_resume(
+                    &Resume {
+                        start_layer: layer + 1,
+                        offset: s,
+                        resid: tracked,
+                        past: Some(past),
+                    },
+                    &InterventionPlan::logits(LogitsRequest::LastTokenIds(pronouns.to_vec())),
+                )?
+                .logprobs
+                .ok_or_else(|| Error::Model("no logits".into()))?;
+            let gap = (lp.narrow(1, 0, 1)? - lp.narrow(1, 1, 1)?)?.sum_all()?;
+            let grads = gap.backward()?;
+            let g = grads.get(subject.as_tensor()).ok_or_else(|| {
+                Error::Numerical("no gradient reached the residual stream".into())
+            })?;
+            for (r, &i) in chunk.iter().enumerate() {
+                out[i] = Some(g.get(r)?.get(0)?);
+            }
+        }
+    }
+    let out: Vec<Tensor> = out
+        .into_iter()
+        .map(|t| t.expect("every prompt is in a group"))
+        .collect();
     Ok(Tensor::stack(&out, 0)?)
 }
 
