@@ -98,9 +98,10 @@ pub fn gender_gradients_reference(
 /// token: [rows, d], in `prompts`' order. Same as [`gender_gradients_reference`], with the
 /// tracked pass (candle's composed ops and their backward) cut to the tokens the subject's state
 /// can reach. By causal attention, tokens before the subject token s do not depend on it at any
-/// layer, so they run once without gradients: prompts of equal s and length form batches; the
-/// tokens `..s` run through every layer (keys and values cached), the tokens `s..` resume from
-/// that cache up to `layer`, and only they run, tracked, from `layer + 1` to the pronouns.
+/// layer. Prompts of equal s and length form batches; each batch runs whole once without
+/// gradients (keeping every layer's keys and values and the residual after `layer`), then only
+/// its tokens `s..` run, tracked, from `layer + 1` to the pronouns, reading the keys and values
+/// of the tokens before s from that pass.
 pub fn gender_gradients(
     model: &Transformer,
     prompts: &[EditPrompt],

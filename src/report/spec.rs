@@ -863,6 +863,10 @@ bootstrap = 100
                 "mitigation-smollm2.toml",
                 vec!["base", "lsdm", "ft", "dama", "probe", "tune"],
             ),
+            (
+                "mitigation-gemma3.toml",
+                vec!["base", "lsdm", "ft", "dama", "probe", "tune"],
+            ),
             ("snapshot.toml", vec!["base", "lsdm", "ft", "dama"]),
         ] {
             let s = Spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
