@@ -285,3 +285,37 @@ fn protected_sets_exclude_every_profession() {
         }
     }
 }
+
+/// `protected/sets.json` lists each protect set's words as the library builds them, for the
+/// harness scripts (harness/protected_words.py reads it instead of repeating the rules). Run
+/// with `BIASLENS_UPDATE_FIXTURES=1` to rewrite it after changing a list or a rule.
+#[test]
+fn protected_sets_file_lists_the_library_sets() {
+    use biaslens::edit::probe::{protect_set_words, ProtectSet};
+    let raw: Vec<String> = professions().iter().map(|p| p.raw.clone()).collect();
+    let data = fixture("data");
+    let mut want = serde_json::Map::new();
+    for set in [
+        ProtectSet::Pairs,
+        ProtectSet::Persons,
+        ProtectSet::Roles,
+        ProtectSet::Extended,
+    ] {
+        let name = serde_json::to_value(set).unwrap();
+        let words = protect_set_words(set, &data, &raw).unwrap();
+        want.insert(name.as_str().unwrap().to_string(), words.into());
+    }
+    let want = serde_json::Value::Object(want);
+    let path = data.join("protected/sets.json");
+    if std::env::var("BIASLENS_UPDATE_FIXTURES").as_deref() == Ok("1") {
+        let text = serde_json::to_string_pretty(&want).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+    }
+    let have: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        have == want,
+        "{} is out of date: rerun this test with BIASLENS_UPDATE_FIXTURES=1",
+        path.display()
+    );
+}

@@ -31,7 +31,7 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Vig et al. causal mediation analysis (resumable).
     Mediate(trace::MediateArgs),
-    /// Edit a model with LSDM, FT-L or DAMA and write it out.
+    /// Edit a model (the gap probe by default; tune, LSDM, FT-L, DAMA) and write it out.
     Edit(edit::EditArgs),
     /// Apply a stored delta to a model and write the edited model.
     Apply(edit::ApplyArgs),
