@@ -315,6 +315,7 @@ pub fn edit_loaded(
         &a.output.out,
         &a.output.export_options(),
     )?;
+    outcome.release_checkpoint()?;
     println!(
         "edit prompts mean |p(he)-p(she)|: {:.4} -> {:.4} (n = {}); wrote {}",
         before.mean_abs_gap.value,

@@ -5,8 +5,10 @@
 //! After each step the method writes its state (tensors and a JSON record) atomically to
 //! `<cache>/checkpoints/<method>-<fingerprint>.safetensors`. The fingerprint hashes everything
 //! that determines that state (model, prompts, layers, hyperparameters, device and numeric
-//! backend), so a changed input never resumes a stale run. The file is removed when the edit
-//! finishes. A resumed run gives the same edit, bit for bit, as one that was not stopped.
+//! backend), so a changed input never resumes a stale run. The file is removed once the caller
+//! has stored the finished edit (`EditOutcome::release_checkpoint`): a crash in between resumes
+//! from the finished state. A resumed run gives the same edit, bit for bit, as one that was not
+//! stopped.
 
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -116,7 +118,7 @@ impl Checkpoint {
         crate::io::write_atomic(path, &bytes)
     }
 
-    /// The edit finished: its checkpoint is no longer needed.
+    /// The edit is stored: its checkpoint is no longer needed.
     pub fn finish(&self) -> Result<()> {
         match &self.path {
             Some(p) if p.exists() => {

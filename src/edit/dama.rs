@@ -190,7 +190,8 @@ struct DamaState {
 /// DAMA on `layers`, bottom up, each layer's projection fitted on the model with the layers
 /// below already projected. With a `cache_dir`, the state after every layer is checkpointed
 /// there ([`Checkpoint`]): a stopped run resumes from its last finished layer and gives the same
-/// edit, bit for bit.
+/// edit, bit for bit. The last checkpoint is returned, not removed: the caller releases it once
+/// the edit is stored.
 pub fn dama(
     model: &Model,
     prompts: &EditPrompts,
@@ -198,7 +199,7 @@ pub fn dama(
     settings: &DamaSettings,
     cache_dir: Option<&std::path::Path>,
     mut log: impl FnMut(&str),
-) -> Result<(WeightDelta, DamaReport)> {
+) -> Result<(WeightDelta, DamaReport, Checkpoint)> {
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
@@ -279,7 +280,6 @@ pub fn dama(
             checkpoint.save(&DamaState { done: done.clone() }, &tensors)?;
         }
     }
-    checkpoint.finish()?;
     Ok((
         delta,
         DamaReport {
@@ -287,5 +287,6 @@ pub fn dama(
             components: settings.components,
             n_prompts: prompts.keys.len(),
         },
+        checkpoint,
     ))
 }

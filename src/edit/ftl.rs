@@ -85,7 +85,8 @@ struct FtState {
 
 /// FT-L on `layers`. With a `cache_dir`, the state after every step is checkpointed there
 /// ([`Checkpoint`]): a stopped run resumes from its last finished step and gives the same edit,
-/// bit for bit.
+/// bit for bit. The last checkpoint is returned, not removed: the caller releases it once the
+/// edit is stored, so a crash before that costs one loss pass, not the run.
 pub fn ft_l(
     model: &Model,
     prompts: &EditPrompts,
@@ -93,7 +94,7 @@ pub fn ft_l(
     params: &FtParams,
     cache_dir: Option<&std::path::Path>,
     mut log: impl FnMut(&str),
-) -> Result<(WeightDelta, FtReport)> {
+) -> Result<(WeightDelta, FtReport, Checkpoint)> {
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
@@ -272,7 +273,6 @@ pub fn ft_l(
         max_change = max_change.max(dw.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64);
         record_down_delta(model, &mut delta, *l, dw)?;
     }
-    checkpoint.finish()?;
     Ok((
         delta,
         FtReport {
@@ -280,5 +280,6 @@ pub fn ft_l(
             bias_loss: hist,
             max_abs_change: max_change,
         },
+        checkpoint,
     ))
 }

@@ -152,6 +152,16 @@ pub struct EditOutcome {
     pub statistics_work: crate::model::Work,
     /// Corpus tokens behind those statistics (0 when the method uses none).
     pub statistics_tokens: u64,
+    /// FT-L's and DAMA's last checkpoint, kept until the caller has stored the edit.
+    pub checkpoint: Option<super::checkpoint::Checkpoint>,
+}
+
+impl EditOutcome {
+    /// The edit is stored: remove its checkpoint. Until then a rerun after a crash resumes
+    /// from the finished state instead of starting over.
+    pub fn release_checkpoint(&self) -> Result<()> {
+        self.checkpoint.as_ref().map_or(Ok(()), |c| c.finish())
+    }
 }
 
 pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Result<EditOutcome> {
@@ -187,6 +197,7 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
     }
     let none = super::corpus::CorpusCost::default();
     let cache = spec.cache_dir.as_deref();
+    let mut checkpoint = None;
     let (delta, report, statistics) = match spec.method {
         Method::Lsdm => {
             let (d, r) = lsdm(model, &sets, &spec.layers, &spec.lsdm, corpus, cache, log)?;
@@ -196,7 +207,8 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         Method::Ft => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
-            let (d, r) = ft_l(model, &prompts, &spec.layers, &spec.ft, cache, log)?;
+            let (d, r, c) = ft_l(model, &prompts, &spec.layers, &spec.ft, cache, log)?;
+            checkpoint = Some(c);
             (d, serde_json::to_value(r)?, none)
         }
         Method::Probe => {
@@ -230,7 +242,8 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         Method::Dama => {
             let prompts =
                 edit_prompts(model, &sets, spec.lsdm.target_templates, spec.lsdm.prefixes)?;
-            let (d, r) = dama(model, &prompts, &spec.layers, &spec.dama, cache, log)?;
+            let (d, r, c) = dama(model, &prompts, &spec.layers, &spec.dama, cache, log)?;
+            checkpoint = Some(c);
             (d, serde_json::to_value(r)?, none)
         }
     };
@@ -242,6 +255,7 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
         seconds: t0.elapsed().as_secs_f64(),
         statistics_work: statistics.work(),
         statistics_tokens: statistics.statistics_tokens,
+        checkpoint,
     })
 }
 

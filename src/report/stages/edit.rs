@@ -198,6 +198,7 @@ impl Stage for EditStage {
         std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e.to_string()))?;
         let path = dir.join("delta.safetensors");
         outcome.delta.save(&path)?;
+        outcome.release_checkpoint()?;
         let rel = path
             .strip_prefix(ctx.out_dir)
             .unwrap_or(&path)
