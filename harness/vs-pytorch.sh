@@ -9,6 +9,8 @@
 #   c  `biaslens measure` over the 5,440 occupation prompts vs a batched transformers loop
 #   d  the causal trace of the prompt `biaslens trace --prompts 1` picks, with biaslens's noise
 #      (`--noise-out`), vs ROME's per-restoration loop and a batched PyTorch tracer
+#   e  `biaslens eval` vs lm-evaluation-harness 0.4.13 (HFLM, batch 16), same tasks and items
+#      (not in the default rows; installs lm_eval into the venv when asked for)
 #
 #   harness/vs-pytorch.sh                  every row, full size (measure ~minutes, trace ~minutes)
 #   QUICK=1 harness/vs-pytorch.sh          a quick correctness run: measure on the 544 control
@@ -20,6 +22,9 @@
 #   FORWARD_BENCH=path ...                 use this `cargo bench --bench forward` executable as it is
 #   FEATURES=mkl ...                       build both with these cargo features (mkl: MKL is
 #                                          installed from PyPI by harness/mkl.sh first)
+#   ROWS=e LM_EVAL_TASKS=boolq,lambada_openai LM_EVAL_LIMIT=300 ...
+#                                          row e's tasks and items per task (the defaults;
+#                                          LM_EVAL_LIMIT=0: every item)
 #
 # The venv ($VS_VENV, default /tmp/biaslens-torch-venv) is created with
 # `pip install torch transformers accelerate gguf numpy safetensors` (from PyPI; large) when missing.
@@ -45,6 +50,12 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transfo
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch transformers accelerate gguf numpy safetensors
 fi
+case ",$ROWS," in *,e,*)
+  if ! "$VENV/bin/python" -c "import lm_eval" 2>/dev/null; then
+    echo "== installing lm_eval==0.4.13 into $VENV (row e)" >&2
+    "$VENV/bin/pip" install -q lm_eval==0.4.13
+  fi ;;
+esac
 
 if [ -n "${BIASLENS:-}" ]; then
   [ -x "$BIN" ] || { echo "BIASLENS=$BIN is not an executable" >&2; exit 1; }
@@ -69,6 +80,8 @@ export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THRE
 args=(--bin "$BIN" --bench-exe "$BENCH" --threads "$THREADS" --rows "$ROWS" --tol-p "$TOL")
 [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ] && args+=(--quick)
 [ -n "${NAIVE:-}" ] && [ "${NAIVE}" != 0 ] && args+=(--naive)
+[ -n "${LM_EVAL_TASKS:-}" ] && args+=(--lm-eval-tasks "$LM_EVAL_TASKS")
+[ -n "${LM_EVAL_LIMIT:-}" ] && args+=(--lm-eval-limit "$LM_EVAL_LIMIT")
 
 cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -23,6 +23,9 @@ order, and compares what the two computed:
      restoration, every token) and as a batched tracer (many restorations per forward, head on
      the last position only, restorations before the occupation skipped since they change
      nothing); deviation = max |dp| over clean, corrupted and every grid cell.
+  e  `biaslens eval` vs lm-evaluation-harness 0.4.13 (HFLM, batch 16) on the same tasks and
+     items (harness/vs_lm_eval.py); deviation = largest metric difference in points (and
+     perplexity's, relative). Not in the default rows: it needs `pip install lm_eval`.
 
 Ratios are biaslens speed / PyTorch speed (> 1: biaslens faster). The script exits non-zero when
 a deviation exceeds its tolerance.
@@ -39,6 +42,7 @@ import sys
 import time
 
 import numpy as np
+import vs_lm_eval
 import torch
 import torch.nn.functional as F
 import transformers
@@ -440,12 +444,20 @@ def main():
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--gguf", default="models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--reference", default="fixtures/reference/smollm2-135m/occupation_probs.jsonl")
-    ap.add_argument("--rows", default="a,b,c,d", help="which rows (a forward, b matmul, c measure, d trace)")
+    ap.add_argument("--rows", default="a,b,c,d",
+                    help="which rows (a forward, b matmul, c measure, d trace, e lm-eval)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer prompts, samples and repetitions")
     ap.add_argument("--naive", action="store_true", help="also time biaslens's own naive trace")
     ap.add_argument("--work", default="target/vs-pytorch")
     ap.add_argument("--tol-p", type=float, default=1e-4, help="largest |dp| allowed")
+    ap.add_argument("--lm-eval-tasks", default=vs_lm_eval.DEFAULT_TASKS,
+                    help="row e's tasks (biaslens names)")
+    ap.add_argument("--lm-eval-limit", type=int, default=300,
+                    help="row e's items per task (0: every item)")
+    ap.add_argument("--data-dir", default="fixtures/data", help="row e's data files")
+    ap.add_argument("--tol-points", type=float, default=0.5,
+                    help="row e: largest metric difference allowed, in points")
     a = ap.parse_args()
     rows = set(a.rows.split(","))
     torch.set_num_threads(a.threads)
@@ -498,6 +510,25 @@ def main():
                           f"fast {r['fast_s']:.1f} s", f"naive {r['naive_s']:.1f} s",
                           ratio(r["fast_s"], r["naive_s"]), f"{r['dev_naive']:.1e}"))
 
+    lm_eval_bad = []
+    if "e" in rows:
+        r = vs_lm_eval.row_lm_eval(ts, env, run, a.bin, a.model, a.work, a.lm_eval_tasks,
+                                   a.lm_eval_limit, a.data_dir)
+        per = f"first {a.lm_eval_limit} items each" if a.lm_eval_limit else "every item"
+        table.append(("e", f"eval {','.join(r['tasks'])}, {per} ({r['items']} items; both "
+                      "sides: whole job, model load included) vs lm-evaluation-harness",
+                      f"{r['biaslens_s']:.1f} s", f"{r['lm_eval_s']:.1f} s",
+                      ratio(r["biaslens_s"], r["lm_eval_s"]),
+                      f"{r['dev_points']:.2f} points (perplexity {r['dev_ppl_pct']:.3f}%; "
+                      f"{r['compared']} metrics)"))
+        table.append(("e", "the same, scoring only (biaslens: its tasks' seconds; lm-eval: "
+                      "simple_evaluate without the model load)",
+                      f"{r['biaslens_scoring_s']:.1f} s", f"{r['lm_eval_scoring_s']:.1f} s",
+                      ratio(r["biaslens_scoring_s"], r["lm_eval_scoring_s"]), "(as above)"))
+        if not (r["dev_points"] <= a.tol_points and r["dev_ppl_pct"] <= 0.1):
+            lm_eval_bad.append(f"e lm-eval metrics differ by {r['dev_points']:.2f} points, "
+                               f"perplexity {r['dev_ppl_pct']:.3f}%")
+
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"torch threads {torch.get_num_threads()}, RAYON_NUM_THREADS {env['RAYON_NUM_THREADS']}"
           f"{', QUICK' if a.quick else ''}")
@@ -512,6 +543,8 @@ def main():
         print(f"deviation {what}: {d:.2e} (tolerance {a.tol_p:g})")
     if bad:
         fail("deviation past tolerance: " + ", ".join(f"{w} {d:.2e}" for w, d in bad))
+    if lm_eval_bad:
+        fail("; ".join(lm_eval_bad))
 
 
 if __name__ == "__main__":
