@@ -294,3 +294,91 @@ fn tune_heads_that_cannot_keep_the_protected_words_are_refused_before_the_statis
         "the statistics ran first: {lines:?}"
     );
 }
+
+/// The corpus gap reader (gap tuning's γ term reads L at every position of corpus windows,
+/// resuming from a residual cached at layer `l`, through the two pronoun rows of the
+/// unembedding) against the slow reference: a plain forward from the embeddings that returns
+/// log p(he) and log p(she) at every position.
+#[test]
+fn corpus_gaps_at_every_position_match_a_plain_forward() {
+    use biaslens::edit::probe::ProbeReader;
+    use biaslens::model::LogitsRequest;
+    let model = common::real_model("smollm2-135m");
+    let tok = model.tokenizer().unwrap();
+    let rows: Vec<Vec<u32>> = [
+        " The nurse finished the night shift, and then she went home to her family.",
+        " When the engineer arrived at the site he checked the beams before anyone else.",
+    ]
+    .iter()
+    .map(|t| tok.encode_plain(t).unwrap()[..12].to_vec())
+    .collect();
+    let ids = |w: &str| tok.encode_plain(w).unwrap()[0];
+    let (he, she) = (ids(" he"), ids(" she"));
+    let reader = ProbeReader::from_rows(&model.transformer, &rows, 20, [he, she], 4).unwrap();
+    assert_eq!(reader.n_batches(), 1);
+    let got = reader
+        .batch_gaps_all(&model.transformer, 0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let positions: Vec<(usize, usize)> = (0..rows.len())
+        .flat_map(|r| (0..rows[r].len()).map(move |t| (r, t)))
+        .collect();
+    let plan =
+        InterventionPlan::logits(LogitsRequest::PositionIds(positions.clone(), vec![he, she]));
+    let lp = model
+        .transformer
+        .forward(&rows, &plan)
+        .unwrap()
+        .logprobs
+        .unwrap();
+    let lp = lp.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let mut spread = 0.0f64;
+    for ((r, t), want) in positions.iter().zip(&lp) {
+        let want = want[0] - want[1];
+        spread = spread.max(want.abs());
+        let diff = (got[*r][*t] - want).abs();
+        assert!(
+            diff < 2e-3,
+            "row {r} token {t}: reader {} vs forward {want}",
+            got[*r][*t]
+        );
+    }
+    assert!(
+        spread > 0.1,
+        "the gaps are all near zero ({spread}): nothing was compared"
+    );
+}
+
+/// Gap tuning's corpus gap term (`tune.corpus_gap`, γ): γ = 0 is bit for bit the default edit
+/// (the term adds exact zeros), and a large γ moves he vs she in ordinary text less than the
+/// default does (the report's `corpus_gap_mean_abs_shift`, read on the same corpus positions).
+#[test]
+fn tune_corpus_gap_zero_is_the_default_and_a_large_one_keeps_text_gaps() {
+    let model = common::real_model("smollm2-135m");
+    let l = 10;
+    let spec = small_tune_spec(l, 4, 6);
+    let run = |gamma: Option<f64>| {
+        let mut s = spec.clone();
+        s.tune.corpus_gap = gamma;
+        edit_model(&model, &s, |_| {}).unwrap()
+    };
+    let (default, zero, large) = (run(None), run(Some(0.0)), run(Some(1000.0)));
+    for (name, e) in &default.delta.entries {
+        let (a, b) = (matrix(&e.delta), matrix(&zero.delta.entries[name].delta));
+        assert!(a.amax() > 0.0, "{name}: the default changed nothing");
+        assert_eq!(a, b, "{name}: γ = 0 differs from the default");
+    }
+    let shift = |o: &biaslens::edit::method::EditOutcome| {
+        o.report["corpus_gap_mean_abs_shift"].as_f64().unwrap()
+    };
+    assert!(
+        shift(&large) < 0.5 * shift(&default),
+        "γ = 1000 moved the corpus gaps by {} against the default's {}",
+        shift(&large),
+        shift(&default)
+    );
+    assert!(large.report["corpus_gap_history"].as_array().unwrap().len() >= 2);
+}

@@ -86,6 +86,10 @@ pub struct EditArgs {
     /// gap, the rest are pulled to zero (default: every fit prompt to zero).
     #[arg(long, value_parser = non_negative)]
     pub tune_keep_above: Option<f64>,
+    /// tune: γ, weight of keeping log p(he) − log p(she) at every position of 4,096 corpus
+    /// tokens at the base model's (default: no such term).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_corpus_gap: Option<f64>,
     /// tune: edit only these attention heads, LAYER.HEAD, comma-separated (e.g. the heads
     /// `biaslens mediate` locates: 25.2,26.2 on SmolLM2): the output projections of their
     /// layers, each change reading only their outputs. Without --layers the edited layers are
@@ -216,6 +220,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.prior, a.tune_prior);
     set(&mut spec.tune.protect_weight, a.tune_protect);
     set(&mut spec.tune.keep_above, a.tune_keep_above.map(Some));
+    set(&mut spec.tune.corpus_gap, a.tune_corpus_gap.map(Some));
     set(
         &mut spec.tune.protect_weight_he,
         a.tune_protect_he.map(Some),
@@ -238,7 +243,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 17] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 18] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -257,6 +262,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
         ("--tune-protect", a.tune_protect.is_some(), &[Tune]),
         ("--tune-protect-he", a.tune_protect_he.is_some(), &[Tune]),
         ("--tune-keep-above", a.tune_keep_above.is_some(), &[Tune]),
+        ("--tune-corpus-gap", a.tune_corpus_gap.is_some(), &[Tune]),
         ("--tune-heads", a.tune_heads.is_some(), &[Tune]),
         ("--post-norm", a.post_norm.is_some(), &[Lsdm]),
         ("--components", a.components.is_some(), &[Dama]),

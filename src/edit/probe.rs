@@ -413,6 +413,19 @@ impl ProbeReader {
         pronouns: [u32; 2],
         batch: usize,
     ) -> Result<Self> {
+        let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        Self::from_rows(tr, &rows, start, pronouns, batch)
+    }
+
+    /// The same reader over token rows that are not edit prompts (corpus windows: gap tuning's
+    /// corpus gap term reads every position of them, [`Self::batch_gaps_all`]).
+    pub fn from_rows(
+        tr: &Transformer,
+        rows: &[Vec<u32>],
+        start: usize,
+        pronouns: [u32; 2],
+        batch: usize,
+    ) -> Result<Self> {
         if start >= tr.cfg.num_layers {
             return Err(Error::param(
                 "start layer",
@@ -420,14 +433,13 @@ impl ProbeReader {
             ));
         }
         let mut batches = Vec::new();
-        for chunk in prompts.chunks(batch.max(1)) {
-            let rows: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        for rows in rows.chunks(batch.max(1)) {
             let plan = InterventionPlan {
                 capture: vec![Site::ResidPre(start)],
                 stop_after: Some(start),
                 ..Default::default()
             };
-            let out = tr.forward(&rows, &plan)?;
+            let out = tr.forward(rows, &plan)?;
             batches.push((out.captures[&Site::ResidPre(start)].detach(), out.pads));
         }
         let row = |id: u32| tr.lm_head.i(id as usize);
@@ -436,7 +448,7 @@ impl ProbeReader {
             start,
             batches,
             gap_dir,
-            n: prompts.len(),
+            n: rows.len(),
         })
     }
 
@@ -506,6 +518,25 @@ impl ProbeReader {
         let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
         let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
         Ok(crate::model::stable_matmul::matmul(&last, &self.gap_dir)?.squeeze(1)?)
+    }
+
+    /// The gaps of batch `i` at every position of its rows, [rows, tokens] (left padding
+    /// included: meaningful only for rows of equal length, as corpus windows are), differentiable
+    /// like [`Self::batch_gaps`]. Log-probabilities share one normaliser per position, so the
+    /// gap is still (u_he − u_she)·final norm.
+    pub fn batch_gaps_all(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
+        let (resid, pads) = self
+            .batches
+            .get(i)
+            .ok_or_else(|| Error::param("batch", format!("{i} >= {}", self.batches.len())))?;
+        let (b, t, d) = resid.dims3()?;
+        let plan = InterventionPlan {
+            capture: vec![Site::FinalNorm],
+            ..Default::default()
+        };
+        let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
+        let states = out.captures[&Site::FinalNorm].reshape((b * t, d))?;
+        Ok(crate::model::stable_matmul::matmul(&states, &self.gap_dir)?.reshape((b, t))?)
     }
 
     /// Only the probe inputs of `component` at layer `l` (a forward that stops after `l`).

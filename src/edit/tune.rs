@@ -18,7 +18,7 @@
 //! Adam on (A, B); each step one minibatch of fit prompts and one of protected prompts.
 
 use super::context::EditSets;
-use super::corpus::corpus_moments;
+use super::corpus::{corpus_chunks, corpus_moments};
 use super::delta::{DeltaMeta, WeightDelta};
 use super::lsdm::{record_down_delta, record_o_delta};
 use super::probe::{
@@ -79,7 +79,19 @@ pub struct TuneParams {
     /// edited layers. Empty: every stage of `components`. (Not written when empty.)
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub heads: Vec<(usize, usize)>,
+    /// γ: weight of keeping the gap L at every position of ordinary text (the first
+    /// [`CORPUS_GAP_TOKENS`] (at most `corpus_tokens`) tokens of the prior's corpus, [`CORPUS_GAP_WINDOWS`] windows a step) at the base
+    /// model's: a "less he everywhere" shift costs there, an occupation-specific change does not.
+    /// None: no such term. (Not written when None, as `keep_above`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corpus_gap: Option<f64>,
 }
+
+/// Corpus tokens (from the start of the prior's corpus, in windows of `corpus_seq_len`; at most
+/// `corpus_tokens`) at whose every position the corpus gap term and the report's `corpus_gap_mean_abs_shift` read L.
+pub const CORPUS_GAP_TOKENS: usize = 4096;
+/// Corpus windows in each step's corpus gap minibatch.
+pub const CORPUS_GAP_WINDOWS: usize = 4;
 
 impl Default for TuneParams {
     fn default() -> Self {
@@ -100,6 +112,7 @@ impl Default for TuneParams {
             seed: 0,
             protect_weight_he: None,
             keep_above: None,
+            corpus_gap: None,
             heads: vec![],
         }
     }
@@ -129,6 +142,9 @@ impl TuneParams {
         }
         if let Some(w) = self.protect_weight_he {
             non_negative("tune.protect_weight_he", w)?;
+        }
+        if let Some(w) = self.corpus_gap {
+            non_negative("tune.corpus_gap", w)?;
         }
         if let Some((i, &(l, h))) = self
             .heads
@@ -172,6 +188,13 @@ pub struct TuneReport {
     /// C's corpus tokens and this run's cost of gathering it.
     #[serde(flatten)]
     pub statistics: super::corpus::CorpusCost,
+    /// Mean |L − L₀| over every position of the corpus gap windows after the edit (nats): how
+    /// far the edit moves he vs she in ordinary text, whether or not γ is set.
+    #[serde(default)]
+    pub corpus_gap_mean_abs_shift: Option<f64>,
+    /// With γ: every 10 steps and the last, (step, corpus mean (L − L₀)² of that minibatch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corpus_gap_history: Vec<(usize, f64)>,
 }
 
 /// ΔW = B (A − Q QᵀA)ᵀ, [d_out, d_in]: rank ≤ r, and ΔW p = 0 for every p in Q's column span.
@@ -452,6 +475,15 @@ pub fn tune(
         &mut log,
     )?;
     let statistics_work = base.work.read() - work_before;
+    // Ordinary text at every position: the corpus gap term (γ) and the report's shift there.
+    let gap_tokens = CORPUS_GAP_TOKENS.min(params.corpus_tokens);
+    let (windows, _) = corpus_chunks(tok, corpus, params.corpus_seq_len, gap_tokens)?;
+    let corpus_reader =
+        ProbeReader::from_rows(base, &windows, start, pronouns, CORPUS_GAP_WINDOWS)?;
+    let base_corpus: Vec<Tensor> = (0..corpus_reader.n_batches())
+        .map(|i| Ok(corpus_reader.batch_gaps_all(base, i)?.detach()))
+        .collect::<Result<_>>()?;
+    let corpus_positions: usize = base_corpus.iter().map(|t| t.elem_count()).sum();
     let base_protect: Vec<Tensor> = (0..protect_reader.n_batches())
         .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
         .collect::<Result<_>>()?;
@@ -562,6 +594,7 @@ pub fn tune(
         .map(|v| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
         .collect::<Result<_>>()?;
     let mut history = Vec::new();
+    let mut corpus_gap_history = Vec::new();
     let (nf, np) = (fit_reader.n_batches(), protect_reader.n_batches());
     for step in 0..params.steps {
         for s in &stages {
@@ -585,12 +618,30 @@ pub fn tune(
         for s in &stages {
             prior = (prior + s.relative_energy()?)?;
         }
-        let total = ((&fit_loss + &prot_term)? + (&prior * params.prior)?)?;
+        let mut total = ((&fit_loss + &prot_term)? + (&prior * params.prior)?)?;
+        let corpus_loss = match params.corpus_gap {
+            Some(gamma) => {
+                let k = step % base_corpus.len();
+                let sq = (corpus_reader.batch_gaps_all(&tr, k)? - &base_corpus[k])?.sqr()?;
+                let loss = sq.mean_all()?;
+                total = (total + (&loss * gamma)?)?;
+                Some(loss)
+            }
+            None => None,
+        };
         if step % 10 == 0 || step + 1 == params.steps {
             let v = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             let row = (step, v(&fit_loss)?, v(&prot_loss)?, v(&prior)?);
+            let corpus_note = match &corpus_loss {
+                Some(c) => {
+                    let c = v(c)?;
+                    corpus_gap_history.push((step, c));
+                    format!(", corpus (L−L₀)² {c:.4}")
+                }
+                None => String::new(),
+            };
             log(&format!(
-                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}",
+                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}",
                 row.1, row.2, row.3
             ));
             history.push(row);
@@ -653,9 +704,18 @@ pub fn tune(
         },
         protect.len(),
     )?;
+    let mut corpus_shift = 0.0;
+    for (k, base_gaps) in base_corpus.iter().enumerate() {
+        corpus_shift += (corpus_reader.batch_gaps_all(&tr, k)?.detach() - base_gaps)?
+            .abs()?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    let corpus_shift = corpus_shift / corpus_positions.max(1) as f64;
     log(&format!(
         "gap tuning: fit mean |gap| {fit_before:.3} -> {fit_after:.3}, protected mean |shift| \
-         {protected_shift:.3}"
+         {protected_shift:.3}, corpus mean |shift| {corpus_shift:.3} ({corpus_positions} positions)"
     ));
     let report = TuneReport {
         layers,
@@ -672,6 +732,8 @@ pub fn tune(
         delta_norms,
         relative_energy,
         statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
+        corpus_gap_mean_abs_shift: Some(corpus_shift),
+        corpus_gap_history,
     };
     Ok((delta, report))
 }
