@@ -14,7 +14,8 @@ order) and splits the change in the target word's log-likelihood by what the ite
 - by the target word: capitalised (mostly a character's name) or not.
 
 LAMBADA's perplexity is exp(-mean log-likelihood) over items, so each group's share of the
-perplexity change is its share of the summed log-likelihood change. Per group: n, the mean
+perplexity change is its share of the summed log-likelihood change; the paired mean change over
+all items gives the perplexity ratio's 95% interval. Per group: n, the mean
 change with a 95% t interval, the share, and accuracy before and after. Standard library only.
 """
 import json
@@ -94,8 +95,12 @@ def main():
     n = len(base)
     total = sum(d for d, _, _ in rows)
     ppl = lambda rs: math.exp(-sum(r["loglik"] for r in rs) / len(rs))
+    mean = total / n
+    half = t975(n - 1) * math.sqrt(sum((d - mean) ** 2 for d, _, _ in rows) / (n - 1) / n)
     print(f"{n} items; perplexity {ppl(base):.3f} -> {ppl(edited):.3f} "
-          f"({100 * (ppl(edited) / ppl(base) - 1):+.1f}%); summed log-likelihood change {total:+.3f} nats")
+          f"({100 * (ppl(edited) / ppl(base) - 1):+.1f}%, 95% CI {100 * (math.exp(-(mean + half)) - 1):+.1f}% "
+          f"to {100 * (math.exp(-(mean - half)) - 1):+.1f}%); mean log-likelihood change {mean:+.4f} "
+          f"[{mean - half:+.4f}, {mean + half:+.4f}] nats")
     table("context", [(context_group(i), r) for i, r in zip(items, rows)], total)
     table("target word", [(target_group(i), r) for i, r in zip(items, rows)], total)
 

@@ -79,16 +79,18 @@ pub struct TuneParams {
     /// edited layers. Empty: every stage of `components`. (Not written when empty.)
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub heads: Vec<(usize, usize)>,
-    /// γ: weight of keeping the gap L at every position of ordinary text (the first
-    /// [`CORPUS_GAP_TOKENS`] (at most `corpus_tokens`) tokens of the prior's corpus, [`CORPUS_GAP_WINDOWS`] windows a step) at the base
-    /// model's: a "less he everywhere" shift costs there, an occupation-specific change does not.
-    /// None: no such term. (Not written when None, as `keep_above`.)
+    /// γ: weight of keeping the gap L at every position of ordinary text at the base model's
+    /// (the first [`CORPUS_GAP_TOKENS`], at most `corpus_tokens`, tokens of the prior's corpus;
+    /// [`CORPUS_GAP_WINDOWS`] windows a step): a "less he everywhere" shift costs there, an
+    /// occupation-specific change does not. None: no such term. (Not written when None, as
+    /// `keep_above`.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corpus_gap: Option<f64>,
 }
 
 /// Corpus tokens (from the start of the prior's corpus, in windows of `corpus_seq_len`; at most
-/// `corpus_tokens`) at whose every position the corpus gap term and the report's `corpus_gap_mean_abs_shift` read L.
+/// `corpus_tokens`) at whose every position the corpus gap term and the report's
+/// `corpus_gap_mean_abs_shift` read L.
 pub const CORPUS_GAP_TOKENS: usize = 4096;
 /// Corpus windows in each step's corpus gap minibatch.
 pub const CORPUS_GAP_WINDOWS: usize = 4;
@@ -192,6 +194,9 @@ pub struct TuneReport {
     /// far the edit moves he vs she in ordinary text, whether or not γ is set.
     #[serde(default)]
     pub corpus_gap_mean_abs_shift: Option<f64>,
+    /// Corpus positions behind it (whole windows only).
+    #[serde(default)]
+    pub corpus_gap_positions: usize,
     /// With γ: every 10 steps and the last, (step, corpus mean (L − L₀)² of that minibatch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corpus_gap_history: Vec<(usize, f64)>,
@@ -477,7 +482,11 @@ pub fn tune(
     let statistics_work = base.work.read() - work_before;
     // Ordinary text at every position: the corpus gap term (γ) and the report's shift there.
     let gap_tokens = CORPUS_GAP_TOKENS.min(params.corpus_tokens);
-    let (windows, _) = corpus_chunks(tok, corpus, params.corpus_seq_len, gap_tokens)?;
+    let (mut windows, _) = corpus_chunks(tok, corpus, params.corpus_seq_len, gap_tokens)?;
+    // Only whole windows: a shorter last one would be left-padded in its batch, and the reader
+    // reads every position, padding included.
+    let width = windows[0].len();
+    windows.retain(|w| w.len() == width);
     let corpus_reader =
         ProbeReader::from_rows(base, &windows, start, pronouns, CORPUS_GAP_WINDOWS)?;
     let base_corpus: Vec<Tensor> = (0..corpus_reader.n_batches())
@@ -733,6 +742,7 @@ pub fn tune(
         relative_energy,
         statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
         corpus_gap_mean_abs_shift: Some(corpus_shift),
+        corpus_gap_positions: corpus_positions,
         corpus_gap_history,
     };
     Ok((delta, report))
