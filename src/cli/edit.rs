@@ -17,9 +17,10 @@ pub struct EditArgs {
     // The base model.
     #[command(flatten)]
     pub model: DefaultModelArgs,
-    /// probe (the gap probe at the last token, the default: it transfers to unseen professions
-    /// and templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the
-    /// --spec file's method, else probe.
+    /// probe (the gap probe at the last token: it transfers to unseen professions and
+    /// templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the --spec
+    /// file's method, else the model's validated default (probe for smollm2-135m, tune for
+    /// gemma-3-270m: fixtures/data/default_edits), else probe.
     #[arg(long)]
     pub method: Option<biaslens::edit::method::Method>,
     /// Edited layers, e.g. 1,2,3,4 (overrides --sites).
@@ -179,7 +180,6 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     a.validate()?;
     a.output.prepare(&a.model.model)?;
     a.model.device()?;
-    let method = a.method.unwrap_or(biaslens::edit::method::Method::Probe);
     let mut spec = match &a.spec {
         Some(p) => {
             let text =
@@ -187,7 +187,16 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
             toml::from_str::<EditSpec>(&text)
                 .with_context(|| format!("{}: not a valid edit spec", p.display()))?
         }
-        None => EditSpec::new(method, Vec::new()),
+        None => {
+            let method = match a.method {
+                Some(m) => m,
+                None => biaslens::edit::model_default::default_method(
+                    &biaslens::data::data_dir(),
+                    &a.model.model,
+                )?,
+            };
+            EditSpec::new(method, Vec::new())
+        }
     };
     // A --spec file keeps its own method unless --method names another.
     set(&mut spec.method, a.method);
@@ -272,7 +281,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
             let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
             anyhow::bail!(
                 "{flag} applies to --method {}, but this edit's method is {} (from --method, \
-                 else --spec, else the default probe)",
+                 else --spec, else the model's default)",
                 names.join(" or "),
                 method.name()
             );
@@ -519,8 +528,8 @@ mod tests {
         edit_spec(&cmd.edit).expect("a valid spec")
     }
 
-    /// `--spec` chooses the method unless `--method` is given; without either the default
-    /// method is the probe.
+    /// `--spec` chooses the method unless `--method` is given; without either it is the model's
+    /// default: the probe for SmolLM2 (and any model without a record), tune for Gemma-3.
     #[test]
     fn a_spec_files_method_holds_unless_method_is_given() {
         let dir = tempfile::tempdir().unwrap();
@@ -538,6 +547,14 @@ mod tests {
         let s = spec_of(&["--spec", f, "--method", "lsdm", "--out", o]);
         assert_eq!(s.method, Method::Lsdm);
         assert_eq!(spec_of(&["--out", o]).method, Method::Probe);
+        let gemma = ["--model", "gemma-3-270m", "--out", o];
+        assert_eq!(spec_of(&gemma).method, Method::Tune);
+        let s = spec_of(&["--model", "gemma-3-270m", "--method", "probe", "--out", o]);
+        assert_eq!(s.method, Method::Probe);
+        let s = spec_of(&["--model", "gemma-3-270m", "--tune-rank", "2", "--out", o]);
+        assert_eq!((s.method, s.tune.rank), (Method::Tune, 2));
+        let e = error_of(&["--model", "gemma-3-270m", "--scale", "0.5", "--out", o]);
+        assert!(e.contains("this edit's method is tune"), "{e}");
     }
 
     fn error_of(args: &[&str]) -> String {
@@ -550,8 +567,8 @@ mod tests {
     }
 
     /// A method-specific flag with a method that does not read it is refused before any work,
-    /// naming the flag and its methods; with its own method (given, from --spec, or the default
-    /// probe) it is taken.
+    /// naming the flag and its methods; with its own method (given, from --spec, or the model's
+    /// default) it is taken.
     #[test]
     fn a_flag_of_another_method_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,7 @@ pub mod ftl;
 pub mod keys;
 pub mod lsdm;
 pub mod method;
+pub mod model_default;
 pub mod probe;
 pub mod probe_solve;
 pub mod target;
