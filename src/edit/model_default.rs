@@ -48,7 +48,10 @@ mod tests {
     #[test]
     fn shipped_records_choose_per_model() {
         let data = crate::data::data_dir();
-        assert_eq!(default_method(&data, "smollm2-135m").unwrap(), Method::Probe);
+        assert_eq!(
+            default_method(&data, "smollm2-135m").unwrap(),
+            Method::Probe
+        );
         assert_eq!(default_method(&data, "gemma-3-270m").unwrap(), Method::Tune);
         for k in crate::model::registry::KNOWN_MODELS {
             assert!(
@@ -63,14 +66,25 @@ mod tests {
     #[test]
     fn paths_fall_back_and_bad_records_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(default_method(dir.path(), "x/model.gguf").unwrap(), FALLBACK);
-        assert_eq!(default_method(dir.path(), "gemma-3-270m").unwrap(), FALLBACK);
+        assert_eq!(
+            default_method(dir.path(), "x/model.gguf").unwrap(),
+            FALLBACK
+        );
+        assert_eq!(
+            default_method(dir.path(), "gemma-3-270m").unwrap(),
+            FALLBACK
+        );
         std::fs::create_dir(dir.path().join("default_edits")).unwrap();
         let file = dir.path().join("default_edits/gemma-3-270m.toml");
         std::fs::write(&file, "method = \"rome\"\nchosen_on = \"x\"\n").unwrap();
-        let e = default_method(dir.path(), "gemma-3-270m").unwrap_err().to_string();
+        let e = default_method(dir.path(), "gemma-3-270m")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gemma-3-270m.toml"), "{e}");
         std::fs::write(&file, "method = \"lsdm\"\nchosen_on = \"x\"\n").unwrap();
-        assert_eq!(default_method(dir.path(), "gemma-3-270m").unwrap(), Method::Lsdm);
+        assert_eq!(
+            default_method(dir.path(), "gemma-3-270m").unwrap(),
+            Method::Lsdm
+        );
     }
 }
