@@ -403,3 +403,108 @@ fn tune_corpus_gap_zero_is_the_default_and_a_large_one_keeps_text_gaps() {
     );
     assert!(large.report["corpus_gap_history"].as_array().unwrap().len() >= 2);
 }
+
+/// The corpus top-k reader (gap tuning's δ term) against the slow reference: a plain forward's
+/// full log-softmax at every position. The ids are each position's k most likely tokens, largest
+/// first, and the reader's logits at them differ pairwise as the forward's log-probabilities do
+/// (the normaliser cancels).
+#[test]
+fn corpus_top_k_logits_at_every_position_match_a_plain_forward() {
+    use biaslens::edit::probe::ProbeReader;
+    use biaslens::model::LogitsRequest;
+    let model = common::real_model("smollm2-135m");
+    let tok = model.tokenizer().unwrap();
+    let rows: Vec<Vec<u32>> = [
+        " The Fiat Multipla is a car produced by Fiat, and the Nokia Lumia is made by Nokia.",
+        " When the engineer arrived at the site he checked the beams before anyone else.",
+    ]
+    .iter()
+    .map(|t| tok.encode_plain(t).unwrap()[..12].to_vec())
+    .collect();
+    let ids = |w: &str| tok.encode_plain(w).unwrap()[0];
+    let reader =
+        ProbeReader::from_rows(&model.transformer, &rows, 20, [ids(" he"), ids(" she")], 4)
+            .unwrap();
+    let k = 5;
+    let top = reader.batch_top_ids(&model.transformer, 0, k).unwrap();
+    let z = reader
+        .batch_logits_at(&model.transformer, 0, &top)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let top = top.to_vec2::<u32>().unwrap();
+    let positions: Vec<(usize, usize)> = (0..rows.len())
+        .flat_map(|r| (0..rows[r].len()).map(move |t| (r, t)))
+        .collect();
+    assert_eq!(top.len(), positions.len());
+    let lp = model
+        .transformer
+        .forward(
+            &rows,
+            &InterventionPlan::logits(LogitsRequest::Positions(positions.clone())),
+        )
+        .unwrap()
+        .logprobs
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    for (p, (r, t)) in positions.iter().enumerate() {
+        let full = &lp[p];
+        let mut order: Vec<usize> = (0..full.len()).collect();
+        order.sort_by(|a, b| full[*b].total_cmp(&full[*a]));
+        // Ties within f32 rounding may swap: compare the log-probabilities, not only the ids.
+        for (j, &id) in top[p].iter().enumerate() {
+            let want = full[order[j]];
+            assert!(
+                (full[id as usize] - want).abs() < 1e-4,
+                "row {r} token {t}: top-{j} id {id} has log p {} where the {j}-th largest is {want}",
+                full[id as usize]
+            );
+            let diff = (z[p][j] - z[p][0]) - (full[id as usize] - full[top[p][0] as usize]);
+            assert!(
+                diff.abs() < 1e-4,
+                "row {r} token {t} rank {j}: log-odds off by {diff}"
+            );
+        }
+    }
+}
+
+/// Gap tuning's corpus top-k term (`tune.corpus_topk`, δ): δ = 0 is bit for bit the default
+/// edit, and a large δ moves the base model's likely next tokens in ordinary text less than a
+/// small one does (the report's `corpus_topk_mean_abs_shift`, read on the same positions).
+#[test]
+fn tune_corpus_topk_zero_is_the_default_and_a_large_one_keeps_text_predictions() {
+    let model = common::real_model("smollm2-135m");
+    let l = 10;
+    let spec = small_tune_spec(l, 4, 6);
+    let run = |delta: Option<f64>| {
+        let mut s = spec.clone();
+        s.tune.corpus_topk = delta;
+        s.tune.corpus_topk_k = 4;
+        edit_model(&model, &s, |_| {}).unwrap()
+    };
+    let (default, zero) = (edit_model(&model, &spec, |_| {}).unwrap(), run(Some(0.0)));
+    assert_same_nonzero_delta(&default, &zero, "δ = 0");
+    assert!(default.report.get("corpus_topk_mean_abs_shift").is_none());
+    let (small, large) = (run(Some(1e-6)), run(Some(1e4)));
+    let shift = |o: &biaslens::edit::method::EditOutcome| {
+        o.report["corpus_topk_mean_abs_shift"].as_f64().unwrap()
+    };
+    assert!(
+        shift(&large) < 0.5 * shift(&small),
+        "δ = 1e4 moved the corpus top-k log-odds by {} against δ = 1e-6's {}",
+        shift(&large),
+        shift(&small)
+    );
+    assert!(
+        large.report["corpus_topk_history"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    );
+}

@@ -91,6 +91,14 @@ pub struct EditArgs {
     /// tokens at the base model's (default: no such term).
     #[arg(long, value_parser = non_negative)]
     pub tune_corpus_gap: Option<f64>,
+    /// tune: δ, weight of keeping the base model's 16 most likely next tokens at every position
+    /// of the same corpus tokens in their relations to each other (centred logits; default: no
+    /// such term). Protects what text predicts, e.g. copying a name from the context.
+    #[arg(long, value_parser = non_negative)]
+    pub tune_corpus_topk: Option<f64>,
+    /// tune: k of --tune-corpus-topk (default 16).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tune_corpus_topk_k: Option<u64>,
     /// tune: edit only these attention heads, LAYER.HEAD, comma-separated (e.g. the heads
     /// `biaslens mediate` locates: 25.2,26.2 on SmolLM2): the output projections of their
     /// layers, each change reading only their outputs. Without --layers the edited layers are
@@ -230,6 +238,11 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.protect_weight, a.tune_protect);
     set(&mut spec.tune.keep_above, a.tune_keep_above.map(Some));
     set(&mut spec.tune.corpus_gap, a.tune_corpus_gap.map(Some));
+    set(&mut spec.tune.corpus_topk, a.tune_corpus_topk.map(Some));
+    set(
+        &mut spec.tune.corpus_topk_k,
+        a.tune_corpus_topk_k.map(|k| k as usize),
+    );
     set(
         &mut spec.tune.protect_weight_he,
         a.tune_protect_he.map(Some),
@@ -252,7 +265,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 18] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 20] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -272,6 +285,12 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
         ("--tune-protect-he", a.tune_protect_he.is_some(), &[Tune]),
         ("--tune-keep-above", a.tune_keep_above.is_some(), &[Tune]),
         ("--tune-corpus-gap", a.tune_corpus_gap.is_some(), &[Tune]),
+        ("--tune-corpus-topk", a.tune_corpus_topk.is_some(), &[Tune]),
+        (
+            "--tune-corpus-topk-k",
+            a.tune_corpus_topk_k.is_some(),
+            &[Tune],
+        ),
         ("--tune-heads", a.tune_heads.is_some(), &[Tune]),
         ("--post-norm", a.post_norm.is_some(), &[Lsdm]),
         ("--components", a.components.is_some(), &[Dama]),

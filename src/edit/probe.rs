@@ -525,6 +525,23 @@ impl ProbeReader {
     /// like [`Self::batch_gaps`]. Log-probabilities share one normaliser per position, so the
     /// gap is still (u_he − u_she)·final norm.
     pub fn batch_gaps_all(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
+        let (b, t) = self.batch_shape(i)?;
+        let states = self.batch_states_all(tr, i)?;
+        Ok(crate::model::stable_matmul::matmul(&states, &self.gap_dir)?.reshape((b, t))?)
+    }
+
+    /// Rows and tokens of batch `i`.
+    fn batch_shape(&self, i: usize) -> Result<(usize, usize)> {
+        let (resid, _) = self
+            .batches
+            .get(i)
+            .ok_or_else(|| Error::param("batch", format!("{i} >= {}", self.batches.len())))?;
+        let (b, t, _) = resid.dims3()?;
+        Ok((b, t))
+    }
+
+    /// The final-norm states of batch `i` at every position, [rows · tokens, width].
+    fn batch_states_all(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
         let (resid, pads) = self
             .batches
             .get(i)
@@ -535,8 +552,61 @@ impl ProbeReader {
             ..Default::default()
         };
         let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
-        let states = out.captures[&Site::FinalNorm].reshape((b * t, d))?;
-        Ok(crate::model::stable_matmul::matmul(&states, &self.gap_dir)?.reshape((b, t))?)
+        Ok(out.captures[&Site::FinalNorm].reshape((b * t, d))?)
+    }
+
+    /// The token ids of the `k` largest logits at every position of batch `i` on `tr`,
+    /// [rows · tokens, k] (u32, largest first): the full unembedding, a few rows at a time so
+    /// that a 262k vocabulary never sits whole in memory for every position.
+    pub fn batch_top_ids(&self, tr: &Transformer, i: usize, k: usize) -> Result<Tensor> {
+        let states = self.batch_states_all(tr, i)?.detach();
+        let (p, _) = states.dims2()?;
+        let vocab = tr.lm_head.dim(0)?;
+        if k == 0 || k > vocab {
+            return Err(Error::param(
+                "top-k",
+                format!("{k} is not between 1 and the vocabulary's {vocab}"),
+            ));
+        }
+        let mut ids = Vec::with_capacity(p * k);
+        let unembed = tr.lm_head.t()?;
+        for start in (0..p).step_by(32) {
+            let n = 32.min(p - start);
+            let logits =
+                crate::model::stable_matmul::matmul(&states.narrow(0, start, n)?, &unembed)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+            for row in logits {
+                let mut order: Vec<u32> = (0..vocab as u32).collect();
+                let by_logit = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]);
+                order.select_nth_unstable_by(k - 1, by_logit);
+                order.truncate(k);
+                order.sort_by(by_logit);
+                ids.extend(order);
+            }
+        }
+        Ok(Tensor::from_vec(ids, (p, k), states.device())?)
+    }
+
+    /// The logits of each position's own token ids at every position of batch `i` on `tr`,
+    /// [rows · tokens, k], for `ids` [rows · tokens, k] (u32): k rows of the unembedding per
+    /// position instead of the vocabulary, differentiable like [`Self::batch_gaps`] (gap
+    /// tuning's corpus top-k term).
+    pub fn batch_logits_at(&self, tr: &Transformer, i: usize, ids: &Tensor) -> Result<Tensor> {
+        let states = self.batch_states_all(tr, i)?;
+        let (p, d) = states.dims2()?;
+        let (pi, k) = ids.dims2()?;
+        if pi != p {
+            return Err(Error::param(
+                "top-k ids",
+                format!("{pi} rows for a batch of {p} positions"),
+            ));
+        }
+        let rows = tr
+            .lm_head
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((p, k, d))?;
+        Ok(rows.broadcast_mul(&states.unsqueeze(1)?)?.sum(2)?)
     }
 
     /// Only the probe inputs of `component` at layer `l` (a forward that stops after `l`).

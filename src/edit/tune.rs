@@ -86,6 +86,25 @@ pub struct TuneParams {
     /// `keep_above`.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corpus_gap: Option<f64>,
+    /// δ: weight of keeping, at every position of the same corpus windows, the base model's
+    /// `corpus_topk_k` most likely next tokens in the base model's relations to each other:
+    /// their logits centred on their mean (log-odds among them; the softmax normaliser
+    /// cancels), as the corpus gap term keeps he vs she. Where β bounds the change's energy, this
+    /// bounds what it does to the predictions that matter in text (copying a name, a fact's
+    /// object: findings §6e). None: no such term. (Not written when None.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corpus_topk: Option<f64>,
+    /// k of the corpus top-k term. (Not written when [`CORPUS_TOPK_K`], so the cache keys and
+    /// delta records of earlier tune edits stay as they were.)
+    #[serde(skip_serializing_if = "is_default_topk_k")]
+    pub corpus_topk_k: usize,
+}
+
+/// The default k of the corpus top-k term.
+pub const CORPUS_TOPK_K: usize = 16;
+
+fn is_default_topk_k(k: &usize) -> bool {
+    *k == CORPUS_TOPK_K
 }
 
 /// Corpus tokens (from the start of the prior's corpus, in windows of `corpus_seq_len`; at most
@@ -115,6 +134,8 @@ impl Default for TuneParams {
             protect_weight_he: None,
             keep_above: None,
             corpus_gap: None,
+            corpus_topk: None,
+            corpus_topk_k: CORPUS_TOPK_K,
             heads: vec![],
         }
     }
@@ -148,6 +169,10 @@ impl TuneParams {
         if let Some(w) = self.corpus_gap {
             non_negative("tune.corpus_gap", w)?;
         }
+        if let Some(w) = self.corpus_topk {
+            non_negative("tune.corpus_topk", w)?;
+        }
+        at_least_one("tune.corpus_topk_k", self.corpus_topk_k)?;
         if let Some((i, &(l, h))) = self
             .heads
             .iter()
@@ -200,6 +225,20 @@ pub struct TuneReport {
     /// With γ: every 10 steps and the last, (step, corpus mean (L − L₀)² of that minibatch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corpus_gap_history: Vec<(usize, f64)>,
+    /// With δ: the mean |Δ| of the centred top-k logits over every corpus position after the
+    /// edit (nats), and every 10 steps and the last, (step, that minibatch's mean squared
+    /// change). Without δ the base top-k is not computed (a full unembedding per position),
+    /// so neither is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_topk_mean_abs_shift: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corpus_topk_history: Vec<(usize, f64)>,
+}
+
+/// Logits [positions, k] centred on each position's mean: the log-odds among the k tokens,
+/// unchanged by anything that shifts every logit of a position alike (the normaliser).
+fn centred(z: &Tensor) -> Result<Tensor> {
+    Ok(z.broadcast_sub(&z.mean_keepdim(1)?)?)
 }
 
 /// ΔW = B (A − Q QᵀA)ᵀ, [d_out, d_in]: rank ≤ r, and ΔW p = 0 for every p in Q's column span.
@@ -493,6 +532,18 @@ pub fn tune(
         .map(|i| Ok(corpus_reader.batch_gaps_all(base, i)?.detach()))
         .collect::<Result<_>>()?;
     let corpus_positions: usize = base_corpus.iter().map(|t| t.elem_count()).sum();
+    // δ: each corpus position's k most likely tokens on the base model and their centred
+    // logits, computed once.
+    let base_topk: Vec<(Tensor, Tensor)> = match params.corpus_topk {
+        None => Vec::new(),
+        Some(_) => (0..corpus_reader.n_batches())
+            .map(|i| {
+                let ids = corpus_reader.batch_top_ids(base, i, params.corpus_topk_k)?;
+                let z = centred(&corpus_reader.batch_logits_at(base, i, &ids)?)?.detach();
+                Ok((ids, z))
+            })
+            .collect::<Result<_>>()?,
+    };
     let base_protect: Vec<Tensor> = (0..protect_reader.n_batches())
         .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
         .collect::<Result<_>>()?;
@@ -604,6 +655,7 @@ pub fn tune(
         .collect::<Result<_>>()?;
     let mut history = Vec::new();
     let mut corpus_gap_history = Vec::new();
+    let mut corpus_topk_history = Vec::new();
     let (nf, np) = (fit_reader.n_batches(), protect_reader.n_batches());
     for step in 0..params.steps {
         for s in &stages {
@@ -638,6 +690,17 @@ pub fn tune(
             }
             None => None,
         };
+        let topk_loss = match params.corpus_topk {
+            Some(weight) => {
+                let k = step % base_topk.len();
+                let (ids, z0) = &base_topk[k];
+                let z = centred(&corpus_reader.batch_logits_at(&tr, k, ids)?)?;
+                let loss = (z - z0)?.sqr()?.mean_all()?;
+                total = (total + (&loss * weight)?)?;
+                Some(loss)
+            }
+            None => None,
+        };
         if step % 10 == 0 || step + 1 == params.steps {
             let v = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             let row = (step, v(&fit_loss)?, v(&prot_loss)?, v(&prior)?);
@@ -649,8 +712,16 @@ pub fn tune(
                 }
                 None => String::new(),
             };
+            let topk_note = match &topk_loss {
+                Some(c) => {
+                    let c = v(c)?;
+                    corpus_topk_history.push((step, c));
+                    format!(", corpus top-k Δz² {c:.4}")
+                }
+                None => String::new(),
+            };
             log(&format!(
-                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}",
+                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}",
                 row.1, row.2, row.3
             ));
             history.push(row);
@@ -722,6 +793,28 @@ pub fn tune(
             .to_scalar::<f64>()?;
     }
     let corpus_shift = corpus_shift / corpus_positions.max(1) as f64;
+    let corpus_topk_shift = if base_topk.is_empty() {
+        None
+    } else {
+        let mut sum = 0.0;
+        let mut count = 0;
+        for (k, (ids, z0)) in base_topk.iter().enumerate() {
+            let z = centred(&corpus_reader.batch_logits_at(&tr, k, ids)?)?.detach();
+            count += z.elem_count();
+            sum += (z - z0)?
+                .abs()?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+        Some(sum / count.max(1) as f64)
+    };
+    if let Some(shift) = corpus_topk_shift {
+        log(&format!(
+            "gap tuning: corpus top-{} centred logits mean |shift| {shift:.3}",
+            params.corpus_topk_k
+        ));
+    }
     log(&format!(
         "gap tuning: fit mean |gap| {fit_before:.3} -> {fit_after:.3}, protected mean |shift| \
          {protected_shift:.3}, corpus mean |shift| {corpus_shift:.3} ({corpus_positions} positions)"
@@ -744,6 +837,8 @@ pub fn tune(
         corpus_gap_mean_abs_shift: Some(corpus_shift),
         corpus_gap_positions: corpus_positions,
         corpus_gap_history,
+        corpus_topk_mean_abs_shift: corpus_topk_shift,
+        corpus_topk_history,
     };
     Ok((delta, report))
 }
