@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import signal
 import sys
 
 
@@ -68,6 +69,7 @@ def summary(rows):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     base, edited = records(sys.argv[1]), records(sys.argv[2])
