@@ -525,23 +525,13 @@ impl ProbeReader {
     /// like [`Self::batch_gaps`]. Log-probabilities share one normaliser per position, so the
     /// gap is still (u_he − u_she)·final norm.
     pub fn batch_gaps_all(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
-        let (b, t) = self.batch_shape(i)?;
-        let states = self.batch_states_all(tr, i)?;
+        let (states, (b, t)) = self.batch_states_all(tr, i)?;
         Ok(crate::model::stable_matmul::matmul(&states, &self.gap_dir)?.reshape((b, t))?)
     }
 
-    /// Rows and tokens of batch `i`.
-    fn batch_shape(&self, i: usize) -> Result<(usize, usize)> {
-        let (resid, _) = self
-            .batches
-            .get(i)
-            .ok_or_else(|| Error::param("batch", format!("{i} >= {}", self.batches.len())))?;
-        let (b, t, _) = resid.dims3()?;
-        Ok((b, t))
-    }
-
-    /// The final-norm states of batch `i` at every position, [rows · tokens, width].
-    fn batch_states_all(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
+    /// The final-norm states of batch `i` at every position, [rows · tokens, width], and the
+    /// batch's (rows, tokens).
+    fn batch_states_all(&self, tr: &Transformer, i: usize) -> Result<(Tensor, (usize, usize))> {
         let (resid, pads) = self
             .batches
             .get(i)
@@ -552,14 +542,14 @@ impl ProbeReader {
             ..Default::default()
         };
         let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
-        Ok(out.captures[&Site::FinalNorm].reshape((b * t, d))?)
+        Ok((out.captures[&Site::FinalNorm].reshape((b * t, d))?, (b, t)))
     }
 
     /// The token ids of the `k` largest logits at every position of batch `i` on `tr`,
     /// [rows · tokens, k] (u32, largest first): the full unembedding, a few rows at a time so
     /// that a 262k vocabulary never sits whole in memory for every position.
     pub fn batch_top_ids(&self, tr: &Transformer, i: usize, k: usize) -> Result<Tensor> {
-        let states = self.batch_states_all(tr, i)?.detach();
+        let states = self.batch_states_all(tr, i)?.0.detach();
         let (p, _) = states.dims2()?;
         let vocab = tr.lm_head.dim(0)?;
         if k == 0 || k > vocab {
@@ -593,7 +583,7 @@ impl ProbeReader {
     /// position instead of the vocabulary, differentiable like [`Self::batch_gaps`] (gap
     /// tuning's corpus top-k term).
     pub fn batch_logits_at(&self, tr: &Transformer, i: usize, ids: &Tensor) -> Result<Tensor> {
-        let states = self.batch_states_all(tr, i)?;
+        let (states, _) = self.batch_states_all(tr, i)?;
         let (p, d) = states.dims2()?;
         let (pi, k) = ids.dims2()?;
         if pi != p {

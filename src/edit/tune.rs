@@ -426,6 +426,17 @@ pub fn tune(
     mut log: impl FnMut(&str),
 ) -> Result<(WeightDelta, TuneReport)> {
     params.validate()?;
+    // Before any work: k cannot exceed the vocabulary.
+    if params.corpus_topk.is_some() && params.corpus_topk_k > model.config().vocab_size {
+        return Err(Error::param(
+            "tune.corpus_topk_k",
+            format!(
+                "{} is larger than the model's vocabulary of {}",
+                params.corpus_topk_k,
+                model.config().vocab_size
+            ),
+        ));
+    }
     let ProbePrompts {
         layers,
         pronouns,
@@ -704,22 +715,20 @@ pub fn tune(
         if step % 10 == 0 || step + 1 == params.steps {
             let v = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             let row = (step, v(&fit_loss)?, v(&prot_loss)?, v(&prior)?);
-            let corpus_note = match &corpus_loss {
-                Some(c) => {
-                    let c = v(c)?;
-                    corpus_gap_history.push((step, c));
-                    format!(", corpus (L−L₀)² {c:.4}")
-                }
-                None => String::new(),
+            // An optional term's minibatch loss: into its history and the log line.
+            let note = |loss: &Option<Tensor>,
+                        history: &mut Vec<(usize, f64)>,
+                        label: &str|
+             -> Result<String> {
+                let Some(c) = loss else {
+                    return Ok(String::new());
+                };
+                let c = v(c)?;
+                history.push((step, c));
+                Ok(format!(", {label} {c:.4}"))
             };
-            let topk_note = match &topk_loss {
-                Some(c) => {
-                    let c = v(c)?;
-                    corpus_topk_history.push((step, c));
-                    format!(", corpus top-k Δz² {c:.4}")
-                }
-                None => String::new(),
-            };
+            let corpus_note = note(&corpus_loss, &mut corpus_gap_history, "corpus (L−L₀)²")?;
+            let topk_note = note(&topk_loss, &mut corpus_topk_history, "corpus top-k Δz²")?;
             log(&format!(
                 "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}",
                 row.1, row.2, row.3
