@@ -19,8 +19,10 @@ pub struct EditArgs {
     pub model: DefaultModelArgs,
     /// probe (the gap probe at the last token: it transfers to unseen professions and
     /// templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the --spec
-    /// file's method, else the model's validated default (probe for smollm2-135m, tune for
-    /// gemma-3-270m: fixtures/data/default_edits), else probe.
+    /// file's method, else the model's validated default with its hyperparameters (probe for
+    /// smollm2-135m, tune with --tune-corpus-topk 1 for gemma-3-270m:
+    /// fixtures/data/default_edits), else probe. Naming a method starts from its library
+    /// defaults.
     #[arg(long)]
     pub method: Option<biaslens::edit::method::Method>,
     /// Edited layers, e.g. 1,2,3,4 (overrides --sites).
@@ -93,7 +95,8 @@ pub struct EditArgs {
     pub tune_corpus_gap: Option<f64>,
     /// tune: δ, weight of keeping the base model's 16 most likely next tokens at every position
     /// of the same corpus tokens in their relations to each other (centred logits; default: no
-    /// such term). Protects what text predicts, e.g. copying a name from the context.
+    /// such term, 1 in gemma-3-270m's default edit). Protects what text predicts, e.g. copying
+    /// a name from the context.
     #[arg(long, value_parser = non_negative)]
     pub tune_corpus_topk: Option<f64>,
     /// tune: k of --tune-corpus-topk (default 16).
@@ -195,16 +198,13 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
             toml::from_str::<EditSpec>(&text)
                 .with_context(|| format!("{}: not a valid edit spec", p.display()))?
         }
-        None => {
-            let method = match a.method {
-                Some(m) => m,
-                None => biaslens::edit::model_default::default_method(
-                    &biaslens::data::data_dir(),
-                    &a.model.model,
-                )?,
-            };
-            EditSpec::new(method, Vec::new())
-        }
+        None => match a.method {
+            Some(m) => EditSpec::new(m, Vec::new()),
+            None => biaslens::edit::model_default::default_spec(
+                &biaslens::data::data_dir(),
+                &a.model.model,
+            )?,
+        },
     };
     // A --spec file keeps its own method unless --method names another.
     set(&mut spec.method, a.method);
@@ -548,7 +548,8 @@ mod tests {
     }
 
     /// `--spec` chooses the method unless `--method` is given; without either it is the model's
-    /// default: the probe for SmolLM2 (and any model without a record), tune for Gemma-3.
+    /// default record, method and hyperparameters: the probe for SmolLM2 (and any model without
+    /// a record), tune for Gemma-3.
     #[test]
     fn a_spec_files_method_holds_unless_method_is_given() {
         let dir = tempfile::tempdir().unwrap();
@@ -568,6 +569,24 @@ mod tests {
         assert_eq!(spec_of(&["--out", o]).method, Method::Probe);
         let gemma = ["--model", "gemma-3-270m", "--out", o];
         assert_eq!(spec_of(&gemma).method, Method::Tune);
+        // The record's validated hyperparameters come with its method, and flags override them;
+        // `--method` alone starts from the library defaults.
+        let record =
+            biaslens::edit::model_default::record(&biaslens::data::data_dir(), "gemma-3-270m")
+                .unwrap()
+                .unwrap();
+        assert_eq!(spec_of(&gemma).tune, record.tune);
+        let s = spec_of(&[
+            "--model",
+            "gemma-3-270m",
+            "--tune-corpus-topk",
+            "7",
+            "--out",
+            o,
+        ]);
+        assert_eq!(s.tune.corpus_topk, Some(7.0));
+        let s = spec_of(&["--model", "gemma-3-270m", "--method", "tune", "--out", o]);
+        assert_eq!(s.tune, biaslens::edit::tune::TuneParams::default());
         let s = spec_of(&["--model", "gemma-3-270m", "--method", "probe", "--out", o]);
         assert_eq!(s.method, Method::Probe);
         let s = spec_of(&["--model", "gemma-3-270m", "--tune-rank", "2", "--out", o]);

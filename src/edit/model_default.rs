@@ -1,9 +1,13 @@
-//! The edit method a registry model gets when `biaslens edit` names neither `--method` nor
-//! `--spec`. The choice is a data record per model, `default_edits/{alias}.toml` in the data
-//! folder, made on that model's own validation split (docs/findings.md §6); a model without a
-//! record (a GGUF path, a Hugging Face directory) gets [`FALLBACK`].
+//! The edit a registry model gets when `biaslens edit` names neither `--method` nor `--spec`.
+//! The choice is a data record per model, `default_edits/{alias}.toml` in the data folder, made
+//! on that model's own validation split (docs/findings.md §6): the method, and the
+//! hyperparameters chosen for it where they differ from the library's (a `[probe]` or `[tune]`
+//! table, the same fields as an edit spec's). A model without a record (a GGUF path, a Hugging
+//! Face directory) gets [`FALLBACK`] with the library defaults.
 
-use super::method::Method;
+use super::method::{EditSpec, Method};
+use super::probe::ProbeParams;
+use super::tune::TuneParams;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,12 @@ pub struct ModelDefaultEdit {
     pub method: Method,
     /// Where the choice was measured (a docs/findings.md section), kept beside it.
     pub chosen_on: String,
+    /// The probe's validated hyperparameters; a missing table or field is the library default.
+    #[serde(default)]
+    pub probe: ProbeParams,
+    /// Gap tuning's validated hyperparameters; a missing table or field is the library default.
+    #[serde(default)]
+    pub tune: TuneParams,
 }
 
 /// The record's path for `--model` `model`: only registry aliases have one.
@@ -28,23 +38,63 @@ pub fn record_path(data_dir: &Path, model: &str) -> Option<PathBuf> {
         .then(|| data_dir.join("default_edits").join(format!("{model}.toml")))
 }
 
-/// The default method for `--model` `model`: its record's, else [`FALLBACK`]. A record that
-/// exists but does not parse is an error naming the file.
-pub fn default_method(data_dir: &Path, model: &str) -> Result<Method> {
+/// `model`'s record, `None` where it has none. A record that does not parse, or that sets the
+/// hyperparameters of a method it does not choose, is an error naming the file.
+pub fn record(data_dir: &Path, model: &str) -> Result<Option<ModelDefaultEdit>> {
     let Some(path) = record_path(data_dir, model).filter(|p| p.is_file()) else {
-        return Ok(FALLBACK);
+        return Ok(None);
     };
     let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
     let record: ModelDefaultEdit = toml::from_str(&text)
         .map_err(|e| Error::file(&path, format!("not a default-edit record: {e}")))?;
-    Ok(record.method)
+    for (table, set, method) in [
+        (
+            "probe",
+            record.probe != ProbeParams::default(),
+            Method::Probe,
+        ),
+        ("tune", record.tune != TuneParams::default(), Method::Tune),
+    ] {
+        if set && record.method != method {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "a [{table}] table, but the record's method is {}: its hyperparameters would \
+                     not be read",
+                    record.method.name()
+                ),
+            ));
+        }
+    }
+    Ok(Some(record))
+}
+
+/// The default method for `--model` `model`: its record's, else [`FALLBACK`].
+pub fn default_method(data_dir: &Path, model: &str) -> Result<Method> {
+    Ok(record(data_dir, model)?.map_or(FALLBACK, |r| r.method))
+}
+
+/// The edit spec `biaslens edit --model model` starts from when neither `--method` nor `--spec`
+/// is given: the record's method and hyperparameters, else [`FALLBACK`]'s library defaults.
+/// Flags given beside it still replace its values.
+pub fn default_spec(data_dir: &Path, model: &str) -> Result<EditSpec> {
+    Ok(match record(data_dir, model)? {
+        None => EditSpec::new(FALLBACK, Vec::new()),
+        Some(r) => {
+            let mut spec = EditSpec::new(r.method, Vec::new());
+            spec.probe = r.probe;
+            spec.tune = r.tune;
+            spec
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The shipped records parse, and name the method each model's validation split chose.
+    /// The shipped records parse, and name the method (and hyperparameters) each model's
+    /// validation split chose.
     #[test]
     fn shipped_records_choose_per_model() {
         let data = crate::data::data_dir();
@@ -53,6 +103,13 @@ mod tests {
             Method::Probe
         );
         assert_eq!(default_method(&data, "gemma-3-270m").unwrap(), Method::Tune);
+        // Gemma-3's record carries the corpus top-k weight its validation split chose (§6e).
+        let gemma = default_spec(&data, "gemma-3-270m").unwrap();
+        assert_eq!(gemma.tune.corpus_topk, Some(1.0));
+        assert_eq!(
+            default_spec(&data, "smollm2-135m").unwrap().probe,
+            ProbeParams::default()
+        );
         for k in crate::model::registry::KNOWN_MODELS {
             assert!(
                 record_path(&data, k.alias).is_some_and(|p| p.is_file()),
@@ -86,5 +143,42 @@ mod tests {
             default_method(dir.path(), "gemma-3-270m").unwrap(),
             Method::Lsdm
         );
+    }
+
+    /// A record's `[tune]` table reaches the spec `biaslens edit` starts from, unset fields keep
+    /// the library defaults, and a table for a method the record does not choose is refused.
+    #[test]
+    fn record_hyperparameters_reach_the_default_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("default_edits")).unwrap();
+        let file = dir.path().join("default_edits/gemma-3-270m.toml");
+        std::fs::write(
+            &file,
+            "method = \"tune\"\nchosen_on = \"x\"\n[tune]\ncorpus_topk = 1.0\n",
+        )
+        .unwrap();
+        let spec = default_spec(dir.path(), "gemma-3-270m").unwrap();
+        assert_eq!(spec.method, Method::Tune);
+        assert_eq!(spec.tune.corpus_topk, Some(1.0));
+        let want = TuneParams {
+            corpus_topk: Some(1.0),
+            ..TuneParams::default()
+        };
+        assert_eq!(spec.tune, want);
+        assert_eq!(spec.probe, ProbeParams::default());
+        std::fs::write(
+            &file,
+            "method = \"probe\"\nchosen_on = \"x\"\n[tune]\ncorpus_topk = 1.0\n",
+        )
+        .unwrap();
+        let e = default_spec(dir.path(), "gemma-3-270m")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gemma-3-270m.toml") && e.contains("[tune]"),
+            "{e}"
+        );
+        let spec = default_spec(dir.path(), "x/model.gguf").unwrap();
+        assert_eq!((spec.method, spec.tune), (FALLBACK, TuneParams::default()));
     }
 }
