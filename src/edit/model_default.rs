@@ -66,7 +66,19 @@ pub fn record(data_dir: &Path, model: &str) -> Result<Option<ModelDefaultEdit>> 
             ));
         }
     }
+    // Out-of-range values are refused here, naming the record: a user who passed no flag would
+    // not know where `tune.corpus_topk` came from.
+    let spec = spec_of(&record);
+    spec.validate_params()
+        .map_err(|e| Error::file(&path, e.to_string()))?;
     Ok(Some(record))
+}
+
+fn spec_of(r: &ModelDefaultEdit) -> EditSpec {
+    let mut spec = EditSpec::new(r.method, Vec::new());
+    spec.probe = r.probe.clone();
+    spec.tune = r.tune.clone();
+    spec
 }
 
 /// The default method for `--model` `model`: its record's, else [`FALLBACK`].
@@ -80,12 +92,7 @@ pub fn default_method(data_dir: &Path, model: &str) -> Result<Method> {
 pub fn default_spec(data_dir: &Path, model: &str) -> Result<EditSpec> {
     Ok(match record(data_dir, model)? {
         None => EditSpec::new(FALLBACK, Vec::new()),
-        Some(r) => {
-            let mut spec = EditSpec::new(r.method, Vec::new());
-            spec.probe = r.probe;
-            spec.tune = r.tune;
-            spec
-        }
+        Some(r) => spec_of(&r),
     })
 }
 
@@ -146,7 +153,8 @@ mod tests {
     }
 
     /// A record's `[tune]` table reaches the spec `biaslens edit` starts from, unset fields keep
-    /// the library defaults, and a table for a method the record does not choose is refused.
+    /// the library defaults; a table for a method the record does not choose, or a value out of
+    /// range, is refused naming the record.
     #[test]
     fn record_hyperparameters_reach_the_default_spec() {
         let dir = tempfile::tempdir().unwrap();
@@ -176,6 +184,18 @@ mod tests {
             .to_string();
         assert!(
             e.contains("gemma-3-270m.toml") && e.contains("[tune]"),
+            "{e}"
+        );
+        std::fs::write(
+            &file,
+            "method = \"tune\"\nchosen_on = \"x\"\n[tune]\ncorpus_topk = -1.0\n",
+        )
+        .unwrap();
+        let e = default_spec(dir.path(), "gemma-3-270m")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gemma-3-270m.toml") && e.contains("tune.corpus_topk"),
             "{e}"
         );
         let spec = default_spec(dir.path(), "x/model.gguf").unwrap();
