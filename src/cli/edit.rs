@@ -20,7 +20,7 @@ pub struct EditArgs {
     /// probe (the gap probe at the last token: it transfers to unseen professions and
     /// templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the --spec
     /// file's method, else the model's validated default with its hyperparameters (probe for
-    /// smollm2-135m, tune with --tune-corpus-topk 1 for gemma-3-270m:
+    /// smollm2-135m, tune with --tune-corpus-topk 10 for gemma-3-270m:
     /// fixtures/data/default_edits), else probe. Naming a method starts from its library
     /// defaults.
     #[arg(long)]
@@ -95,7 +95,7 @@ pub struct EditArgs {
     pub tune_corpus_gap: Option<f64>,
     /// tune: δ, weight of keeping the base model's 16 most likely next tokens at every position
     /// of the same corpus tokens in their relations to each other (centred logits; default: no
-    /// such term, 1 in gemma-3-270m's default edit). Protects what text predicts, e.g. copying
+    /// such term, 10 in gemma-3-270m's default edit). Protects what text predicts, e.g. copying
     /// a name from the context.
     #[arg(long, value_parser = non_negative)]
     pub tune_corpus_topk: Option<f64>,

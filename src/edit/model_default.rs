@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(default_method(&data, "gemma-3-270m").unwrap(), Method::Tune);
         // Gemma-3's record carries the corpus top-k weight its validation split chose (§6e).
         let gemma = default_spec(&data, "gemma-3-270m").unwrap();
-        assert_eq!(gemma.tune.corpus_topk, Some(1.0));
+        assert_eq!(gemma.tune.corpus_topk, Some(10.0));
         assert_eq!(
             default_spec(&data, "smollm2-135m").unwrap().probe,
             ProbeParams::default()
