@@ -1,6 +1,7 @@
 //! `biaslens eval` as three shard processes (request chunks dealt round-robin), merged by
 //! `biaslens merge`, gives exactly the single run's metrics and per-item outputs; the merge
 //! scores nothing itself and refuses an incomplete or mixed set of shards.
+//! Tasks scored by separate runs join the same way from their cache (`--cache-only`).
 //! SmolLM2 on the first items of COPA and Winogender.
 
 mod common;
@@ -108,4 +109,56 @@ fn three_eval_shards_merge_to_the_single_run() {
             "the merge scored requests itself"
         );
     }
+}
+
+/// Tasks scored by separate runs into one result cache join into one result with
+/// `--cache-only`: the single run's metrics and outputs, nothing scored by the joining call;
+/// without the cache it is refused, naming the flag.
+#[test]
+fn separate_task_runs_join_from_the_cache() {
+    common::ensure_model("smollm2-135m");
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let p = |s: &str| -> PathBuf { tmp.path().join(s) };
+    let single = p("single");
+    let o = biaslens(
+        &[EVAL, &["--no-cache", "--out"]].concat(),
+        &[single.as_path()],
+    );
+    ok(&o, "single eval");
+    let cache = p("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let base = [
+        "eval",
+        "--model",
+        "smollm2-135m",
+        "--limit",
+        "10",
+        "--batch-tokens",
+        "32",
+    ];
+    for task in ["copa", "winogender"] {
+        let out = p(task);
+        let args = [&base[..], &["--tasks", task, "--cache", cache_arg, "--out"]].concat();
+        ok(&biaslens(&args, &[out.as_path()]), task);
+    }
+    let joined = p("joined");
+    let args = [EVAL, &["--cache", cache_arg, "--cache-only", "--out"]].concat();
+    ok(&biaslens(&args, &[joined.as_path()]), "joining eval");
+    assert_eq!(comparable(&joined), comparable(&single));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(joined.join("results.json")).unwrap())
+            .unwrap();
+    for t in r["tasks"].as_array().unwrap() {
+        assert_eq!(t["cache"]["requests"], t["cache"]["from_cache"]);
+    }
+    let empty = p("empty-cache");
+    let args = [
+        EVAL,
+        &["--cache", empty.to_str().unwrap(), "--cache-only", "--out"],
+    ]
+    .concat();
+    let o = biaslens(&args, &[p("refused").as_path()]);
+    assert!(!o.status.success(), "--cache-only scored without a cache");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--cache-only scores nothing"));
+    assert!(!p("refused").join("results.json").exists());
 }

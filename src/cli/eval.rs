@@ -90,8 +90,9 @@ pub struct EvalArgs {
     #[arg(long)]
     #[serde(default)]
     pub shard: Option<String>,
-    /// Answer only from the cache; a missing request is an error (used by `biaslens merge`).
-    #[arg(long, hide = true)]
+    /// Answer only from the cache, scoring nothing; a missing request is an error. Writes one
+    /// result for tasks scored by separate runs (as `biaslens merge` does for shards).
+    #[arg(long)]
     #[serde(default)]
     pub cache_only: bool,
 }

@@ -210,7 +210,9 @@ impl LanguageModel for CachedLm<'_> {
         let mut missing: Vec<usize> = (0..total).filter(|&i| out[i].is_none()).collect();
         if self.cache_only && !missing.is_empty() {
             return Err(Error::Model(format!(
-                "{} of {total} requests are in no shard's cache (a shard is missing or unfinished)",
+                "{} of {total} requests are not in the result cache, and --cache-only scores \
+                 nothing (run the evaluation without it first; under `biaslens merge`, a shard is \
+                 missing or unfinished)",
                 missing.len()
             )));
         }
