@@ -174,29 +174,21 @@ mod tests {
         };
         assert_eq!(spec.tune, want);
         assert_eq!(spec.probe, ProbeParams::default());
-        std::fs::write(
-            &file,
+        // Each bad record is refused naming its file and what is wrong in it.
+        let refused = |body: &str, what: &str| {
+            std::fs::write(&file, body).unwrap();
+            let e = default_spec(dir.path(), "gemma-3-270m")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("gemma-3-270m.toml") && e.contains(what), "{e}");
+        };
+        refused(
             "method = \"probe\"\nchosen_on = \"x\"\n[tune]\ncorpus_topk = 1.0\n",
-        )
-        .unwrap();
-        let e = default_spec(dir.path(), "gemma-3-270m")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("gemma-3-270m.toml") && e.contains("[tune]"),
-            "{e}"
+            "[tune]",
         );
-        std::fs::write(
-            &file,
+        refused(
             "method = \"tune\"\nchosen_on = \"x\"\n[tune]\ncorpus_topk = -1.0\n",
-        )
-        .unwrap();
-        let e = default_spec(dir.path(), "gemma-3-270m")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("gemma-3-270m.toml") && e.contains("tune.corpus_topk"),
-            "{e}"
+            "tune.corpus_topk",
         );
         let spec = default_spec(dir.path(), "x/model.gguf").unwrap();
         assert_eq!((spec.method, spec.tune), (FALLBACK, TuneParams::default()));
