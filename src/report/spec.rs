@@ -873,4 +873,24 @@ bootstrap = 100
             assert_eq!(variant_names(&s.methods), want, "{f}");
         }
     }
+
+    /// The mitigation reports' probe and tune rows are the edits `biaslens edit --model M`
+    /// makes: each model's shipped default record's hyperparameters, not the library's.
+    #[test]
+    fn mitigation_specs_use_the_shipped_default_hyperparameters() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness");
+        for (f, model) in [
+            ("mitigation-smollm2.toml", "smollm2-135m"),
+            ("mitigation-gemma3.toml", "gemma-3-270m"),
+        ] {
+            let s = Spec::load(&root.join(f)).unwrap();
+            assert_eq!(s.model.name, model, "{f}");
+            let record = crate::edit::model_default::record(&crate::data::data_dir(), model)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{model} has no default-edit record"));
+            let methods = &s.methods;
+            assert_eq!(methods.probe.as_ref().unwrap().params, record.probe, "{f}");
+            assert_eq!(methods.tune.as_ref().unwrap().params, record.tune, "{f}");
+        }
+    }
 }
