@@ -75,7 +75,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         None => {
             let pipeline = stages(&spec)?;
-            let outcome = pipeline.run(&spec, &a.out, a.force)?;
+            // One line per stage on stderr: a mitigation report runs for hours, and a resumed
+            // run should say what it reused.
+            let outcome = pipeline
+                .run_with_events(&spec, &a.out, a.force, &mut |e| eprintln!("report {e}"))?;
             if outcome.records.is_empty() {
                 bail!(
                     "no measure/trace/edit/eval stages are wired into `report` in this build; \

@@ -89,6 +89,54 @@ pub struct RunOutcome {
     pub inputs: ReportInputs,
 }
 
+/// What the pipeline is doing, reported to the caller (the CLI prints one line per event) so a
+/// run of hours says which stage it is in and which were reused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageEvent {
+    /// The stored output's key matched; the stage is not rerun.
+    Reused {
+        index: usize,
+        total: usize,
+        name: String,
+    },
+    /// The stage starts computing.
+    Started {
+        index: usize,
+        total: usize,
+        name: String,
+    },
+    /// The stage finished and its output is stored.
+    Finished {
+        index: usize,
+        total: usize,
+        name: String,
+        wall_s: f64,
+    },
+}
+
+impl std::fmt::Display for StageEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageEvent::Reused { index, total, name } => {
+                write!(
+                    f,
+                    "[{}/{total}] {name}: reused (stored output, same key)",
+                    index + 1
+                )
+            }
+            StageEvent::Started { index, total, name } => {
+                write!(f, "[{}/{total}] {name}: running", index + 1)
+            }
+            StageEvent::Finished {
+                index,
+                total,
+                name,
+                wall_s,
+            } => write!(f, "[{}/{total}] {name}: done in {wall_s:.1} s", index + 1),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
@@ -158,12 +206,24 @@ impl Pipeline {
 
     /// Run every stage (or reuse its cache unless `force`), then assemble the report inputs.
     pub fn run(&self, spec: &Spec, out_dir: &Path, force: bool) -> Result<RunOutcome> {
+        self.run_with_events(spec, out_dir, force, &mut |_| {})
+    }
+
+    /// [`Pipeline::run`], telling `on_event` when each stage is reused, starts and finishes.
+    pub fn run_with_events(
+        &self,
+        spec: &Spec,
+        out_dir: &Path,
+        force: bool,
+        on_event: &mut dyn FnMut(&StageEvent),
+    ) -> Result<RunOutcome> {
         self.check()?;
+        let total = self.stages.len();
         std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e.to_string()))?;
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         let mut hashes: BTreeMap<String, String> = BTreeMap::new();
         let mut records = vec![];
-        for s in &self.stages {
+        for (index, s) in self.stages.iter().enumerate() {
             let name = s.name().to_string();
             let inputs: BTreeMap<String, String> = s
                 .deps()
@@ -175,8 +235,20 @@ impl Pipeline {
             let path = Self::stage_path(out_dir, &name);
             let start = Instant::now();
             let (file, cached) = match (!force).then(|| Self::cached(&path, &key)).flatten() {
-                Some(f) => (f, true),
+                Some(f) => {
+                    on_event(&StageEvent::Reused {
+                        index,
+                        total,
+                        name: name.clone(),
+                    });
+                    (f, true)
+                }
                 None => {
+                    on_event(&StageEvent::Started {
+                        index,
+                        total,
+                        name: name.clone(),
+                    });
                     let ctx = Ctx {
                         spec,
                         out_dir,
@@ -192,6 +264,12 @@ impl Pipeline {
                         output,
                     };
                     write_json_atomic(&path, &f)?;
+                    on_event(&StageEvent::Finished {
+                        index,
+                        total,
+                        name: name.clone(),
+                        wall_s: f.wall_s,
+                    });
                     (f, false)
                 }
             };
@@ -315,6 +393,61 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn events_say_which_stages_ran_and_which_were_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        let run = |fb: i64| {
+            let mut events = vec![];
+            pipeline(2, fb, &r)
+                .run_with_events(&spec(), dir.path(), false, &mut |e| events.push(e.clone()))
+                .unwrap();
+            events
+        };
+        let kinds = |events: &[StageEvent]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| match e {
+                    StageEvent::Reused { index, total, name } => {
+                        format!("reused {index}/{total} {name}")
+                    }
+                    StageEvent::Started { index, total, name } => {
+                        format!("started {index}/{total} {name}")
+                    }
+                    StageEvent::Finished {
+                        index,
+                        total,
+                        name,
+                        wall_s,
+                    } => {
+                        assert!(*wall_s >= 0.0);
+                        format!("finished {index}/{total} {name}")
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(
+            kinds(&run(3)),
+            [
+                "started 0/2 a",
+                "finished 0/2 a",
+                "started 1/2 b",
+                "finished 1/2 b"
+            ]
+        );
+        // b's settings change: a is reused, b reruns.
+        assert_eq!(
+            kinds(&run(4)),
+            ["reused 0/2 a", "started 1/2 b", "finished 1/2 b"]
+        );
+        let all = run(4);
+        assert_eq!(kinds(&all), ["reused 0/2 a", "reused 1/2 b"]);
+        assert_eq!(
+            all[1].to_string(),
+            "[2/2] b: reused (stored output, same key)"
+        );
     }
 
     #[test]
