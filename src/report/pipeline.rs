@@ -51,6 +51,13 @@ pub trait Stage {
     fn contribute(&self, _output: &Value, _inputs: &mut ReportInputs) -> Result<()> {
         Ok(())
     }
+    /// Whether the files a stored `output` refers to (under `out_dir/artefacts/`) are there and
+    /// unchanged. A stored stage without them is still reused, unless a stage that has to run
+    /// reads it: then it runs again. So a report's `stages/` folder alone (committed, copied to
+    /// another machine) resumes a run without its large artefacts.
+    fn artefacts_present(&self, _out_dir: &Path, _output: &Value) -> bool {
+        true
+    }
 }
 
 /// The cache key: sha256 of the stage name, its settings and its inputs' output hashes.
@@ -99,11 +106,13 @@ pub enum StageEvent {
         total: usize,
         name: String,
     },
-    /// The stage starts computing.
+    /// The stage starts computing. `for_artefacts`: its stored output matched, but a stage that
+    /// runs later reads its artefacts, which are missing.
     Started {
         index: usize,
         total: usize,
         name: String,
+        for_artefacts: bool,
     },
     /// The stage finished and its output is stored.
     Finished {
@@ -124,8 +133,17 @@ impl std::fmt::Display for StageEvent {
                     index + 1
                 )
             }
-            StageEvent::Started { index, total, name } => {
-                write!(f, "[{}/{total}] {name}: running", index + 1)
+            StageEvent::Started {
+                index,
+                total,
+                name,
+                for_artefacts,
+            } => {
+                write!(f, "[{}/{total}] {name}: running", index + 1)?;
+                if *for_artefacts {
+                    write!(f, " (stored output reused, but its artefacts are missing)")?;
+                }
+                Ok(())
             }
             StageEvent::Finished {
                 index,
@@ -197,6 +215,60 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Which stages must run although their stored output matches: those whose artefacts are
+    /// missing while a stage that will run (not stored, or itself rebuilt) depends on them.
+    /// Keys are chained through the stored outputs' hashes, as the run computes them when every
+    /// rebuilt stage gives its stored output again.
+    fn artefacts_to_rebuild(&self, out_dir: &Path, force: bool) -> Result<Vec<bool>> {
+        let n = self.stages.len();
+        if force {
+            return Ok(vec![false; n]);
+        }
+        let mut stored: Vec<Option<StageFile>> = Vec::with_capacity(n);
+        let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+        for s in &self.stages {
+            let inputs: Option<BTreeMap<String, String>> = s
+                .deps()
+                .into_iter()
+                .map(|d| hashes.get(&d).cloned().map(|h| (d, h)))
+                .collect();
+            // A dependency without a stored output: this stage cannot match either.
+            let file = match inputs {
+                None => None,
+                Some(inputs) => {
+                    let key = stage_key(s.name(), &s.settings()?, &inputs)?;
+                    Self::cached(&Self::stage_path(out_dir, s.name()), &key)
+                }
+            };
+            if let Some(f) = &file {
+                hashes.insert(s.name().to_string(), output_hash(&f.output)?);
+            }
+            stored.push(file);
+        }
+        let index: BTreeMap<&str, usize> = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name(), i))
+            .collect();
+        let mut rebuild = vec![false; n];
+        // Dependencies come first, so one backward sweep reaches every chain.
+        for i in (0..n).rev() {
+            if stored[i].is_some() && !rebuild[i] {
+                continue;
+            }
+            for d in self.stages[i].deps() {
+                let j = index[d.as_str()];
+                if let Some(f) = &stored[j] {
+                    if !self.stages[j].artefacts_present(out_dir, &f.output) {
+                        rebuild[j] = true;
+                    }
+                }
+            }
+        }
+        Ok(rebuild)
+    }
+
     /// Reuse a stored output whose key matches; anything unreadable is simply recomputed.
     fn cached(path: &Path, key: &str) -> Option<StageFile> {
         let bytes = std::fs::read(path).ok()?;
@@ -219,6 +291,7 @@ impl Pipeline {
     ) -> Result<RunOutcome> {
         self.check()?;
         let total = self.stages.len();
+        let rebuild = self.artefacts_to_rebuild(out_dir, force)?;
         std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e.to_string()))?;
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         let mut hashes: BTreeMap<String, String> = BTreeMap::new();
@@ -234,7 +307,10 @@ impl Pipeline {
             let key = stage_key(&name, &s.settings()?, &inputs)?;
             let path = Self::stage_path(out_dir, &name);
             let start = Instant::now();
-            let (file, cached) = match (!force).then(|| Self::cached(&path, &key)).flatten() {
+            let stored = (!force && !rebuild[index])
+                .then(|| Self::cached(&path, &key))
+                .flatten();
+            let (file, cached) = match stored {
                 Some(f) => {
                     on_event(&StageEvent::Reused {
                         index,
@@ -248,6 +324,7 @@ impl Pipeline {
                         index,
                         total,
                         name: name.clone(),
+                        for_artefacts: rebuild[index],
                     });
                     let ctx = Ctx {
                         spec,
@@ -312,6 +389,11 @@ mod tests {
         runs: Rc<Cell<usize>>,
     }
 
+    /// The file `Counting` writes beside its output and reads from each dependency.
+    fn artefact(out_dir: &Path, name: &str) -> PathBuf {
+        out_dir.join("artefacts").join(name).join("v.txt")
+    }
+
     impl Stage for Counting {
         fn name(&self) -> &str {
             self.name
@@ -326,9 +408,22 @@ mod tests {
             self.runs.set(self.runs.get() + 1);
             let mut sum = 1;
             for d in &self.deps {
-                sum += ctx.input(d)?["v"].as_i64().unwrap_or(0);
+                let v = ctx.input(d)?["v"].as_i64().unwrap_or(0);
+                // A dependency's artefact must be there when this stage runs.
+                let on_disk = std::fs::read_to_string(artefact(ctx.out_dir, d))
+                    .map_err(|e| Error::Model(format!("artefact of {d}: {e}")))?;
+                assert_eq!(on_disk, v.to_string());
+                sum += v;
             }
-            Ok(serde_json::json!({ "v": self.factor * sum }))
+            let v = self.factor * sum;
+            let path = artefact(ctx.out_dir, self.name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, v.to_string()).unwrap();
+            Ok(serde_json::json!({ "v": v }))
+        }
+        fn artefacts_present(&self, out_dir: &Path, output: &Value) -> bool {
+            std::fs::read_to_string(artefact(out_dir, self.name))
+                .is_ok_and(|s| s == output["v"].to_string())
         }
         fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
             inputs.cost.push(super::super::inputs::CostRow {
@@ -413,7 +508,9 @@ mod tests {
                     StageEvent::Reused { index, total, name } => {
                         format!("reused {index}/{total} {name}")
                     }
-                    StageEvent::Started { index, total, name } => {
+                    StageEvent::Started {
+                        index, total, name, ..
+                    } => {
                         format!("started {index}/{total} {name}")
                     }
                     StageEvent::Finished {
@@ -448,6 +545,37 @@ mod tests {
             all[1].to_string(),
             "[2/2] b: reused (stored output, same key)"
         );
+    }
+
+    /// A copied `stages/` folder without `artefacts/` resumes: stored stages are reused where
+    /// nothing that runs needs their files, and rebuilt (then reused downstream) where it does.
+    #[test]
+    fn missing_artefacts_rebuild_only_what_a_running_stage_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        std::fs::remove_dir_all(dir.path().join("artefacts")).unwrap();
+        let out = pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!(
+            (r.a.get(), r.b.get()),
+            (1, 1),
+            "nothing runs, nothing is rebuilt"
+        );
+        assert!(out.records.iter().all(|s| s.cached));
+        // b's settings change: b runs and reads a's artefact, so a runs again first.
+        let mut events = vec![];
+        let out = pipeline(2, 4, &r)
+            .run_with_events(&spec(), dir.path(), false, &mut |e| {
+                events.push(e.to_string())
+            })
+            .unwrap();
+        assert_eq!((r.a.get(), r.b.get()), (2, 2));
+        assert_eq!(out.outputs["b"]["v"], 4 * 3);
+        assert_eq!(
+            events[0],
+            "[1/2] a: running (stored output reused, but its artefacts are missing)"
+        );
+        assert!(artefact(dir.path(), "a").is_file());
     }
 
     #[test]

@@ -155,6 +155,16 @@ impl EditStage {
     }
 }
 
+/// Whether the delta a stored edit output names is in `out_dir` with the hash it recorded: the
+/// later stages apply it.
+fn delta_present(out_dir: &std::path::Path, output: &Value) -> bool {
+    let (Some(rel), Some(want)) = (output["delta"].as_str(), output["delta_sha256"].as_str())
+    else {
+        return false;
+    };
+    crate::io::sha256_file(&out_dir.join(rel)).is_ok_and(|h| h == want)
+}
+
 impl Stage for EditStage {
     fn name(&self) -> &str {
         &self.name
@@ -221,6 +231,9 @@ impl Stage for EditStage {
         };
         Ok(serde_json::to_value(out)?)
     }
+    fn artefacts_present(&self, out_dir: &std::path::Path, output: &Value) -> bool {
+        delta_present(out_dir, output)
+    }
     fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
         if !super::is_method(&self.variant.name) {
             return Ok(());
@@ -235,5 +248,30 @@ impl Stage for EditStage {
             edit_s: o.edit_s,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_edit_needs_its_delta_with_the_recorded_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = "artefacts/edit_x/delta.safetensors";
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"delta bytes").unwrap();
+        let output =
+            json!({ "delta": rel, "delta_sha256": crate::io::sha256_file(&path).unwrap() });
+        assert!(delta_present(dir.path(), &output));
+        std::fs::write(&path, b"other bytes").unwrap();
+        assert!(!delta_present(dir.path(), &output), "changed file");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!delta_present(dir.path(), &output), "missing file");
+        assert!(
+            !delta_present(dir.path(), &json!({ "delta": rel })),
+            "no recorded hash"
+        );
     }
 }
