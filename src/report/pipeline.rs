@@ -423,7 +423,7 @@ mod tests {
         }
         fn artefacts_present(&self, out_dir: &Path, output: &Value) -> bool {
             std::fs::read_to_string(artefact(out_dir, self.name))
-                .is_ok_and(|s| s == output["v"].to_string())
+                .is_ok_and(|s| output["v"].as_i64().is_some_and(|v| s == v.to_string()))
         }
         fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
             inputs.cost.push(super::super::inputs::CostRow {
