@@ -22,6 +22,9 @@ pub const CONTROLS: &str = "definitional controls (keep)";
 pub const KEPT: &str = "mean gap toward definitional gender";
 pub const GAP: &str = "mean |p(he) - p(she)|";
 pub const SLOPE: &str = "a_s (stereotype slope)";
+/// DAMA's factual slope: p(he) − p(she) against the definitional score, on the same prompts. It
+/// carries factual gender, so an edit should leave it at Base (no ideal value).
+pub const FACTUAL_SLOPE: &str = "a_f (definitional slope)";
 
 /// What the stage stores: the metrics the report shows, not every prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +36,9 @@ pub struct MeasureOutput {
     pub mean_gap: Estimate,
     /// DAMA regression slope on the stereotypical score, and its R².
     pub a_s: Option<Estimate>,
+    /// The same regression's slope on the definitional score (absent in older outputs).
+    #[serde(default)]
+    pub a_f: Option<Estimate>,
     pub r2: Option<Estimate>,
     /// The definitional controls (all of them, on the held-out rows' templates): mean |e| and
     /// mean e signed toward each word's definitional gender (absent in outputs of older
@@ -99,7 +105,7 @@ impl Stage for MeasureStage {
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
             "split": o.split, "batch": o.batch_size,
             "bootstrap": o.bootstrap, "max_professions": self.job.max_professions,
-            "data_dir": o.data_dir, "controls": true,
+            "data_dir": o.data_dir, "controls": true, "a_f": true,
         });
         // Only when not the default, so reports measured on all templates keep their cache keys.
         if o.template_split != crate::data::split::TemplateSplit::All {
@@ -133,6 +139,7 @@ impl Stage for MeasureStage {
             mean_abs_gap: m.mean_abs_gap,
             mean_gap: m.mean_gap,
             a_s: m.regression.as_ref().map(|r| r.a_s.clone()),
+            a_f: m.regression.as_ref().map(|r| r.a_f.clone()),
             r2: m.regression.as_ref().map(|r| r.r2.clone()),
             controls_abs_gap,
             controls_toward_definitional,
@@ -156,6 +163,12 @@ impl Stage for MeasureStage {
         inputs.bias.push(row(GAP, o.mean_abs_gap));
         if let Some(a) = o.a_s {
             inputs.bias.push(row(SLOPE, a));
+        }
+        if let Some(a) = o.a_f {
+            inputs.bias.push(BiasRow {
+                ideal: None,
+                ..row(FACTUAL_SLOPE, a)
+            });
         }
         // Controls: no ideal value; the edit should leave them at Base.
         for (metric, v) in [
@@ -181,6 +194,41 @@ mod tests {
     use super::*;
     use crate::data::split::TemplateSplit;
     use crate::report::spec::tests::MINIMAL;
+
+    /// Table 2 gets a_s with Ideal 0 and a_f without one (it carries factual gender); an
+    /// output of an older version, without a_f, still reads.
+    #[test]
+    fn slopes_reach_table_2_with_their_ideals() {
+        let spec = Spec::parse(MINIMAL).unwrap();
+        let stage = MeasureStage::new(&spec, "lsdm");
+        let e = |v: f64| Estimate::point(v, 720);
+        let output = MeasureOutput {
+            variant: "lsdm".into(),
+            n_prompts: 720,
+            n_professions: 48,
+            mean_abs_gap: e(0.05),
+            mean_gap: e(0.01),
+            a_s: Some(e(0.02)),
+            a_f: Some(e(0.3)),
+            r2: Some(e(0.4)),
+            controls_abs_gap: None,
+            controls_toward_definitional: None,
+            forwards: 3,
+            wall_s: 1.0,
+        };
+        let mut inputs = ReportInputs::new("t");
+        let v = serde_json::to_value(&output).unwrap();
+        stage.contribute(&v, &mut inputs).unwrap();
+        let row = |m: &str| inputs.bias.iter().find(|r| r.metric == m).cloned();
+        assert_eq!(row(SLOPE).unwrap().ideal, Some(0.0));
+        let a_f = row(FACTUAL_SLOPE).unwrap();
+        assert_eq!((a_f.value.value, a_f.ideal), (0.3, None));
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("a_f");
+        let mut inputs = ReportInputs::new("t");
+        stage.contribute(&old, &mut inputs).unwrap();
+        assert!(inputs.bias.iter().all(|r| r.metric != FACTUAL_SLOPE));
+    }
 
     #[test]
     fn template_split_reaches_both_jobs_and_keys_only_when_not_all() {
