@@ -93,23 +93,22 @@ pub fn needs_sites(spec: &Spec) -> bool {
         || !spec.sweeps.layer_count.is_empty()
 }
 
-/// Every stage the spec asks for, in dependency order.
+/// Every stage the spec asks for, in dependency order: the base model's stages, then each
+/// variant's edit and every stage that reads its delta, one variant after the other. A variant
+/// whose stages are all stored needs its delta no more, so a run stopped part way (and resumed
+/// elsewhere from `stages/` alone) redoes only the variant it was in.
 pub fn standard_pipeline(spec: &Spec) -> Result<Pipeline> {
     let mut p = Pipeline::new();
     let vars = variants(spec);
     p.push(Box::new(measure::MeasureStage::new(spec, BASE)));
     p.push(Box::new(trace::TraceStage::new(spec, BASE)));
-    for v in &vars {
-        p.push(Box::new(edit::EditStage::new(spec, v.clone())?));
-    }
-    if spec.trace.after_edit && spec.methods.lsdm.is_some() {
-        p.push(Box::new(trace::TraceStage::new(spec, Method::Lsdm.name())));
-    }
-    for v in &vars {
-        p.push(Box::new(measure::MeasureStage::new(spec, &v.name)));
-    }
     p.push(Box::new(eval::EvalStage::new(spec, BASE)));
     for v in &vars {
+        p.push(Box::new(edit::EditStage::new(spec, v.clone())?));
+        if v.name == Method::Lsdm.name() && spec.trace.after_edit {
+            p.push(Box::new(trace::TraceStage::new(spec, Method::Lsdm.name())));
+        }
+        p.push(Box::new(measure::MeasureStage::new(spec, &v.name)));
         p.push(Box::new(eval::EvalStage::new(spec, &v.name)));
     }
     if !spec.benchmarks.capability.is_empty() {
@@ -185,6 +184,13 @@ mod tests {
         assert!(stage_names.contains(&"trace_lsdm".to_string()));
         assert!(stage_names.contains(&"edit_lsdm_lambda_0".to_string()));
         p.check().unwrap();
+        // Base first, then one variant after the other: every stage that reads a variant's
+        // delta follows its edit before the next variant's edit.
+        assert_eq!(stage_names[..3], ["measure_base", "trace", "eval_base"]);
+        let at = |n: &str| stage_names.iter().position(|s| s == n).unwrap();
+        assert!(at("eval_lsdm") < at("edit_ft") && at("eval_ft") < at("edit_dama"));
+        assert!(at("edit_lsdm") < at("trace_lsdm") && at("trace_lsdm") < at("edit_ft"));
+        assert_eq!(stage_names.last().unwrap(), "tradeoff");
     }
 
     /// Cache keys hash the settings: the enums must serialise as the strings they replaced.
