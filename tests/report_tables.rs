@@ -345,6 +345,15 @@ fn fixture_report_renders_every_table_and_figure() {
         "self-contained"
     );
     assert!(written.iter().any(|p| p.ends_with("report.html")));
+    assert!(!html.contains("Partial report"));
+    // A `--stored-only` render names the stages it left out at the top of the page.
+    let partial = tempfile::tempdir().unwrap();
+    m.stages_not_run = vec!["edit_ft".into(), "eval_ft".into()];
+    write_report(partial.path(), &fixture(), &m, &OutputSpec::default()).unwrap();
+    let html = std::fs::read_to_string(partial.path().join("report.html")).unwrap();
+    let note = html.find("Partial report").expect("partial note");
+    assert!(note < html.find("<h2>Tables</h2>").unwrap());
+    assert!(html.contains("2 stages are not stored yet") && html.contains("edit_ft, eval_ft"));
 }
 
 /// Issue 17, item 13: Table 3 built from benchmark metrics as the report builds it (through

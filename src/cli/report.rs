@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use biaslens::io::{sha256_bytes, sha256_file};
-use biaslens::report::pipeline::Pipeline;
+use biaslens::report::pipeline::{Pipeline, RunMode};
 use biaslens::report::write::write_report;
 use biaslens::report::{Manifest, ReportInputs, Spec};
 use std::path::PathBuf;
@@ -21,8 +21,13 @@ pub struct Args {
     #[arg(long)]
     pub inputs: Option<PathBuf>,
     /// Rerun every stage even when its cached output matches.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stored_only")]
     pub force: bool,
+    /// Run nothing: write the tables and figures from the stages already stored in --out,
+    /// leaving out the rest (their cells read as missing), e.g. while a long run is under way
+    /// or from a committed stages/ folder.
+    #[arg(long)]
+    pub stored_only: bool,
 }
 
 /// The stage implementations wired into the report (see `report::stages`).
@@ -77,9 +82,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let pipeline = stages(&spec)?;
             // One line per stage on stderr: a mitigation report runs for hours, and a resumed
             // run should say what it reused.
-            let outcome = pipeline
-                .run_with_events(&spec, &a.out, a.force, &mut |e| eprintln!("report {e}"))?;
-            if outcome.records.is_empty() {
+            let mode = match (a.force, a.stored_only) {
+                (true, _) => RunMode::Force,
+                (_, true) => RunMode::StoredOnly,
+                _ => RunMode::Resume,
+            };
+            let outcome =
+                pipeline.run_with_events(&spec, &a.out, mode, &mut |e| eprintln!("report {e}"))?;
+            if !outcome.skipped.is_empty() {
+                eprintln!(
+                    "report: {} of {} stages are not stored yet and were left out: {}",
+                    outcome.skipped.len(),
+                    outcome.skipped.len() + outcome.records.len(),
+                    outcome.skipped.join(", ")
+                );
+                manifest.stages_not_run = outcome.skipped.clone();
+            }
+            if outcome.records.is_empty() && mode != RunMode::StoredOnly {
                 bail!(
                     "no measure/trace/edit/eval stages are wired into `report` in this build; \
                      render stored summaries with --inputs FILE"

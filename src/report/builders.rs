@@ -5,6 +5,7 @@
 use super::inputs::{BiasRow, CapabilityRow, CostRow, LocalisationSummary};
 use super::table::{fmt_num, Cell, Table};
 use super::variant::ReportVariant;
+use crate::edit::method::Method;
 use crate::stats::Estimate;
 use crate::{Error, Result};
 
@@ -156,13 +157,28 @@ pub fn table2_bias(rows: &[BiasRow], decimals: usize) -> Result<Table> {
         },
         decimals,
     )?;
+    // The gap probe and gap tuning edit other layers than the located sites LSDM, FT-L and
+    // DAMA share: say so only where they are columns, so the other reports keep their caption.
+    let top_layer_methods = rows.iter().any(|r| {
+        matches!(
+            ReportVariant::from_name(&r.model_variant),
+            Some(ReportVariant::Method(Method::Probe | Method::Tune))
+        )
+    });
+    let edits = if top_layer_methods {
+        "LSDM, FT-L and DAMA edit the located layers, the gap probe and gap tuning the top \
+         layers' projections at the last token, each fitted on the edit split"
+    } else {
+        "LSDM, FT-L and DAMA edit the same layers on the edit split"
+    };
     Ok(Table {
         id: "table2_bias".into(),
         title: "Table 2: Bias before and after editing".into(),
-        caption: "Each cell: estimate [95% CI] (benchmark accuracies: Wilson; no interval from \
-                  fewer than 10 items: n too small). Closer to the Ideal column is less biased. \
-                  Base is the unedited model; LSDM, FT-L and DAMA edit the same layers on the edit split."
-            .into(),
+        caption: format!(
+            "Each cell: estimate [95% CI] (benchmark accuracies: Wilson; no interval from \
+             fewer than 10 items: n too small). Closer to the Ideal column is less biased. \
+             Base is the unedited model; {edits}."
+        ),
         columns,
         rows: out_rows,
     })
@@ -301,6 +317,22 @@ mod tests {
         assert_eq!(t.rows[0][4].display(), "1.0 [0.9, 1.1]");
         assert_eq!(t.rows[1][0].display(), "ss");
         assert_eq!(t.rows[1][4], Cell::Missing);
+    }
+
+    /// The caption says which layers the columns edit: the top-layer methods only where present.
+    #[test]
+    fn bias_caption_names_the_top_layer_methods_only_where_they_are_columns() {
+        let located = table2_bias(&[b("base", "wb", "ΔS", 1.0), b("lsdm", "wb", "ΔS", 2.0)], 1)
+            .unwrap()
+            .caption;
+        assert!(located.ends_with("LSDM, FT-L and DAMA edit the same layers on the edit split."));
+        let with_tune = table2_bias(&[b("base", "wb", "ΔS", 1.0), b("tune", "wb", "ΔS", 2.0)], 1)
+            .unwrap()
+            .caption;
+        assert!(
+            with_tune.contains("gap tuning the top layers"),
+            "{with_tune}"
+        );
     }
 
     #[test]

@@ -30,6 +30,14 @@ pub fn render(
         html_escape(title)
     ));
     o.push_str(&format!("<h1>{}</h1>\n", html_escape(title)));
+    if !manifest.stages_not_run.is_empty() {
+        o.push_str(&format!(
+            "<p><strong>Partial report:</strong> {} stages are not stored yet, so their cells \
+             are missing: {}.</p>\n",
+            manifest.stages_not_run.len(),
+            html_escape(&manifest.stages_not_run.join(", "))
+        ));
+    }
     o.push_str("<nav><ul>\n");
     for t in tables {
         o.push_str(&format!(

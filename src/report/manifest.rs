@@ -36,6 +36,9 @@ pub struct Manifest {
     pub device: String,
     pub threads: usize,
     pub stages: Vec<StageRecord>,
+    /// Stages a `--stored-only` render left out (not stored yet): their cells are missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages_not_run: Vec<String>,
     pub total_wall_s: f64,
     /// Things that can differ between runs or machines (e.g. wall times, GPU reductions).
     pub nondeterminism: Vec<String>,
@@ -57,6 +60,7 @@ impl Manifest {
             device: "cpu".into(),
             threads: 1,
             stages: vec![],
+            stages_not_run: vec![],
             total_wall_s: 0.0,
             nondeterminism: vec!["wall times in Table 4 and in this manifest".into()],
         }

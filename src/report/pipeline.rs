@@ -94,6 +94,8 @@ pub struct RunOutcome {
     pub outputs: BTreeMap<String, Value>,
     pub records: Vec<StageRecord>,
     pub inputs: ReportInputs,
+    /// Stages left out by [`RunMode::StoredOnly`], in run order.
+    pub skipped: Vec<String>,
 }
 
 /// What the pipeline is doing, reported to the caller (the CLI prints one line per event) so a
@@ -113,6 +115,13 @@ pub enum StageEvent {
         total: usize,
         name: String,
         for_artefacts: bool,
+    },
+    /// [`RunMode::StoredOnly`]: nothing is stored for the stage (or for one it reads), so it is
+    /// left out of this run's tables and figures.
+    Skipped {
+        index: usize,
+        total: usize,
+        name: String,
     },
     /// The stage finished and its output is stored.
     Finished {
@@ -145,6 +154,13 @@ impl std::fmt::Display for StageEvent {
                 }
                 Ok(())
             }
+            StageEvent::Skipped { index, total, name } => {
+                write!(
+                    f,
+                    "[{}/{total}] {name}: not stored yet, left out",
+                    index + 1
+                )
+            }
             StageEvent::Finished {
                 index,
                 total,
@@ -153,6 +169,18 @@ impl std::fmt::Display for StageEvent {
             } => write!(f, "[{}/{total}] {name}: done in {wall_s:.1} s", index + 1),
         }
     }
+}
+
+/// How a run treats the stage outputs stored in its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Reuse every stored output whose key matches; run the others.
+    Resume,
+    /// Run every stage again.
+    Force,
+    /// Run nothing: reuse what is stored and leave out the rest (and every stage that reads a
+    /// stage left out), so the tables and figures show the work finished so far.
+    StoredOnly,
 }
 
 #[derive(Default)]
@@ -219,9 +247,9 @@ impl Pipeline {
     /// missing while a stage that will run (not stored, or itself rebuilt) depends on them.
     /// Keys are chained through the stored outputs' hashes, as the run computes them when every
     /// rebuilt stage gives its stored output again.
-    fn artefacts_to_rebuild(&self, out_dir: &Path, force: bool) -> Result<Vec<bool>> {
+    fn artefacts_to_rebuild(&self, out_dir: &Path, mode: RunMode) -> Result<Vec<bool>> {
         let n = self.stages.len();
-        if force {
+        if mode != RunMode::Resume {
             return Ok(vec![false; n]);
         }
         let mut stored: Vec<Option<StageFile>> = Vec::with_capacity(n);
@@ -278,38 +306,61 @@ impl Pipeline {
 
     /// Run every stage (or reuse its cache unless `force`), then assemble the report inputs.
     pub fn run(&self, spec: &Spec, out_dir: &Path, force: bool) -> Result<RunOutcome> {
-        self.run_with_events(spec, out_dir, force, &mut |_| {})
+        let mode = if force {
+            RunMode::Force
+        } else {
+            RunMode::Resume
+        };
+        self.run_with_events(spec, out_dir, mode, &mut |_| {})
     }
 
-    /// [`Pipeline::run`], telling `on_event` when each stage is reused, starts and finishes.
+    /// [`Pipeline::run`] in `mode`, telling `on_event` when each stage is reused, starts,
+    /// finishes or is left out.
     pub fn run_with_events(
         &self,
         spec: &Spec,
         out_dir: &Path,
-        force: bool,
+        mode: RunMode,
         on_event: &mut dyn FnMut(&StageEvent),
     ) -> Result<RunOutcome> {
         self.check()?;
         let total = self.stages.len();
-        let rebuild = self.artefacts_to_rebuild(out_dir, force)?;
+        let rebuild = self.artefacts_to_rebuild(out_dir, mode)?;
+        let mut skipped: Vec<String> = vec![];
         std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e.to_string()))?;
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         let mut hashes: BTreeMap<String, String> = BTreeMap::new();
         let mut records = vec![];
         for (index, s) in self.stages.iter().enumerate() {
             let name = s.name().to_string();
-            let inputs: BTreeMap<String, String> = s
+            let skip = |skipped: &mut Vec<String>, on_event: &mut dyn FnMut(&StageEvent)| {
+                on_event(&StageEvent::Skipped {
+                    index,
+                    total,
+                    name: name.clone(),
+                });
+                skipped.push(name.clone());
+            };
+            // Only a stage left out has no hash, and only in StoredOnly mode.
+            let Some(inputs) = s
                 .deps()
                 .into_iter()
-                .map(|d| (hashes[&d].clone(), d))
-                .map(|(h, d)| (d, h))
-                .collect();
+                .map(|d| hashes.get(&d).cloned().map(|h| (d, h)))
+                .collect::<Option<BTreeMap<String, String>>>()
+            else {
+                skip(&mut skipped, on_event);
+                continue;
+            };
             let key = stage_key(&name, &s.settings()?, &inputs)?;
             let path = Self::stage_path(out_dir, &name);
             let start = Instant::now();
-            let stored = (!force && !rebuild[index])
+            let stored = (mode != RunMode::Force && !rebuild[index])
                 .then(|| Self::cached(&path, &key))
                 .flatten();
+            if stored.is_none() && mode == RunMode::StoredOnly {
+                skip(&mut skipped, on_event);
+                continue;
+            }
             let (file, cached) = match stored {
                 Some(f) => {
                     on_event(&StageEvent::Reused {
@@ -363,7 +414,11 @@ impl Pipeline {
             outputs.insert(name, file.output);
         }
         let mut inputs = ReportInputs::new(spec.name.clone());
-        for s in &self.stages {
+        for s in self
+            .stages
+            .iter()
+            .filter(|s| outputs.contains_key(s.name()))
+        {
             s.contribute(&outputs[s.name()], &mut inputs)
                 .map_err(|e| Error::param(format!("stage {}", s.name()), e.to_string()))?;
         }
@@ -371,6 +426,7 @@ impl Pipeline {
             outputs,
             records,
             inputs,
+            skipped,
         })
     }
 }
@@ -497,7 +553,9 @@ mod tests {
         let run = |fb: i64| {
             let mut events = vec![];
             pipeline(2, fb, &r)
-                .run_with_events(&spec(), dir.path(), false, &mut |e| events.push(e.clone()))
+                .run_with_events(&spec(), dir.path(), RunMode::Resume, &mut |e| {
+                    events.push(e.clone())
+                })
                 .unwrap();
             events
         };
@@ -508,6 +566,7 @@ mod tests {
                     StageEvent::Reused { index, total, name } => {
                         format!("reused {index}/{total} {name}")
                     }
+                    StageEvent::Skipped { .. } => panic!("nothing is left out when resuming"),
                     StageEvent::Started {
                         index, total, name, ..
                     } => {
@@ -565,7 +624,7 @@ mod tests {
         // b's settings change: b runs and reads a's artefact, so a runs again first.
         let mut events = vec![];
         let out = pipeline(2, 4, &r)
-            .run_with_events(&spec(), dir.path(), false, &mut |e| {
+            .run_with_events(&spec(), dir.path(), RunMode::Resume, &mut |e| {
                 events.push(e.to_string())
             })
             .unwrap();
@@ -576,6 +635,40 @@ mod tests {
             "[1/2] a: running (stored output reused, but its artefacts are missing)"
         );
         assert!(artefact(dir.path(), "a").is_file());
+    }
+
+    /// StoredOnly runs nothing: a stored stage is reused, one not stored is left out with every
+    /// stage that reads it, and only the stored ones contribute to the report.
+    #[test]
+    fn stored_only_renders_what_is_stored_and_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        let mut events = vec![];
+        let out = pipeline(2, 3, &r)
+            .run_with_events(&spec(), dir.path(), RunMode::StoredOnly, &mut |e| {
+                events.push(e.to_string())
+            })
+            .unwrap();
+        assert_eq!((r.a.get(), r.b.get()), (0, 0));
+        assert_eq!(out.skipped, ["a", "b"]);
+        assert!(out.records.is_empty() && out.inputs.cost.is_empty());
+        assert_eq!(events[0], "[1/2] a: not stored yet, left out");
+        // a stored, b's settings changed: a is reused and contributes, b is left out.
+        pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        let out = pipeline(2, 4, &r)
+            .run_with_events(&spec(), dir.path(), RunMode::StoredOnly, &mut |_| {})
+            .unwrap();
+        assert_eq!((r.a.get(), r.b.get()), (1, 1), "nothing ran");
+        assert_eq!(out.skipped, ["b"]);
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(out.inputs.cost.len(), 1);
+        // Artefacts are not needed when nothing runs.
+        std::fs::remove_dir_all(dir.path().join("artefacts")).unwrap();
+        let out = pipeline(2, 3, &r)
+            .run_with_events(&spec(), dir.path(), RunMode::StoredOnly, &mut |_| {})
+            .unwrap();
+        assert!(out.skipped.is_empty() && out.records.iter().all(|s| s.cached));
+        assert_eq!((r.a.get(), r.b.get()), (1, 1));
     }
 
     #[test]
