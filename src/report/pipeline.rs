@@ -385,13 +385,26 @@ impl Pipeline {
                     let output = s
                         .run(&ctx)
                         .map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
-                    let f = StageFile {
-                        name: name.clone(),
-                        key: key.clone(),
-                        wall_s: start.elapsed().as_secs_f64(),
-                        output,
+                    // Rebuilt for its artefacts: where they match what the stored output
+                    // recorded, the stored output stays (its wall times and other run-to-run
+                    // fields included), so the stages that read it keep their keys.
+                    let kept = rebuild[index]
+                        .then(|| Self::cached(&path, &key))
+                        .flatten()
+                        .filter(|stored| s.artefacts_present(out_dir, &stored.output));
+                    let f = match kept {
+                        Some(stored) => stored,
+                        None => {
+                            let f = StageFile {
+                                name: name.clone(),
+                                key: key.clone(),
+                                wall_s: start.elapsed().as_secs_f64(),
+                                output,
+                            };
+                            write_json_atomic(&path, &f)?;
+                            f
+                        }
                     };
-                    write_json_atomic(&path, &f)?;
                     on_event(&StageEvent::Finished {
                         index,
                         total,
@@ -443,6 +456,8 @@ mod tests {
         deps: Vec<String>,
         factor: i64,
         runs: Rc<Cell<usize>>,
+        /// Also output the run count: a field that differs between runs (as a wall time).
+        stamp: bool,
     }
 
     /// The file `Counting` writes beside its output and reads from each dependency.
@@ -475,6 +490,9 @@ mod tests {
             let path = artefact(ctx.out_dir, self.name);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, v.to_string()).unwrap();
+            if self.stamp {
+                return Ok(serde_json::json!({ "v": v, "run": self.runs.get() }));
+            }
             Ok(serde_json::json!({ "v": v }))
         }
         fn artefacts_present(&self, out_dir: &Path, output: &Value) -> bool {
@@ -510,12 +528,14 @@ mod tests {
             deps: vec![],
             factor: fa,
             runs: rig.a.clone(),
+            stamp: false,
         }));
         p.push(Box::new(Counting {
             name: "b",
             deps: vec!["a".into()],
             factor: fb,
             runs: rig.b.clone(),
+            stamp: false,
         }));
         p
     }
@@ -671,6 +691,36 @@ mod tests {
         assert_eq!((r.a.get(), r.b.get()), (1, 1));
     }
 
+    /// A stage rebuilt only for its artefacts keeps its stored output when the artefacts match
+    /// it, even if the run's other fields (wall times) differ, so its other readers stay stored.
+    #[test]
+    fn a_rebuild_with_matching_artefacts_keeps_the_stored_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs: Vec<Rc<Cell<usize>>> = (0..3).map(|_| Rc::new(Cell::new(0))).collect();
+        let p = |fc: i64| {
+            let mut p = Pipeline::new();
+            for (i, (name, factor)) in [("a", 2), ("b", 3), ("c", fc)].into_iter().enumerate() {
+                p.push(Box::new(Counting {
+                    name,
+                    deps: if i == 0 { vec![] } else { vec!["a".into()] },
+                    factor,
+                    runs: runs[i].clone(),
+                    stamp: i == 0,
+                }));
+            }
+            p
+        };
+        let first = p(4).run(&spec(), dir.path(), false).unwrap();
+        std::fs::remove_dir_all(dir.path().join("artefacts")).unwrap();
+        // c's settings change: a is rebuilt for c (its "run" field now differs), b stays stored.
+        let out = p(5).run(&spec(), dir.path(), false).unwrap();
+        let counts: Vec<usize> = runs.iter().map(|r| r.get()).collect();
+        assert_eq!(counts, [2, 1, 2]);
+        assert_eq!(out.outputs["a"], first.outputs["a"], "stored output kept");
+        assert!(out.records[1].cached, "b keeps its key");
+        assert_eq!(out.outputs["c"]["v"], 5 * 3);
+    }
+
     #[test]
     fn changed_settings_rerun_the_stage_and_changed_outputs_rerun_dependents() {
         let dir = tempfile::tempdir().unwrap();
@@ -714,6 +764,7 @@ mod tests {
             deps: vec!["a".into()],
             factor: 1,
             runs: r.b.clone(),
+            stamp: false,
         }));
         let e = p.run(&spec(), dir.path(), false).err().unwrap().to_string();
         assert!(e.contains("does not run before"), "{e}");
@@ -723,6 +774,7 @@ mod tests {
             deps: vec![],
             factor: 1,
             runs: r.a.clone(),
+            stamp: false,
         }));
         assert!(p.run(&spec(), dir.path(), false).is_err());
     }
