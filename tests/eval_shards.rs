@@ -54,17 +54,21 @@ fn comparable(dir: &Path) -> Vec<(Value, Value, Value)> {
         .collect()
 }
 
+/// The reference both tests compare with: EVAL in one run, no cache, into `out`.
+fn single_run(out: &Path) -> PathBuf {
+    ok(
+        &biaslens(&[EVAL, &["--no-cache", "--out"]].concat(), &[out]),
+        "single eval",
+    );
+    out.to_path_buf()
+}
+
 #[test]
 fn three_eval_shards_merge_to_the_single_run() {
     common::ensure_model("smollm2-135m");
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let p = |s: &str| -> PathBuf { tmp.path().join(s) };
-    let single = p("single");
-    let o = biaslens(
-        &[EVAL, &["--no-cache", "--out"]].concat(),
-        &[single.as_path()],
-    );
-    ok(&o, "single eval");
+    let single = single_run(&p("single"));
     let shards: Vec<PathBuf> = (0..3).map(|i| p(&format!("shard{i}"))).collect();
     for (i, d) in shards.iter().enumerate() {
         let s = format!("{i}/3");
@@ -119,12 +123,7 @@ fn separate_task_runs_join_from_the_cache() {
     common::ensure_model("smollm2-135m");
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let p = |s: &str| -> PathBuf { tmp.path().join(s) };
-    let single = p("single");
-    let o = biaslens(
-        &[EVAL, &["--no-cache", "--out"]].concat(),
-        &[single.as_path()],
-    );
-    ok(&o, "single eval");
+    let single = single_run(&p("single"));
     let cache = p("cache");
     let cache_arg = cache.to_str().unwrap();
     let base = [
