@@ -1,0 +1,91 @@
+//! The prompts the probe and gap tuning fit on and protect, read at the last token.
+
+use super::super::context::{EditPrompt, EditSets, DEFAULT_PREFIXES};
+use super::{protect_set_words, ProtectSet};
+use crate::data::{vig_templates, Template};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// `words` × `templates` × `prefixes`, read at the prompt's last token (stored in
+/// `last_subject_token`, which is where [`crate::edit::keys`] reads).
+pub fn last_token_prompts(
+    tok: &Tokenizer,
+    words: &[String],
+    templates: &[Template],
+    prefixes: &[&str],
+) -> Result<Vec<EditPrompt>> {
+    let mut out = Vec::new();
+    for (g, w) in words.iter().enumerate() {
+        for t in templates {
+            for p in prefixes {
+                let text = format!("{p}{}", t.fill(w));
+                let ids = tok.encode(&text)?;
+                out.push(EditPrompt {
+                    group: g,
+                    last_subject_token: ids.len() - 1,
+                    text,
+                    ids,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the probe and gap tuning share: checked layers, the pronoun ids, the fit prompts (edit
+/// professions × fit templates × prefixes, last token) and the protected words' prompts.
+pub struct ProbePrompts {
+    /// Sorted, unique, each below the model's layer count.
+    pub layers: Vec<usize>,
+    pub pronouns: [u32; 2],
+    pub fit: Vec<EditPrompt>,
+    pub words: Vec<String>,
+    /// `words` × the same templates and prefixes; `group` indexes `words`.
+    pub protect: Vec<EditPrompt>,
+}
+
+pub fn probe_prompts(
+    model: &Model,
+    sets: &EditSets,
+    layers: &[usize],
+    prefixes: usize,
+    protect_set: ProtectSet,
+    data_dir: &Path,
+) -> Result<ProbePrompts> {
+    let mut layers = layers.to_vec();
+    layers.sort_unstable();
+    layers.dedup();
+    let n_layers = model.config().num_layers;
+    if layers.is_empty() || layers.iter().any(|&l| l >= n_layers) {
+        return Err(Error::param(
+            "layers",
+            format!("{layers:?} must be a non-empty subset of 0..{n_layers}"),
+        ));
+    }
+    let tok = model.tokenizer()?;
+    let pronouns = [tok.single_token_id(" he")?, tok.single_token_id(" she")?];
+    let all = vig_templates();
+    let templates: Vec<Template> = sets
+        .edit_templates
+        .iter()
+        .map(|&i| all[i].clone())
+        .collect();
+    let prefixes = &DEFAULT_PREFIXES[..prefixes.min(DEFAULT_PREFIXES.len())];
+    let fit = last_token_prompts(tok, &sets.edit, &templates, prefixes)?;
+    let professions: Vec<String> =
+        crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?
+            .into_iter()
+            .map(|p| p.raw)
+            .collect();
+    let words = protect_set_words(protect_set, data_dir, &professions)?;
+    let protect = last_token_prompts(tok, &words, &templates, prefixes)?;
+    Ok(ProbePrompts {
+        layers,
+        pronouns,
+        fit,
+        words,
+        protect,
+    })
+}

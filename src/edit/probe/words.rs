@@ -1,0 +1,142 @@
+//! The gendered words the probe and gap tuning hold at zero change.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Gendered nouns that are not in the profession list: Bolukbasi et al.'s equalize pairs, single
+/// lower-case words only. Returned sorted, both members of each pair.
+pub fn protected_words(data_dir: &Path, professions: &[String]) -> Result<Vec<String>> {
+    let path = data_dir.join("bolukbasi_debiaswe/equalize_pairs.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+    let pairs: Vec<[String; 2]> = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&path, format!("expected [[word, word], ...]: {e}")))?;
+    let mut words: Vec<String> = pairs
+        .into_iter()
+        .filter(|[a, b]| [a, b].iter().all(|w| plain_word(w)))
+        .flatten()
+        .filter(|w| !professions.iter().any(|p| p == w))
+        .collect();
+    words.sort();
+    words.dedup();
+    if words.is_empty() {
+        return Err(Error::file(&path, "no usable gendered word pairs"));
+    }
+    Ok(words)
+}
+
+/// Which gendered words the probe and gap tuning hold at zero change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtectSet {
+    /// The equalize pairs' plain words ([`protected_words`], 37 words).
+    #[default]
+    Pairs,
+    /// Those plus the seed list's singular gendered persons
+    /// (`protected/gendered_persons.json`, 87 words; fixtures/data/protected/README.md).
+    Persons,
+    /// Those plus gendered role nouns that are not professions (`protected/gendered_roles.json`,
+    /// 56 words: hostess, policewoman, doorman, duchess, …).
+    Roles,
+    /// Those plus 96 more definitionally gendered persons (`protected/gendered_extended.json`:
+    /// grandson, baroness, cowboy, spinster, …), for wider coverage of "gendered by definition".
+    Extended,
+}
+
+impl std::str::FromStr for ProtectSet {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pairs" => Ok(ProtectSet::Pairs),
+            "persons" => Ok(ProtectSet::Persons),
+            "roles" => Ok(ProtectSet::Roles),
+            "extended" => Ok(ProtectSet::Extended),
+            _ => Err(Error::param(
+                "protect set",
+                format!("`{s}`: expected pairs, persons, roles or extended"),
+            )),
+        }
+    }
+}
+
+/// The protected words of `set`, sorted, none of them in `professions`.
+pub fn protect_set_words(
+    set: ProtectSet,
+    data_dir: &Path,
+    professions: &[String],
+) -> Result<Vec<String>> {
+    let mut words = protected_words(data_dir, professions)?;
+    let files: &[&str] = match set {
+        ProtectSet::Pairs => &[],
+        ProtectSet::Persons => &["gendered_persons.json"],
+        ProtectSet::Roles => &["gendered_persons.json", "gendered_roles.json"],
+        ProtectSet::Extended => &[
+            "gendered_persons.json",
+            "gendered_roles.json",
+            "gendered_extended.json",
+        ],
+    };
+    for file in files {
+        let path = data_dir.join("protected").join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+        let extra: Vec<String> = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("expected [word, ...]: {e}")))?;
+        words.extend(extra.into_iter().filter(|w| !professions.contains(w)));
+    }
+    words.sort();
+    words.dedup();
+    Ok(words)
+}
+
+fn plain_word(w: &str) -> bool {
+    !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()) && !NOT_A_PERSON.contains(&w)
+}
+
+/// Equalize-pair words that do not name one person, so "The {} said that" is no gendered
+/// subject: pronouns, plurals, animals, institutions, hormones, abstractions.
+const NOT_A_PERSON: &[&str] = &[
+    "he",
+    "she",
+    "his",
+    "her",
+    "himself",
+    "herself",
+    "boys",
+    "girls",
+    "brothers",
+    "sisters",
+    "dads",
+    "moms",
+    "daughters",
+    "sons",
+    "fathers",
+    "mothers",
+    "females",
+    "males",
+    "gals",
+    "dudes",
+    "gentlemen",
+    "ladies",
+    "men",
+    "women",
+    "kings",
+    "queens",
+    "wives",
+    "husbands",
+    "granddaughters",
+    "grandsons",
+    "colt",
+    "filly",
+    "gelding",
+    "mare",
+    "convent",
+    "monastery",
+    "fraternity",
+    "sorority",
+    "estrogen",
+    "testosterone",
+    "fatherhood",
+    "motherhood",
+    "female",
+    "male",
+];
