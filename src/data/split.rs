@@ -150,7 +150,7 @@ fn hash_key(seed: u64, raw: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Split `professions`. Non-controls are ranked by [`hash_key`] and the first
+/// Split `professions`. Non-controls are ranked by `hash_key` and the first
 /// round(fraction · count) are held out, so the result depends only on the set of names and the
 /// spec, never on list order or platform.
 pub fn split_professions(professions: &[Profession], spec: &SplitSpec) -> Result<Split> {

@@ -1,7 +1,7 @@
 //! The edit stage: LSDM's least-squares MLP weight update and the pieces around it.
 //!
 //! - [`solve`]: the closed-form update ΔW = Rᵀ K (λC + KᵀK + μPᵀP)⁻¹ on candle tensors (f32).
-//! - [`reference`]: an independent nalgebra f64 path for the same update (LU / SVD), for tests.
+//! - [`mod@reference`]: an independent nalgebra f64 path for the same update (LU / SVD), for tests.
 //! - [`second_moment`]: streaming C = E[k kᵀ] over a corpus, cacheable as safetensors.
 //! - [`dama_projection`]: DAMA's PLS null-space projection baseline, M = I - B Bᵀ.
 //! - [`delta`]: bit-exact store of per-layer edits, with apply and a guarded revert.

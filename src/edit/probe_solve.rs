@@ -1,7 +1,7 @@
 //! The gap probe's closed form, in nalgebra f64 (the reference and the solver: the systems are
 //! d_ff × d_ff, a second on the CPU).
 //!
-//! Given keys K [n, d_ff] of the fit prompts with targets s [n] (the share of each prompt's
+//! Given keys K `[n, d_ff]` of the fit prompts with targets s `[n]` (the share of each prompt's
 //! pronoun logit gap this layer removes), the corpus second moment C [d_ff, d_ff] and protected
 //! keys P [m, d_ff] (gendered words), the probe w minimises
 //!

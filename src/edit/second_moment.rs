@@ -55,7 +55,7 @@ impl MomentAccumulator {
         })
     }
 
-    /// Add a batch of keys [rows, d_ff]; `mask` [rows] holds 1 for real rows, 0 for padding.
+    /// Add a batch of keys `[rows, d_ff]`; `mask` `[rows]` holds 1 for real rows, 0 for padding.
     pub fn update(&mut self, keys: &Tensor, mask: Option<&Tensor>) -> Result<()> {
         let (rows, d_ff) = keys.dims2()?;
         if d_ff != self.sum.dim(0)? {

@@ -164,7 +164,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// Probabilities of `target_ids` as the next token after each row, in row order: [rows][targets].
+/// Probabilities of `target_ids` as the next token after each row, in row order: `[rows][targets]`.
 ///
 /// Rows are sorted, packed into prefix trees ([`pack_prompts`], each path scores exactly as its
 /// own row would) and the trees grouped into passes of at most `batch_size` prompts and
@@ -232,7 +232,7 @@ pub fn next_token_probs(
     Ok(out)
 }
 
-/// Probabilities of each target word (single- or multi-token) following each row: [rows][targets].
+/// Probabilities of each target word (single- or multi-token) following each row: `[rows][targets]`.
 /// Single-token targets use one pass; multi-token targets append the word and multiply the
 /// conditional probabilities of its tokens. Batches keep the rows' order and are bounded like
 /// [`next_token_probs`]'s.

@@ -67,7 +67,7 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Option<Tensor>> 
 
 /// HF's rotate-half RoPE of `x [rows, heads, t, d]` with per-row tables `cos`, `sin [rows, t,
 /// d / 2]`: candle's `rope` kernel's operations (the same bits), its rows on
-/// [`attention_threads`]. `None` when it does not apply.
+/// `attention_threads`. `None` when it does not apply.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
     let (rows, heads, t, d) = x.dims4()?;
     if d % 2 != 0 || cos.dims() != [rows, t, d / 2] || sin.dims() != cos.dims() {

@@ -1,6 +1,6 @@
 //! The eval path's CPU glue: the projections' entry point [`x_wt`], fused attention over the
 //! AVX-512 kernel in `crates/biaslens-matmul`, and the one place the fast CPU paths read
-//! candle's storage ([`with_cpu_f32`]).
+//! candle's storage (`with_cpu_f32`).
 //!
 //! Used only where enabled ([`crate::model::Transformer::fast_kernels`]: `biaslens eval`) and
 //! only for f32 CPU tensors without gradient tracking; everything else (edits, traces, the

@@ -9,11 +9,11 @@
 //! every output as one sequential fused-multiply-add sum whatever their vector width (AVX2 or
 //! AVX-512). So [`matmul`] splits every contraction into at most [`CHUNK`]-long pieces and adds
 //! them in a fixed order, and steers each piece away from the paths that reduce along the
-//! contraction in SIMD lanes of the CPU's width ([`piece`]): dot-product layouts (a row-major
+//! contraction in SIMD lanes of the CPU's width (`piece`): dot-product layouts (a row-major
 //! left operand and a column-major right one) with one output row, one output column or at
 //! most 16 × 16 outputs. Thread counts only decide which thread computes which output tile.
 //!
-//! When gradients are tracked, each piece is the custom op [`Piece`], whose backward computes
+//! When gradients are tracked, each piece is the custom op `Piece`, whose backward computes
 //! its two products (`grad · bᵀ` over the output columns, `aᵀ · grad` over the rows) with
 //! [`stable`] again, so gradients are machine-independent too; candle's own backward would
 //! call gemm directly.
@@ -37,7 +37,7 @@ const SMALL_OUTPUT: usize = 16 * 16;
 /// `a [.., m, k] · b [.., k, n]`, like `Tensor::matmul`, with a machine-independent result on
 /// the CPU.
 ///
-/// With the `mkl` feature, products that track no gradient go to MKL instead ([`super::mkl`]),
+/// With the `mkl` feature, products that track no gradient go to MKL instead (`model::mkl`),
 /// and their bits depend on the machine.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "mkl")]

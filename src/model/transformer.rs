@@ -1,5 +1,5 @@
 //! The instrumented decoder: Llama-family (Llama, Mistral, Qwen2), Gemma-3 and GPT-2 in one
-//! plain forward. Every named site passes through [`Transformer::intervene`], the only place
+//! plain forward. Every named site passes through `Transformer::intervene`, the only place
 //! where a plan's captures and patches touch the computation.
 //!
 //! This file owns the [`Transformer`] struct, what a pass returns and the public entry points
@@ -51,7 +51,7 @@ pub struct ForwardOutput {
 }
 
 impl ForwardOutput {
-    /// Activation of `site` at (row, token) as a [width] tensor.
+    /// Activation of `site` at (row, token) as a `[width]` tensor.
     pub fn at(&self, site: Site, row: usize, token: usize) -> Result<Tensor> {
         let t = self
             .captures

@@ -230,7 +230,7 @@ impl TraceResult {
     }
 }
 
-/// TE and IE[kind][t][l] of the signed gender metric.
+/// TE and `IE[kind][t][l]` of the signed gender metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effects {
     pub te: f64,

@@ -13,7 +13,7 @@ pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
     silu_mul_with(g, u, &Serial)
 }
 
-/// [`silu_mul`] in chunks of [`CHUNK`] elements on `par`'s threads.
+/// [`silu_mul`] in chunks of `CHUNK` elements on `par`'s threads.
 pub fn silu_mul_with(g: &[f32], u: &[f32], par: &dyn ForEach) -> Vec<f32> {
     assert_eq!(g.len(), u.len(), "silu_mul: g and u differ in length");
     #[cfg(target_arch = "x86_64")]
@@ -119,7 +119,7 @@ pub fn rms_norm(x: &[f32], dim: usize, scale: &[f32], eps: f32) -> Vec<f32> {
     rms_norm_with(x, dim, scale, eps, &Serial)
 }
 
-/// [`rms_norm`] in pieces of whole rows (about [`CHUNK`] elements each) on `par`'s threads.
+/// [`rms_norm`] in pieces of whole rows (about `CHUNK` elements each) on `par`'s threads.
 pub fn rms_norm_with(
     x: &[f32],
     dim: usize,

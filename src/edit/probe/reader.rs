@@ -125,7 +125,7 @@ impl ProbeReader {
         self.batches.len()
     }
 
-    /// The gaps L = log p(he) − log p(she) of batch `i` on `tr`, [rows], differentiable in
+    /// The gaps L = log p(he) − log p(she) of batch `i` on `tr`, `[rows]`, differentiable in
     /// `tr`'s weights above the cached layer (gap tuning backpropagates through it).
     pub fn batch_gaps(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
         let (resid, pads) = self

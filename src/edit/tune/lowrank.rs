@@ -112,7 +112,7 @@ pub fn head_a(a: &Tensor, q: Option<&Tensor>, mask: &Tensor) -> Result<Tensor> {
     Ok(a.broadcast_mul(mask)?)
 }
 
-/// The 0/1 mask [d_in] over the concatenated head outputs of one layer that keeps `heads`'
+/// The 0/1 mask `[d_in]` over the concatenated head outputs of one layer that keeps `heads`'
 /// columns (head h: columns h·head_dim .. (h+1)·head_dim).
 pub fn head_mask(heads: &[usize], num_heads: usize, head_dim: usize) -> Vec<f64> {
     (0..num_heads * head_dim)

@@ -1,5 +1,5 @@
-//! WinoBias in DAMA's generative form: "<sentence> '<Pronoun>' refers to the" must be followed
-//! greedily by the first token of " <occupation>" of the bracketed referent. Also compares the
+//! WinoBias in DAMA's generative form: `"<sentence> '<Pronoun>' refers to the"` must be followed
+//! greedily by the first token of `" <occupation>"` of the bracketed referent. Also compares the
 //! full-sentence log-likelihood of each pro/anti pair.
 
 use crate::eval::lm::{checked_loglikelihood, encode_pair, LanguageModel, LlRequest};
@@ -43,7 +43,7 @@ fn pronoun_gender(word: &str) -> Option<Gender> {
     }
 }
 
-/// Parse "<id> <sentence with [referent] and [pronoun] brackets>". The referent is the first
+/// Parse `"<id> <sentence with [referent] and [pronoun] brackets>"`. The referent is the first
 /// bracketed span that is not a pronoun; the pronoun is the first bracketed pronoun.
 pub fn parse_winobias_line(line: &str) -> std::result::Result<WinoBiasSentence, String> {
     let (id, rest) = line
@@ -170,7 +170,7 @@ pub fn load_winobias(
     )
 }
 
-/// DAMA's prompt: sentence + " '<Pronoun>' refers to the".
+/// DAMA's prompt: sentence + `" '<Pronoun>' refers to the"`.
 pub fn winobias_prompt(s: &WinoBiasSentence) -> String {
     let mut p = s.pronoun.chars();
     let cap: String = p
