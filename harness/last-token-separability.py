@@ -33,6 +33,7 @@ weight decay 1, 30 epochs) were chosen on Gemma-3's validation split over one al
 units, weight decay 0.1, 200 epochs: training R^2 1.00, and worse than linear on validation).
 """
 import argparse
+import json
 import math
 import os
 
@@ -140,6 +141,14 @@ def main():
         help="read the subject token's residual (same layer) beside the last token's: what an "
         "edit could use if attention carried the occupation token's state to the last token",
     )
+    ap.add_argument(
+        "--extra",
+        default=None,
+        help="JSON from harness/wordnet-words.py: its occupations join the fit rows (target: "
+        "remove their gap) and its male and female nouns the protected rows (target 0), on the "
+        "fit templates only; the scored prompts do not change",
+    )
+    ap.add_argument("--extra-kinds", default="both", choices=["both", "occupations", "gendered"])
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     edit, ho, ctl, val = (prompts(p) for p in (a.edit, a.held_out, a.controls, a.validation))
@@ -161,6 +170,19 @@ def main():
     ctl_t = sorted(set(UNSEEN) | set(VALIDATION_TEMPLATES))
     rows += [(w, t, "ctl") for w in sorted(ctl_sign) for t in ctl_t]
     rows += [(w, t, "prot") for w in prot for t in fit_t]
+    n_extra = {"occupations": 0, "gendered": 0}
+    if a.extra:
+        with open(a.extra) as f:
+            extra = json.load(f)
+        taken = set(known) | set(prot)
+        if a.extra_kinds in ("both", "occupations"):
+            occ = [w for w in extra["occupations"] if w not in taken]
+            rows += [(w, t, "prof_x") for w in occ for t in fit_t]
+            n_extra["occupations"] = len(occ)
+        if a.extra_kinds in ("both", "gendered"):
+            gen = [w for w in extra["male"] + extra["female"] if w not in taken]
+            rows += [(w, t, "prot") for w in gen for t in fit_t]
+            n_extra["gendered"] = len(gen)
     texts = [templates[t].format(w) for w, t, _ in rows]
 
     d, f = os.path.split(os.path.abspath(a.gguf))
@@ -187,20 +209,21 @@ def main():
     splits = {
         "validation": (
             idx(lambda w, t, k: (k == "prof" and w in edit_names and w not in val_names and t in train_t)
-                or (k == "prot" and t in train_t)),
+                or (k in ("prot", "prof_x") and t in train_t)),
             idx(lambda w, t, k: k == "prof" and w in val_names and t in VALIDATION_TEMPLATES),
             idx(lambda w, t, k: k == "ctl" and t in VALIDATION_TEMPLATES),
         ),
         "held-out": (
-            idx(lambda w, t, k: (k == "prof" and w in edit_names) or k == "prot"),
+            idx(lambda w, t, k: (k == "prof" and w in edit_names) or k in ("prot", "prof_x")),
             idx(lambda w, t, k: k == "prof" and w not in set(edit_names)),
             idx(lambda w, t, k: k == "ctl" and t in UNSEEN),
         ),
     }
-    target = np.array([L[i] if k == "prof" else 0.0 for i, (_, _, k) in enumerate(rows)])
+    target = np.array([L[i] if k in ("prof", "prof_x") else 0.0 for i, (_, _, k) in enumerate(rows)])
     print(
         f"{a.gguf}: {len(edit_names)} edit professions ({len(val_names)} validation), "
-        f"{len(prot)} protected words ({a.protect_set}), {len(rows)} prompts; largest |L| deviation "
+        f"{len(prot)} protected words ({a.protect_set}), extra: {n_extra['occupations']} occupations "
+        f"and {n_extra['gendered']} gendered nouns ({a.extra_kinds}), {len(rows)} prompts; largest |L| deviation "
         f"from the measure files {dev:.1e}; read-out input: last token"
         + (" + subject token" if a.with_subject else "")
     )

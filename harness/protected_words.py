@@ -2,7 +2,7 @@
 (subject-separability.py, last-token-separability.py). They are read from
 fixtures/data/protected/sets.json, which the library's own sets regenerate
 (tests/occupations.rs `protected_sets_file_lists_the_library_sets`), so the rules live in one
-place (src/edit/probe.rs `protect_set_words`). Standard library only."""
+place (src/edit/probe/words.rs `protect_set_words`). Standard library only."""
 import json
 import os
 

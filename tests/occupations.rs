@@ -319,3 +319,65 @@ fn protected_sets_file_lists_the_library_sets() {
         path.display()
     );
 }
+
+/// The words in `NAME = [ ... ]` of harness/wild-check.py: the unseen words of findings §6k,
+/// which no fit list may contain.
+fn wild_check_words() -> Vec<String> {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/wild-check.py"),
+    )
+    .unwrap();
+    let mut words = Vec::new();
+    for name in ["OCCUPATIONS", "MALE", "FEMALE"] {
+        let start = src.find(&format!("\n{name} = [")).unwrap();
+        let block = &src[start..];
+        let block = &block[..block.find(']').unwrap()];
+        words.extend(block.split('"').skip(1).step_by(2).map(str::to_lowercase));
+    }
+    assert!(words.len() > 100, "parsed {} wild-check words", words.len());
+    words
+}
+
+/// WordNet's extra words (`--word-source wordnet`) never include a project profession (the
+/// held-out ones and the controls among them), a protected word or a wild-check word, and
+/// occupations and gendered nouns do not overlap.
+#[test]
+fn wordnet_words_are_disjoint_from_every_project_list() {
+    use biaslens::edit::probe::{extra_words, protect_set_words, ProtectSet, WordSource};
+    let raw: Vec<String> = professions().iter().map(|p| p.raw.clone()).collect();
+    let data = fixture("data");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("wordnet/words.json")).unwrap())
+            .unwrap();
+    let list = |k: &str| -> Vec<String> { serde_json::from_value(file[k].clone()).unwrap() };
+    let (occ, male, female) = (list("occupations"), list("male"), list("female"));
+    let mut taken = raw.clone();
+    taken.extend(protect_set_words(ProtectSet::Extended, &data, &raw).unwrap());
+    taken.extend(wild_check_words());
+    for w in occ.iter().chain(&male).chain(&female) {
+        assert!(
+            !taken.contains(w),
+            "wordnet/words.json: `{w}` is in a project list"
+        );
+        assert!(
+            w.len() > 2 && w.chars().all(|c| c.is_ascii_lowercase()),
+            "`{w}` is not a plain word"
+        );
+    }
+    for w in &occ {
+        assert!(!male.contains(w) && !female.contains(w), "`{w}` is both");
+    }
+    // The library's view: the same words, nothing dropped, nothing added.
+    let extra = extra_words(WordSource::Wordnet, &data, &taken).unwrap();
+    assert_eq!(extra.occupations, occ);
+    assert_eq!(extra.gendered, [male, female].concat());
+    assert_eq!(
+        extra_words(WordSource::Project, &data, &taken).unwrap(),
+        Default::default()
+    );
+    // Excluded words are filtered at run time too, whatever the file holds.
+    let first = occ[0].clone();
+    let fewer = extra_words(WordSource::Wordnet, &data, std::slice::from_ref(&first)).unwrap();
+    assert!(!fewer.occupations.contains(&first));
+    assert_eq!(fewer.occupations.len(), occ.len() - 1);
+}

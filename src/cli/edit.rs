@@ -66,6 +66,11 @@ pub struct EditArgs {
     /// gendered persons; fixtures/data/protected/README.md).
     #[arg(long)]
     pub protect_set: Option<biaslens::edit::probe::ProtectSet>,
+    /// probe and tune: `wordnet` also fits on WordNet's 614 occupations (their gap removed) and
+    /// protects its 243 gendered person nouns (their gap kept); `project` (default) uses the
+    /// project's lists only (fixtures/data/wordnet/README.md).
+    #[arg(long)]
+    pub word_source: Option<biaslens::edit::probe::WordSource>,
     /// tune: rank of each projection's change (default 4).
     #[arg(long, value_parser = at_least_one)]
     pub tune_rank: Option<usize>,
@@ -231,6 +236,8 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     spec.probe.protect_each_prompt |= a.protect_each_prompt;
     set(&mut spec.probe.protect_set, a.protect_set);
     set(&mut spec.tune.protect_set, a.protect_set);
+    set(&mut spec.probe.word_source, a.word_source);
+    set(&mut spec.tune.word_source, a.word_source);
     set(&mut spec.tune.rank, a.tune_rank);
     set(&mut spec.tune.steps, a.tune_steps);
     set(&mut spec.tune.lr, a.tune_lr);
@@ -265,7 +272,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 20] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 21] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -277,6 +284,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
         ("--probe-target", a.probe_target.is_some(), &[Probe]),
         ("--protect-each-prompt", a.protect_each_prompt, &[Probe]),
         ("--protect-set", a.protect_set.is_some(), &[Probe, Tune]),
+        ("--word-source", a.word_source.is_some(), &[Probe, Tune]),
         ("--tune-rank", a.tune_rank.is_some(), &[Tune]),
         ("--tune-steps", a.tune_steps.is_some(), &[Tune]),
         ("--tune-lr", a.tune_lr.is_some(), &[Tune]),

@@ -28,7 +28,9 @@ pub use params::{
 pub use prompts::{last_token_prompts, probe_prompts, ProbePrompts};
 pub(super) use reader::{group_means, to_f64, to_tensor};
 pub use reader::{ProbeReader, StageReadout};
-pub use words::{protect_set_words, protected_words, ProtectSet};
+pub use words::{
+    extra_words, protect_set_words, protected_words, ExtraWords, ProtectSet, WordSource,
+};
 
 use super::context::EditSets;
 use super::corpus::corpus_moments;
@@ -65,6 +67,7 @@ pub fn probe(
         layers,
         params.prefixes,
         params.protect_set,
+        params.word_source,
         data_dir,
     )?;
 

@@ -599,6 +599,7 @@ pub fn tune(
         layers,
         params.prefixes,
         params.protect_set,
+        params.word_source,
         data_dir,
     )?;
     let tok = model.tokenizer()?;

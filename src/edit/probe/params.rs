@@ -4,7 +4,7 @@ use crate::model::Site;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::ProtectSet;
+use super::{ProtectSet, WordSource};
 
 /// How many top layers the probe edits by default (docs/method.md §4.6).
 pub const DEFAULT_TOP_LAYERS: usize = 5;
@@ -39,6 +39,10 @@ pub struct ProbeParams {
     pub target: StageTarget,
     /// Which gendered words are held at zero change.
     pub protect_set: ProtectSet,
+    /// Extra fit and protected words ([`WordSource`]). (Not written when `project`, so the
+    /// cache keys and delta records of earlier probe edits stay as they were.)
+    #[serde(skip_serializing_if = "WordSource::is_project")]
+    pub word_source: WordSource,
 }
 
 impl Default for ProbeParams {
@@ -56,6 +60,7 @@ impl Default for ProbeParams {
             passes: 1,
             target: StageTarget::Share,
             protect_set: ProtectSet::Pairs,
+            word_source: WordSource::Project,
         }
     }
 }

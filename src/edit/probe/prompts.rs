@@ -1,7 +1,7 @@
 //! The prompts the probe and gap tuning fit on and protect, read at the last token.
 
 use super::super::context::{EditPrompt, EditSets, DEFAULT_PREFIXES};
-use super::{protect_set_words, ProtectSet};
+use super::{extra_words, protect_set_words, ProtectSet, WordSource};
 use crate::data::{vig_templates, Template};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -35,7 +35,8 @@ pub fn last_token_prompts(
 }
 
 /// What the probe and gap tuning share: checked layers, the pronoun ids, the fit prompts (edit
-/// professions × fit templates × prefixes, last token) and the protected words' prompts.
+/// professions, then the word source's occupations, × fit templates × prefixes, last token) and
+/// the protected words' prompts (the protect set, then the word source's gendered nouns).
 pub struct ProbePrompts {
     /// Sorted, unique, each below the model's layer count.
     pub layers: Vec<usize>,
@@ -52,6 +53,7 @@ pub fn probe_prompts(
     layers: &[usize],
     prefixes: usize,
     protect_set: ProtectSet,
+    word_source: WordSource,
     data_dir: &Path,
 ) -> Result<ProbePrompts> {
     let mut layers = layers.to_vec();
@@ -73,13 +75,22 @@ pub fn probe_prompts(
         .map(|&i| all[i].clone())
         .collect();
     let prefixes = &DEFAULT_PREFIXES[..prefixes.min(DEFAULT_PREFIXES.len())];
-    let fit = last_token_prompts(tok, &sets.edit, &templates, prefixes)?;
     let professions: Vec<String> =
         crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?
             .into_iter()
             .map(|p| p.raw)
             .collect();
-    let words = protect_set_words(protect_set, data_dir, &professions)?;
+    let mut words = protect_set_words(protect_set, data_dir, &professions)?;
+    let known: Vec<String> = professions.iter().chain(&words).cloned().collect();
+    let extra = extra_words(word_source, data_dir, &known)?;
+    let fit_words: Vec<String> = sets
+        .edit
+        .iter()
+        .chain(&extra.occupations)
+        .cloned()
+        .collect();
+    let fit = last_token_prompts(tok, &fit_words, &templates, prefixes)?;
+    words.extend(extra.gendered);
     let protect = last_token_prompts(tok, &words, &templates, prefixes)?;
     Ok(ProbePrompts {
         layers,

@@ -140,3 +140,130 @@ const NOT_A_PERSON: &[&str] = &[
     "female",
     "male",
 ];
+
+/// Which words beyond the edit professions and the protect set the probe and gap tuning fit on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WordSource {
+    /// The project's lists only.
+    #[default]
+    Project,
+    /// Also WordNet's occupations (fit prompts: their gap is removed) and gendered person nouns
+    /// (protected prompts: their gap is kept), `wordnet/words.json` (614, 133 and 110 words;
+    /// fixtures/data/wordnet/README.md): more words from which to learn what separates a
+    /// stereotyped occupation from a noun gendered by definition (findings §6h).
+    Wordnet,
+}
+
+impl WordSource {
+    /// The spelling in specs, edit.json and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            WordSource::Project => "project",
+            WordSource::Wordnet => "wordnet",
+        }
+    }
+
+    pub fn is_project(&self) -> bool {
+        *self == WordSource::Project
+    }
+}
+
+impl std::str::FromStr for WordSource {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_named(
+            "word source",
+            s,
+            &[WordSource::Project, WordSource::Wordnet],
+            WordSource::name,
+        )
+    }
+}
+
+/// The extra words of a [`WordSource`]: occupations to fit, gendered nouns to protect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraWords {
+    pub occupations: Vec<String>,
+    pub gendered: Vec<String>,
+}
+
+/// The words `source` adds, minus every word in `exclude` (the project's professions, among them
+/// the held-out ones and the definitional controls, which no edit may see, and the protected
+/// words already present).
+pub fn extra_words(source: WordSource, data_dir: &Path, exclude: &[String]) -> Result<ExtraWords> {
+    if source == WordSource::Project {
+        return Ok(ExtraWords::default());
+    }
+    #[derive(Deserialize)]
+    struct File {
+        occupations: Vec<String>,
+        male: Vec<String>,
+        female: Vec<String>,
+    }
+    let path = data_dir.join("wordnet/words.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+    let file: File = serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            &path,
+            format!("expected {{\"occupations\": [...], \"male\": [...], \"female\": [...]}}: {e}"),
+        )
+    })?;
+    let keep = |w: &String| !w.is_empty() && !exclude.contains(w);
+    let occupations: Vec<String> = file.occupations.into_iter().filter(keep).collect();
+    let gendered: Vec<String> = file
+        .male
+        .into_iter()
+        .chain(file.female)
+        .filter(keep)
+        .filter(|w| !occupations.contains(w))
+        .collect();
+    if occupations.is_empty() || gendered.is_empty() {
+        return Err(Error::file(
+            &path,
+            "no usable occupations or gendered nouns",
+        ));
+    }
+    Ok(ExtraWords {
+        occupations,
+        gendered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::probe::ProbeParams;
+    use crate::edit::tune::TuneParams;
+
+    /// The default source is not written, so earlier edits' cache keys and records stay valid;
+    /// `wordnet` is written and read back.
+    #[test]
+    fn only_a_non_default_word_source_is_written() {
+        fn check<P: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+            plain: &P,
+            with: &P,
+        ) {
+            let v = serde_json::to_value(plain).unwrap();
+            assert!(v.get("word_source").is_none(), "{v}");
+            let w = serde_json::to_value(with).unwrap();
+            assert_eq!(w["word_source"], "wordnet");
+            assert_eq!(&serde_json::from_value::<P>(w).unwrap(), with);
+        }
+        let tune = TuneParams {
+            word_source: WordSource::Wordnet,
+            ..TuneParams::default()
+        };
+        check(&TuneParams::default(), &tune);
+        let probe = ProbeParams {
+            word_source: WordSource::Wordnet,
+            ..ProbeParams::default()
+        };
+        check(&ProbeParams::default(), &probe);
+        assert_eq!(
+            "wordnet".parse::<WordSource>().unwrap(),
+            WordSource::Wordnet
+        );
+        assert!("wordnets".parse::<WordSource>().is_err());
+    }
+}

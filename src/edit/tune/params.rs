@@ -1,7 +1,7 @@
 //! Gap tuning's hyperparameters: `[tune]` in `biaslens edit --spec`, `[methods.tune.params]` in a
 //! report spec, a model's default-edit record. Missing fields take [`TuneParams::default`].
 
-use crate::edit::probe::{Components, ProtectSet};
+use crate::edit::probe::{Components, ProtectSet, WordSource};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub struct TuneParams {
     pub components: Components,
     /// Which gendered words are held at zero change.
     pub protect_set: ProtectSet,
+    /// Extra fit and protected words ([`WordSource`]). (Not written when `project`, as
+    /// `keep_above`.)
+    #[serde(skip_serializing_if = "WordSource::is_project")]
+    pub word_source: WordSource,
     /// Seed of A's initialisation and of the minibatch shuffle.
     pub seed: u64,
     /// α for the protected prompts whose base gap leans he (L₀ > 0), the side an edit of
@@ -98,6 +102,7 @@ impl Default for TuneParams {
             prefixes: 1,
             components: Components::Both,
             protect_set: ProtectSet::Roles,
+            word_source: WordSource::Project,
             seed: 0,
             protect_weight_he: None,
             keep_above: None,
