@@ -533,3 +533,68 @@ fn a_registry_alias_with_the_wrong_file_is_refused() {
         ],
     );
 }
+
+/// A data folder without, or with a malformed, `wordnet/words.json` is refused by
+/// `edit --word-source wordnet` before any model is loaded, naming the file: the model here is
+/// a file of junk bytes that fails to load, so an error about the word file proves the check
+/// came first.
+#[test]
+fn a_missing_word_source_file_is_refused_before_the_model_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = manifest().join("fixtures/data");
+    std::fs::create_dir_all(data.join("bolukbasi_debiaswe")).unwrap();
+    std::fs::create_dir_all(data.join("protected")).unwrap();
+    std::fs::copy(
+        src.join("bolukbasi_debiaswe/equalize_pairs.json"),
+        data.join("bolukbasi_debiaswe/equalize_pairs.json"),
+    )
+    .unwrap();
+    for f in ["gendered_persons.json", "gendered_roles.json"] {
+        std::fs::copy(
+            src.join("protected").join(f),
+            data.join("protected").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(tmp.path().join("junk.gguf"), b"not a gguf file").unwrap();
+    let args = [
+        "edit",
+        "--model",
+        "junk.gguf",
+        "--method",
+        "tune",
+        "--protect-set",
+        "roles",
+        "--word-source",
+        "wordnet",
+        "--out",
+        "out",
+    ];
+    let env = [("BIASLENS_DATA", s(&data))];
+    let err = fails_with(
+        &run(tmp.path(), &args, &env),
+        "edit without wordnet/words.json",
+        &["wordnet/words.json"],
+    );
+    assert!(!err.contains("junk.gguf"), "{err}");
+    std::fs::create_dir_all(data.join("wordnet")).unwrap();
+    std::fs::write(data.join("wordnet/words.json"), "[\"not the shape\"]").unwrap();
+    let err = fails_with(
+        &run(tmp.path(), &args, &env),
+        "edit with a malformed wordnet/words.json",
+        &["wordnet/words.json", "occupations"],
+    );
+    assert!(!err.contains("junk.gguf"), "{err}");
+    // Without the word source the same folder passes this check and the edit fails on the model.
+    let plain: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--word-source" && *a != "wordnet")
+        .collect();
+    fails_with(
+        &run(tmp.path(), &plain, &env),
+        "edit of a junk model",
+        &["junk.gguf"],
+    );
+}

@@ -264,6 +264,8 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     method_flags_apply(a, spec.method)?;
     // Bad hyperparameters fail here, before the model loads and the bias is measured.
     spec.validate_params()?;
+    // So do missing or malformed word lists (e.g. a --data folder without wordnet/words.json).
+    spec.check_word_files()?;
     Ok(spec)
 }
 

@@ -137,6 +137,20 @@ impl EditSpec {
             Method::Tune => self.tune.validate(),
         }
     }
+
+    /// Read and parse the word lists the probe or gap tuning will fit on (the protect set's
+    /// files, the word source's `wordnet/words.json`), so a missing or malformed file fails
+    /// before a model is loaded, naming the file. Other methods read no word lists.
+    pub fn check_word_files(&self) -> Result<()> {
+        let (set, source) = match self.method {
+            Method::Probe => (self.probe.protect_set, self.probe.word_source),
+            Method::Tune => (self.tune.protect_set, self.tune.word_source),
+            Method::Lsdm | Method::Ft | Method::Dama => return Ok(()),
+        };
+        super::probe::protect_set_words(set, &self.data_dir, &[])?;
+        super::probe::extra_words(source, &self.data_dir, &[])?;
+        Ok(())
+    }
 }
 
 /// The result of an edit: the delta and a JSON report of the method's internals.
