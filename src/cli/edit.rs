@@ -20,8 +20,8 @@ pub struct EditArgs {
     /// probe (the gap probe at the last token: it transfers to unseen professions and
     /// templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the --spec
     /// file's method, else the model's validated default with its hyperparameters (probe for
-    /// smollm2-135m, tune with --tune-corpus-topk 10 for gemma-3-270m:
-    /// fixtures/data/default_edits), else probe. Naming a method starts from its library
+    /// smollm2-135m, tune with --tune-corpus-topk 10 --word-source wordnet --tune-protect 4 for
+    /// gemma-3-270m: fixtures/data/default_edits), else probe. Naming a method starts from its library
     /// defaults.
     #[arg(long)]
     pub method: Option<biaslens::edit::method::Method>,
