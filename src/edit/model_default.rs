@@ -110,9 +110,16 @@ mod tests {
             Method::Probe
         );
         assert_eq!(default_method(&data, "gemma-3-270m").unwrap(), Method::Tune);
-        // Gemma-3's record carries the corpus top-k weight its validation split chose (§6e).
+        // Gemma-3's record carries what its validation split chose: the corpus top-k weight
+        // (§6e), WordNet's words and α = 4 (§6l); the rest are the library's.
         let gemma = default_spec(&data, "gemma-3-270m").unwrap();
-        assert_eq!(gemma.tune.corpus_topk, Some(10.0));
+        let want = TuneParams {
+            corpus_topk: Some(10.0),
+            word_source: crate::edit::probe::WordSource::Wordnet,
+            protect_weight: 4.0,
+            ..TuneParams::default()
+        };
+        assert_eq!(gemma.tune, want);
         assert_eq!(
             default_spec(&data, "smollm2-135m").unwrap().probe,
             ProbeParams::default()
