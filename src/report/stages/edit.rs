@@ -107,6 +107,9 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Option<Layers>)>
 impl EditStage {
     pub fn new(spec: &Spec, variant: Variant) -> Result<Self> {
         let (edit, layers) = edit_spec(spec, &variant)?;
+        // The stages are built before any runs, so a missing word list fails here, not after
+        // the base model's stages (the check `biaslens edit` makes before loading a model).
+        edit.check_word_files()?;
         let uses_sites =
             layers.as_ref().is_some_and(Layers::is_from_sites) || variant.layer_count.is_some();
         Ok(EditStage {
