@@ -586,7 +586,24 @@ fn a_missing_word_source_file_is_refused_before_the_model_loads() {
         &["wordnet/words.json", "occupations"],
     );
     assert!(!err.contains("junk.gguf"), "{err}");
-    // Without the word source the same folder passes this check and the edit fails on the model.
+    // So is `--fit-templates varied` without templates/varied.txt (the word lists now parse).
+    std::fs::copy(
+        src.join("wordnet/words.json"),
+        data.join("wordnet/words.json"),
+    )
+    .unwrap();
+    let mut varied = args.to_vec();
+    varied.splice(
+        varied.len() - 2..varied.len() - 2,
+        ["--fit-templates", "varied"],
+    );
+    let err = fails_with(
+        &run(tmp.path(), &varied, &env),
+        "edit without templates/varied.txt",
+        &["templates/varied.txt"],
+    );
+    assert!(!err.contains("junk.gguf"), "{err}");
+    // Without the extra inputs the same folder passes this check and the edit fails on the model.
     let plain: Vec<&str> = args
         .iter()
         .copied()

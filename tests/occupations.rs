@@ -381,3 +381,45 @@ fn wordnet_words_are_disjoint_from_every_project_list() {
     assert!(!fewer.occupations.contains(&first));
     assert_eq!(fewer.occupations.len(), occ.len() - 1);
 }
+
+/// The project-written fit templates (`--fit-templates varied`) are none of the templates any
+/// measurement reads: Vig et al.'s 17 (held-out numbers use their unseen split) and the
+/// wild-check's 10. Compared with the slot and case normalised, so "the {}" vs "a {}" or a
+/// capital letter cannot hide a copy.
+#[test]
+fn varied_fit_templates_are_disjoint_from_measured_templates() {
+    use biaslens::data::{Template, VIG_TEMPLATES};
+    let norm = |t: &str| {
+        t.to_lowercase()
+            .replace("a {}", "{}")
+            .replace("an {}", "{}")
+            .replace("the {}", "{}")
+    };
+    let varied = Template::load(&fixture("data/templates/varied.txt")).unwrap();
+    assert_eq!(varied.len(), 24);
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/wild-check.py"),
+    )
+    .unwrap();
+    let start = src.find("\nTEMPLATES = [").unwrap();
+    let block = &src[start..];
+    let block = &block[..block.find(']').unwrap()];
+    let wild: Vec<&str> = block.split('"').skip(1).step_by(2).collect();
+    assert_eq!(wild.len(), 10, "parsed the wild-check's templates");
+    let measured: Vec<String> = VIG_TEMPLATES
+        .iter()
+        .copied()
+        .chain(wild)
+        .map(norm)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &varied {
+        let n = norm(t.as_str());
+        assert!(
+            !measured.contains(&n),
+            "{:?} is a measured template",
+            t.as_str()
+        );
+        assert!(seen.insert(n), "{:?} twice", t.as_str());
+    }
+}

@@ -71,6 +71,11 @@ pub struct EditArgs {
     /// project's lists only (fixtures/data/wordnet/README.md).
     #[arg(long)]
     pub word_source: Option<biaslens::edit::probe::WordSource>,
+    /// probe and tune: `varied` also fits and protects on 24 project-written templates of
+    /// other shapes than Vig et al.'s (fixtures/data/templates/README.md); `vig` (default):
+    /// the split's Vig templates only.
+    #[arg(long)]
+    pub fit_templates: Option<biaslens::edit::probe::FitTemplates>,
     /// tune: rank of each projection's change (default 4).
     #[arg(long, value_parser = at_least_one)]
     pub tune_rank: Option<usize>,
@@ -238,6 +243,8 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.protect_set, a.protect_set);
     set(&mut spec.probe.word_source, a.word_source);
     set(&mut spec.tune.word_source, a.word_source);
+    set(&mut spec.probe.fit_templates, a.fit_templates);
+    set(&mut spec.tune.fit_templates, a.fit_templates);
     set(&mut spec.tune.rank, a.tune_rank);
     set(&mut spec.tune.steps, a.tune_steps);
     set(&mut spec.tune.lr, a.tune_lr);
@@ -274,7 +281,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 21] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 22] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -287,6 +294,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
         ("--protect-each-prompt", a.protect_each_prompt, &[Probe]),
         ("--protect-set", a.protect_set.is_some(), &[Probe, Tune]),
         ("--word-source", a.word_source.is_some(), &[Probe, Tune]),
+        ("--fit-templates", a.fit_templates.is_some(), &[Probe, Tune]),
         ("--tune-rank", a.tune_rank.is_some(), &[Tune]),
         ("--tune-steps", a.tune_steps.is_some(), &[Tune]),
         ("--tune-lr", a.tune_lr.is_some(), &[Tune]),

@@ -19,6 +19,7 @@
 mod params;
 mod prompts;
 mod reader;
+mod templates;
 mod words;
 
 pub use params::{
@@ -28,6 +29,7 @@ pub use params::{
 pub use prompts::{last_token_prompts, probe_prompts, ProbePrompts};
 pub(super) use reader::{group_means, to_f64, to_tensor};
 pub use reader::{ProbeReader, StageReadout};
+pub use templates::FitTemplates;
 pub use words::{
     extra_words, protect_set_words, protected_words, ExtraWords, ProtectSet, WordSource,
 };
@@ -68,6 +70,7 @@ pub fn probe(
         params.prefixes,
         params.protect_set,
         params.word_source,
+        params.fit_templates,
         data_dir,
     )?;
 

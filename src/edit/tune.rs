@@ -600,6 +600,7 @@ pub fn tune(
         params.prefixes,
         params.protect_set,
         params.word_source,
+        params.fit_templates,
         data_dir,
     )?;
     let tok = model.tokenizer()?;

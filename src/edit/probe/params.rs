@@ -4,7 +4,7 @@ use crate::model::Site;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{ProtectSet, WordSource};
+use super::{FitTemplates, ProtectSet, WordSource};
 
 /// How many top layers the probe edits by default (docs/method.md §4.6).
 pub const DEFAULT_TOP_LAYERS: usize = 5;
@@ -43,6 +43,10 @@ pub struct ProbeParams {
     /// cache keys and delta records of earlier probe edits stay as they were.)
     #[serde(skip_serializing_if = "WordSource::is_project")]
     pub word_source: WordSource,
+    /// Templates of the fit and protected prompts ([`FitTemplates`]). (Not written when `vig`,
+    /// as `word_source`.)
+    #[serde(skip_serializing_if = "FitTemplates::is_vig")]
+    pub fit_templates: FitTemplates,
 }
 
 impl Default for ProbeParams {
@@ -61,6 +65,7 @@ impl Default for ProbeParams {
             target: StageTarget::Share,
             protect_set: ProtectSet::Pairs,
             word_source: WordSource::Project,
+            fit_templates: FitTemplates::Vig,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The prompts the probe and gap tuning fit on and protect, read at the last token.
 
 use super::super::context::{EditPrompt, EditSets, DEFAULT_PREFIXES};
-use super::{extra_words, protect_set_words, ProtectSet, WordSource};
+use super::{extra_words, protect_set_words, FitTemplates, ProtectSet, WordSource};
 use crate::data::{vig_templates, Template};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -35,7 +35,8 @@ pub fn last_token_prompts(
 }
 
 /// What the probe and gap tuning share: checked layers, the pronoun ids, the fit prompts (edit
-/// professions, then the word source's occupations, × fit templates × prefixes, last token) and
+/// professions, then the word source's occupations, × fit templates (the split's Vig templates,
+/// then `fit_templates`' extra ones) × prefixes, last token) and
 /// the protected words' prompts (the protect set, then the word source's gendered nouns).
 pub struct ProbePrompts {
     /// Sorted, unique, each below the model's layer count.
@@ -54,6 +55,7 @@ pub fn probe_prompts(
     prefixes: usize,
     protect_set: ProtectSet,
     word_source: WordSource,
+    fit_templates: FitTemplates,
     data_dir: &Path,
 ) -> Result<ProbePrompts> {
     let mut layers = layers.to_vec();
@@ -69,11 +71,12 @@ pub fn probe_prompts(
     let tok = model.tokenizer()?;
     let pronouns = [tok.single_token_id(" he")?, tok.single_token_id(" she")?];
     let all = vig_templates();
-    let templates: Vec<Template> = sets
+    let vig_fit: Vec<Template> = sets
         .edit_templates
         .iter()
         .map(|&i| all[i].clone())
         .collect();
+    let templates = fit_templates.templates(vig_fit, data_dir)?;
     let prefixes = &DEFAULT_PREFIXES[..prefixes.min(DEFAULT_PREFIXES.len())];
     let professions: Vec<String> =
         crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?

@@ -1,7 +1,7 @@
 //! Gap tuning's hyperparameters: `[tune]` in `biaslens edit --spec`, `[methods.tune.params]` in a
 //! report spec, a model's default-edit record. Missing fields take [`TuneParams::default`].
 
-use crate::edit::probe::{Components, ProtectSet, WordSource};
+use crate::edit::probe::{Components, FitTemplates, ProtectSet, WordSource};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,9 @@ pub struct TuneParams {
     /// `keep_above`.)
     #[serde(skip_serializing_if = "WordSource::is_project")]
     pub word_source: WordSource,
+    /// Templates of the fit and protected prompts ([`FitTemplates`]). (Not written when `vig`.)
+    #[serde(skip_serializing_if = "FitTemplates::is_vig")]
+    pub fit_templates: FitTemplates,
     /// Seed of A's initialisation and of the minibatch shuffle.
     pub seed: u64,
     /// α for the protected prompts whose base gap leans he (L₀ > 0), the side an edit of
@@ -103,6 +106,7 @@ impl Default for TuneParams {
             components: Components::Both,
             protect_set: ProtectSet::Roles,
             word_source: WordSource::Project,
+            fit_templates: FitTemplates::Vig,
             seed: 0,
             protect_weight_he: None,
             keep_above: None,

@@ -1,0 +1,135 @@
+//! Which templates the probe and gap tuning fit on and protect with.
+
+use crate::data::{Template, VIG_TEMPLATES};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The templates of fit and protected prompts. Vig et al.'s fit templates share one shape
+/// ("The {} <verb> that/because"), so an edit fitted on them alone may learn that shape; the
+/// controls then keep less of their gap on templates the edit never saw (findings §6l).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FitTemplates {
+    /// The edit split's Vig templates only.
+    #[default]
+    Vig,
+    /// Also the 24 project-written templates of `templates/varied.txt`
+    /// (fixtures/data/templates/README.md), which no measurement reads.
+    Varied,
+}
+
+impl FitTemplates {
+    /// The spelling in specs, edit.json and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FitTemplates::Vig => "vig",
+            FitTemplates::Varied => "varied",
+        }
+    }
+
+    pub fn is_vig(&self) -> bool {
+        *self == FitTemplates::Vig
+    }
+
+    /// The file this choice reads, if any.
+    pub fn file(self, data_dir: &Path) -> Option<PathBuf> {
+        match self {
+            FitTemplates::Vig => None,
+            FitTemplates::Varied => Some(data_dir.join("templates/varied.txt")),
+        }
+    }
+
+    /// `vig_fit` (the edit split's Vig templates) followed by this choice's extra templates.
+    /// An extra template that is one of Vig's 17 is refused: those are measured, never fitted
+    /// beyond the split.
+    pub fn templates(self, vig_fit: Vec<Template>, data_dir: &Path) -> Result<Vec<Template>> {
+        let Some(path) = self.file(data_dir) else {
+            return Ok(vig_fit);
+        };
+        let extra = Template::load(&path)?;
+        if let Some(t) = extra.iter().find(|t| VIG_TEMPLATES.contains(&t.as_str())) {
+            return Err(Error::file(
+                &path,
+                format!("{:?} is one of Vig et al.'s templates", t.as_str()),
+            ));
+        }
+        let mut out = vig_fit;
+        out.extend(extra);
+        Ok(out)
+    }
+}
+
+impl std::str::FromStr for FitTemplates {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_named(
+            "fit templates",
+            s,
+            &[FitTemplates::Vig, FitTemplates::Varied],
+            FitTemplates::name,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data")
+    }
+
+    #[test]
+    fn vig_adds_nothing_and_varied_adds_the_file() {
+        let base = vec![Template::new("The {} said that").unwrap()];
+        assert_eq!(
+            FitTemplates::Vig.templates(base.clone(), &data()).unwrap(),
+            base
+        );
+        let all = FitTemplates::Varied
+            .templates(base.clone(), &data())
+            .unwrap();
+        assert_eq!(all.len(), 1 + 24);
+        assert_eq!(all[0], base[0]);
+    }
+
+    #[test]
+    fn a_vig_template_in_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(
+            dir.path().join("templates/varied.txt"),
+            "I met the {} and\nThe {} said that\n",
+        )
+        .unwrap();
+        let err = FitTemplates::Varied
+            .templates(Vec::new(), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("varied.txt") && err.contains("Vig"), "{err}");
+    }
+
+    /// `vig` is not written, so earlier edits' cache keys and records stay valid; `varied` is
+    /// written and read back.
+    #[test]
+    fn names_round_trip_and_vig_is_not_written() {
+        use crate::edit::probe::ProbeParams;
+        use crate::edit::tune::TuneParams;
+        for t in [FitTemplates::Vig, FitTemplates::Varied] {
+            assert_eq!(t.name().parse::<FitTemplates>().unwrap(), t);
+        }
+        assert!("vague".parse::<FitTemplates>().is_err());
+        let v = serde_json::to_value(TuneParams::default()).unwrap();
+        assert!(v.get("fit_templates").is_none(), "{v}");
+        let v = serde_json::to_value(ProbeParams::default()).unwrap();
+        assert!(v.get("fit_templates").is_none(), "{v}");
+        let tune = TuneParams {
+            fit_templates: FitTemplates::Varied,
+            ..TuneParams::default()
+        };
+        let w = serde_json::to_value(&tune).unwrap();
+        assert_eq!(w["fit_templates"], "varied");
+        assert_eq!(serde_json::from_value::<TuneParams>(w).unwrap(), tune);
+    }
+}
