@@ -584,7 +584,7 @@ mod tests {
         );
         let s = spec_of(&["--spec", f, "--method", "lsdm", "--out", o]);
         assert_eq!(s.method, Method::Lsdm);
-        assert_eq!(spec_of(&["--out", o]).method, Method::Probe);
+        assert_eq!(spec_of(&["--out", o]).method, Method::Tune);
         let gemma = ["--model", "gemma-3-270m", "--out", o];
         assert_eq!(spec_of(&gemma).method, Method::Tune);
         // The record's validated hyperparameters come with its method, and flags override them;
@@ -594,6 +594,11 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert_eq!(spec_of(&gemma).tune, record.tune);
+        let smol =
+            biaslens::edit::model_default::record(&biaslens::data::data_dir(), "smollm2-135m")
+                .unwrap()
+                .unwrap();
+        assert_eq!(spec_of(&["--out", o]).tune, smol.tune);
         let s = spec_of(&[
             "--model",
             "gemma-3-270m",
@@ -630,7 +635,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let o = out.to_str().unwrap();
-        let e = error_of(&["--tune-heads", "3.1", "--out", o]);
+        // SmolLM2's default is tune: a probe-only flag names the default's method.
+        let e = error_of(&["--scale", "0.5", "--out", o]);
+        assert!(
+            e.contains("--scale") && e.contains("this edit's method is tune"),
+            "{e}"
+        );
+        let e = error_of(&["--method", "probe", "--tune-heads", "3.1", "--out", o]);
         assert!(
             e.contains("--tune-heads") && e.contains("tune") && e.contains("probe"),
             "{e}"
@@ -642,7 +653,13 @@ mod tests {
         );
         let e = error_of(&["--method", "lsdm", "--components", "8", "--out", o]);
         assert!(e.contains("--components applies to --method dama"), "{e}");
-        assert_eq!(spec_of(&["--scale", "0.5", "--out", o]).probe.scale, 0.5);
+        assert_eq!(
+            spec_of(&["--method", "probe", "--scale", "0.5", "--out", o])
+                .probe
+                .scale,
+            0.5
+        );
+        assert_eq!(spec_of(&["--tune-steps", "7", "--out", o]).tune.steps, 7);
         let s = spec_of(&["--method", "tune", "--tune-rank", "2", "--out", o]);
         assert_eq!(s.tune.rank, 2);
         let file = dir.path().join("dama.toml");

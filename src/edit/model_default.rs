@@ -105,10 +105,7 @@ mod tests {
     #[test]
     fn shipped_records_choose_per_model() {
         let data = crate::data::data_dir();
-        assert_eq!(
-            default_method(&data, "smollm2-135m").unwrap(),
-            Method::Probe
-        );
+        assert_eq!(default_method(&data, "smollm2-135m").unwrap(), Method::Tune);
         assert_eq!(default_method(&data, "gemma-3-270m").unwrap(), Method::Tune);
         // Gemma-3's record carries what its validation split chose: the corpus top-k weight
         // (§6e), WordNet's words and α = 4 (§6l); the rest are the library's.
@@ -120,10 +117,15 @@ mod tests {
             ..TuneParams::default()
         };
         assert_eq!(gemma.tune, want);
-        assert_eq!(
-            default_spec(&data, "smollm2-135m").unwrap().probe,
-            ProbeParams::default()
-        );
+        // SmolLM2's: WordNet's words and 400 steps (§6l); the rest are the library's.
+        let smol = default_spec(&data, "smollm2-135m").unwrap();
+        let want = TuneParams {
+            word_source: crate::edit::probe::WordSource::Wordnet,
+            steps: 400,
+            ..TuneParams::default()
+        };
+        assert_eq!(smol.tune, want);
+        assert_eq!(smol.probe, ProbeParams::default());
         for k in crate::model::registry::KNOWN_MODELS {
             assert!(
                 record_path(&data, k.alias).is_some_and(|p| p.is_file()),

@@ -20,7 +20,7 @@ import numpy as np
 import biaslens
 
 # The cheap edit of --quick: `biaslens edit --max-edit 4 --probe-components mlp`.
-QUICK_EDIT = {"max_edit": 4, "probe_components": "mlp"}
+QUICK_EDIT = {"method": "probe", "max_edit": 4, "probe_components": "mlp"}
 
 
 def show(label, r):
@@ -79,7 +79,7 @@ def main():
     if args.quick:
         print(f"--quick: editing with {overrides}, not the defaults (a smaller effect)")
     else:
-        print("editing with `biaslens edit`'s defaults (several minutes on 2 cores)")
+        print("editing with `biaslens edit`'s defaults (about 20 minutes on 2 cores)")
     out, record = m.edit(str(out_dir / "edited"), **overrides)
     print(
         f"edit: {record['method']} on layers {record['layers']}, "
