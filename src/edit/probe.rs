@@ -26,7 +26,7 @@ pub use params::{
     default_layers, Component, Components, ProbeParams, ProbeReport, StageTarget,
     DEFAULT_TOP_LAYERS,
 };
-pub use prompts::{last_token_prompts, probe_prompts, ProbePrompts};
+pub use prompts::{last_token_prompts, probe_prompts, ProbePrompts, PromptSources};
 pub(super) use reader::{group_means, to_f64, to_tensor};
 pub use reader::{ProbeReader, StageReadout};
 pub use templates::FitTemplates;
@@ -67,10 +67,12 @@ pub fn probe(
         model,
         sets,
         layers,
-        params.prefixes,
-        params.protect_set,
-        params.word_source,
-        params.fit_templates,
+        PromptSources {
+            prefixes: params.prefixes,
+            protect_set: params.protect_set,
+            word_source: params.word_source,
+            fit_templates: params.fit_templates,
+        },
         data_dir,
     )?;
 

@@ -29,7 +29,9 @@ use super::context::{EditPrompt, EditSets};
 use super::corpus::{corpus_chunks, corpus_moments};
 use super::delta::{DeltaMeta, WeightDelta};
 use super::lsdm::{record_down_delta, record_o_delta};
-use super::probe::{group_means, probe_prompts, to_f64, Component, ProbePrompts, ProbeReader};
+use super::probe::{
+    group_means, probe_prompts, to_f64, Component, ProbePrompts, ProbeReader, PromptSources,
+};
 use super::probe_solve::row_space_basis;
 use crate::model::stable_matmul::matmul as mm;
 use crate::model::{Model, ModelConfig, Site, Transformer};
@@ -597,10 +599,12 @@ pub fn tune(
         model,
         sets,
         layers,
-        params.prefixes,
-        params.protect_set,
-        params.word_source,
-        params.fit_templates,
+        PromptSources {
+            prefixes: params.prefixes,
+            protect_set: params.protect_set,
+            word_source: params.word_source,
+            fit_templates: params.fit_templates,
+        },
         data_dir,
     )?;
     let tok = model.tokenizer()?;

@@ -48,16 +48,29 @@ pub struct ProbePrompts {
     pub protect: Vec<EditPrompt>,
 }
 
+/// Where the probe's and gap tuning's prompts come from: their params' shared fields.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptSources {
+    /// Context prefixes per prompt (the first n of `DEFAULT_PREFIXES`).
+    pub prefixes: usize,
+    pub protect_set: ProtectSet,
+    pub word_source: WordSource,
+    pub fit_templates: FitTemplates,
+}
+
 pub fn probe_prompts(
     model: &Model,
     sets: &EditSets,
     layers: &[usize],
-    prefixes: usize,
-    protect_set: ProtectSet,
-    word_source: WordSource,
-    fit_templates: FitTemplates,
+    sources: PromptSources,
     data_dir: &Path,
 ) -> Result<ProbePrompts> {
+    let PromptSources {
+        prefixes,
+        protect_set,
+        word_source,
+        fit_templates,
+    } = sources;
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
