@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The templates of fit and protected prompts. Vig et al.'s fit templates share one shape
-/// ("The {} <verb> that/because"), so an edit fitted on them alone may learn that shape; the
+/// (`"The {} <verb> that/because"`), so an edit fitted on them alone may learn that shape; the
 /// controls then keep less of their gap on templates the edit never saw (findings §6l).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
