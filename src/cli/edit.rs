@@ -19,10 +19,10 @@ pub struct EditArgs {
     pub model: DefaultModelArgs,
     /// probe (the gap probe at the last token: it transfers to unseen professions and
     /// templates, docs/findings.md §6), tune, lsdm, ft (FT-L) or dama. Default: the --spec
-    /// file's method, else the model's validated default with its hyperparameters (probe for
-    /// smollm2-135m, tune with --tune-corpus-topk 10 --word-source wordnet --tune-protect 4 for
-    /// gemma-3-270m: fixtures/data/default_edits), else probe. Naming a method starts from its library
-    /// defaults.
+    /// file's method, else the model's validated default with its hyperparameters (tune with
+    /// --word-source wordnet --tune-steps 400 for smollm2-135m, tune with --tune-corpus-topk 10
+    /// --word-source wordnet --tune-protect 4 for gemma-3-270m: fixtures/data/default_edits),
+    /// else probe. Naming a method starts from its library defaults.
     #[arg(long)]
     pub method: Option<biaslens::edit::method::Method>,
     /// Edited layers, e.g. 1,2,3,4 (overrides --sites).

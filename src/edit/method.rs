@@ -138,28 +138,22 @@ impl EditSpec {
         }
     }
 
-    /// Read and parse the word lists the probe or gap tuning will fit on (the protect set's
-    /// files, the word source's `wordnet/words.json`, the fit templates' file), so a missing or
-    /// malformed file fails
-    /// before a model is loaded, naming the file. Other methods read no word lists.
+    /// Where the probe's or gap tuning's prompts come from; other methods read no word lists.
+    pub fn prompt_sources(&self) -> Option<super::probe::PromptSources> {
+        match self.method {
+            Method::Probe => Some(self.probe.sources()),
+            Method::Tune => Some(self.tune.sources()),
+            Method::Lsdm | Method::Ft | Method::Dama => None,
+        }
+    }
+
+    /// Read and parse the word lists and templates the probe or gap tuning will fit on, so a
+    /// missing or malformed file fails before a model is loaded, naming the file.
     pub fn check_word_files(&self) -> Result<()> {
-        let (set, source, templates) = match self.method {
-            Method::Probe => (
-                self.probe.protect_set,
-                self.probe.word_source,
-                self.probe.fit_templates,
-            ),
-            Method::Tune => (
-                self.tune.protect_set,
-                self.tune.word_source,
-                self.tune.fit_templates,
-            ),
-            Method::Lsdm | Method::Ft | Method::Dama => return Ok(()),
-        };
-        super::probe::protect_set_words(set, &self.data_dir, &[])?;
-        super::probe::extra_words(source, &self.data_dir, &[])?;
-        templates.templates(Vec::new(), &self.data_dir)?;
-        Ok(())
+        match self.prompt_sources() {
+            Some(sources) => sources.check(&self.data_dir),
+            None => Ok(()),
+        }
     }
 }
 
@@ -219,12 +213,11 @@ pub fn edit_model(model: &Model, spec: &EditSpec, log: impl FnMut(&str)) -> Resu
             crate::io::sha256_file(corpus)?,
         );
     }
-    let templates = match spec.method {
-        Method::Probe => spec.probe.fit_templates.file(&spec.data_dir),
-        Method::Tune => spec.tune.fit_templates.file(&spec.data_dir),
-        _ => None,
-    };
-    if let Some(path) = templates {
+    let word_files = spec
+        .prompt_sources()
+        .map(|s| s.files(&spec.data_dir))
+        .unwrap_or_default();
+    for path in word_files {
         data_hashes.insert(
             path.to_string_lossy().into_owned(),
             crate::io::sha256_file(&path)?,

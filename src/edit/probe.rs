@@ -63,18 +63,7 @@ pub fn probe(
         fit,
         words,
         protect,
-    } = probe_prompts(
-        model,
-        sets,
-        layers,
-        PromptSources {
-            prefixes: params.prefixes,
-            protect_set: params.protect_set,
-            word_source: params.word_source,
-            fit_templates: params.fit_templates,
-        },
-        data_dir,
-    )?;
+    } = probe_prompts(model, sets, layers, params.sources(), data_dir)?;
 
     let tok = model.tokenizer()?;
     let stages: Vec<(usize, Component)> = (0..params.passes)

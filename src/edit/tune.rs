@@ -29,9 +29,7 @@ use super::context::{EditPrompt, EditSets};
 use super::corpus::{corpus_chunks, corpus_moments};
 use super::delta::{DeltaMeta, WeightDelta};
 use super::lsdm::{record_down_delta, record_o_delta};
-use super::probe::{
-    group_means, probe_prompts, to_f64, Component, ProbePrompts, ProbeReader, PromptSources,
-};
+use super::probe::{group_means, probe_prompts, to_f64, Component, ProbePrompts, ProbeReader};
 use super::probe_solve::row_space_basis;
 use crate::model::stable_matmul::matmul as mm;
 use crate::model::{Model, ModelConfig, Site, Transformer};
@@ -595,18 +593,7 @@ pub fn tune(
         mut fit,
         words,
         protect: protect_ordered,
-    } = probe_prompts(
-        model,
-        sets,
-        layers,
-        PromptSources {
-            prefixes: params.prefixes,
-            protect_set: params.protect_set,
-            word_source: params.word_source,
-            fit_templates: params.fit_templates,
-        },
-        data_dir,
-    )?;
+    } = probe_prompts(model, sets, layers, params.sources(), data_dir)?;
     let tok = model.tokenizer()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
     // Shuffled so that every minibatch mixes professions and templates.

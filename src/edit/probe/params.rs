@@ -4,7 +4,7 @@ use crate::model::Site;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{FitTemplates, ProtectSet, WordSource};
+use super::{FitTemplates, PromptSources, ProtectSet, WordSource};
 
 /// How many top layers the probe edits by default (docs/method.md §4.6).
 pub const DEFAULT_TOP_LAYERS: usize = 5;
@@ -71,6 +71,16 @@ impl Default for ProbeParams {
 }
 
 impl ProbeParams {
+    /// Where this method's fit and protected prompts come from.
+    pub fn sources(&self) -> PromptSources {
+        PromptSources {
+            prefixes: self.prefixes,
+            protect_set: self.protect_set,
+            word_source: self.word_source,
+            fit_templates: self.fit_templates,
+        }
+    }
+
     /// Range checks TOML types cannot express; errors name the field as `probe.<field>`.
     pub fn validate(&self) -> Result<()> {
         use crate::error::{at_least_one, non_negative};

@@ -6,7 +6,7 @@ use crate::data::{vig_templates, Template};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `words` × `templates` × `prefixes`, read at the prompt's last token (stored in
 /// `last_subject_token`, which is where [`crate::edit::keys`] reads).
@@ -56,6 +56,26 @@ pub struct PromptSources {
     pub protect_set: ProtectSet,
     pub word_source: WordSource,
     pub fit_templates: FitTemplates,
+}
+
+impl PromptSources {
+    /// Every data file these prompts read beyond the professions (their hashes go into the
+    /// edit record).
+    pub fn files(&self, data_dir: &Path) -> Vec<PathBuf> {
+        let mut files = self.protect_set.files(data_dir);
+        files.extend(self.word_source.file(data_dir));
+        files.extend(self.fit_templates.file(data_dir));
+        files
+    }
+
+    /// Read and parse those files, so a missing or malformed one fails before a model is
+    /// loaded, naming the file.
+    pub fn check(&self, data_dir: &Path) -> Result<()> {
+        protect_set_words(self.protect_set, data_dir, &[])?;
+        extra_words(self.word_source, data_dir, &[])?;
+        self.fit_templates.templates(Vec::new(), data_dir)?;
+        Ok(())
+    }
 }
 
 pub fn probe_prompts(
@@ -115,4 +135,50 @@ pub fn probe_prompts(
         words,
         protect,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `files` is exactly what `check` (and so the edit) reads: a data folder with only those
+    /// files passes, and without any one of them fails naming it. So the edit record's hashes
+    /// cover every word file, and nothing it reads goes unhashed.
+    #[test]
+    fn the_listed_files_are_the_files_read() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data");
+        let sources = PromptSources {
+            prefixes: 1,
+            protect_set: ProtectSet::Extended,
+            word_source: WordSource::Wordnet,
+            fit_templates: FitTemplates::Varied,
+        };
+        let listed = sources.files(&src);
+        assert_eq!(listed.len(), 1 + 3 + 1 + 1, "{listed:?}");
+        let copy = |dir: &Path, skip: Option<&PathBuf>| {
+            for f in listed.iter().filter(|f| Some(*f) != skip) {
+                let to = dir.join(f.strip_prefix(&src).unwrap());
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(f, to).unwrap();
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        copy(dir.path(), None);
+        sources.check(dir.path()).unwrap();
+        for f in &listed {
+            let dir = tempfile::tempdir().unwrap();
+            copy(dir.path(), Some(f));
+            let err = sources.check(dir.path()).unwrap_err().to_string();
+            let name = f.file_name().unwrap().to_str().unwrap();
+            assert!(err.contains(name), "without {name}: {err}");
+        }
+        // The plain choices read only the equalize pairs.
+        let plain = PromptSources {
+            prefixes: 1,
+            protect_set: ProtectSet::Pairs,
+            word_source: WordSource::Project,
+            fit_templates: FitTemplates::Vig,
+        };
+        assert_eq!(plain.files(&src).len(), 1);
+    }
 }

@@ -2,12 +2,12 @@
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Gendered nouns that are not in the profession list: Bolukbasi et al.'s equalize pairs, single
 /// lower-case words only. Returned sorted, both members of each pair.
 pub fn protected_words(data_dir: &Path, professions: &[String]) -> Result<Vec<String>> {
-    let path = data_dir.join("bolukbasi_debiaswe/equalize_pairs.json");
+    let path = data_dir.join(EQUALIZE_PAIRS);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
     let pairs: Vec<[String; 2]> = serde_json::from_str(&text)
         .map_err(|e| Error::file(&path, format!("expected [[word, word], ...]: {e}")))?;
@@ -59,6 +59,29 @@ impl std::str::FromStr for ProtectSet {
     }
 }
 
+/// The equalize pairs, read by every protect set.
+const EQUALIZE_PAIRS: &str = "bolukbasi_debiaswe/equalize_pairs.json";
+
+impl ProtectSet {
+    /// The files this set's words come from: the equalize pairs, then its lists under
+    /// `protected/`.
+    pub fn files(self, data_dir: &Path) -> Vec<PathBuf> {
+        let lists: &[&str] = match self {
+            ProtectSet::Pairs => &[],
+            ProtectSet::Persons => &["gendered_persons.json"],
+            ProtectSet::Roles => &["gendered_persons.json", "gendered_roles.json"],
+            ProtectSet::Extended => &[
+                "gendered_persons.json",
+                "gendered_roles.json",
+                "gendered_extended.json",
+            ],
+        };
+        std::iter::once(data_dir.join(EQUALIZE_PAIRS))
+            .chain(lists.iter().map(|f| data_dir.join("protected").join(f)))
+            .collect()
+    }
+}
+
 /// The protected words of `set`, sorted, none of them in `professions`.
 pub fn protect_set_words(
     set: ProtectSet,
@@ -66,18 +89,7 @@ pub fn protect_set_words(
     professions: &[String],
 ) -> Result<Vec<String>> {
     let mut words = protected_words(data_dir, professions)?;
-    let files: &[&str] = match set {
-        ProtectSet::Pairs => &[],
-        ProtectSet::Persons => &["gendered_persons.json"],
-        ProtectSet::Roles => &["gendered_persons.json", "gendered_roles.json"],
-        ProtectSet::Extended => &[
-            "gendered_persons.json",
-            "gendered_roles.json",
-            "gendered_extended.json",
-        ],
-    };
-    for file in files {
-        let path = data_dir.join("protected").join(file);
+    for path in set.files(data_dir).into_iter().skip(1) {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
         let extra: Vec<String> = serde_json::from_str(&text)
             .map_err(|e| Error::file(&path, format!("expected [word, ...]: {e}")))?;
@@ -167,6 +179,14 @@ impl WordSource {
     pub fn is_project(&self) -> bool {
         *self == WordSource::Project
     }
+
+    /// The file this source's words come from, if any.
+    pub fn file(self, data_dir: &Path) -> Option<PathBuf> {
+        match self {
+            WordSource::Project => None,
+            WordSource::Wordnet => Some(data_dir.join("wordnet/words.json")),
+        }
+    }
 }
 
 impl std::str::FromStr for WordSource {
@@ -192,16 +212,15 @@ pub struct ExtraWords {
 /// the held-out ones and the definitional controls, which no edit may see, and the protected
 /// words already present).
 pub fn extra_words(source: WordSource, data_dir: &Path, exclude: &[String]) -> Result<ExtraWords> {
-    if source == WordSource::Project {
+    let Some(path) = source.file(data_dir) else {
         return Ok(ExtraWords::default());
-    }
+    };
     #[derive(Deserialize)]
     struct File {
         occupations: Vec<String>,
         male: Vec<String>,
         female: Vec<String>,
     }
-    let path = data_dir.join("wordnet/words.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
     let file: File = serde_json::from_str(&text).map_err(|e| {
         Error::file(

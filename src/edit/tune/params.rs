@@ -1,7 +1,7 @@
 //! Gap tuning's hyperparameters: `[tune]` in `biaslens edit --spec`, `[methods.tune.params]` in a
 //! report spec, a model's default-edit record. Missing fields take [`TuneParams::default`].
 
-use crate::edit::probe::{Components, FitTemplates, ProtectSet, WordSource};
+use crate::edit::probe::{Components, FitTemplates, PromptSources, ProtectSet, WordSource};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +119,16 @@ impl Default for TuneParams {
 }
 
 impl TuneParams {
+    /// Where this method's fit and protected prompts come from.
+    pub fn sources(&self) -> PromptSources {
+        PromptSources {
+            prefixes: self.prefixes,
+            protect_set: self.protect_set,
+            word_source: self.word_source,
+            fit_templates: self.fit_templates,
+        }
+    }
+
     /// The layers of `heads`, sorted, each once: what a heads-only edit edits by default.
     pub fn head_layers(&self) -> Vec<usize> {
         let mut l: Vec<usize> = self.heads.iter().map(|&(l, _)| l).collect();
