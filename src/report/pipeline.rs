@@ -60,7 +60,9 @@ pub trait Stage {
     }
 }
 
-/// The cache key: sha256 of the stage name, its settings and its inputs' output hashes.
+/// The cache key: sha256 of the stage name, its settings and its inputs' output hashes. Paths
+/// inside the crate's folder (the data folder, a sites file) enter relative to it, so a clone
+/// at another path (another machine, CI) reuses a committed `stages/` folder.
 pub fn stage_key(
     name: &str,
     settings: &Value,
@@ -72,12 +74,30 @@ pub fn stage_key(
         settings: &'a Value,
         inputs: &'a BTreeMap<String, String>,
     }
+    let settings = crate_relative(settings, Path::new(env!("CARGO_MANIFEST_DIR")));
     let bytes = serde_json::to_vec(&KeyData {
         stage: name,
-        settings,
+        settings: &settings,
         inputs: input_hashes,
     })?;
     Ok(sha256_bytes(&bytes))
+}
+
+/// `v` with every string that is a path under `root` rewritten as `$CRATE/<rest>`.
+fn crate_relative(v: &Value, root: &Path) -> Value {
+    match v {
+        Value::String(s) => match Path::new(s).strip_prefix(root) {
+            Ok(rest) => Value::String(format!("$CRATE/{}", rest.display())),
+            Err(_) => v.clone(),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(|x| crate_relative(x, root)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), crate_relative(x, root)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
 }
 
 /// The stored form of a stage's output.
@@ -792,5 +812,34 @@ mod tests {
         );
         i.insert("d".to_string(), "h".to_string());
         assert_ne!(k0, stage_key("a", &s, &i).unwrap());
+    }
+
+    /// Two clones at different paths give a stage the same settings once paths are made
+    /// crate-relative; paths outside the clone, and look-alike prefixes, are kept as they are.
+    #[test]
+    fn keys_do_not_depend_on_where_the_crate_is() {
+        use serde_json::json;
+        let at = |root: &str| {
+            json!({"data_dir": format!("{root}/fixtures/data"),
+                   "job": {"files": [format!("{root}/docs/sites.json"), "/elsewhere/x"]},
+                   "near": format!("{root}x/fixtures"), "n": 3})
+        };
+        let (a, b) = (at("/work/main"), at("/home/me/biaslens"));
+        assert_ne!(a, b);
+        let a = crate_relative(&a, Path::new("/work/main"));
+        let b = crate_relative(&b, Path::new("/home/me/biaslens"));
+        assert_eq!(a["data_dir"], "$CRATE/fixtures/data");
+        assert_eq!(a["job"]["files"][1], "/elsewhere/x");
+        assert_eq!(a["near"], "/work/mainx/fixtures");
+        assert_eq!(a["n"], 3);
+        assert_eq!(a["job"], b["job"]);
+        assert_eq!(a["data_dir"], b["data_dir"]);
+        // The key itself uses this crate's own folder.
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let i = BTreeMap::new();
+        assert_eq!(
+            stage_key("s", &json!({"d": here.join("fixtures/data")}), &i).unwrap(),
+            stage_key("s", &json!({"d": "$CRATE/fixtures/data"}), &i).unwrap()
+        );
     }
 }

@@ -104,6 +104,28 @@ pub fn edit_spec(spec: &Spec, v: &Variant) -> Result<(EditSpec, Option<Layers>)>
     Ok((e, layers))
 }
 
+/// The parts of an edit spec that decide its delta: the method's own hyperparameters, not the
+/// other methods' tables (a report spec sets them for its other variants, and changing one
+/// must not redo this edit), nor where statistics are cached.
+fn edit_key_fields(edit: &EditSpec) -> Result<Value> {
+    let mut v = serde_json::to_value(edit)?;
+    if let Some(o) = v.as_object_mut() {
+        for m in [
+            Method::Lsdm,
+            Method::Ft,
+            Method::Dama,
+            Method::Probe,
+            Method::Tune,
+        ] {
+            if m != edit.method {
+                o.remove(m.name());
+            }
+        }
+        o.remove("cache_dir");
+    }
+    Ok(v)
+}
+
 impl EditStage {
     pub fn new(spec: &Spec, variant: Variant) -> Result<Self> {
         let (edit, layers) = edit_spec(spec, &variant)?;
@@ -182,7 +204,7 @@ impl Stage for EditStage {
     fn settings(&self) -> Result<Value> {
         let mut v = json!({
             "version": STAGE_VERSION, "model": self.model, "variant": self.variant,
-            "layers": self.layers, "edit": self.edit,
+            "layers": self.layers, "edit": edit_key_fields(&self.edit)?,
         });
         if let (true, Some(path)) = (self.uses_sites, &self.sites_file) {
             // The edit depends on the file's content, not its name.

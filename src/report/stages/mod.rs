@@ -226,6 +226,41 @@ mod tests {
         assert_eq!(t["points"][4][1], "lsdm");
     }
 
+    /// An edit's key holds its own method's hyperparameters only: changing gap tuning's table
+    /// in a report spec redoes `edit_tune`, not the LSDM, FT-L, DAMA or probe edits.
+    #[test]
+    fn an_edit_key_ignores_the_other_methods_tables() {
+        use super::super::pipeline::Stage;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("harness/mitigation-smollm2.toml");
+        let text = std::fs::read_to_string(&root).unwrap();
+        let keys = |text: &str| -> Vec<(String, serde_json::Value)> {
+            let spec: Spec = toml::from_str(text).unwrap();
+            variants(&spec)
+                .into_iter()
+                .map(|v| {
+                    let s = edit::EditStage::new(&spec, v.clone()).unwrap();
+                    (v.name, s.settings().unwrap())
+                })
+                .collect()
+        };
+        let before = keys(&text);
+        assert_eq!(before.len(), 5);
+        let changed = text.replace("steps = 400", "steps = 401");
+        assert_ne!(changed, text);
+        for ((name, a), (_, b)) in before.iter().zip(keys(&changed)) {
+            assert_eq!(a == &b, name != "tune", "{name}");
+            assert!(a["edit"].get("cache_dir").is_none());
+            for other in ["lsdm", "ft", "dama", "probe", "tune"] {
+                assert_eq!(
+                    a["edit"].get(other).is_some(),
+                    other == name,
+                    "{name}: {other}"
+                );
+            }
+        }
+    }
+
     /// The eval stages score with candle's composed ops unless the spec asks for the fused
     /// kernels; the choice is part of their cache key only (the default key is unchanged).
     #[test]
