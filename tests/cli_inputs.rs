@@ -615,3 +615,48 @@ fn a_missing_word_source_file_is_refused_before_the_model_loads() {
         &["junk.gguf"],
     );
 }
+
+/// `biaslens report` makes the same check when it builds its stages: a spec whose gap tuning
+/// reads WordNet's words, given a data folder without them, is refused naming the file before
+/// any stage runs (the model is junk bytes, so an error about it would mean a stage ran).
+#[test]
+fn a_report_with_a_missing_word_file_is_refused_before_any_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = manifest().join("fixtures/data");
+    std::fs::create_dir_all(data.join("protected")).unwrap();
+    // The probe variant's protected pairs are there; only gap tuning's WordNet words are not.
+    std::fs::create_dir_all(data.join("bolukbasi_debiaswe")).unwrap();
+    std::fs::copy(
+        src.join("bolukbasi_debiaswe/equalize_pairs.json"),
+        data.join("bolukbasi_debiaswe/equalize_pairs.json"),
+    )
+    .unwrap();
+    for f in ["gendered_persons.json", "gendered_roles.json"] {
+        std::fs::copy(
+            src.join("protected").join(f),
+            data.join("protected").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(tmp.path().join("junk.gguf"), b"not a gguf file").unwrap();
+    let sites = manifest().join("docs/results/trace-smollm2-100/sites.json");
+    let spec = std::fs::read_to_string(manifest().join("harness/mitigation-smollm2.toml"))
+        .unwrap()
+        .replace("name = \"smollm2-135m\"", "name = \"junk.gguf\"")
+        .replace(
+            "\"docs/results/trace-smollm2-100/sites.json\"",
+            &format!("{:?}", s(&sites)),
+        );
+    assert!(spec.contains("word_source = \"wordnet\"") && spec.contains("junk.gguf"));
+    std::fs::write(tmp.path().join("spec.toml"), spec).unwrap();
+    let args = ["report", "--spec", "spec.toml", "--out", "out"];
+    let env = [("BIASLENS_DATA", s(&data))];
+    let err = fails_with(
+        &run(tmp.path(), &args, &env),
+        "report without wordnet/words.json",
+        &["wordnet/words.json"],
+    );
+    assert!(!err.contains("report [1/"), "a stage ran: {err}");
+    assert!(!tmp.path().join("out/stages").exists(), "{err}");
+}
