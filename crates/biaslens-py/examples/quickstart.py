@@ -5,7 +5,8 @@
 
 Loads the model, measures the definitional controls, traces 2 prompts with 3 noise samples
 (a heatmap with matplotlib when it is installed), edits the model with `biaslens edit`'s
-defaults (the gap probe; several minutes on 2 cores) into a temporary folder and measures the
+defaults (the model's default edit: gap tuning with WordNet's words; about 20 minutes on
+2 cores) into a temporary folder and measures the
 edited model. `--quick` edits with a cheap setting instead (4 edit professions, the MLP
 projections only): a smaller effect, for trying the API out.
 """
