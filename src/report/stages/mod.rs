@@ -234,27 +234,28 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("harness/mitigation-smollm2.toml");
         let text = std::fs::read_to_string(&root).unwrap();
-        let keys = |text: &str| -> Vec<(String, serde_json::Value)> {
+        let keys = |text: &str| -> Vec<(&'static str, serde_json::Value)> {
             let spec: Spec = toml::from_str(text).unwrap();
             variants(&spec)
                 .into_iter()
                 .map(|v| {
                     let s = edit::EditStage::new(&spec, v.clone()).unwrap();
-                    (v.name, s.settings().unwrap())
+                    (v.method.name(), s.settings().unwrap())
                 })
                 .collect()
         };
         let before = keys(&text);
-        assert_eq!(before.len(), 5);
+        // The five methods, then LSDM's λ points.
+        assert_eq!(before.len(), 7);
         let changed = text.replace("steps = 400", "steps = 401");
         assert_ne!(changed, text);
         for ((name, a), (_, b)) in before.iter().zip(keys(&changed)) {
-            assert_eq!(a == &b, name != "tune", "{name}");
+            assert_eq!(a == &b, *name != "tune", "{name}");
             assert!(a["edit"].get("cache_dir").is_none());
             for other in ["lsdm", "ft", "dama", "probe", "tune"] {
                 assert_eq!(
                     a["edit"].get(other).is_some(),
-                    other == name,
+                    other == *name,
                     "{name}: {other}"
                 );
             }
