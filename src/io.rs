@@ -119,6 +119,40 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// One hash of a folder's content: sha256 over its files' paths relative to `dir` (sorted,
+/// `/`-separated) and their own sha256s. It names the data a run read without listing every
+/// file, and does not depend on where the folder is or the order its files were written.
+pub fn sha256_folder(dir: &Path) -> Result<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e.to_string()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| Error::file(dir, e.to_string()))?.path();
+            if path.is_dir() {
+                walk(&path, root, out)?;
+            } else {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                let name: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push((name.join("/"), path));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for (name, path) in &files {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(sha256_file(path)?.as_bytes());
+        h.update([b'\n']);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 /// `p` made absolute with symlinks of its existing part resolved (the rest appended as given).
 pub fn absolute(p: &Path) -> Result<PathBuf> {
     let abs = if p.is_absolute() {
@@ -343,6 +377,35 @@ fn process_alive(pid: u32) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The folder hash follows content and names, not location or write order; a changed
+    /// byte, a renamed file or an extra file changes it.
+    #[test]
+    fn a_folder_hash_follows_content_not_location() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |root: &Path, files: &[(&str, &str)]| {
+            for (name, text) in files {
+                let p = root.join(name);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, text).unwrap();
+            }
+        };
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("elsewhere/b"));
+        write(&a, &[("x.txt", "1"), ("sub/y.json", "[2]")]);
+        write(&b, &[("sub/y.json", "[2]"), ("x.txt", "1")]);
+        let h = sha256_folder(&a).unwrap();
+        assert_eq!(h, sha256_folder(&b).unwrap());
+        write(&b, &[("x.txt", "2")]);
+        assert_ne!(h, sha256_folder(&b).unwrap());
+        write(&b, &[("x.txt", "1")]);
+        assert_eq!(h, sha256_folder(&b).unwrap());
+        std::fs::rename(b.join("x.txt"), b.join("z.txt")).unwrap();
+        assert_ne!(h, sha256_folder(&b).unwrap());
+        std::fs::rename(b.join("z.txt"), b.join("x.txt")).unwrap();
+        write(&b, &[("sub/extra.txt", "")]);
+        assert_ne!(h, sha256_folder(&b).unwrap());
+        assert!(sha256_folder(&tmp.path().join("missing")).is_err());
+    }
 
     /// A byte-order mark and CRLF endings are not part of the text; a non-UTF-8 file is refused
     /// naming its file and the line of the first bad byte.

@@ -660,3 +660,46 @@ fn a_report_with_a_missing_word_file_is_refused_before_any_stage() {
     assert!(!err.contains("report [1/"), "a stage ran: {err}");
     assert!(!tmp.path().join("out/stages").exists(), "{err}");
 }
+
+/// A report's manifest names the data it read by one hash of the data folder: the crate's own
+/// folder and a copy elsewhere (`BIASLENS_DATA`) give the same hash, a changed file another.
+/// `--stored-only` into an empty folder runs no stage, so no model is needed.
+#[test]
+fn a_report_manifest_hashes_the_data_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = manifest().join("harness/mitigation-smollm2.toml");
+    let render = |out: &str, env: &[(&str, &str)]| -> Value {
+        let o = run(
+            &manifest(),
+            &[
+                "report",
+                "--spec",
+                s(&spec),
+                "--out",
+                s(&tmp.path().join(out)),
+                "--stored-only",
+            ],
+            env,
+        );
+        ok(&o, "report --stored-only");
+        read_json(&tmp.path().join(out).join("manifest.json"))["data_sha256"].clone()
+    };
+    let own = render("own", &[]);
+    let expected = biaslens::io::sha256_folder(&manifest().join("fixtures/data")).unwrap();
+    assert_eq!(own["fixtures/data (folder)"], expected.as_str(), "{own}");
+    let copy = tmp.path().join("data");
+    let status = Command::new("cp")
+        .args(["-r", s(&manifest().join("fixtures/data")), s(&copy)])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let same = render("copy", &[("BIASLENS_DATA", s(&copy))]);
+    let values: Vec<&Value> = same.as_object().unwrap().values().collect();
+    assert_eq!(values, [&Value::from(expected.clone())], "{same}");
+    std::fs::write(copy.join("templates/varied.txt"), "The {} said that\n").unwrap();
+    let changed = render("changed", &[("BIASLENS_DATA", s(&copy))]);
+    assert_ne!(
+        changed.as_object().unwrap().values().next().unwrap(),
+        &Value::from(expected)
+    );
+}

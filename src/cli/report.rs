@@ -79,6 +79,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: not a report inputs file", p.display()))?
         }
         None => {
+            // The data every stage reads (measure's prompts, edits' word lists, eval's tasks).
+            let data = biaslens::data::data_dir();
+            let label = data
+                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .map_or_else(|_| data.display().to_string(), |p| p.display().to_string());
+            manifest.data_sha256.insert(
+                format!("{label} (folder)"),
+                biaslens::io::sha256_folder(&data)?,
+            );
             let pipeline = stages(&spec)?;
             // One line per stage on stderr: a mitigation report runs for hours, and a resumed
             // run should say what it reused.
