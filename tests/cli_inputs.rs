@@ -534,6 +534,24 @@ fn a_registry_alias_with_the_wrong_file_is_refused() {
     );
 }
 
+/// A data folder under `root` with only the protected word lists (the probe's pairs and tune's
+/// roles), and a junk `root/junk.gguf` whose load fails: an error about it means the word
+/// files were checked after the model load began.
+fn protected_words_only(root: &Path) -> PathBuf {
+    let data = root.join("data");
+    let src = manifest().join("fixtures/data");
+    for f in [
+        "bolukbasi_debiaswe/equalize_pairs.json",
+        "protected/gendered_persons.json",
+        "protected/gendered_roles.json",
+    ] {
+        std::fs::create_dir_all(data.join(f).parent().unwrap()).unwrap();
+        std::fs::copy(src.join(f), data.join(f)).unwrap();
+    }
+    std::fs::write(root.join("junk.gguf"), b"not a gguf file").unwrap();
+    data
+}
+
 /// A data folder without, or with a malformed, `wordnet/words.json` is refused by
 /// `edit --word-source wordnet` before any model is loaded, naming the file: the model here is
 /// a file of junk bytes that fails to load, so an error about the word file proves the check
@@ -541,23 +559,8 @@ fn a_registry_alias_with_the_wrong_file_is_refused() {
 #[test]
 fn a_missing_word_source_file_is_refused_before_the_model_loads() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let data = protected_words_only(tmp.path());
     let src = manifest().join("fixtures/data");
-    std::fs::create_dir_all(data.join("bolukbasi_debiaswe")).unwrap();
-    std::fs::create_dir_all(data.join("protected")).unwrap();
-    std::fs::copy(
-        src.join("bolukbasi_debiaswe/equalize_pairs.json"),
-        data.join("bolukbasi_debiaswe/equalize_pairs.json"),
-    )
-    .unwrap();
-    for f in ["gendered_persons.json", "gendered_roles.json"] {
-        std::fs::copy(
-            src.join("protected").join(f),
-            data.join("protected").join(f),
-        )
-        .unwrap();
-    }
-    std::fs::write(tmp.path().join("junk.gguf"), b"not a gguf file").unwrap();
     let args = [
         "edit",
         "--model",
@@ -622,24 +625,8 @@ fn a_missing_word_source_file_is_refused_before_the_model_loads() {
 #[test]
 fn a_report_with_a_missing_word_file_is_refused_before_any_stage() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let src = manifest().join("fixtures/data");
-    std::fs::create_dir_all(data.join("protected")).unwrap();
     // The probe variant's protected pairs are there; only gap tuning's WordNet words are not.
-    std::fs::create_dir_all(data.join("bolukbasi_debiaswe")).unwrap();
-    std::fs::copy(
-        src.join("bolukbasi_debiaswe/equalize_pairs.json"),
-        data.join("bolukbasi_debiaswe/equalize_pairs.json"),
-    )
-    .unwrap();
-    for f in ["gendered_persons.json", "gendered_roles.json"] {
-        std::fs::copy(
-            src.join("protected").join(f),
-            data.join("protected").join(f),
-        )
-        .unwrap();
-    }
-    std::fs::write(tmp.path().join("junk.gguf"), b"not a gguf file").unwrap();
+    let data = protected_words_only(tmp.path());
     let sites = manifest().join("docs/results/trace-smollm2-100/sites.json");
     let spec = std::fs::read_to_string(manifest().join("harness/mitigation-smollm2.toml"))
         .unwrap()
