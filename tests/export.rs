@@ -5,6 +5,7 @@
 mod common;
 use biaslens::edit::delta::{bits, DeltaMeta, WeightDelta};
 use biaslens::edit::record::{apply_delta, revert_delta, write_edit_outputs, EditRecord};
+use biaslens::eval::cache::model_cache_path;
 use biaslens::model::export::{hf_config_json, write_dir_atomically, write_hf_dir, ExportOptions};
 use biaslens::model::{InterventionPlan, LogitsRequest, Model, ModelConfig, Transformer};
 use biaslens::Error;
@@ -96,6 +97,18 @@ fn tiny_models_export_and_reload_to_identical_logits() {
             "{arch}: an export has the weights hash of its model"
         );
         assert_ne!(back.info.sha256, m.info.sha256, "{arch}: other files");
+        // So an evaluation of the export reads the scored requests of its model's.
+        let cache = Path::new("cache");
+        assert_eq!(
+            model_cache_path(cache, &back.info, "copa"),
+            model_cache_path(cache, &m.info, "copa"),
+            "{arch}: one evaluation cache for the same weights"
+        );
+        let other = tiny(if arch == "llama" { "gemma3" } else { "llama" });
+        assert_ne!(
+            model_cache_path(cache, &other.info, "copa"),
+            model_cache_path(cache, &m.info, "copa")
+        );
         let names: Vec<_> =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
                 .unwrap()

@@ -31,8 +31,8 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Vig et al. causal mediation analysis (resumable).
     Mediate(trace::MediateArgs),
-    /// Edit a model (by default the method validated for it: the gap probe, or gap tuning on
-    /// Gemma-3; LSDM, FT-L, DAMA) and write it out.
+    /// Edit a model (by default the method validated for it: gap tuning with WordNet's words on
+    /// SmolLM2 and Gemma-3; also the gap probe, LSDM, FT-L, DAMA) and write it out.
     Edit(edit::EditArgs),
     /// Apply a stored delta to a model and write the edited model.
     Apply(edit::ApplyArgs),

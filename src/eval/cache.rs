@@ -1,5 +1,5 @@
 //! A resumable layer in front of any [`LanguageModel`]: results are stored on disk per (model
-//! hash, task) as JSONL, one line per request, keyed by a hash of the request's token ids, and
+//! weights hash, task) as JSONL, one line per request, keyed by a hash of the request's token ids, and
 //! appended as soon as each chunk of requests is scored. A rerun, or a run after a crash, reads
 //! the file and sends only the missing requests to the model. Keys are the request content
 //! rather than the item index, so a changed data file or tokenizer can never return a stale
@@ -38,7 +38,14 @@ pub fn request_key(req: &LlRequest) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cache file of one (model, task).
+/// The cache file of one (model, task) for a loaded model: keyed by its weights
+/// ([`ModelInfo::identity`]), so the same weights share their scored requests whatever route
+/// loaded them (a GGUF, its HF export, an edited folder, a report's base-plus-delta variant).
+pub fn model_cache_path(dir: &Path, info: &crate::model::ModelInfo, task: &str) -> PathBuf {
+    cache_path(dir, info.identity(), task)
+}
+
+/// The cache file of one (model hash, task).
 pub fn cache_path(dir: &Path, model_sha256: &str, task: &str) -> PathBuf {
     let short = &model_sha256[..model_sha256.len().min(16)];
     dir.join(short).join(format!("{task}.jsonl"))

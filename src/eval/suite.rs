@@ -3,7 +3,7 @@
 //! per task every metric with its standard error and sample count (plus per-item records for
 //! paired comparisons).
 
-use crate::eval::cache::{cache_path, CacheStats, CachedLm};
+use crate::eval::cache::{model_cache_path, CacheStats, CachedLm};
 use crate::eval::lm::LanguageModel;
 use crate::eval::load::LoadOptions;
 use crate::eval::metrics::Metric;
@@ -364,7 +364,7 @@ pub fn run_suite(
         let file = opts
             .cache_dir
             .as_ref()
-            .map(|d| cache_path(d, &info.sha256, &spec.name));
+            .map(|d| model_cache_path(d, info, &spec.name));
         let mut report = |done: usize, total: usize| progress(&spec.name, done, total);
         let mut cached =
             CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
