@@ -39,7 +39,7 @@ pub fn request_key(req: &LlRequest) -> String {
 }
 
 /// The cache file of one (model, task) for a loaded model: keyed by its weights
-/// ([`ModelInfo::identity`]), so the same weights share their scored requests whatever route
+/// ([`crate::model::ModelInfo::identity`]), so the same weights share their scored requests whatever route
 /// loaded them (a GGUF, its HF export, an edited folder, a report's base-plus-delta variant).
 pub fn model_cache_path(dir: &Path, info: &crate::model::ModelInfo, task: &str) -> PathBuf {
     cache_path(dir, info.identity(), task)
