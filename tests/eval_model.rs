@@ -321,3 +321,36 @@ fn smollm2_choice_scoring_equals_plain_forward() {
         assert_eq!(a.pred_norm, b.pred_norm);
     }
 }
+
+/// The fused kernels and candle's composed ops differ in their last bits, and the composed
+/// path is the CPU-independent one the report's snapshots use: their results go to different
+/// cache files for the same weights, so neither reads the other's.
+#[test]
+fn fused_and_composed_scorers_keep_separate_caches() {
+    use biaslens::eval::cache::model_cache_path;
+    let model = tiny("llama");
+    let lm = |fast_kernels| {
+        ModelLm::new(
+            &model,
+            LmOptions {
+                fast_kernels,
+                ..LmOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let (fused, composed) = (lm(true), lm(false));
+    let dir = std::path::Path::new("cache");
+    let path = |l: &ModelLm| model_cache_path(dir, &model.info, l.cache_scope(), "copa");
+    assert_eq!(
+        (fused.cache_scope(), composed.cache_scope()),
+        ("", "composed")
+    );
+    assert_ne!(path(&fused), path(&composed));
+    // The default scorer keeps the plain weights-hash folder (caches written before stay valid).
+    assert_eq!(path(&fused), cache_path(dir, model.info.identity(), "copa"));
+    // A cached wrapper reports its scorer's scope.
+    let mut inner = lm(false);
+    let cached = CachedLm::new(&mut inner, None, 40);
+    assert_eq!(cached.cache_scope(), composed.cache_scope());
+}

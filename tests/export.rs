@@ -100,14 +100,14 @@ fn tiny_models_export_and_reload_to_identical_logits() {
         // So an evaluation of the export reads the scored requests of its model's.
         let cache = Path::new("cache");
         assert_eq!(
-            model_cache_path(cache, &back.info, "copa"),
-            model_cache_path(cache, &m.info, "copa"),
+            model_cache_path(cache, &back.info, "", "copa"),
+            model_cache_path(cache, &m.info, "", "copa"),
             "{arch}: one evaluation cache for the same weights"
         );
         let other = tiny(if arch == "llama" { "gemma3" } else { "llama" });
         assert_ne!(
-            model_cache_path(cache, &other.info, "copa"),
-            model_cache_path(cache, &m.info, "copa")
+            model_cache_path(cache, &other.info, "", "copa"),
+            model_cache_path(cache, &m.info, "", "copa")
         );
         let names: Vec<_> =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)

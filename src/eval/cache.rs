@@ -38,11 +38,28 @@ pub fn request_key(req: &LlRequest) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cache file of one (model, task) for a loaded model: keyed by its weights
-/// ([`crate::model::ModelInfo::identity`]), so the same weights share their scored requests whatever route
-/// loaded them (a GGUF, its HF export, an edited folder, a report's base-plus-delta variant).
-pub fn model_cache_path(dir: &Path, info: &crate::model::ModelInfo, task: &str) -> PathBuf {
-    cache_path(dir, info.identity(), task)
+/// The cache file of one (model, scorer, task) for a loaded model: keyed by its weights
+/// ([`crate::model::ModelInfo::identity`]), so the same weights share their scored requests
+/// whatever route loaded them (a GGUF, its HF export, an edited folder, a report's
+/// base-plus-delta variant), and by the scorer's [`LanguageModel::cache_scope`], so results of
+/// scorers whose bits differ stay apart.
+pub fn model_cache_path(
+    dir: &Path,
+    info: &crate::model::ModelInfo,
+    scope: &str,
+    task: &str,
+) -> PathBuf {
+    let plain = cache_path(dir, info.identity(), task);
+    if scope.is_empty() {
+        return plain;
+    }
+    let mut folder = plain
+        .parent()
+        .map(Path::as_os_str)
+        .unwrap_or_default()
+        .to_owned();
+    folder.push(format!("-{scope}"));
+    PathBuf::from(folder).join(format!("{task}.jsonl"))
 }
 
 /// The cache file of one (model hash, task).
@@ -184,6 +201,9 @@ impl<'a> CachedLm<'a> {
 }
 
 impl LanguageModel for CachedLm<'_> {
+    fn cache_scope(&self) -> &'static str {
+        self.inner.cache_scope()
+    }
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         self.inner.tokenize(text)
     }

@@ -37,6 +37,13 @@ pub trait LanguageModel {
     fn loglikelihood(&mut self, requests: &[LlRequest]) -> Result<Vec<LlResult>>;
     /// Longest input sequence the model accepts.
     fn max_length(&self) -> usize;
+    /// Which scorer's bits these are, for the request cache: "" for the default (the fused
+    /// kernels), a name for a scorer whose last bits differ (candle's composed ops, the
+    /// CPU-independent path the report's snapshots rely on), so the cache never hands one
+    /// scorer's results to another.
+    fn cache_scope(&self) -> &'static str {
+        ""
+    }
 }
 
 /// The token lm-eval puts in front of an empty context (HFLM `prefix_token_id`): BOS, else EOS.

@@ -390,6 +390,13 @@ impl ModelLm<'_> {
 }
 
 impl LanguageModel for ModelLm<'_> {
+    fn cache_scope(&self) -> &'static str {
+        if self.opts.fast_kernels {
+            ""
+        } else {
+            "composed"
+        }
+    }
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         self.tok()?.encode(text)
     }

@@ -364,7 +364,7 @@ pub fn run_suite(
         let file = opts
             .cache_dir
             .as_ref()
-            .map(|d| model_cache_path(d, info, &spec.name));
+            .map(|d| model_cache_path(d, info, lm.cache_scope(), &spec.name));
         let mut report = |done: usize, total: usize| progress(&spec.name, done, total);
         let mut cached =
             CachedLm::new(&mut *lm, file, opts.chunk_tokens).with_progress(&mut report);
