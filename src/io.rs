@@ -123,12 +123,23 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 /// `/`-separated) and their own sha256s. It names the data a run read without listing every
 /// file, and does not depend on where the folder is or the order its files were written.
 pub fn sha256_folder(dir: &Path) -> Result<String> {
-    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    // Symlinked folders are followed (a data folder may link its large datasets in), each real
+    // folder once, so a link back up the tree cannot recurse forever.
+    fn walk(
+        dir: &Path,
+        root: &Path,
+        seen: &mut std::collections::HashSet<PathBuf>,
+        out: &mut Vec<(String, PathBuf)>,
+    ) -> Result<()> {
+        let real = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e.to_string()))?;
+        if !seen.insert(real) {
+            return Ok(());
+        }
         let entries = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e.to_string()))?;
         for entry in entries {
             let path = entry.map_err(|e| Error::file(dir, e.to_string()))?.path();
             if path.is_dir() {
-                walk(&path, root, out)?;
+                walk(&path, root, seen, out)?;
             } else {
                 let rel = path.strip_prefix(root).unwrap_or(&path);
                 let name: Vec<String> = rel
@@ -141,7 +152,7 @@ pub fn sha256_folder(dir: &Path) -> Result<String> {
         Ok(())
     }
     let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
+    walk(dir, dir, &mut Default::default(), &mut files)?;
     files.sort();
     let mut h = Sha256::new();
     for (name, path) in &files {
@@ -405,6 +416,14 @@ mod tests {
         write(&b, &[("sub/extra.txt", "")]);
         assert_ne!(h, sha256_folder(&b).unwrap());
         assert!(sha256_folder(&tmp.path().join("missing")).is_err());
+        // A link back up the tree ends (the linked folder is read once, by its first path).
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&b, b.join("sub/loop")).unwrap();
+            let looped = sha256_folder(&b).unwrap();
+            std::fs::remove_file(b.join("sub/loop")).unwrap();
+            assert_eq!(looped, sha256_folder(&b).unwrap());
+        }
     }
 
     /// A byte-order mark and CRLF endings are not part of the text; a non-UTF-8 file is refused
