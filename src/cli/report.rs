@@ -24,8 +24,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "stored_only")]
     pub force: bool,
     /// Run nothing: write the tables and figures from the stages already stored in --out,
-    /// leaving out the rest (their cells read as missing), e.g. while a long run is under way
-    /// or from a committed stages/ folder.
+    /// leaving out the rest (their cells read as missing; the trade-off figures show the
+    /// variants stored so far), e.g. while a long run is under way or from a committed stages/
+    /// folder.
     #[arg(long)]
     pub stored_only: bool,
 }
@@ -106,6 +107,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     outcome.skipped.join(", ")
                 );
                 manifest.stages_not_run = outcome.skipped.clone();
+            }
+            if !outcome.partial.is_empty() {
+                eprintln!(
+                    "report: drawn from the stored stages only (shown, not stored): {}",
+                    outcome.partial.join(", ")
+                );
             }
             if outcome.records.is_empty() && mode != RunMode::StoredOnly {
                 bail!(

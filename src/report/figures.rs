@@ -238,7 +238,8 @@ pub fn variant_colour(v: ReportVariant) -> RGBColor {
         ReportVariant::Method(Method::Lsdm) => RGBColor(213, 94, 0),
         ReportVariant::Method(Method::Ft) => RGBColor(0, 114, 178),
         ReportVariant::Method(Method::Dama) => RGBColor(0, 158, 115),
-        ReportVariant::Method(Method::Probe | Method::Tune) => OTHER_COLOUR,
+        ReportVariant::Method(Method::Probe) => OTHER_COLOUR,
+        ReportVariant::Method(Method::Tune) => RGBColor(230, 159, 0),
     }
 }
 
@@ -284,17 +285,28 @@ fn draw_tradeoff<DB: DrawingBackend>(
             methods.push(&p.method);
         }
     }
+    let pixels: Vec<(i32, i32)> = points
+        .iter()
+        .map(|p| chart.backend_coord(&(xs(p), p.bias)))
+        .collect();
+    let offsets = label_offsets(points, &pixels);
     for m in methods {
         let c = method_colour(m);
-        let pts: Vec<&TradeoffPoint> = points.iter().filter(|p| p.method == m).collect();
-        // Each point is a circle with its label offset to the upper right, so text never covers a marker.
+        let pts: Vec<(&TradeoffPoint, (i32, i32))> = points
+            .iter()
+            .zip(&offsets)
+            .filter(|(p, _)| p.method == m)
+            .map(|(p, o)| (p, *o))
+            .collect();
+        // Each point is a circle with its label beside it, placed so that labels do not overlap
+        // each other or a marker where a free place is found (`label_offsets`).
         chart
-            .draw_series(pts.iter().map(|p| {
+            .draw_series(pts.iter().map(|(p, offset)| {
                 EmptyElement::at((xs(p), p.bias))
                     + Circle::new((0, 0), 6, c.filled())
                     + Text::new(
                         p.label.clone(),
-                        (9, -16),
+                        *offset,
                         ("sans-serif", 14).into_font().color(&c),
                     )
             }))
@@ -313,6 +325,38 @@ fn draw_tradeoff<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Approximate size in pixels of a label in the 14-pixel sans-serif font.
+fn label_size(label: &str) -> (i32, i32) {
+    (8 * label.chars().count() as i32, 16)
+}
+
+/// Where each point's label goes, relative to its marker (pixels): the first of upper right,
+/// lower right, upper left, lower left whose box overlaps no label placed before it and no
+/// marker; upper right if none is free. Points close together (λ sweeps, methods that land
+/// near each other) otherwise print their labels on top of one another.
+fn label_offsets(points: &[TradeoffPoint], pixels: &[(i32, i32)]) -> Vec<(i32, i32)> {
+    type Box = (i32, i32, i32, i32);
+    let overlaps = |a: Box, b: Box| a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
+    let markers: Vec<Box> = pixels
+        .iter()
+        .map(|&(x, y)| (x - 6, y - 6, x + 6, y + 6))
+        .collect();
+    let mut placed: Vec<Box> = vec![];
+    let mut out = vec![];
+    for (p, &(x, y)) in points.iter().zip(pixels) {
+        let (w, h) = label_size(&p.label);
+        let candidates = [(9, -16), (9, 4), (-9 - w, -16), (-9 - w, 4)];
+        let free = candidates.iter().copied().find(|&(dx, dy)| {
+            let b = (x + dx, y + dy, x + dx + w, y + dy + h);
+            !placed.iter().chain(&markers).any(|&o| overlaps(b, o))
+        });
+        let (dx, dy) = free.unwrap_or(candidates[0]);
+        placed.push((x + dx, y + dy, x + dx + w, y + dy + h));
+        out.push((dx, dy));
+    }
+    out
+}
+
 /// The standard figures of a report: heatmaps (if traced) and the trade-off (if any points).
 pub fn standard_figures(inputs: &super::ReportInputs) -> Vec<Figure> {
     let mut out = vec![];
@@ -327,13 +371,21 @@ pub fn standard_figures(inputs: &super::ReportInputs) -> Vec<Figure> {
             kind: FigureKind::Heatmaps(inputs.traces.clone()),
         });
     }
+    // An unfinished report's render (`--stored-only`) says that its points are not all there.
+    let unfinished = if inputs.partial {
+        " Drawn from the variants stored so far: the report is unfinished (report.html lists the \
+         stages still to run)."
+    } else {
+        ""
+    };
     if !inputs.tradeoff.is_empty() {
         out.push(Figure {
             id: "fig2_tradeoff".into(),
             title: "Figure 2: Bias vs capability across methods and sweeps".into(),
             caption: "Each point is one edited model (labels: λ or number of edited layers for LSDM sweeps). \
                       Lower bias at unchanged capability is better; Base marks the starting point."
-                .into(),
+                .to_string()
+                + unfinished,
             kind: FigureKind::Tradeoff {
                 points: inputs.tradeoff.clone(),
                 x: TradeoffX::Capability,
@@ -352,7 +404,8 @@ pub fn standard_figures(inputs: &super::ReportInputs) -> Vec<Figure> {
                       (actress, policeman, ...) mean p(he) − p(she) toward their own gender on the same \
                       templates. An edit that removes the stereotype keeps x at Base's; one that erases \
                       gender moves left."
-                .into(),
+                .to_string()
+                + unfinished,
             kind: FigureKind::Tradeoff {
                 points: inputs.tradeoff.clone(),
                 x: TradeoffX::Factual,
@@ -431,6 +484,50 @@ mod tests {
             },
         };
         assert!(t.to_svg().is_err());
+    }
+
+    /// Two points a few pixels apart (Probe and Tune in the SmolLM2 report) get labels that do
+    /// not overlap each other or either marker.
+    #[test]
+    fn labels_of_close_points_do_not_overlap() {
+        let p = |l: &str| TradeoffPoint {
+            method: "probe".into(),
+            label: l.into(),
+            bias: 0.0,
+            capability: 0.0,
+            factual: None,
+        };
+        let points = [p("Tune"), p("Probe"), p("λ=100")];
+        let pixels = [(400, 300), (420, 300), (410, 303)];
+        let offsets = label_offsets(&points, &pixels);
+        let boxes: Vec<(i32, i32, i32, i32)> = points
+            .iter()
+            .zip(&pixels)
+            .zip(&offsets)
+            .map(|((p, &(x, y)), &(dx, dy))| {
+                let (w, h) = label_size(&p.label);
+                (x + dx, y + dy, x + dx + w, y + dy + h)
+            })
+            .collect();
+        let overlaps = |a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)| {
+            a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+        };
+        for i in 0..boxes.len() {
+            for j in 0..i {
+                assert!(
+                    !overlaps(boxes[i], boxes[j]),
+                    "labels {i} and {j}: {boxes:?}"
+                );
+            }
+            for &(x, y) in &pixels {
+                assert!(
+                    !overlaps(boxes[i], (x - 6, y - 6, x + 6, y + 6)),
+                    "label {i}"
+                );
+            }
+        }
+        // A lone point keeps the usual place, upper right.
+        assert_eq!(label_offsets(&points[..1], &pixels[..1]), [(9, -16)]);
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct ReportInputs {
     pub cost: Vec<CostRow>,
     #[serde(default)]
     pub tradeoff: Vec<TradeoffPoint>,
+    /// Some summaries (the trade-off) were drawn from an unfinished report's stored stages only
+    /// (`report --stored-only`), so they lack the variants still to run.
+    #[serde(default)]
+    pub partial: bool,
     /// Axis names of the trade-off figure.
     #[serde(default = "default_bias_axis")]
     pub tradeoff_bias_axis: String,
@@ -141,6 +145,7 @@ impl ReportInputs {
             capability: vec![],
             cost: vec![],
             tradeoff: vec![],
+            partial: false,
             tradeoff_bias_axis: default_bias_axis(),
             tradeoff_capability_axis: default_capability_axis(),
         }

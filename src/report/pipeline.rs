@@ -19,6 +19,9 @@ pub struct Ctx<'a> {
     pub spec: &'a Spec,
     pub out_dir: &'a Path,
     outputs: &'a BTreeMap<String, Value>,
+    /// A `--stored-only` render of a summary stage ([`Stage::renders_partially`]) whose inputs
+    /// are not all stored yet.
+    partial: bool,
 }
 
 impl Ctx<'_> {
@@ -30,6 +33,15 @@ impl Ctx<'_> {
                 format!("output of stage {stage:?} is not available; list it in deps()"),
             )
         })
+    }
+    /// Like [`Ctx::input`], but `None` where a partial render lacks the stage (not stored yet);
+    /// in a full run a missing input is still an error.
+    pub fn input_if_stored(&self, stage: &str) -> Result<Option<&Value>> {
+        match self.outputs.get(stage) {
+            Some(v) => Ok(Some(v)),
+            None if self.partial => Ok(None),
+            None => self.input(stage).map(Some),
+        }
     }
     /// A per-stage folder for large artefacts (deltas, traces) the JSON output refers to.
     pub fn artefact_dir(&self, stage: &str) -> PathBuf {
@@ -57,6 +69,13 @@ pub trait Stage {
     /// another machine) resumes a run without its large artefacts.
     fn artefacts_present(&self, _out_dir: &Path, _output: &Value) -> bool {
         true
+    }
+    /// A summary stage (cheap, no artefacts, reads its inputs through
+    /// [`Ctx::input_if_stored`]) that a [`RunMode::StoredOnly`] render runs on whatever of its
+    /// inputs is stored, so an unfinished report still shows, say, the trade-off of the
+    /// variants done so far. That output feeds the tables and figures and is never stored.
+    fn renders_partially(&self) -> bool {
+        false
     }
 }
 
@@ -114,8 +133,11 @@ pub struct RunOutcome {
     pub outputs: BTreeMap<String, Value>,
     pub records: Vec<StageRecord>,
     pub inputs: ReportInputs,
-    /// Stages left out by [`RunMode::StoredOnly`], in run order.
+    /// Stages left out by [`RunMode::StoredOnly`], in run order, including those drawn from
+    /// the stored stages only (which are also in `partial`).
     pub skipped: Vec<String>,
+    /// Summary stages a [`RunMode::StoredOnly`] render drew from the stored stages only.
+    pub partial: Vec<String>,
 }
 
 /// What the pipeline is doing, reported to the caller (the CLI prints one line per event) so a
@@ -139,6 +161,13 @@ pub enum StageEvent {
     /// [`RunMode::StoredOnly`]: nothing is stored for the stage (or for one it reads), so it is
     /// left out of this run's tables and figures.
     Skipped {
+        index: usize,
+        total: usize,
+        name: String,
+    },
+    /// [`RunMode::StoredOnly`]: a summary stage that is not stored was drawn from the stored
+    /// stages only ([`Stage::renders_partially`]); its output is shown, not stored.
+    Partial {
         index: usize,
         total: usize,
         name: String,
@@ -181,6 +210,11 @@ impl std::fmt::Display for StageEvent {
                     index + 1
                 )
             }
+            StageEvent::Partial { index, total, name } => write!(
+                f,
+                "[{}/{total}] {name}: not stored yet, drawn from the stored stages only",
+                index + 1
+            ),
             StageEvent::Finished {
                 index,
                 total,
@@ -351,16 +385,38 @@ impl Pipeline {
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         let mut hashes: BTreeMap<String, String> = BTreeMap::new();
         let mut records = vec![];
+        let mut partial: Vec<(String, Value)> = vec![];
         for (index, s) in self.stages.iter().enumerate() {
             let name = s.name().to_string();
-            let skip = |skipped: &mut Vec<String>, on_event: &mut dyn FnMut(&StageEvent)| {
-                on_event(&StageEvent::Skipped {
-                    index,
-                    total,
-                    name: name.clone(),
-                });
-                skipped.push(name.clone());
-            };
+            // A summary of what is stored, shown and never stored (StoredOnly only).
+            let mut draw_partially =
+                |skipped: &mut Vec<String>, on_event: &mut dyn FnMut(&StageEvent)| -> Result<()> {
+                    skipped.push(name.clone());
+                    if !s.renders_partially() {
+                        on_event(&StageEvent::Skipped {
+                            index,
+                            total,
+                            name: name.clone(),
+                        });
+                        return Ok(());
+                    }
+                    let ctx = Ctx {
+                        spec,
+                        out_dir,
+                        outputs: &outputs,
+                        partial: true,
+                    };
+                    let output = s
+                        .run(&ctx)
+                        .map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
+                    on_event(&StageEvent::Partial {
+                        index,
+                        total,
+                        name: name.clone(),
+                    });
+                    partial.push((name.clone(), output));
+                    Ok(())
+                };
             // Only a stage left out has no hash, and only in StoredOnly mode.
             let Some(inputs) = s
                 .deps()
@@ -368,7 +424,7 @@ impl Pipeline {
                 .map(|d| hashes.get(&d).cloned().map(|h| (d, h)))
                 .collect::<Option<BTreeMap<String, String>>>()
             else {
-                skip(&mut skipped, on_event);
+                draw_partially(&mut skipped, on_event)?;
                 continue;
             };
             let key = stage_key(&name, &s.settings()?, &inputs)?;
@@ -378,7 +434,7 @@ impl Pipeline {
                 .then(|| Self::cached(&path, &key))
                 .flatten();
             if stored.is_none() && mode == RunMode::StoredOnly {
-                skip(&mut skipped, on_event);
+                draw_partially(&mut skipped, on_event)?;
                 continue;
             }
             let (file, cached) = match stored {
@@ -401,6 +457,7 @@ impl Pipeline {
                         spec,
                         out_dir,
                         outputs: &outputs,
+                        partial: false,
                     };
                     let output = s
                         .run(&ctx)
@@ -447,19 +504,22 @@ impl Pipeline {
             outputs.insert(name, file.output);
         }
         let mut inputs = ReportInputs::new(spec.name.clone());
-        for s in self
-            .stages
-            .iter()
-            .filter(|s| outputs.contains_key(s.name()))
-        {
-            s.contribute(&outputs[s.name()], &mut inputs)
-                .map_err(|e| Error::param(format!("stage {}", s.name()), e.to_string()))?;
+        for s in &self.stages {
+            let output = outputs
+                .get(s.name())
+                .or_else(|| partial.iter().find(|(n, _)| n == s.name()).map(|(_, o)| o));
+            if let Some(o) = output {
+                s.contribute(o, &mut inputs)
+                    .map_err(|e| Error::param(format!("stage {}", s.name()), e.to_string()))?;
+            }
         }
+        inputs.partial = !partial.is_empty();
         Ok(RunOutcome {
             outputs,
             records,
             inputs,
             skipped,
+            partial: partial.into_iter().map(|(n, _)| n).collect(),
         })
     }
 }
@@ -536,6 +596,96 @@ mod tests {
         Spec::parse(crate::report::spec::tests::MINIMAL).unwrap()
     }
 
+    /// A summary stage: the sum of its inputs' `v`, drawn from what is stored in a partial render.
+    struct Summary {
+        deps: Vec<String>,
+        runs: Rc<Cell<usize>>,
+    }
+
+    impl Stage for Summary {
+        fn name(&self) -> &str {
+            "summary"
+        }
+        fn deps(&self) -> Vec<String> {
+            self.deps.clone()
+        }
+        fn settings(&self) -> Result<Value> {
+            Ok(serde_json::json!({}))
+        }
+        fn run(&self, ctx: &Ctx) -> Result<Value> {
+            self.runs.set(self.runs.get() + 1);
+            let mut sum = 0;
+            for d in &self.deps {
+                if let Some(o) = ctx.input_if_stored(d)? {
+                    sum += o["v"].as_i64().unwrap_or(0);
+                }
+            }
+            Ok(serde_json::json!({ "v": sum }))
+        }
+        fn renders_partially(&self) -> bool {
+            true
+        }
+        fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
+            inputs.cost.push(super::super::inputs::CostRow {
+                method: "summary".into(),
+                wall_s: 0.0,
+                forwards: output["v"].as_u64(),
+                token_layers: None,
+                statistics_tokens: None,
+                edit_s: 0.0,
+            });
+            Ok(())
+        }
+    }
+
+    /// An unfinished report's `--stored-only` render draws a summary stage from the stored stages
+    /// alone, shows it and stores nothing; the full run then stores the complete summary.
+    #[test]
+    fn a_stored_only_render_draws_summaries_from_what_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig();
+        let summary_runs = Rc::new(Cell::new(0));
+        let with_summary = |fb: i64| {
+            let mut p = pipeline(2, fb, &r);
+            p.push(Box::new(Summary {
+                deps: vec!["a".into(), "b".into()],
+                runs: summary_runs.clone(),
+            }));
+            p
+        };
+        // a and b stored; then b's settings change, so only a is stored for that spec.
+        pipeline(2, 3, &r).run(&spec(), dir.path(), false).unwrap();
+        let mut events = vec![];
+        let out = with_summary(4)
+            .run_with_events(&spec(), dir.path(), RunMode::StoredOnly, &mut |e| {
+                events.push(e.to_string())
+            })
+            .unwrap();
+        assert_eq!((r.a.get(), r.b.get(), summary_runs.get()), (1, 1, 1));
+        assert_eq!(out.skipped, ["b", "summary"]);
+        assert_eq!(out.partial, ["summary"]);
+        assert_eq!(
+            events[2],
+            "[3/3] summary: not stored yet, drawn from the stored stages only"
+        );
+        assert!(out.inputs.partial);
+        let drawn = out.inputs.cost.iter().find(|c| c.method == "summary");
+        assert_eq!(drawn.and_then(|c| c.forwards), Some(2), "a's v alone");
+        assert!(!out.outputs.contains_key("summary"));
+        assert!(!Pipeline::stage_path(dir.path(), "summary").exists());
+        // The full run stores the summary of both, and nothing is partial.
+        let out = with_summary(4).run(&spec(), dir.path(), false).unwrap();
+        assert_eq!(out.outputs["summary"]["v"], 2 + 4 * (2 + 1));
+        assert!(out.partial.is_empty() && !out.inputs.partial);
+        assert!(Pipeline::stage_path(dir.path(), "summary").exists());
+        // A stage that does not render partially is only left out (b, in the first render).
+        let out = with_summary(5)
+            .run_with_events(&spec(), dir.path(), RunMode::StoredOnly, &mut |_| {})
+            .unwrap();
+        assert_eq!(out.skipped, ["b", "summary"]);
+        assert_eq!(out.outputs.len(), 1);
+    }
+
     struct Rig {
         a: Rc<Cell<usize>>,
         b: Rc<Cell<usize>>,
@@ -606,7 +756,9 @@ mod tests {
                     StageEvent::Reused { index, total, name } => {
                         format!("reused {index}/{total} {name}")
                     }
-                    StageEvent::Skipped { .. } => panic!("nothing is left out when resuming"),
+                    StageEvent::Skipped { .. } | StageEvent::Partial { .. } => {
+                        panic!("nothing is left out when resuming")
+                    }
                     StageEvent::Started {
                         index, total, name, ..
                     } => {

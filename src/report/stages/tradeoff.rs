@@ -53,9 +53,15 @@ impl Stage for TradeoffStage {
     fn run(&self, ctx: &Ctx) -> Result<Value> {
         let mut out = vec![];
         for (v, method, label) in &self.points {
-            let m: MeasureOutput =
-                serde_json::from_value(ctx.input(&format!("measure_{v}"))?.clone())?;
-            let e: EvalOutput = serde_json::from_value(ctx.input(&format!("eval_{v}"))?.clone())?;
+            // A `--stored-only` render of an unfinished report draws the variants stored so far.
+            let (Some(m), Some(e)) = (
+                ctx.input_if_stored(&format!("measure_{v}"))?,
+                ctx.input_if_stored(&format!("eval_{v}"))?,
+            ) else {
+                continue;
+            };
+            let m: MeasureOutput = serde_json::from_value(m.clone())?;
+            let e: EvalOutput = serde_json::from_value(e.clone())?;
             let Some(capability) = e.mean_capability_acc() else {
                 return Err(Error::param(
                     "benchmarks.capability",
@@ -71,6 +77,9 @@ impl Stage for TradeoffStage {
             });
         }
         Ok(serde_json::to_value(out)?)
+    }
+    fn renders_partially(&self) -> bool {
+        true
     }
     fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
         inputs.tradeoff = serde_json::from_value(output.clone())?;
