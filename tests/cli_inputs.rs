@@ -655,7 +655,7 @@ fn a_report_with_a_missing_word_file_is_refused_before_any_stage() {
 fn a_report_manifest_hashes_the_data_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = manifest().join("harness/mitigation-smollm2.toml");
-    let render = |out: &str, env: &[(&str, &str)]| -> Value {
+    let render_with_stderr = |out: &str, env: &[(&str, &str)]| -> (Value, String) {
         let o = run(
             &manifest(),
             &[
@@ -669,8 +669,12 @@ fn a_report_manifest_hashes_the_data_folder() {
             env,
         );
         ok(&o, "report --stored-only");
-        read_json(&tmp.path().join(out).join("manifest.json"))["data_sha256"].clone()
+        (
+            read_json(&tmp.path().join(out).join("manifest.json"))["data_sha256"].clone(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
+    let render = |out: &str, env: &[(&str, &str)]| render_with_stderr(out, env).0;
     let own = render("own", &[]);
     let expected = biaslens::io::sha256_folder(&manifest().join("fixtures/data")).unwrap();
     assert_eq!(own["fixtures/data (folder)"], expected.as_str(), "{own}");
@@ -689,4 +693,11 @@ fn a_report_manifest_hashes_the_data_folder() {
         changed.as_object().unwrap().values().next().unwrap(),
         &Value::from(expected)
     );
+    // Stage keys hold the data folder's path, not its content: a rerun into a folder whose last
+    // manifest saw other data says so (once; the new manifest records the new hash).
+    let warning = "warning: the data folder";
+    let (_, err) = render_with_stderr("copy", &[("BIASLENS_DATA", s(&copy))]);
+    assert!(err.contains(warning) && err.contains("--force"), "{err}");
+    let (_, err) = render_with_stderr("copy", &[("BIASLENS_DATA", s(&copy))]);
+    assert!(!err.contains(warning), "{err}");
 }

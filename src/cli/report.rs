@@ -85,10 +85,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let label = data
                 .strip_prefix(env!("CARGO_MANIFEST_DIR"))
                 .map_or_else(|_| data.display().to_string(), |p| p.display().to_string());
-            manifest.data_sha256.insert(
-                format!("{label} (folder)"),
-                biaslens::io::sha256_folder(&data)?,
-            );
+            let data_key = format!("{label} (folder)");
+            let data_hash = biaslens::io::sha256_folder(&data)?;
+            if let Some(old) = previous_data_hash(&a.out, &data_key) {
+                if old != data_hash {
+                    // Stage keys hold the data folder's path, not its content (hashing only
+                    // what each stage reads is not done), so say it before stages are reused.
+                    eprintln!(
+                        "report: warning: the data folder {label} changed since {} was written \
+                         (sha256 {} -> {}); stored stages are keyed by its path, not its \
+                         content, so a stage that read a changed file is reused as it is: \
+                         delete its stages/<stage>.json, or pass --force",
+                        a.out.join("manifest.json").display(),
+                        &old[..old.len().min(16)],
+                        &data_hash[..16]
+                    );
+                }
+            }
+            manifest.data_sha256.insert(data_key, data_hash);
             let pipeline = stages(&spec)?;
             // One line per stage on stderr: a mitigation report runs for hours, and a resumed
             // run should say what it reused.
@@ -130,4 +144,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", p.display());
     }
     Ok(())
+}
+
+/// The data folder hash that `out`'s last manifest recorded under `key`, if any.
+fn previous_data_hash(out: &std::path::Path, key: &str) -> Option<String> {
+    let bytes = std::fs::read(out.join("manifest.json")).ok()?;
+    let m: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    m.get("data_sha256")?.get(key)?.as_str().map(str::to_string)
 }
