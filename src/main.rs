@@ -12,9 +12,26 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// which otherwise zeroes it again on the next fault (4% of an eval run's time).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// MKL (C, outside the Rust allocator) takes its buffers from glibc's malloc: above glibc's
+/// sliding mmap threshold each one is mapped, unmapped when freed and faulted in (zeroed) again
+/// by the next product. A fixed 32 MiB threshold and no trimming keep them in the heap, as
+/// mimalloc keeps the Rust side's (docs/performance.md, "Where the time goes").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_c_heap() {
+    // SAFETY: sets two malloc options, before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_c_heap() {}
+
 fn main() {
     // SAFETY: sets an allocator option, before any thread is started.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    keep_c_heap();
     // An error is one line: with RUST_BACKTRACE set, library errors (candle's) capture a
     // backtrace and print it inside their message. RUST_LIB_BACKTRACE=1 brings those back;
     // panics keep their backtraces either way. Set before any thread is started.
