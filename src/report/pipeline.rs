@@ -79,6 +79,26 @@ pub trait Stage {
     }
 }
 
+/// Run `stage` on the outputs so far (`partial`: a `--stored-only` summary that may lack some);
+/// an error names the stage.
+fn run_stage(
+    stage: &dyn Stage,
+    spec: &Spec,
+    out_dir: &Path,
+    outputs: &BTreeMap<String, Value>,
+    partial: bool,
+) -> Result<Value> {
+    let ctx = Ctx {
+        spec,
+        out_dir,
+        outputs,
+        partial,
+    };
+    stage
+        .run(&ctx)
+        .map_err(|e| Error::param(format!("stage {}", stage.name()), e.to_string()))
+}
+
 /// The cache key: sha256 of the stage name, its settings and its inputs' output hashes. Paths
 /// inside the crate's folder (the data folder, a sites file) enter relative to it, so a clone
 /// at another path (another machine, CI) reuses a committed `stages/` folder.
@@ -400,15 +420,7 @@ impl Pipeline {
                         });
                         return Ok(());
                     }
-                    let ctx = Ctx {
-                        spec,
-                        out_dir,
-                        outputs: &outputs,
-                        partial: true,
-                    };
-                    let output = s
-                        .run(&ctx)
-                        .map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
+                    let output = run_stage(s.as_ref(), spec, out_dir, &outputs, true)?;
                     on_event(&StageEvent::Partial {
                         index,
                         total,
@@ -453,15 +465,7 @@ impl Pipeline {
                         name: name.clone(),
                         for_artefacts: rebuild[index],
                     });
-                    let ctx = Ctx {
-                        spec,
-                        out_dir,
-                        outputs: &outputs,
-                        partial: false,
-                    };
-                    let output = s
-                        .run(&ctx)
-                        .map_err(|e| Error::param(format!("stage {name}"), e.to_string()))?;
+                    let output = run_stage(s.as_ref(), spec, out_dir, &outputs, false)?;
                     // Rebuilt for its artefacts: where they match what the stored output
                     // recorded, the stored output stays (its wall times and other run-to-run
                     // fields included), so the stages that read it keep their keys.
