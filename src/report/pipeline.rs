@@ -584,15 +584,21 @@ mod tests {
                 .is_ok_and(|s| output["v"].as_i64().is_some_and(|v| s == v.to_string()))
         }
         fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
-            inputs.cost.push(super::super::inputs::CostRow {
-                method: self.name.into(),
-                wall_s: 0.0,
-                forwards: output["v"].as_u64(),
-                token_layers: None,
-                statistics_tokens: None,
-                edit_s: 0.0,
-            });
+            inputs.cost.push(cost_row(self.name, output));
             Ok(())
+        }
+    }
+
+    /// What a test stage contributes: a cost row carrying its `v`, to see which outputs reached
+    /// the report's inputs.
+    fn cost_row(name: &str, output: &Value) -> super::super::inputs::CostRow {
+        super::super::inputs::CostRow {
+            method: name.into(),
+            wall_s: 0.0,
+            forwards: output["v"].as_u64(),
+            token_layers: None,
+            statistics_tokens: None,
+            edit_s: 0.0,
         }
     }
 
@@ -630,14 +636,7 @@ mod tests {
             true
         }
         fn contribute(&self, output: &Value, inputs: &mut ReportInputs) -> Result<()> {
-            inputs.cost.push(super::super::inputs::CostRow {
-                method: "summary".into(),
-                wall_s: 0.0,
-                forwards: output["v"].as_u64(),
-                token_layers: None,
-                statistics_tokens: None,
-                edit_s: 0.0,
-            });
+            inputs.cost.push(cost_row("summary", output));
             Ok(())
         }
     }
