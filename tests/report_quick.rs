@@ -75,7 +75,8 @@ fn check_spec(spec: &str, prefix: &str, twice: bool) {
             "table1_localisation",
             "table2_bias",
             "table3_capability",
-            "table4_cost"
+            "table4_cost",
+            "table5_against_base"
         ]
     );
     for f in [

@@ -266,7 +266,8 @@ fn tables_match_snapshots() {
             "table1_localisation",
             "table2_bias",
             "table3_capability",
-            "table4_cost"
+            "table4_cost",
+            "table5_against_base"
         ]
     );
     insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
@@ -308,6 +309,7 @@ fn fixture_report_renders_every_table_and_figure() {
         "table2_bias",
         "table3_capability",
         "table4_cost",
+        "table5_against_base",
     ] {
         for ext in ["md", "csv", "json"] {
             assert!(
@@ -332,6 +334,7 @@ fn fixture_report_renders_every_table_and_figure() {
         "table2_bias",
         "table3_capability",
         "table4_cost",
+        "table5_against_base",
         "fig1_trace_heatmaps",
         "fig2_tradeoff",
         "fig3_factual",

@@ -14,7 +14,7 @@ pub fn variant_label(v: &str) -> String {
     ReportVariant::from_name(v).map_or_else(|| v.to_string(), |r| r.label().to_string())
 }
 
-fn variants<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+pub(super) fn variants<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut seen: Vec<String> = vec![];
     for n in names {
         if !seen.iter().any(|s| s == n) {

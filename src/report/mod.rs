@@ -2,8 +2,9 @@
 //! self-contained HTML a run produces.
 //!
 //! Data flow: `spec` (TOML) → `pipeline` (stages with cache keys) → `inputs` (typed stage
-//! summaries) → `builders` (Tables 1-4) / `figures` (SVG, PNG) → `write` (files) and `html`.
+//! summaries) → `builders` (Tables 1-4), `against_base` (Table 5) / `figures` (SVG, PNG) → `write` (files) and `html`.
 
+pub mod against_base;
 pub mod builders;
 pub mod figures;
 pub mod html;

@@ -1,4 +1,4 @@
-//! Writing a report to disk: Tables 1-4 as Markdown/CSV/JSON, figures as SVG (and PNG), the
+//! Writing a report to disk: Tables 1-5 as Markdown/CSV/JSON, figures as SVG (and PNG), the
 //! manifest, the inputs they were built from, and `report.html`. Every file is written atomically.
 
 use super::builders;
@@ -25,6 +25,9 @@ pub fn build_tables(inputs: &ReportInputs, decimals: usize) -> Result<Vec<Table>
     }
     if !inputs.cost.is_empty() {
         t.push(builders::table4_cost(&inputs.cost)?);
+    }
+    if let Some(x) = super::against_base::table5_against_base(&inputs.bias, &inputs.capability) {
+        t.push(x);
     }
     for x in &t {
         x.check()?;
