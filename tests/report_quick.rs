@@ -121,8 +121,9 @@ fn quick_spec_matches_snapshots_and_is_deterministic() {
 }
 
 /// Re-derive the `quick_*` snapshots from a stored run's `inputs.json` (for instance after a
-/// table gains rows whose stages were rerun from the cache): set BIASLENS_QUICK_INPUTS to the
-/// file and run with `--ignored` (and `INSTA_UPDATE=always` to rewrite, then review the diff).
+/// table is added or gains rows whose stages were rerun from the cache): set
+/// BIASLENS_QUICK_INPUTS to the file (docs/results/report-quick/inputs.json is the committed
+/// run's) and run with `--ignored` (and `INSTA_UPDATE=always` to rewrite, then review the diff).
 #[test]
 #[ignore = "needs BIASLENS_QUICK_INPUTS (a stored quick run's inputs.json)"]
 fn quick_snapshots_from_stored_inputs() {
