@@ -97,8 +97,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                          content, so a stage that read a changed file is reused as it is: \
                          delete its stages/<stage>.json, or pass --force",
                         a.out.join("manifest.json").display(),
-                        &old[..old.len().min(16)],
-                        &data_hash[..16]
+                        old.chars().take(16).collect::<String>(),
+                        data_hash.chars().take(16).collect::<String>()
                     );
                 }
             }
