@@ -109,3 +109,63 @@ fn work_counter_counts_passes_and_token_layers() {
     let w = m.transformer.work.read() - before;
     assert_eq!((w.passes, w.token_layers), (1, 2 * 3));
 }
+
+/// `read_at` (the eval path's last layer at the read positions only) gives the full pass's
+/// final states at those positions, on packed trees with padding, both attention paths and
+/// every architecture; a plan that also touches the last layer is refused before any work.
+#[test]
+fn reading_a_few_positions_equals_the_full_pass_there() {
+    use biaslens::model::TreeRow;
+    for arch in ["llama", "mistral", "qwen2", "gemma3", "gpt2"] {
+        let dir = common::reference("tiny").join(arch);
+        let mut model = Model::load_hf_dir(arch, &dir, &Device::Cpu).expect("load tiny model");
+        let layers = model.config().num_layers;
+        // Row 0: a trie of two sequences sharing a prefix (8 tokens); row 1: a chain of 5, so
+        // it carries 3 pads. Token ids stay inside every tiny vocabulary.
+        let (tree, _) = TreeRow::pack(&[&[5, 9, 3, 7, 2, 8], &[5, 9, 3, 11, 4]]);
+        let rows = vec![tree, TreeRow::chain(&[6, 1, 12, 3, 10])];
+        // Row 0 reads three columns (both branch ends and a shared token); row 1 two, its last
+        // repeated to fill.
+        let read = vec![vec![5, 7, 2], vec![4, 7, 7]];
+        for fast in [false, true] {
+            model.transformer.fast_kernels = fast;
+            let t = &model.transformer;
+            let full = t
+                .forward_tree(
+                    &rows,
+                    &InterventionPlan::default().with_capture([Site::FinalNorm]),
+                )
+                .unwrap();
+            let sparse = t
+                .forward_tree(
+                    &rows,
+                    &InterventionPlan::default()
+                        .with_capture([Site::FinalNorm])
+                        .reading_at(read.clone()),
+                )
+                .unwrap();
+            let got = &sparse.captures[&Site::FinalNorm];
+            assert_eq!(
+                got.dims3().unwrap().1,
+                3,
+                "{arch}: one state per read position"
+            );
+            let want = &full.captures[&Site::FinalNorm];
+            for (r, cols) in read.iter().enumerate() {
+                for (j, &c) in cols.iter().enumerate() {
+                    let a = got.get(r).unwrap().get(j).unwrap();
+                    let b = want.get(r).unwrap().get(c).unwrap();
+                    let d = common::max_abs_diff(&a, &b);
+                    assert!(d < 1e-5, "{arch} fast={fast} row {r} column {c}: {d}");
+                }
+            }
+            let touching = InterventionPlan::default()
+                .with_capture([Site::MlpOut(layers - 1)])
+                .reading_at(read.clone());
+            let err = t.forward_tree(&rows, &touching).unwrap_err().to_string();
+            assert!(err.contains("last layer"), "{arch}: {err}");
+            let ragged = InterventionPlan::default().reading_at(vec![vec![1], vec![1, 2]]);
+            assert!(t.forward_tree(&rows, &ragged).is_err());
+        }
+    }
+}

@@ -25,7 +25,7 @@
 use crate::eval::lm::{LanguageModel, LlRequest, LlResult};
 use crate::model::fused;
 use crate::model::matmul::x_wt;
-use crate::model::{InterventionPlan, LogitsRequest, Model, Site, Transformer, TreeRow};
+use crate::model::{InterventionPlan, Model, Site, Transformer, TreeRow};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -324,17 +324,14 @@ impl ModelLm<'_> {
         let t = &self.transformer;
         let mut scored = Vec::new();
         let trees: Vec<TreeRow> = packs.iter().map(|p| p.row.clone()).collect();
-        let plan = InterventionPlan::logits(LogitsRequest::None).with_capture([Site::FinalNorm]);
-        let fwd = t.forward_tree(&trees, &plan)?;
-        let states = fwd
-            .captures
-            .get(&Site::FinalNorm)
-            .ok_or_else(|| Error::Model("forward did not capture the final norm".into()))?;
-        let (b, width, d) = states.dims3()?;
-        // Distinct flat positions and, per position, the (request, target) pairs read there.
-        let mut slot_of: HashMap<usize, usize> = HashMap::new();
-        let mut flat: Vec<u32> = Vec::new();
+        // Rows are left-padded to the longest; a token's column is its pad plus its index.
+        let width = trees.iter().map(TreeRow::len).max().unwrap_or(0);
+        // Per row, the distinct columns read and, per column, the (request, target) pairs read
+        // there; the last layer runs at these columns only (`InterventionPlan::read_at`).
+        let mut cols: Vec<Vec<usize>> = vec![Vec::new(); packs.len()];
+        let mut slot_of: HashMap<(usize, usize), usize> = HashMap::new();
         let mut reads: Vec<Vec<(usize, u32)>> = Vec::new();
+        let mut slots: Vec<(usize, usize)> = Vec::new();
         let reads_of = packs.iter().enumerate().flat_map(|(row, pack)| {
             pack.hosts
                 .iter()
@@ -342,23 +339,44 @@ impl ModelLm<'_> {
                 .map(move |(host, nodes)| (row, host, nodes))
         });
         for (row, host, nodes) in reads_of {
+            let pad = width - packs[row].row.len();
             for &req in guests.get(host).map(Vec::as_slice).unwrap_or(&[]) {
                 let p = &prepared[req];
                 let start = p.input.len() + 1 - p.targets.len();
                 for (j, &target) in p.targets.iter().enumerate() {
-                    let pos = row * width + fwd.pads[row] + nodes[start - 1 + j];
-                    let slot = *slot_of.entry(pos).or_insert_with(|| {
-                        flat.push(pos as u32);
+                    let col = pad + nodes[start - 1 + j];
+                    let slot = *slot_of.entry((row, col)).or_insert_with(|| {
+                        slots.push((row, cols[row].len()));
+                        cols[row].push(col);
                         reads.push(Vec::new());
-                        flat.len() - 1
+                        reads.len() - 1
                     });
                     reads[slot].push((req, target));
                 }
             }
         }
+        // Every row reads as many columns as the busiest one: the others repeat their last.
+        let per_row = cols.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        for c in cols.iter_mut() {
+            let last = c.last().copied().unwrap_or(width - 1);
+            c.resize(per_row, last);
+        }
+        let plan = InterventionPlan::default()
+            .with_capture([Site::FinalNorm])
+            .reading_at(cols);
+        let fwd = t.forward_tree(&trees, &plan)?;
+        let states = fwd
+            .captures
+            .get(&Site::FinalNorm)
+            .ok_or_else(|| Error::Model("forward did not capture the final norm".into()))?;
+        let (b, _, d) = states.dims3()?;
+        let flat: Vec<u32> = slots
+            .iter()
+            .map(|&(row, j)| (row * per_row + j) as u32)
+            .collect();
         let n = flat.len();
         let gathered = states
-            .reshape((b * width, d))?
+            .reshape((b * per_row, d))?
             .index_select(&Tensor::from_vec(flat, n, &t.device)?, 0)?;
         let vocab = t.cfg.vocab_size;
         let chunk = (self.opts.logit_floats / vocab).max(1);

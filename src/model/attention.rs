@@ -35,6 +35,22 @@ impl RopeTables {
         })
     }
 
+    /// The tables at the read positions only: `read` as for [`gather_positions`].
+    pub(super) fn select(&self, read: &ReadIndex) -> Result<Self> {
+        let (b, _, t, hd) = self.cos_full.dims4()?;
+        let full = |x: &Tensor| -> Result<Tensor> {
+            gather_positions(&x.reshape((b, t, hd))?, read)?
+                .unsqueeze(1)
+                .map_err(Into::into)
+        };
+        Ok(RopeTables {
+            cos_half: gather_positions(&self.cos_half, read)?,
+            sin_half: gather_positions(&self.sin_half, read)?,
+            cos_full: full(&self.cos_full)?,
+            sin_full: full(&self.sin_full)?,
+        })
+    }
+
     /// Rotate [rows, heads, tokens, head_dim] in HF's rotate-half layout. The fused kernel
     /// computes x1·cos − x2·sin and x1·sin + x2·cos, the same floating-point operations as
     /// HF's x·cos + rotate_half(x)·sin, but has no backward.
@@ -51,6 +67,46 @@ impl RopeTables {
             &self.sin_half,
         )?)
     }
+}
+
+/// Per row the same number of positions, as flat indices into `[rows · tokens]`
+/// (`InterventionPlan::read_at` made ready to gather with).
+#[derive(Debug, Clone)]
+pub(super) struct ReadIndex {
+    pub(super) flat: Tensor,
+    pub(super) per_row: usize,
+}
+
+impl ReadIndex {
+    pub(super) fn new(
+        read: &[Vec<usize>],
+        tokens: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let per_row = read.first().map_or(0, Vec::len);
+        let flat: Vec<u32> = read
+            .iter()
+            .enumerate()
+            .flat_map(|(r, cols)| cols.iter().map(move |&c| (r * tokens + c) as u32))
+            .collect();
+        let n = flat.len();
+        Ok(ReadIndex {
+            flat: Tensor::from_vec(flat, n, device)?,
+            per_row,
+        })
+    }
+}
+
+/// `x` [rows, tokens, rest...] at the read positions: [rows, read per row, rest...].
+pub(super) fn gather_positions(x: &Tensor, read: &ReadIndex) -> Result<Tensor> {
+    let dims = x.dims();
+    let (b, t) = (dims[0], dims[1]);
+    let rest: usize = dims[2..].iter().product();
+    let mut shape = dims.to_vec();
+    shape[1] = read.per_row;
+    Ok(x.reshape((b * t, rest))?
+        .index_select(&read.flat, 0)?
+        .reshape(shape)?)
 }
 
 impl Transformer {
@@ -99,17 +155,26 @@ impl Transformer {
         rope: Option<&RopeTables>,
         mask: &Tensor,
         past: Option<&(Tensor, Tensor)>,
+        read: Option<&ReadIndex>,
         st: &mut PassState,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
         let c = &self.cfg;
-        let (b, t, _) = h.dims3()?;
+        let b = h.dim(0)?;
         let split = |x: Tensor, heads: usize| -> Result<Tensor> {
+            let t = x.dim(1)?;
             Ok(x.reshape((b, t, heads, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
         let fast = self.fast_kernels;
-        let mut q = split(layer.q.forward(h, fast)?, c.num_heads)?;
+        // Queries from the read positions only when the caller reads no others (the mask
+        // holds their rows only); keys and values from every token.
+        let hq = match read {
+            Some(read) => gather_positions(h, read)?,
+            None => h.clone(),
+        };
+        let t = hq.dim(1)?;
+        let mut q = split(layer.q.forward(&hq, fast)?, c.num_heads)?;
         let mut k = split(layer.k.forward(h, fast)?, c.num_kv_heads)?;
         let v = split(layer.v.forward(h, fast)?, c.num_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -117,7 +182,10 @@ impl Transformer {
             k = kn.forward_fast(&k, fast)?;
         }
         if let Some(r) = rope {
-            q = r.apply(&q)?;
+            q = match read {
+                Some(read) => r.select(read)?.apply(&q)?,
+                None => r.apply(&q)?,
+            };
             k = r.apply(&k)?;
         }
         let (k_all, v_all) = match past {

@@ -1,7 +1,7 @@
 //! One decoder layer: the projections ([`Linear`], with reduced-precision weights), the layer's
 //! weights ([`Layer`]) and the layer loop every entry point ends in (norms, attention, MLP).
 
-use super::attention::RopeTables;
+use super::attention::{gather_positions, ReadIndex, RopeTables};
 use super::config::{Activation, AttnKind};
 use super::norm::Norm;
 use super::seam::PassState;
@@ -95,6 +95,11 @@ impl Transformer {
         mut st: PassState,
     ) -> Result<ForwardOutput> {
         let (rows, tokens, _) = x.dims3()?;
+        plan.check_read_at(rows, tokens, self.cfg.num_layers)?;
+        let read = match &plan.read_at {
+            Some(read) => Some(ReadIndex::new(read, tokens, &self.device)?),
+            None => None,
+        };
         // Layers this pass runs: to `stop_after` when the plan stops early.
         let end = match plan.stop_after {
             Some(s) if s >= start => (s + 1).min(self.cfg.num_layers),
@@ -143,9 +148,10 @@ impl Transformer {
             };
             let layer_past = past.and_then(|p| p.get(l));
             let past_len = layer_past.map_or(Ok(0), |(k, _)| k.dim(2))?;
-            let mask = match mask_cache.entry((window, past_len)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
-                std::collections::hash_map::Entry::Vacant(e) => {
+            // The last layer of a pass that reads a few positions runs its queries there only.
+            let read = read.as_ref().filter(|_| l + 1 == self.cfg.num_layers);
+            let mask = match read {
+                Some(read) => {
                     let m = attention_mask(
                         parents,
                         pads,
@@ -154,16 +160,37 @@ impl Transformer {
                         window,
                         &self.device,
                     )?;
-                    // The fused attention reads one mask per row; candle's composed one adds
-                    // same-shape tensors far faster than a mask broadcast over the head axis.
-                    let m = if self.fused_attention() {
+                    let m = gather_positions(&m.squeeze(1)?, read)?.unsqueeze(1)?;
+                    if self.fused_attention() {
                         m
                     } else {
-                        m.broadcast_as((rows, self.cfg.num_heads, tokens, past_len + tokens))?
+                        let tq = read.per_row;
+                        m.broadcast_as((rows, self.cfg.num_heads, tq, past_len + tokens))?
                             .contiguous()?
-                    };
-                    e.insert(m).clone()
+                    }
                 }
+                None => match mask_cache.entry((window, past_len)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let m = attention_mask(
+                            parents,
+                            pads,
+                            tokens,
+                            past_len + tokens,
+                            window,
+                            &self.device,
+                        )?;
+                        // The fused attention reads one mask per row; candle's composed one adds
+                        // same-shape tensors far faster than a mask broadcast over the head axis.
+                        let m = if self.fused_attention() {
+                            m
+                        } else {
+                            m.broadcast_as((rows, self.cfg.num_heads, tokens, past_len + tokens))?
+                                .contiguous()?
+                        };
+                        e.insert(m).clone()
+                    }
+                },
             };
             let (attn, kv) = self.attention(
                 l,
@@ -172,8 +199,12 @@ impl Transformer {
                 rope.as_ref(),
                 &mask,
                 layer_past,
+                read,
                 &mut st,
             )?;
+            if let Some(read) = read {
+                x = gather_positions(&x, read)?;
+            }
             if let Some(kvs) = kv_out.as_mut() {
                 kvs.push(kv);
             }

@@ -144,6 +144,13 @@ pub struct InterventionPlan {
     /// Add a [rows, width] tensor to a site at each row's last token with tensor ops, so
     /// gradients flow back to it (gradient read-outs: pass a `Var` of zeros and backpropagate).
     pub last_token_shifts: Vec<(Site, Tensor)>,
+    /// Only these positions' final states are read: per row, the same number of padded-row
+    /// indices (repeat one to fill). The last layer then computes keys and values at every
+    /// token but queries, the output projection and the MLP at these only, and the FinalNorm
+    /// capture is [rows, read positions, width]. The plan may not touch the last layer's sites,
+    /// patch FinalNorm or ask for logits (`check_read_at`). The work counter still counts
+    /// every token of the last layer (its keys and values run there).
+    pub read_at: Option<Vec<Vec<usize>>>,
 }
 
 impl InterventionPlan {
@@ -157,6 +164,58 @@ impl InterventionPlan {
         self.capture.extend(sites);
         self
     }
+    /// Read the final states at these positions only (see [`InterventionPlan::read_at`]).
+    pub fn reading_at(mut self, positions: Vec<Vec<usize>>) -> Self {
+        self.read_at = Some(positions);
+        self
+    }
+
+    /// A plan with `read_at` must leave the last layer alone: its sites run on the read
+    /// positions only, so a capture or patch there would see other shapes than it asked for.
+    pub fn check_read_at(&self, rows: usize, tokens: usize, layers: usize) -> Result<()> {
+        let Some(read) = &self.read_at else {
+            return Ok(());
+        };
+        let bad = |why: String| Err(Error::param("read_at", why));
+        let per_row = read.first().map_or(0, Vec::len);
+        if read.len() != rows || per_row == 0 || read.iter().any(|r| r.len() != per_row) {
+            return bad(format!(
+                "needs the same positive number of positions for each of the {rows} rows"
+            ));
+        }
+        if let Some(&p) = read.iter().flatten().find(|&&p| p >= tokens) {
+            return bad(format!(
+                "position {p} is outside the {tokens} padded tokens"
+            ));
+        }
+        let last = layers.checked_sub(1);
+        let touched = self
+            .capture
+            .iter()
+            .chain(self.patches.iter().map(|p| &p.site))
+            .chain(self.last_token_shifts.iter().map(|(s, _)| s))
+            .find(|s| s.layer() == last && s.layer().is_some());
+        if let Some(site) = touched {
+            return bad(format!(
+                "{site} is in the last layer, which runs on read positions only"
+            ));
+        }
+        if self.patches.iter().any(|p| p.site == Site::FinalNorm)
+            || self
+                .last_token_shifts
+                .iter()
+                .any(|(s, _)| *s == Site::FinalNorm)
+        {
+            return bad("FinalNorm holds the read positions only; it cannot be patched".into());
+        }
+        if self.logits != LogitsRequest::None || self.capture_kv || self.stop_after.is_some() {
+            return bad(
+                "reads final states only: no logits, key/value capture or early stop".into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn with_patches(mut self, patches: impl IntoIterator<Item = Patch>) -> Self {
         self.patches.extend(patches);
         self
