@@ -144,8 +144,9 @@ pub fn write_gguf(model: &Model, weights: &WeightMap, path: &Path) -> Result<()>
     gguf_arch(cfg)?;
     let src_path = &model.info.path;
     let source = if src_path.is_file() {
-        let mut f =
-            std::fs::File::open(src_path).map_err(|e| Error::file(src_path, e.to_string()))?;
+        let mut f = std::io::BufReader::new(
+            std::fs::File::open(src_path).map_err(|e| Error::file(src_path, e.to_string()))?,
+        );
         let content = gguf_file::Content::read(&mut f).map_err(|e| {
             Error::file(
                 src_path,

@@ -138,7 +138,11 @@ impl Model {
     }
 
     pub fn load_gguf(name: &str, path: &Path, device: &Device) -> Result<Model> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e.to_string()))?;
+        // Buffered: the metadata is read a few bytes at a time (each vocabulary string is a
+        // length and its bytes), about 250,000 reads for SmolLM2's, one system call each unbuffered.
+        let mut file = std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|e| Error::file(path, e.to_string()))?,
+        );
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
         let cfg = ModelConfig::from_gguf(&content, path)?;

@@ -29,7 +29,7 @@ fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 /// Dequantise every tensor of a GGUF file to f32 with HF names (see module docs).
 pub fn load_gguf(
     content: &gguf_file::Content,
-    reader: &mut std::fs::File,
+    reader: &mut (impl std::io::Read + std::io::Seek),
     cfg: &ModelConfig,
     path: &Path,
     device: &Device,
