@@ -701,3 +701,39 @@ fn a_report_manifest_hashes_the_data_folder() {
     let (_, err) = render_with_stderr("copy", &[("BIASLENS_DATA", s(&copy))]);
     assert!(!err.contains(warning), "{err}");
 }
+
+/// `--stored-only` into a folder whose report lists stages, none of which this spec's settings
+/// find (they were stored by another spec or version), refuses and writes nothing: the report
+/// there is not replaced by an empty one. An empty folder still gets its (empty) render.
+#[test]
+fn a_stored_only_render_that_finds_nothing_keeps_the_report_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let spec = manifest().join("harness/mitigation-smollm2.toml");
+    let args = [
+        "report",
+        "--spec",
+        s(&spec),
+        "--out",
+        s(&out),
+        "--stored-only",
+    ];
+    ok(
+        &run(&manifest(), &args, &[]),
+        "stored-only render into an empty folder",
+    );
+    // The folder now holds a report; make its manifest list a stage this spec does not have.
+    let path = out.join("manifest.json");
+    let mut m = read_json(&path);
+    m["stages"] = serde_json::json!([{"name": "measure_base", "key": "from another spec"}]);
+    let written = serde_json::to_vec_pretty(&m).unwrap();
+    std::fs::write(&path, &written).unwrap();
+    let html = std::fs::read(out.join("report.html")).unwrap();
+    fails_with(
+        &run(&manifest(), &args, &[]),
+        "stored-only render that finds no stage",
+        &["--stored-only", "nothing was written", "lists 1"],
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), written, "manifest replaced");
+    assert_eq!(std::fs::read(out.join("report.html")).unwrap(), html);
+}

@@ -122,6 +122,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 );
                 manifest.stages_not_run = outcome.skipped.clone();
             }
+            // A render that finds none of the stages would replace a report that has them with
+            // an empty one: refuse (the stored stages were keyed by another spec or version).
+            let previous = previous_stage_count(&a.out);
+            if mode == RunMode::StoredOnly && outcome.records.is_empty() && previous > 0 {
+                bail!(
+                    "--stored-only: none of the {} stages of {} is stored in {} under the \
+                     spec's current settings, while its report lists {previous}: nothing was \
+                     written, so that report stays; run without --stored-only to recompute, or \
+                     render into another --out",
+                    outcome.skipped.len(),
+                    a.spec.display(),
+                    a.out.display()
+                );
+            }
             if !outcome.partial.is_empty() {
                 eprintln!(
                     "report: drawn from the stored stages only (shown, not stored): {}",
@@ -144,6 +158,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", p.display());
     }
     Ok(())
+}
+
+/// How many stage records `out`'s last manifest lists (0 without one).
+fn previous_stage_count(out: &std::path::Path) -> usize {
+    std::fs::read(out.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| m.get("stages")?.as_array().map(Vec::len))
+        .unwrap_or(0)
 }
 
 /// The data folder hash that `out`'s last manifest recorded under `key`, if any.
