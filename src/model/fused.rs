@@ -49,6 +49,25 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
     }
 }
 
+/// `gelu(g) · u` (`u = None`: `gelu(g)`) with GELU's tanh approximation, in one vectorised pass
+/// (`biaslens_matmul::elementwise::gelu_tanh_mul`; within a few ulp of the exact function, as
+/// close as candle's composed ops or closer); `None` when the fused form does not apply.
+pub fn gelu_tanh_mul(g: &Tensor, u: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let out = match u {
+        Some(u) if u.shape() != g.shape() => return Ok(None),
+        Some(u) => with_cpu_f32([g, u], |[gv, uv]| {
+            biaslens_matmul::elementwise::gelu_tanh_mul_with(gv, Some(uv), elementwise_threads())
+        })?,
+        None => with_cpu_f32([g], |[gv]| {
+            biaslens_matmul::elementwise::gelu_tanh_mul_with(gv, None, elementwise_threads())
+        })?,
+    };
+    match out {
+        Some(v) => Ok(Some(Tensor::from_vec(v, g.shape(), g.device())?)),
+        None => Ok(None),
+    }
+}
+
 /// `x / sqrt(mean(x², last axis) + eps) · scale` in one pass per row; differs from the
 /// composed ops only by the rounding of the sum of squares. `None` when it does not apply.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Option<Tensor>> {

@@ -229,9 +229,29 @@ impl Transformer {
                     }
                 }
                 (Some(g), Activation::GeluTanhGated) => {
-                    (g.forward(&h, fast)?.gelu()? * layer.up.forward(&h, fast)?)?
+                    let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
+                    let fused = if fast {
+                        super::fused::gelu_tanh_mul(&g, Some(&u))?
+                    } else {
+                        None
+                    };
+                    match fused {
+                        Some(key) => key,
+                        None => (g.gelu()? * u)?,
+                    }
                 }
-                (_, _) => layer.up.forward(&h, fast)?.gelu()?,
+                (_, _) => {
+                    let up = layer.up.forward(&h, fast)?;
+                    let fused = if fast {
+                        super::fused::gelu_tanh_mul(&up, None)?
+                    } else {
+                        None
+                    };
+                    match fused {
+                        Some(key) => key,
+                        None => up.gelu()?,
+                    }
+                }
             };
             let key = self.intervene(Site::MlpKey(l), key, &mut st)?;
             let m = self.intervene(Site::MlpOut(l), layer.down.forward(&key, fast)?, &mut st)?;

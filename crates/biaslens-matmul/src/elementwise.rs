@@ -61,6 +61,80 @@ unsafe fn silu_mul_avx512(g: &[f32], u: &[f32], dst: *mut f32) {
     }
 }
 
+/// √(2/π), as candle's GELU writes it.
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+
+/// `gelu(g) · u` with GELU's tanh approximation (Gemma-3's GeGLU; `u = None`: GELU alone, GPT-2's
+/// `gelu_new`). Written `g / (1 + exp(−2z))` with `z = √(2/π)·g·(1 + 0.044715·g²)`, which is
+/// `0.5·g·(1 + tanh z)` exactly, so the exponential is `softmax`'s polynomial; candle's
+/// `0.5·g·(1 + tanh z)` in f32 loses digits where `tanh z` is near −1, this form does not.
+pub fn gelu_tanh_mul(g: &[f32], u: Option<&[f32]>) -> Vec<f32> {
+    gelu_tanh_mul_with(g, u, &Serial)
+}
+
+/// [`gelu_tanh_mul`] in chunks of `CHUNK` elements on `par`'s threads.
+pub fn gelu_tanh_mul_with(g: &[f32], u: Option<&[f32]>, par: &dyn ForEach) -> Vec<f32> {
+    if let Some(u) = u {
+        assert_eq!(g.len(), u.len(), "gelu_tanh_mul: g and u differ in length");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::available() {
+        let n = g.len();
+        // Written once, not zeroed first: every element is stored exactly once below.
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        let dst = SharedOut::spare(&mut out);
+        par.for_each(n.div_ceil(CHUNK), &|c| {
+            let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            let u = u.map(|u| &u[start..end]);
+            // SAFETY: AVX-512F is present; chunk `c` alone writes `start..end`.
+            unsafe { gelu_tanh_mul_avx512(&g[start..end], u, dst.ptr(start)) };
+        });
+        // SAFETY: the chunks covered 0..n.
+        unsafe { out.set_len(n) };
+        return out;
+    }
+    gelu_tanh_mul_scalar(g, u)
+}
+
+/// The same formula with the scalar `f32::exp`: the reference of the vectorised pass.
+pub fn gelu_tanh_mul_scalar(g: &[f32], u: Option<&[f32]>) -> Vec<f32> {
+    g.iter()
+        .enumerate()
+        .map(|(i, &a)| gelu_tanh_one(a) * u.map_or(1.0, |u| u[i]))
+        .collect()
+}
+
+fn gelu_tanh_one(a: f32) -> f32 {
+    let z = SQRT_TWO_OVER_PI * a * (1.0 + 0.044715 * a * a);
+    a / ((-2.0 * z).exp() + 1.0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_tanh_mul_avx512(g: &[f32], u: Option<&[f32]>, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let n = g.len();
+    let body = n - n % 16;
+    let one = _mm512_set1_ps(1.0);
+    let k = _mm512_set1_ps(0.044715);
+    let minus_two_c = _mm512_set1_ps(-2.0 * SQRT_TWO_OVER_PI);
+    for i in (0..body).step_by(16) {
+        let a = _mm512_loadu_ps(g.as_ptr().add(i));
+        // −2z = −2·√(2/π)·a·(1 + 0.044715·a²)
+        let inner = _mm512_fmadd_ps(_mm512_mul_ps(k, a), a, one);
+        let e = crate::softmax::avx512::exp16(_mm512_mul_ps(_mm512_mul_ps(minus_two_c, a), inner));
+        let mut y = _mm512_div_ps(a, _mm512_add_ps(e, one));
+        if let Some(u) = u {
+            y = _mm512_mul_ps(y, _mm512_loadu_ps(u.as_ptr().add(i)));
+        }
+        _mm512_storeu_ps(dst.add(i), y);
+    }
+    for i in body..n {
+        dst.add(i)
+            .write(gelu_tanh_one(g[i]) * u.map_or(1.0, |u| u[i]));
+    }
+}
+
 /// HF's rotate-half RoPE of `x [rows, heads, t, d]` with per-row tables `cos`, `sin [rows, t,
 /// d / 2]`: `x1·cos − x2·sin` and `x1·sin + x2·cos`, candle's `rope` kernel's operations, so its
 /// bits. One piece per row on `par`'s threads.
@@ -189,6 +263,44 @@ mod tests {
         }
     }
 
+    /// GELU (tanh form) times `u`, vectorised and scalar, against the f64 value of candle's
+    /// formula `0.5·g·(1 + tanh z)`, on g from −100 to 100 and every tail length; alone
+    /// (`u = None`) it equals the product with ones.
+    #[test]
+    fn gelu_tanh_mul_matches_f64() {
+        for len in [1, 15, 16, 17, 1_000] {
+            let g: Vec<f32> = crate::test_data(len, 6).iter().map(|v| v * 200.0).collect();
+            let u = crate::test_data(len, 7);
+            let want: Vec<f64> = g
+                .iter()
+                .zip(&u)
+                .map(|(&a, &b)| {
+                    let a = f64::from(a);
+                    let z = (2.0 / std::f64::consts::PI).sqrt() * a * (1.0 + 0.044715 * a * a);
+                    0.5 * a * (1.0 + z.tanh()) * f64::from(b)
+                })
+                .collect();
+            for got in [
+                gelu_tanh_mul(&g, Some(&u)),
+                gelu_tanh_mul_scalar(&g, Some(&u)),
+            ] {
+                for (i, (&f, &w)) in got.iter().zip(&want).enumerate() {
+                    let err = (f64::from(f) - w).abs();
+                    // A few f32 roundings of the argument, relative to the value, or of g·u
+                    // where the value is far below it (the tail, where exp(−2z) is huge).
+                    let scale = w.abs() * 32.0 + f64::from((g[i] * u[i]).abs()) * 1e-6;
+                    assert!(
+                        err <= f64::from(f32::EPSILON) * scale + 1e-30,
+                        "len {len} [{i}] g {}: {f} vs {w}",
+                        g[i]
+                    );
+                }
+            }
+            let ones = vec![1.0; len];
+            assert_eq!(gelu_tanh_mul(&g, None), gelu_tanh_mul(&g, Some(&ones)));
+        }
+    }
+
     /// Spread over threads, the passes give the serial results bit for bit, across several
     /// chunks and a ragged last one.
     #[test]
@@ -199,6 +311,10 @@ mod tests {
         let g = crate::test_data(len, 3);
         let u = crate::test_data(len, 4);
         assert_eq!(silu_mul_with(&g, &u, &Rayon), silu_mul(&g, &u));
+        assert_eq!(
+            gelu_tanh_mul_with(&g, Some(&u), &Rayon),
+            gelu_tanh_mul(&g, Some(&u))
+        );
         let scale = crate::test_data(576, 5);
         assert_eq!(
             rms_norm_with(&g, 576, &scale, 1e-5, &Rayon),
