@@ -150,45 +150,37 @@ impl Transformer {
             let past_len = layer_past.map_or(Ok(0), |(k, _)| k.dim(2))?;
             // The last layer of a pass that reads a few positions runs its queries there only.
             let read = read.as_ref().filter(|_| l + 1 == self.cfg.num_layers);
+            let build_mask = |read: Option<&ReadIndex>| -> Result<Tensor> {
+                let m = attention_mask(
+                    parents,
+                    pads,
+                    tokens,
+                    past_len + tokens,
+                    window,
+                    &self.device,
+                )?;
+                let (m, queries) = match read {
+                    Some(read) => (
+                        gather_positions(&m.squeeze(1)?, read)?.unsqueeze(1)?,
+                        read.per_row,
+                    ),
+                    None => (m, tokens),
+                };
+                // The fused attention reads one mask per row; candle's composed one adds
+                // same-shape tensors far faster than a mask broadcast over the head axis.
+                Ok(if self.fused_attention() {
+                    m
+                } else {
+                    m.broadcast_as((rows, self.cfg.num_heads, queries, past_len + tokens))?
+                        .contiguous()?
+                })
+            };
             let mask = match read {
-                Some(read) => {
-                    let m = attention_mask(
-                        parents,
-                        pads,
-                        tokens,
-                        past_len + tokens,
-                        window,
-                        &self.device,
-                    )?;
-                    let m = gather_positions(&m.squeeze(1)?, read)?.unsqueeze(1)?;
-                    if self.fused_attention() {
-                        m
-                    } else {
-                        let tq = read.per_row;
-                        m.broadcast_as((rows, self.cfg.num_heads, tq, past_len + tokens))?
-                            .contiguous()?
-                    }
-                }
+                Some(read) => build_mask(Some(read))?,
                 None => match mask_cache.entry((window, past_len)) {
                     std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        let m = attention_mask(
-                            parents,
-                            pads,
-                            tokens,
-                            past_len + tokens,
-                            window,
-                            &self.device,
-                        )?;
-                        // The fused attention reads one mask per row; candle's composed one adds
-                        // same-shape tensors far faster than a mask broadcast over the head axis.
-                        let m = if self.fused_attention() {
-                            m
-                        } else {
-                            m.broadcast_as((rows, self.cfg.num_heads, tokens, past_len + tokens))?
-                                .contiguous()?
-                        };
-                        e.insert(m).clone()
+                        e.insert(build_mask(None)?).clone()
                     }
                 },
             };
@@ -230,28 +222,9 @@ impl Transformer {
                 }
                 (Some(g), Activation::GeluTanhGated) => {
                     let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
-                    let fused = if fast {
-                        super::fused::gelu_tanh_mul(&g, Some(&u))?
-                    } else {
-                        None
-                    };
-                    match fused {
-                        Some(key) => key,
-                        None => (g.gelu()? * u)?,
-                    }
+                    gelu_tanh_key(&g, Some(&u), fast)?
                 }
-                (_, _) => {
-                    let up = layer.up.forward(&h, fast)?;
-                    let fused = if fast {
-                        super::fused::gelu_tanh_mul(&up, None)?
-                    } else {
-                        None
-                    };
-                    match fused {
-                        Some(key) => key,
-                        None => up.gelu()?,
-                    }
-                }
+                (_, _) => gelu_tanh_key(&layer.up.forward(&h, fast)?, None, fast)?,
             };
             let key = self.intervene(Site::MlpKey(l), key, &mut st)?;
             let m = self.intervene(Site::MlpOut(l), layer.down.forward(&key, fast)?, &mut st)?;
@@ -287,4 +260,19 @@ impl Transformer {
             offset: st.offset,
         })
     }
+}
+
+/// GELU (tanh form) of `g`, times `u` when given: the fused pass where it applies (`fast`), else
+/// candle's ops.
+fn gelu_tanh_key(g: &Tensor, u: Option<&Tensor>, fast: bool) -> Result<Tensor> {
+    if fast {
+        if let Some(key) = super::fused::gelu_tanh_mul(g, u)? {
+            return Ok(key);
+        }
+    }
+    let y = g.gelu()?;
+    Ok(match u {
+        Some(u) => (y * u)?,
+        None => y,
+    })
 }

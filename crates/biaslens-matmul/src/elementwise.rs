@@ -17,21 +17,38 @@ pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
 pub fn silu_mul_with(g: &[f32], u: &[f32], par: &dyn ForEach) -> Vec<f32> {
     assert_eq!(g.len(), u.len(), "silu_mul: g and u differ in length");
     #[cfg(target_arch = "x86_64")]
-    if crate::available() {
-        let n = g.len();
-        // Written once, not zeroed first: every element is stored exactly once below.
-        let mut out: Vec<f32> = Vec::with_capacity(n);
-        let dst = SharedOut::spare(&mut out);
-        par.for_each(n.div_ceil(CHUNK), &|c| {
-            let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
-            // SAFETY: AVX-512F is present; chunk `c` alone writes `start..end`.
-            unsafe { silu_mul_avx512(&g[start..end], &u[start..end], dst.ptr(start)) };
-        });
-        // SAFETY: the chunks covered 0..n.
-        unsafe { out.set_len(n) };
+    if let Some(out) = chunked_avx512(g.len(), par, &|start, end, dst| {
+        // SAFETY: called with AVX-512F present, `dst` at element `start` of room for `end`.
+        unsafe { silu_mul_avx512(&g[start..end], &u[start..end], dst) }
+    }) {
         return out;
     }
     silu_mul_scalar(g, u)
+}
+
+/// A fresh vector of `n` elements written in chunks of `CHUNK` on `par`'s threads: `write(start,
+/// end, dst)` stores elements `start..end` through `dst` (element `start`), each exactly once;
+/// `None` where the CPU lacks AVX-512, before anything is written.
+#[cfg(target_arch = "x86_64")]
+fn chunked_avx512(
+    n: usize,
+    par: &dyn ForEach,
+    write: &(dyn Fn(usize, usize, *mut f32) + Sync),
+) -> Option<Vec<f32>> {
+    if !crate::available() {
+        return None;
+    }
+    // Written once, not zeroed first: every element is stored exactly once below.
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let dst = SharedOut::spare(&mut out);
+    par.for_each(n.div_ceil(CHUNK), &|c| {
+        let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+        // SAFETY: `start` is inside the capacity; chunk `c` alone writes `start..end`.
+        write(start, end, unsafe { dst.ptr(start) });
+    });
+    // SAFETY: the chunks covered 0..n.
+    unsafe { out.set_len(n) };
+    Some(out)
 }
 
 /// The same f32 operations as candle's composed `silu(g) * u`, bit for bit.
@@ -78,19 +95,11 @@ pub fn gelu_tanh_mul_with(g: &[f32], u: Option<&[f32]>, par: &dyn ForEach) -> Ve
         assert_eq!(g.len(), u.len(), "gelu_tanh_mul: g and u differ in length");
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::available() {
-        let n = g.len();
-        // Written once, not zeroed first: every element is stored exactly once below.
-        let mut out: Vec<f32> = Vec::with_capacity(n);
-        let dst = SharedOut::spare(&mut out);
-        par.for_each(n.div_ceil(CHUNK), &|c| {
-            let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
-            let u = u.map(|u| &u[start..end]);
-            // SAFETY: AVX-512F is present; chunk `c` alone writes `start..end`.
-            unsafe { gelu_tanh_mul_avx512(&g[start..end], u, dst.ptr(start)) };
-        });
-        // SAFETY: the chunks covered 0..n.
-        unsafe { out.set_len(n) };
+    if let Some(out) = chunked_avx512(g.len(), par, &|start, end, dst| {
+        let u = u.map(|u| &u[start..end]);
+        // SAFETY: called with AVX-512F present, `dst` at element `start` of room for `end`.
+        unsafe { gelu_tanh_mul_avx512(&g[start..end], u, dst) }
+    }) {
         return out;
     }
     gelu_tanh_mul_scalar(g, u)
