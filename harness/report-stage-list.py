@@ -21,7 +21,14 @@ def main():
     if len(args) < 2:
         sys.exit(__doc__)
     folder, variants = args[0], args[1].split(",")
-    machine = args[args.index("--machine") + 1] if "--machine" in args else "this machine"
+    machine = "this machine"
+    if "--machine" in args:
+        i = args.index("--machine") + 1
+        if i >= len(args) or args[i].startswith("--"):
+            sys.exit("--machine needs a label, e.g. --machine 'Xeon, mkl build'")
+        machine = args[i]
+    if not os.path.isdir(os.path.join(folder, "stages")):
+        sys.exit(f"{folder}: no stages/ folder (not a report folder?)")
     order = ["measure_base", "trace", "eval_base"]
     for v in variants:
         order += [f"edit_{v}", f"measure_{v}", f"eval_{v}"]
