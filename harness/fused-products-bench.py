@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Separate vs stacked-weight products at SmolLM2 and Gemma-3 layer shapes (q/k/v, gate/up), in
 PyTorch on this CPU: does fusing the projections pay? (docs/performance.md, "Evaluation").
-Run: /tmp/biaslens-torch-venv/bin/python harness/fused-products-bench.py (torch only).
+Run with the Python of harness/vs-pytorch.sh's venv ($VS_VENV, default /tmp/biaslens-torch-venv;
+the script needs torch only): $VS_VENV/bin/python harness/fused-products-bench.py.
 Stop other work first; prints the median of five runs of 30 products each."""
 import torch, time, statistics
 def t(f, n=30):
