@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?usage: harness/probe-sweep.sh NAME [edit flags...]}; shift
 bin=${BIASLENS:-target/release/biaslens}
+# An mkl build spins libgomp's threads beside other jobs (docs/performance.md, "Two mkl jobs").
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 [ -x "$bin" ] || { echo "no $bin: run cargo build --release or set BIASLENS" >&2; exit 1; }
 out=runs/sweep/$name
 mkdir -p runs/sweep
