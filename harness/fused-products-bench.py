@@ -26,4 +26,4 @@ for threads in (1,2):
             r["gu_fused"].append(t(lambda: x@wgu.T))
         m={k:statistics.median(v)*1e3 for k,v in r.items()}
         print(f"{name} threads {threads}: q/k/v separate {m['qkv_sep']:.2f} ms, fused {m['qkv_fused']:.2f} ms ({m['qkv_sep']/m['qkv_fused']:.3f}x); gate/up separate {m['gu_sep']:.2f} ms, fused {m['gu_fused']:.2f} ms ({m['gu_sep']/m['gu_fused']:.3f}x)")
-print(torch.__version__, torch.backends.mkl.is_available(), torch.__config__.show().count("MKL"))
+print(f"torch {torch.__version__}, MKL available: {torch.backends.mkl.is_available()}")
