@@ -23,7 +23,10 @@ pub struct Args {
     /// Templates file (one per line with `{}`); default: the 17 Vig et al. templates.
     #[arg(long)]
     pub templates: Option<PathBuf>,
-    /// Vig templates to use: all, fit (the twelve edits are fitted on) or unseen (the other five).
+    /// Templates to use: all, fit (the twelve Vig templates edits are fitted on), unseen (the
+    /// other five), validation (the three fit templates set aside for validation) or
+    /// varied-validation (8 lines of templates/varied.txt that validation fits never see;
+    /// docs/method.md §2b).
     #[arg(long, default_value = "all")]
     pub template_split: biaslens::data::TemplateSplit,
     // --json: every prompt's probabilities and the metrics.

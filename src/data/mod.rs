@@ -12,7 +12,7 @@ pub use occupations::{
 pub use pronouns::{Gender, PronounForms, PronounSet};
 pub use split::{
     split_professions, validation_professions, Part, Split, SplitSpec, TemplateSplit,
-    UNSEEN_TEMPLATES, VALIDATION_TEMPLATES,
+    UNSEEN_TEMPLATES, VALIDATION_TEMPLATES, VARIED_TEMPLATES_FILE, VARIED_VALIDATION_TEMPLATES,
 };
 
 use std::path::{Path, PathBuf};

@@ -87,6 +87,10 @@ pub struct EditSets {
     /// Definitional professions and gendered words whose outputs are preserved.
     pub preserve: Vec<String>,
     pub edit_templates: Vec<usize>,
+    /// A validation fit: the validation professions and templates (Vig's and the
+    /// project-written ones) are left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validation: bool,
 }
 
 /// Edit professions from the split (optionally the first `max_edit`), controls to preserve, and
@@ -127,5 +131,42 @@ pub fn edit_sets(
         edit,
         preserve,
         edit_templates,
+        validation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{validation_professions, VALIDATION_TEMPLATES};
+
+    /// A validation fit leaves out the validation professions and Vig templates, and says so
+    /// (the probe's prompts read the flag to leave out the project-written validation lines);
+    /// the flag is not serialised for a final fit, so earlier records and cache keys stand.
+    #[test]
+    fn validation_sets_leave_out_the_validation_parts() {
+        let professions =
+            Profession::load(&crate::data::data_dir().join("bolukbasi_debiaswe/professions.json"))
+                .unwrap();
+        let spec = SplitSpec::default();
+        let full = edit_sets(&professions, &spec, None, false).unwrap();
+        let val = edit_sets(&professions, &spec, None, true).unwrap();
+        assert!(!full.validation && val.validation);
+        let set_aside = validation_professions(&split_professions(&professions, &spec).unwrap());
+        assert_eq!(val.edit.len() + set_aside.len(), full.edit.len());
+        assert!(set_aside
+            .iter()
+            .all(|p| !val.edit.contains(&p.replace('_', " "))));
+        assert_eq!(full.edit_templates.len(), 12);
+        assert_eq!(val.edit_templates.len(), 12 - VALIDATION_TEMPLATES.len());
+        assert!(val
+            .edit_templates
+            .iter()
+            .all(|i| !VALIDATION_TEMPLATES.contains(i)));
+        assert!(serde_json::to_value(&full)
+            .unwrap()
+            .get("validation")
+            .is_none());
+        assert_eq!(serde_json::to_value(&val).unwrap()["validation"], true);
+    }
 }

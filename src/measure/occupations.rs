@@ -65,7 +65,8 @@ pub struct MeasureOptions {
     pub data_dir: PathBuf,
     /// Custom templates file (one per line, each with one `{}`); default: the 17 Vig templates.
     pub templates: Option<PathBuf>,
-    /// Which Vig templates (all, the twelve edits are fitted on, or the five they never see).
+    /// Which templates: all, fit or unseen Vig templates, Vig's validation ones, or the
+    /// validation lines of the project-written templates (`TemplateSplit`).
     #[serde(default)]
     pub template_split: TemplateSplit,
 }
@@ -119,18 +120,22 @@ pub fn subset_prompts(
 ) -> Result<(Vec<data::OccupationPrompt>, BTreeMap<String, String>)> {
     let prof_path = opts.data_dir.join("bolukbasi_debiaswe/professions.json");
     let professions = Profession::load(&prof_path)?;
-    let templates =
-        match &opts.templates {
-            Some(_) if opts.template_split != TemplateSplit::All => return Err(Error::param(
-                "template-split",
-                "selects among the 17 Vig templates; it cannot be combined with a templates file",
-            )),
-            Some(p) => Template::load(p)?,
-            None => data::vig_templates(),
-        };
+    let split_file = opts.template_split.file().map(|f| opts.data_dir.join(f));
+    let template_file = match (&opts.templates, split_file) {
+        (Some(_), _) if opts.template_split != TemplateSplit::All => return Err(Error::param(
+            "template-split",
+            "selects among the project's templates; it cannot be combined with a templates file",
+        )),
+        (Some(p), _) => Some(p.clone()),
+        (None, f) => f,
+    };
+    let templates = match &template_file {
+        Some(p) => Template::load(p)?,
+        None => data::vig_templates(),
+    };
     let mut hashes = BTreeMap::new();
     hashes.insert(rel(&prof_path), crate::io::sha256_file(&prof_path)?);
-    if let Some(p) = &opts.templates {
+    if let Some(p) = &template_file {
         hashes.insert(rel(p), crate::io::sha256_file(p)?);
     }
     let keep = subset_professions(professions, opts.subset, &opts.split)?;
@@ -219,4 +224,64 @@ pub fn measure_occupations(
     on_progress: impl FnMut(usize),
 ) -> Result<MeasureResult> {
     super::MeasureJob::new(opts.clone()).run(model, on_progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{VARIED_TEMPLATES_FILE, VARIED_VALIDATION_TEMPLATES};
+
+    /// `varied-validation` measures the chosen professions on the validation lines of the
+    /// project-written templates, indexes them by line, and hashes that file; every Vig split
+    /// still reads Vig's list and no templates file.
+    #[test]
+    fn varied_validation_reads_its_lines_of_the_varied_file() {
+        let opts = MeasureOptions {
+            subset: Subset::Controls,
+            template_split: TemplateSplit::VariedValidation,
+            ..MeasureOptions::default()
+        };
+        let (prompts, hashes) = subset_prompts(&opts).unwrap();
+        let file = opts.data_dir.join(VARIED_TEMPLATES_FILE);
+        let lines = Template::load(&file).unwrap();
+        assert!(hashes.contains_key(&rel(&file)), "{hashes:?}");
+        let professions: std::collections::BTreeSet<&str> =
+            prompts.iter().map(|p| p.profession.as_str()).collect();
+        assert_eq!(
+            prompts.len(),
+            professions.len() * VARIED_VALIDATION_TEMPLATES.len()
+        );
+        for p in &prompts {
+            assert!(VARIED_VALIDATION_TEMPLATES.contains(&p.template_index));
+            assert_eq!(p.template, lines[p.template_index].as_str());
+        }
+        let vig = subset_prompts(&MeasureOptions {
+            template_split: TemplateSplit::Validation,
+            ..opts.clone()
+        })
+        .unwrap();
+        assert_eq!(vig.1.len(), 1, "{:?}", vig.1);
+        assert_eq!(vig.0.len(), professions.len() * 3);
+        // A templates file and a split of the project's templates do not combine.
+        let err = subset_prompts(&MeasureOptions {
+            templates: Some(file),
+            ..opts
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("template-split"), "{err}");
+    }
+
+    #[test]
+    fn template_split_names_parse() {
+        for (s, t) in [
+            ("validation", TemplateSplit::Validation),
+            ("varied-validation", TemplateSplit::VariedValidation),
+        ] {
+            assert_eq!(s.parse::<TemplateSplit>().unwrap(), t);
+            assert_eq!(serde_json::to_value(t).unwrap(), s);
+        }
+        let err = "varied".parse::<TemplateSplit>().unwrap_err().to_string();
+        assert!(err.contains("varied-validation"), "{err}");
+    }
 }

@@ -73,7 +73,7 @@ impl PromptSources {
     pub fn check(&self, data_dir: &Path) -> Result<()> {
         protect_set_words(self.protect_set, data_dir, &[])?;
         extra_words(self.word_source, data_dir, &[])?;
-        self.fit_templates.templates(Vec::new(), data_dir)?;
+        self.fit_templates.templates(Vec::new(), data_dir, false)?;
         Ok(())
     }
 }
@@ -109,7 +109,7 @@ pub fn probe_prompts(
         .iter()
         .map(|&i| all[i].clone())
         .collect();
-    let templates = fit_templates.templates(vig_fit, data_dir)?;
+    let templates = fit_templates.templates(vig_fit, data_dir, sets.validation)?;
     let prefixes = &DEFAULT_PREFIXES[..prefixes.min(DEFAULT_PREFIXES.len())];
     let professions: Vec<String> =
         crate::data::Profession::load(&data_dir.join("bolukbasi_debiaswe/professions.json"))?

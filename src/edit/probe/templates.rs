@@ -1,6 +1,6 @@
 //! Which templates the probe and gap tuning fit on and protect with.
 
-use crate::data::{Template, VIG_TEMPLATES};
+use crate::data::{Template, VARIED_TEMPLATES_FILE, VARIED_VALIDATION_TEMPLATES, VIG_TEMPLATES};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -36,23 +36,36 @@ impl FitTemplates {
     pub fn file(self, data_dir: &Path) -> Option<PathBuf> {
         match self {
             FitTemplates::Vig => None,
-            FitTemplates::Varied => Some(data_dir.join("templates/varied.txt")),
+            FitTemplates::Varied => Some(data_dir.join(VARIED_TEMPLATES_FILE)),
         }
     }
 
-    /// `vig_fit` (the edit split's Vig templates) followed by this choice's extra templates.
-    /// An extra template that is one of Vig's 17 is refused: those are measured, never fitted
-    /// beyond the split.
-    pub fn templates(self, vig_fit: Vec<Template>, data_dir: &Path) -> Result<Vec<Template>> {
+    /// `vig_fit` (the edit split's Vig templates) followed by this choice's extra templates,
+    /// without [`VARIED_VALIDATION_TEMPLATES`] for a `validation` fit. An extra template that
+    /// is one of Vig's 17 is refused: those are measured, never fitted beyond the split.
+    pub fn templates(
+        self,
+        vig_fit: Vec<Template>,
+        data_dir: &Path,
+        validation: bool,
+    ) -> Result<Vec<Template>> {
         let Some(path) = self.file(data_dir) else {
             return Ok(vig_fit);
         };
-        let extra = Template::load(&path)?;
+        let mut extra = Template::load(&path)?;
         if let Some(t) = extra.iter().find(|t| VIG_TEMPLATES.contains(&t.as_str())) {
             return Err(Error::file(
                 &path,
                 format!("{:?} is one of Vig et al.'s templates", t.as_str()),
             ));
+        }
+        if validation {
+            extra = extra
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !VARIED_VALIDATION_TEMPLATES.contains(i))
+                .map(|(_, t)| t)
+                .collect();
         }
         let mut out = vig_fit;
         out.extend(extra);
@@ -84,14 +97,35 @@ mod tests {
     fn vig_adds_nothing_and_varied_adds_the_file() {
         let base = vec![Template::new("The {} said that").unwrap()];
         assert_eq!(
-            FitTemplates::Vig.templates(base.clone(), &data()).unwrap(),
+            FitTemplates::Vig
+                .templates(base.clone(), &data(), true)
+                .unwrap(),
             base
         );
         let all = FitTemplates::Varied
-            .templates(base.clone(), &data())
+            .templates(base.clone(), &data(), false)
             .unwrap();
         assert_eq!(all.len(), 1 + 24);
         assert_eq!(all[0], base[0]);
+    }
+
+    /// A validation fit leaves out exactly the lines `--template-split varied-validation`
+    /// measures.
+    #[test]
+    fn a_validation_fit_leaves_out_the_varied_validation_lines() {
+        let file = Template::load(&data().join(VARIED_TEMPLATES_FILE)).unwrap();
+        let fit = FitTemplates::Varied
+            .templates(Vec::new(), &data(), true)
+            .unwrap();
+        assert_eq!(fit.len(), 24 - VARIED_VALIDATION_TEMPLATES.len());
+        for (i, t) in file.iter().enumerate() {
+            assert_eq!(
+                fit.contains(t),
+                !VARIED_VALIDATION_TEMPLATES.contains(&i),
+                "line {i}: {:?}",
+                t.as_str()
+            );
+        }
     }
 
     #[test]
@@ -104,7 +138,7 @@ mod tests {
         )
         .unwrap();
         let err = FitTemplates::Varied
-            .templates(Vec::new(), dir.path())
+            .templates(Vec::new(), dir.path(), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("varied.txt") && err.contains("Vig"), "{err}");
