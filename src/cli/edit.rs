@@ -388,16 +388,34 @@ fn print_unseen(
     spec: &biaslens::edit::method::EditSpec,
 ) -> anyhow::Result<()> {
     use biaslens::data::TemplateSplit;
-    use biaslens::measure::{measure_occupations, MeasureOptions, Subset};
+    use biaslens::measure::Subset;
     // A --validation edit is being tuned: show it the validation professions and templates
-    // only, never the held-out ones (docs/method.md §2b).
-    let (first, templates) = if spec.validation {
-        println!("validation templates (measure --split validation --template-split validation):");
-        (Subset::Validation, TemplateSplit::Validation)
+    // (Vig's and the other-shaped ones) only, never the held-out ones (docs/method.md §2b).
+    let (first, template_sets) = if spec.validation {
+        (
+            Subset::Validation,
+            &[TemplateSplit::Validation, TemplateSplit::VariedValidation][..],
+        )
     } else {
-        println!("unseen templates (measure --template-split unseen):");
-        (Subset::HeldOut, TemplateSplit::Unseen)
+        (Subset::HeldOut, &[TemplateSplit::Unseen][..])
     };
+    for &templates in template_sets {
+        let name = templates.name();
+        println!("{name} templates (measure --template-split {name}):");
+        print_subsets(base, edited, spec, first, templates)?;
+    }
+    Ok(())
+}
+
+/// Before and after on `first` and on the controls, at `templates`.
+fn print_subsets(
+    base: &Model,
+    edited: &Model,
+    spec: &biaslens::edit::method::EditSpec,
+    first: biaslens::measure::Subset,
+    templates: biaslens::data::TemplateSplit,
+) -> anyhow::Result<()> {
+    use biaslens::measure::{measure_occupations, MeasureOptions, Subset};
     for subset in [first, Subset::Controls] {
         let opts = MeasureOptions {
             subset,

@@ -96,6 +96,17 @@ impl TemplateSplit {
         }
     }
 
+    /// The spelling on the command line and in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TemplateSplit::All => "all",
+            TemplateSplit::Fit => "fit",
+            TemplateSplit::Unseen => "unseen",
+            TemplateSplit::Validation => "validation",
+            TemplateSplit::VariedValidation => "varied-validation",
+        }
+    }
+
     /// The templates file this split indexes (relative to the data folder), when it is not
     /// Vig's list.
     pub const fn file(self) -> Option<&'static str> {
@@ -109,17 +120,13 @@ impl TemplateSplit {
 impl std::str::FromStr for TemplateSplit {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "all" => Ok(TemplateSplit::All),
-            "fit" => Ok(TemplateSplit::Fit),
-            "unseen" => Ok(TemplateSplit::Unseen),
-            "validation" => Ok(TemplateSplit::Validation),
-            "varied-validation" => Ok(TemplateSplit::VariedValidation),
-            _ => Err(Error::param(
-                "template-split",
-                format!("`{s}`: expected all, fit, unseen, validation or varied-validation"),
-            )),
-        }
+        use TemplateSplit::*;
+        crate::error::parse_named(
+            "template-split",
+            s,
+            &[All, Fit, Unseen, Validation, VariedValidation],
+            TemplateSplit::name,
+        )
     }
 }
 

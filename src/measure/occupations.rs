@@ -274,12 +274,17 @@ mod tests {
 
     #[test]
     fn template_split_names_parse() {
+        use TemplateSplit::*;
         for (s, t) in [
-            ("validation", TemplateSplit::Validation),
-            ("varied-validation", TemplateSplit::VariedValidation),
+            ("all", All),
+            ("fit", Fit),
+            ("unseen", Unseen),
+            ("validation", Validation),
+            ("varied-validation", VariedValidation),
         ] {
             assert_eq!(s.parse::<TemplateSplit>().unwrap(), t);
             assert_eq!(serde_json::to_value(t).unwrap(), s);
+            assert_eq!(t.name(), s);
         }
         let err = "varied".parse::<TemplateSplit>().unwrap_err().to_string();
         assert!(err.contains("varied-validation"), "{err}");
