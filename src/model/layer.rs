@@ -210,15 +210,7 @@ impl Transformer {
             let key = match (&layer.gate, self.cfg.activation) {
                 (Some(g), Activation::Silu) => {
                     let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
-                    let fused = if fast {
-                        super::fused::silu_mul(&g, &u)?
-                    } else {
-                        None
-                    };
-                    match fused {
-                        Some(key) => key,
-                        None => (candle_nn::ops::silu(&g)? * u)?,
-                    }
+                    silu_key(&g, &u, fast)?
                 }
                 (Some(g), Activation::GeluTanhGated) => {
                     let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
@@ -260,6 +252,16 @@ impl Transformer {
             offset: st.offset,
         })
     }
+}
+
+/// SiLU of `g` times `u`: the fused pass where it applies (`fast`), else candle's ops.
+fn silu_key(g: &Tensor, u: &Tensor, fast: bool) -> Result<Tensor> {
+    if fast {
+        if let Some(key) = super::fused::silu_mul(g, u)? {
+            return Ok(key);
+        }
+    }
+    Ok((candle_nn::ops::silu(g)? * u)?)
 }
 
 /// GELU (tanh form) of `g`, times `u` when given: the fused pass where it applies (`fast`), else
