@@ -72,8 +72,9 @@ pub struct EditArgs {
     #[arg(long)]
     pub word_source: Option<biaslens::edit::probe::WordSource>,
     /// probe and tune: `varied` also fits and protects on 24 project-written templates of
-    /// other shapes than Vig et al.'s (fixtures/data/templates/README.md); `vig` (default):
-    /// the split's Vig templates only.
+    /// other shapes than Vig et al.'s (fixtures/data/templates/README.md; a --validation fit
+    /// leaves out the 8 that `measure --template-split varied-validation` reads); `vig`
+    /// (default): the split's Vig templates only.
     #[arg(long)]
     pub fit_templates: Option<biaslens::edit::probe::FitTemplates>,
     /// tune: rank of each projection's change (default 4).

@@ -15,7 +15,8 @@ pub enum FitTemplates {
     #[default]
     Vig,
     /// Also the 24 project-written templates of `templates/varied.txt`
-    /// (fixtures/data/templates/README.md), which no measurement reads.
+    /// (fixtures/data/templates/README.md), which no held-out number reads; a validation fit
+    /// leaves out [`VARIED_VALIDATION_TEMPLATES`], which validation measures on.
     Varied,
 }
 
