@@ -606,6 +606,16 @@ fn a_missing_word_source_file_is_refused_before_the_model_loads() {
         &["templates/varied.txt"],
     );
     assert!(!err.contains("junk.gguf"), "{err}");
+    // And a varied.txt too short for the validation lines, for a --validation fit.
+    std::fs::create_dir_all(data.join("templates")).unwrap();
+    std::fs::write(data.join("templates/varied.txt"), "I met the {} and\n").unwrap();
+    varied.insert(varied.len() - 2, "--validation");
+    let err = fails_with(
+        &run(tmp.path(), &varied, &env),
+        "a validation edit with a short templates/varied.txt",
+        &["templates/varied.txt", "at least 24"],
+    );
+    assert!(!err.contains("junk.gguf"), "{err}");
     // Without the extra inputs the same folder passes this check and the edit fails on the model.
     let plain: Vec<&str> = args
         .iter()

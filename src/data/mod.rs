@@ -11,8 +11,9 @@ pub use occupations::{
 };
 pub use pronouns::{Gender, PronounForms, PronounSet};
 pub use split::{
-    split_professions, validation_professions, Part, Split, SplitSpec, TemplateSplit,
-    UNSEEN_TEMPLATES, VALIDATION_TEMPLATES, VARIED_TEMPLATES_FILE, VARIED_VALIDATION_TEMPLATES,
+    check_varied_lines, split_professions, validation_professions, Part, Split, SplitSpec,
+    TemplateSplit, UNSEEN_TEMPLATES, VALIDATION_TEMPLATES, VARIED_TEMPLATES_FILE,
+    VARIED_VALIDATION_TEMPLATES,
 };
 
 use std::path::{Path, PathBuf};

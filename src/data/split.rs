@@ -63,6 +63,26 @@ pub const VARIED_VALIDATION_TEMPLATES: &[usize] = &[2, 5, 8, 11, 14, 17, 20, 23]
 /// (fixtures/data/templates/README.md).
 pub const VARIED_TEMPLATES_FILE: &str = "templates/varied.txt";
 
+/// Refuse a templates file too short for [`VARIED_VALIDATION_TEMPLATES`] (a data folder whose
+/// `templates/varied.txt` was edited), so neither a validation fit nor a measure silently uses
+/// fewer validation lines than the protocol names.
+pub fn check_varied_lines(path: &std::path::Path, n_lines: usize) -> Result<()> {
+    let need = VARIED_VALIDATION_TEMPLATES
+        .iter()
+        .max()
+        .map_or(0, |&i| i + 1);
+    if n_lines < need {
+        return Err(Error::file(
+            path,
+            format!(
+                "has {n_lines} templates; the varied validation lines {VARIED_VALIDATION_TEMPLATES:?} \
+                 (0-based) need at least {need}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Share of the edit professions set aside for validation.
 pub const VALIDATION_FRACTION: f64 = 0.25;
 

@@ -151,7 +151,7 @@ impl EditSpec {
     /// missing or malformed file fails before a model is loaded, naming the file.
     pub fn check_word_files(&self) -> Result<()> {
         match self.prompt_sources() {
-            Some(sources) => sources.check(&self.data_dir),
+            Some(sources) => sources.check(&self.data_dir, self.validation),
             None => Ok(()),
         }
     }

@@ -133,6 +133,9 @@ pub fn subset_prompts(
         Some(p) => Template::load(p)?,
         None => data::vig_templates(),
     };
+    if let (Some(p), Some(_)) = (&template_file, opts.template_split.file()) {
+        data::check_varied_lines(p, templates.len())?;
+    }
     let mut hashes = BTreeMap::new();
     hashes.insert(rel(&prof_path), crate::io::sha256_file(&prof_path)?);
     if let Some(p) = &template_file {
@@ -270,6 +273,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("template-split"), "{err}");
+    }
+
+    /// A data folder whose varied file lacks the validation lines fails naming the file.
+    #[test]
+    fn varied_validation_refuses_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = crate::data::data_dir();
+        std::fs::create_dir_all(dir.path().join("bolukbasi_debiaswe")).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        let prof = "bolukbasi_debiaswe/professions.json";
+        std::fs::copy(src.join(prof), dir.path().join(prof)).unwrap();
+        std::fs::write(dir.path().join(VARIED_TEMPLATES_FILE), "I met the {} and\n").unwrap();
+        let err = subset_prompts(&MeasureOptions {
+            template_split: TemplateSplit::VariedValidation,
+            data_dir: dir.path().to_path_buf(),
+            ..MeasureOptions::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("varied.txt") && err.contains("at least 24"),
+            "{err}"
+        );
     }
 
     #[test]

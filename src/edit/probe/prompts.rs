@@ -69,11 +69,13 @@ impl PromptSources {
     }
 
     /// Read and parse those files, so a missing or malformed one fails before a model is
-    /// loaded, naming the file.
-    pub fn check(&self, data_dir: &Path) -> Result<()> {
+    /// loaded, naming the file (for a `validation` fit, also a templates file too short for
+    /// its validation lines).
+    pub fn check(&self, data_dir: &Path, validation: bool) -> Result<()> {
         protect_set_words(self.protect_set, data_dir, &[])?;
         extra_words(self.word_source, data_dir, &[])?;
-        self.fit_templates.templates(Vec::new(), data_dir, false)?;
+        self.fit_templates
+            .templates(Vec::new(), data_dir, validation)?;
         Ok(())
     }
 }
@@ -164,11 +166,11 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         copy(dir.path(), None);
-        sources.check(dir.path()).unwrap();
+        sources.check(dir.path(), true).unwrap();
         for f in &listed {
             let dir = tempfile::tempdir().unwrap();
             copy(dir.path(), Some(f));
-            let err = sources.check(dir.path()).unwrap_err().to_string();
+            let err = sources.check(dir.path(), true).unwrap_err().to_string();
             let name = f.file_name().unwrap().to_str().unwrap();
             assert!(err.contains(name), "without {name}: {err}");
         }

@@ -1,6 +1,8 @@
 //! Which templates the probe and gap tuning fit on and protect with.
 
-use crate::data::{Template, VARIED_TEMPLATES_FILE, VARIED_VALIDATION_TEMPLATES, VIG_TEMPLATES};
+use crate::data::{
+    check_varied_lines, Template, TemplateSplit, VARIED_TEMPLATES_FILE, VIG_TEMPLATES,
+};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ pub enum FitTemplates {
     Vig,
     /// Also the 24 project-written templates of `templates/varied.txt`
     /// (fixtures/data/templates/README.md), which no held-out number reads; a validation fit
-    /// leaves out [`VARIED_VALIDATION_TEMPLATES`], which validation measures on.
+    /// leaves out [`crate::data::VARIED_VALIDATION_TEMPLATES`], which validation measures on.
     Varied,
 }
 
@@ -42,8 +44,9 @@ impl FitTemplates {
     }
 
     /// `vig_fit` (the edit split's Vig templates) followed by this choice's extra templates,
-    /// without [`VARIED_VALIDATION_TEMPLATES`] for a `validation` fit. An extra template that
-    /// is one of Vig's 17 is refused: those are measured, never fitted beyond the split.
+    /// without [`crate::data::VARIED_VALIDATION_TEMPLATES`] for a `validation` fit. An extra
+    /// template that is one of Vig's 17 is refused: those are measured, never fitted beyond the
+    /// split.
     pub fn templates(
         self,
         vig_fit: Vec<Template>,
@@ -61,10 +64,12 @@ impl FitTemplates {
             ));
         }
         if validation {
+            // Exactly the lines `TemplateSplit::VariedValidation` measures on.
+            check_varied_lines(&path, extra.len())?;
             extra = extra
                 .into_iter()
                 .enumerate()
-                .filter(|(i, _)| !VARIED_VALIDATION_TEMPLATES.contains(i))
+                .filter(|&(i, _)| !TemplateSplit::VariedValidation.contains(i))
                 .map(|(_, t)| t)
                 .collect();
         }
@@ -89,6 +94,7 @@ impl std::str::FromStr for FitTemplates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::VARIED_VALIDATION_TEMPLATES;
 
     fn data() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data")
@@ -127,6 +133,29 @@ mod tests {
                 t.as_str()
             );
         }
+    }
+
+    /// A varied file too short for the validation lines is refused for a validation fit,
+    /// naming the file; a final fit uses whatever lines it has.
+    #[test]
+    fn a_short_varied_file_is_refused_for_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(
+            dir.path().join(VARIED_TEMPLATES_FILE),
+            "I met the {} and\nThe {} phoned to say that\n",
+        )
+        .unwrap();
+        let err = FitTemplates::Varied
+            .templates(Vec::new(), dir.path(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("varied.txt") && err.contains("at least 24"),
+            "{err}"
+        );
+        let fit = FitTemplates::Varied.templates(Vec::new(), dir.path(), false);
+        assert_eq!(fit.unwrap().len(), 2);
     }
 
     #[test]
