@@ -4,10 +4,12 @@ seed noise: the mean of k seeds' edits is W0 + mean of their deltas):
 
     /tmp/biaslens-torch-venv/bin/python harness/average-edits.py OUT DIR1 DIR2 [DIR...]
 
-Every *.safetensors file but delta.safetensors is averaged tensor by tensor (tensors equal in
+The inputs' edit.json must name one base model (sha256). Every *.safetensors file but
+delta.safetensors is averaged tensor by tensor (tensors equal in
 every input are copied); the other files come from DIR1, edit.json left out since OUT is no
 single edit's record. Needs torch and safetensors. Used for docs/findings.md §6l.
 """
+import json
 import os
 import shutil
 import sys
@@ -21,6 +23,16 @@ def main():
     out, dirs = sys.argv[1], sys.argv[2:]
     if os.path.exists(out):
         sys.exit(f"{out} exists; remove it first")
+    # Averaging is meaningful only for edits of one base model: compare their records.
+    bases = {}
+    for d in dirs:
+        try:
+            with open(os.path.join(d, "edit.json")) as f:
+                bases[d] = json.load(f)["base_model"]["sha256"]
+        except (OSError, KeyError, ValueError) as e:
+            sys.exit(f"{d}/edit.json: cannot read the base model's sha256 ({e})")
+    if len(set(bases.values())) != 1:
+        sys.exit("the edits come from different base models: " + ", ".join(f"{d}: {h[:12]}" for d, h in bases.items()))
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -33,9 +45,14 @@ def main():
             continue
         inputs = [load_file(os.path.join(d, f)) for d in dirs]
         merged, changed = {}, 0
+        for d, x in zip(dirs, inputs):
+            if x.keys() != inputs[0].keys():
+                sys.exit(f"{d}/{f}: not the same tensors as {dirs[0]}/{f}")
         for k, t in inputs[0].items():
             others = [x[k] for x in inputs[1:]]
-            if all(o.shape == t.shape and bool((o == t).all()) for o in others):
+            if any(o.shape != t.shape for o in others):
+                sys.exit(f"{f}: {k} has different shapes across the inputs")
+            if all(bool((o == t).all()) for o in others):
                 merged[k] = t
             else:
                 changed += 1

@@ -20,13 +20,13 @@ if [ ! -f "$out/edit.json" ]; then
 fi
 # Judged on Vig's validation templates and on the project-written templates a validation fit
 # never sees (`--template-split varied-validation`, other sentence shapes; docs/method.md §2b),
-# each beside the base model's numbers (measured once per model into runs/sweep/base-MODEL.*).
+# each beside the base model's numbers (runs/sweep/base-MODEL.*, measured again each time by the
+# same binary, so a changed data file or build cannot leave a stale base; seconds).
 model=${MODEL:-smollm2-135m}
 base=runs/sweep/base-$model
 for ts in validation varied-validation; do
   for sub in validation controls; do
-    [ -f "$base.$sub.$ts.json" ] \
-      || "$bin" measure --model "$model" --split $sub --template-split $ts --json "$base.$sub.$ts.json" --force >/dev/null
+    "$bin" measure --model "$model" --split $sub --template-split $ts --json "$base.$sub.$ts.json" --force >/dev/null
     "$bin" measure --model "$out" --split $sub --template-split $ts --json "$out.$sub.$ts.json" --force >/dev/null
   done
 done
