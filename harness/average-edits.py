@@ -2,19 +2,68 @@
 """Average the weights of edited model directories made from one base model (a diagnostic of
 seed noise: the mean of k seeds' edits is W0 + mean of their deltas):
 
-    /tmp/biaslens-torch-venv/bin/python harness/average-edits.py OUT DIR1 DIR2 [DIR...]
+    python3 harness/average-edits.py OUT DIR1 DIR2 [DIR...]
 
 The inputs' edit.json must name one base model (sha256). Every *.safetensors file but
-delta.safetensors is averaged tensor by tensor (tensors equal in
-every input are copied); the other files come from DIR1, edit.json left out since OUT is no
-single edit's record. Needs torch and safetensors. Used for docs/findings.md §6l.
+delta.safetensors is averaged tensor by tensor (tensors whose bytes are equal in every input
+are copied; an averaged tensor must be F32); the other files come from DIR1, edit.json left
+out since OUT is no single edit's record. Standard library only (an edit changes a few
+projections, so the averaging loop is short). Used for docs/findings.md §6l.
 """
 import json
 import os
 import shutil
+import struct
 import sys
+from array import array
 
-from safetensors.torch import load_file, save_file
+
+def read_safetensors(path):
+    """(header without __metadata__, raw data bytes) of a safetensors file."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    header.pop("__metadata__", None)
+    return header, data
+
+
+def tensor_bytes(header, data, name):
+    a, b = header[name]["data_offsets"]
+    return data[a:b]
+
+
+def write_safetensors(path, tensors):
+    """tensors: name -> (dtype, shape, bytes), written in name order."""
+    header, offset, chunks = {"__metadata__": {"format": "pt"}}, 0, []
+    for name in sorted(tensors):
+        dtype, shape, raw = tensors[name]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        chunks.append(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for c in chunks:
+            f.write(c)
+
+
+def average_f32(raws):
+    """Element-wise mean of little-endian f32 buffers."""
+    arrays = []
+    for raw in raws:
+        a = array("f")
+        a.frombytes(raw)
+        if sys.byteorder != "little":
+            a.byteswap()
+        arrays.append(a)
+    k = len(arrays)
+    out = array("f", (sum(xs) / k for xs in zip(*arrays)))
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out.tobytes()
 
 
 def main():
@@ -43,21 +92,24 @@ def main():
         if not f.endswith(".safetensors"):
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(tmp, f))
             continue
-        inputs = [load_file(os.path.join(d, f)) for d in dirs]
-        merged, changed = {}, 0
-        for d, x in zip(dirs, inputs):
-            if x.keys() != inputs[0].keys():
+        inputs = [read_safetensors(os.path.join(d, f)) for d in dirs]
+        for d, (h, _) in zip(dirs, inputs):
+            if h.keys() != inputs[0][0].keys():
                 sys.exit(f"{d}/{f}: not the same tensors as {dirs[0]}/{f}")
-        for k, t in inputs[0].items():
-            others = [x[k] for x in inputs[1:]]
-            if any(o.shape != t.shape for o in others):
-                sys.exit(f"{f}: {k} has different shapes across the inputs")
-            if all(bool((o == t).all()) for o in others):
-                merged[k] = t
-            else:
-                changed += 1
-                merged[k] = (sum(x.float() for x in [t, *others]) / len(inputs)).to(t.dtype)
-        save_file(merged, os.path.join(tmp, f), metadata={"format": "pt"})
+        merged, changed = {}, 0
+        h0, d0 = inputs[0]
+        for k, meta in h0.items():
+            if any(h[k]["shape"] != meta["shape"] or h[k]["dtype"] != meta["dtype"] for h, _ in inputs[1:]):
+                sys.exit(f"{f}: {k} has different shapes or dtypes across the inputs")
+            raws = [tensor_bytes(h, d, k) for h, d in inputs]
+            if all(r == raws[0] for r in raws[1:]):
+                merged[k] = (meta["dtype"], meta["shape"], raws[0])
+                continue
+            if meta["dtype"] != "F32":
+                sys.exit(f"{f}: {k} differs across the inputs and is {meta['dtype']}, not F32")
+            changed += 1
+            merged[k] = (meta["dtype"], meta["shape"], average_f32(raws))
+        write_safetensors(os.path.join(tmp, f), merged)
         print(f"{f}: {changed} tensors averaged over {len(inputs)} inputs")
     os.rename(tmp, out)
 
