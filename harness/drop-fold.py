@@ -12,7 +12,10 @@ non-definitional professions ranked by sha256(seed LE bytes || name), so droppin
 professions alone would move the boundary; the same number of held-out professions (the last
 of that ranking) is dropped with them, which no edit reads. Split seed 0, held-out fraction
 0.5 and validation fraction 0.25, definitional threshold 0.5: the defaults. The script checks
-that the copy's edit split is the original's minus the fold. Standard library only.
+that the copy's edit split is the original's minus the fold by its own copy of the rule; the
+split biaslens itself makes of the copy is listed by `BIASLENS_DATA=OUT/data biaslens measure
+--model smollm2-135m --split edit --json E.json` (E.json's prompts), and fold 0 is the set
+`biaslens measure --split validation` reads. Standard library only.
 """
 import hashlib
 import json
