@@ -100,6 +100,14 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data")
     }
 
+    /// A data folder holding only a `templates/varied.txt` with `text`.
+    fn data_with_varied(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join(VARIED_TEMPLATES_FILE), text).unwrap();
+        dir
+    }
+
     #[test]
     fn vig_adds_nothing_and_varied_adds_the_file() {
         let base = vec![Template::new("The {} said that").unwrap()];
@@ -139,13 +147,7 @@ mod tests {
     /// naming the file; a final fit uses whatever lines it has.
     #[test]
     fn a_short_varied_file_is_refused_for_validation() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-        std::fs::write(
-            dir.path().join(VARIED_TEMPLATES_FILE),
-            "I met the {} and\nThe {} phoned to say that\n",
-        )
-        .unwrap();
+        let dir = data_with_varied("I met the {} and\nThe {} phoned to say that\n");
         let err = FitTemplates::Varied
             .templates(Vec::new(), dir.path(), true)
             .unwrap_err()
@@ -160,13 +162,7 @@ mod tests {
 
     #[test]
     fn a_vig_template_in_the_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-        std::fs::write(
-            dir.path().join("templates/varied.txt"),
-            "I met the {} and\nThe {} said that\n",
-        )
-        .unwrap();
+        let dir = data_with_varied("I met the {} and\nThe {} said that\n");
         let err = FitTemplates::Varied
             .templates(Vec::new(), dir.path(), false)
             .unwrap_err()
