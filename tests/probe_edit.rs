@@ -242,6 +242,77 @@ fn assert_same_nonzero_delta(
     }
 }
 
+/// Gap tuning averaged over seeds (`tune.seeds`): with k = 2 the delta is the mean of the two
+/// separate fits' changes (seeds s and s + 1, which differ), it still maps every protected
+/// word's mean input to zero, and the report keeps each seed's last losses, which are the
+/// separate fits' own.
+#[test]
+fn tune_seeds_average_is_the_mean_of_the_separate_fits() {
+    let model = common::real_model("smollm2-135m");
+    let l = 10;
+    let spec = small_tune_spec(l, 4, 2);
+    let run = |seed: u64, seeds: usize| {
+        let mut s = spec.clone();
+        s.tune.seed = seed;
+        s.tune.seeds = seeds;
+        edit_model(&model, &s, |_| {}).unwrap()
+    };
+    let (first, second, mean) = (run(3, 1), run(4, 1), run(3, 2));
+    let mut names: Vec<&String> = mean.delta.entries.keys().collect();
+    names.sort();
+    let mut want_names: Vec<&String> = first.delta.entries.keys().collect();
+    want_names.sort();
+    assert_eq!(names, want_names);
+    for (name, e) in &mean.delta.entries {
+        let a = matrix(&first.delta.entries[name].delta);
+        let b = matrix(&second.delta.entries[name].delta);
+        let m = matrix(&e.delta);
+        assert!(
+            (&a - &b).amax() > 1e-2 * a.amax(),
+            "{name}: seeds 3 and 4 gave the same change"
+        );
+        let want = (&a + &b) / 2.0;
+        let err = (&m - &want).amax();
+        assert!(
+            err <= 1e-6 * want.amax(),
+            "{name}: the averaged edit is {err} from the separate fits' mean (max {})",
+            want.amax()
+        );
+    }
+    // |ΔW p| of the mean is at most the larger of the two (linearity), up to rounding.
+    let max_abs = |o: &biaslens::edit::method::EditOutcome, i: usize| {
+        o.report["protected_max_abs"][i].as_f64().unwrap()
+    };
+    for i in 0..names.len() {
+        let bound = max_abs(&first, i).max(max_abs(&second, i));
+        assert!(max_abs(&mean, i) <= bound + 1e-7, "stage {i}");
+    }
+    let losses = mean.report["seed_losses"].as_array().unwrap();
+    assert_eq!(losses.len(), 2);
+    for (row, single, seed) in [(&losses[0], &first, 3), (&losses[1], &second, 4)] {
+        assert_eq!(row[0], seed);
+        let last = single.report["history"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            row[1], last[1],
+            "seed {seed}'s fit loss is its separate fit's"
+        );
+        assert_eq!(row[2], last[2]);
+    }
+    assert!(
+        first.report.get("seed_losses").is_none(),
+        "one seed writes none"
+    );
+    assert!(
+        first.delta.meta.params.get("seeds").is_none(),
+        "one seed's record is unchanged"
+    );
+}
+
 /// Gap tuning of one attention head (`tune.heads`, the mediation-located site): the delta is the
 /// output projection of the head's layer only, exactly zero outside the head's columns of the
 /// concatenated head outputs, nonzero inside them, and it leaves every protected word's whole

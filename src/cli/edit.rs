@@ -83,6 +83,10 @@ pub struct EditArgs {
     /// tune: Adam steps (default 200).
     #[arg(long)]
     pub tune_steps: Option<usize>,
+    /// tune: fits averaged into the edit, seeds tune.seed, tune.seed + 1, …; the edit is the mean
+    /// of their changes (default 1; each fit costs a whole fit).
+    #[arg(long, value_parser = at_least_one)]
+    pub tune_seeds: Option<usize>,
     /// tune: Adam learning rate (default 3e-3).
     #[arg(long, value_parser = non_negative)]
     pub tune_lr: Option<f64>,
@@ -248,6 +252,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.fit_templates, a.fit_templates);
     set(&mut spec.tune.rank, a.tune_rank);
     set(&mut spec.tune.steps, a.tune_steps);
+    set(&mut spec.tune.seeds, a.tune_seeds);
     set(&mut spec.tune.lr, a.tune_lr);
     set(&mut spec.tune.prior, a.tune_prior);
     set(&mut spec.tune.protect_weight, a.tune_protect);
@@ -282,7 +287,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 22] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 23] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -298,6 +303,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
         ("--fit-templates", a.fit_templates.is_some(), &[Probe, Tune]),
         ("--tune-rank", a.tune_rank.is_some(), &[Tune]),
         ("--tune-steps", a.tune_steps.is_some(), &[Tune]),
+        ("--tune-seeds", a.tune_seeds.is_some(), &[Tune]),
         ("--tune-lr", a.tune_lr.is_some(), &[Tune]),
         ("--tune-prior", a.tune_prior.is_some(), &[Tune]),
         ("--tune-protect", a.tune_protect.is_some(), &[Tune]),

@@ -56,8 +56,13 @@ pub struct TuneReport {
     pub n_fit_kept: usize,
     pub protected_words: Vec<String>,
     pub n_protected_prompts: usize,
-    /// Every 10 steps and the last: (step, fit mean L², protected mean (L − L₀)², prior).
+    /// Every 10 steps and the last: (step, fit mean L², protected mean (L − L₀)², prior); with
+    /// `tune.seeds` > 1, the last seed's.
     pub history: Vec<(usize, f64, f64, f64)>,
+    /// With `tune.seeds` > 1: each seed's last history entry, (seed, fit mean L², protected
+    /// mean (L − L₀)², prior) of its own fit before the average. Empty (not written) for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed_losses: Vec<(u64, f64, f64, f64)>,
     /// Mean |L| over all fit prompts, before and after.
     pub fit_mean_abs_gap: (f64, f64),
     /// Mean |L − L₀| over all protected prompts after the edit.
@@ -563,7 +568,25 @@ fn shifts(
     })
 }
 
-/// Run gap tuning on `layers`; returns the delta (HF names) and a report.
+/// One seed's fit: the prompts and readers it was fitted on (the shuffle is the seed's), the
+/// base model's readings and the stages with their fitted factors.
+struct SeedFit {
+    layers: Vec<usize>,
+    stages_list: Vec<(usize, Component)>,
+    words: Vec<String>,
+    n_fit: usize,
+    n_protect: usize,
+    readers: Readers,
+    baseline: Baseline,
+    stages: Vec<Stage>,
+    hist: Histories,
+    fit_before: f64,
+    statistics: super::corpus::CorpusCost,
+}
+
+/// Run gap tuning on `layers`; returns the delta (HF names) and a report. With `tune.seeds`
+/// k > 1 the fit runs k times, with seeds `seed`, …, `seed + k − 1`, and the delta is the mean
+/// of their changes (docs/method.md §4.7: the fit's factual gender moves with its seed).
 #[allow(clippy::too_many_arguments)]
 pub fn tune(
     model: &Model,
@@ -587,6 +610,86 @@ pub fn tune(
             ),
         ));
     }
+    let mut sum: Option<Vec<Tensor>> = None;
+    let mut seed_losses = Vec::new();
+    let mut last: Option<SeedFit> = None;
+    let mut statistics = None;
+    for seed in params.seed_list() {
+        if params.seeds > 1 {
+            log(&format!(
+                "gap tuning: seed {seed} ({} of {})",
+                seed - params.seed + 1,
+                params.seeds
+            ));
+        }
+        let fit = fit_seed(
+            model, sets, layers, params, seed, data_dir, corpus, cache_dir, &mut log,
+        )?;
+        let dws = fit
+            .stages
+            .iter()
+            .map(|s| Ok(s.delta()?.detach()))
+            .collect::<Result<Vec<_>>>()?;
+        sum = Some(match sum {
+            None => dws,
+            Some(acc) => acc
+                .iter()
+                .zip(&dws)
+                .map(|(a, b)| Ok((a + b)?))
+                .collect::<Result<Vec<_>>>()?,
+        });
+        if let Some(&(_, f, p, r)) = fit.hist.main.last() {
+            seed_losses.push((seed, f, p, r));
+        }
+        // Every seed's cost: the later ones read the cached statistics, or recompute them.
+        let cost: &mut super::corpus::CorpusCost = statistics.get_or_insert(Default::default());
+        cost.statistics_tokens = fit.statistics.statistics_tokens;
+        cost.statistics_passes += fit.statistics.statistics_passes;
+        cost.statistics_token_layers += fit.statistics.statistics_token_layers;
+        last = Some(fit);
+    }
+    let (Some(sum), Some(fit)) = (sum, last) else {
+        return Err(Error::param("tune.seeds", "no seed to fit"));
+    };
+    let dws = if params.seeds == 1 {
+        sum
+    } else {
+        sum.iter()
+            .map(|t| Ok((t / params.seeds as f64)?))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let mut report = finish(model, sets, params, &fit, &dws, &mut log)?;
+    report.statistics = statistics.unwrap_or(fit.statistics);
+    if params.seeds > 1 {
+        report.seed_losses = seed_losses;
+    }
+    let mut delta = WeightDelta::new(DeltaMeta {
+        method: "tune".into(),
+        model_hash: model.info.identity().to_string(),
+        params: serde_json::to_value(params)?,
+    });
+    for (s, dw) in fit.stages.iter().zip(dws) {
+        match s.comp {
+            Component::Mlp => record_down_delta(model, &mut delta, s.layer, dw)?,
+            Component::Attn => record_o_delta(model, &mut delta, s.layer, dw)?,
+        }
+    }
+    Ok((delta, report))
+}
+
+/// One seed's fit of gap tuning: prompts shuffled and factors initialised from `seed`.
+#[allow(clippy::too_many_arguments)]
+fn fit_seed(
+    model: &Model,
+    sets: &EditSets,
+    layers: &[usize],
+    params: &TuneParams,
+    seed: u64,
+    data_dir: &Path,
+    corpus: &Path,
+    cache_dir: Option<&Path>,
+    log: &mut impl FnMut(&str),
+) -> Result<SeedFit> {
     let ProbePrompts {
         layers,
         pronouns,
@@ -595,7 +698,7 @@ pub fn tune(
         protect: protect_ordered,
     } = probe_prompts(model, sets, layers, params.sources(), data_dir)?;
     let tok = model.tokenizer()?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Shuffled so that every minibatch mixes professions and templates.
     fit.shuffle(&mut rng);
     let mut protect = protect_ordered.clone();
@@ -632,7 +735,7 @@ pub fn tune(
         params.corpus_tokens,
         &sites,
         cache_dir,
-        &mut log,
+        &mut *log,
     )?;
     let statistics_work = base.work.read() - work_before;
     // Ordinary text at every position: the corpus gap term (γ) and the report's shift there.
@@ -670,32 +773,43 @@ pub fn tune(
     ));
 
     let mut tr = base.clone();
-    let hist = optimise(&mut tr, &stages, &readers, &baseline, params, &mut log)?;
+    let hist = optimise(&mut tr, &stages, &readers, &baseline, params, &mut *log)?;
+    Ok(SeedFit {
+        layers,
+        stages_list,
+        words,
+        n_fit: fit.len(),
+        n_protect: protect.len(),
+        readers,
+        baseline,
+        stages,
+        hist,
+        fit_before,
+        statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
+    })
+}
 
-    let mut delta = WeightDelta::new(DeltaMeta {
-        method: "tune".into(),
-        model_hash: model.info.identity().to_string(),
-        params: serde_json::to_value(params)?,
-    });
+/// The report of the edit `dws` (one change per stage of `fit`), read on `fit`'s prompts with the
+/// changes applied to the base model.
+fn finish(
+    model: &Model,
+    sets: &EditSets,
+    params: &TuneParams,
+    fit: &SeedFit,
+    dws: &[Tensor],
+    log: &mut impl FnMut(&str),
+) -> Result<TuneReport> {
+    let mut tr = model.transformer.clone();
     let (mut protected_max_abs, mut delta_norms, mut relative_energy) =
         (Vec::new(), Vec::new(), Vec::new());
-    for s in &stages {
-        let dw = s.delta()?.detach();
-        set_weight(&mut tr, s.layer, s.comp, (&s.w0 + &dw)?);
-        let dw64 = to_f64(&dw)?;
+    for (s, dw) in fit.stages.iter().zip(dws) {
+        set_weight(&mut tr, s.layer, s.comp, (&s.w0 + dw)?);
+        let dw64 = to_f64(dw)?;
         protected_max_abs.push((&dw64 * s.protected.transpose()).amax());
         delta_norms.push(dw64.norm());
-        relative_energy.push(
-            s.relative_energy()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?,
-        );
-        match s.comp {
-            Component::Mlp => record_down_delta(model, &mut delta, s.layer, dw)?,
-            Component::Attn => record_o_delta(model, &mut delta, s.layer, dw)?,
-        }
+        relative_energy.push(s.relative_energy_of(dw)?);
     }
-    let after = shifts(&tr, &readers, &baseline, fit.len(), protect.len())?;
+    let after = shifts(&tr, &fit.readers, &fit.baseline, fit.n_fit, fit.n_protect)?;
     if let Some(shift) = after.corpus_topk {
         log(&format!(
             "gap tuning: corpus top-{} centred logits mean |shift| {shift:.3}",
@@ -703,32 +817,36 @@ pub fn tune(
         ));
     }
     log(&format!(
-        "gap tuning: fit mean |gap| {fit_before:.3} -> {:.3}, protected mean |shift| {:.3}, \
+        "gap tuning: fit mean |gap| {:.3} -> {:.3}, protected mean |shift| {:.3}, \
          corpus mean |shift| {:.3} ({} positions)",
-        after.fit_after, after.protected, after.corpus, baseline.corpus_positions
+        fit.fit_before,
+        after.fit_after,
+        after.protected,
+        after.corpus,
+        fit.baseline.corpus_positions
     ));
-    let report = TuneReport {
-        layers,
-        stages: stages_list,
+    Ok(TuneReport {
+        layers: fit.layers.clone(),
+        stages: fit.stages_list.clone(),
         n_edit_professions: sets.edit.len(),
-        n_fit_prompts: fit.len(),
-        n_fit_kept: baseline.n_fit_kept,
-        protected_words: words,
-        n_protected_prompts: protect.len(),
-        history: hist.main,
-        fit_mean_abs_gap: (fit_before, after.fit_after),
+        n_fit_prompts: fit.n_fit,
+        n_fit_kept: fit.baseline.n_fit_kept,
+        protected_words: fit.words.clone(),
+        n_protected_prompts: fit.n_protect,
+        history: fit.hist.main.clone(),
+        seed_losses: vec![],
+        fit_mean_abs_gap: (fit.fit_before, after.fit_after),
         protected_mean_abs_shift: after.protected,
         protected_max_abs,
         delta_norms,
         relative_energy,
-        statistics: super::corpus::CorpusCost::new(statistics_tokens, statistics_work),
+        statistics: fit.statistics,
         corpus_gap_mean_abs_shift: Some(after.corpus),
-        corpus_gap_positions: baseline.corpus_positions,
-        corpus_gap_history: hist.corpus_gap,
+        corpus_gap_positions: fit.baseline.corpus_positions,
+        corpus_gap_history: fit.hist.corpus_gap.clone(),
         corpus_topk_mean_abs_shift: after.corpus_topk,
-        corpus_topk_history: hist.corpus_topk,
-    };
-    Ok((delta, report))
+        corpus_topk_history: fit.hist.corpus_topk.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -770,5 +888,25 @@ mod tests {
         // Absent from records that do not set it.
         let v = serde_json::to_value(TuneParams::default()).unwrap();
         assert!(v.get("heads").is_none());
+    }
+
+    #[test]
+    fn seeds_count_from_seed_and_bad_counts_name_the_field() {
+        let p = |seed, seeds| TuneParams {
+            seed,
+            seeds,
+            ..TuneParams::default()
+        };
+        assert_eq!(p(3, 2).seed_list().collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(p(0, 1).seed_list().collect::<Vec<_>>(), [0]);
+        for bad in [p(0, 0), p(u64::MAX, 2)] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("tune.seeds"), "{e}");
+        }
+        assert!(p(u64::MAX, 1).validate().is_ok());
+        // One seed is not written, so earlier records and cache keys stay as they were.
+        let v = serde_json::to_value(p(0, 1)).unwrap();
+        assert!(v.get("seeds").is_none());
+        assert_eq!(serde_json::to_value(p(0, 3)).unwrap()["seeds"], 3);
     }
 }

@@ -97,6 +97,17 @@ impl Stage {
         };
         Ok((e / self.energy0)?)
     }
+    /// tr(ΔW C ΔWᵀ) / tr(W₀ C W₀ᵀ) of a given change `dw` (e.g. the mean of several seeds'
+    /// changes, which no single pair of factors holds).
+    pub(super) fn relative_energy_of(&self, dw: &Tensor) -> Result<f64> {
+        // In f64: the report's figure, not a hot path.
+        let f64 = candle_core::DType::F64;
+        let dw = dw.to_dtype(f64)?;
+        let e = (dw.matmul(&self.c.to_dtype(f64)?)? * &dw)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        Ok(e / self.energy0)
+    }
 }
 
 /// Ã = M (A − Q Qᵀ M A) for a head-restricted change ΔW = B Ãᵀ: M the 0/1 `mask` [d_in, 1] of

@@ -37,6 +37,13 @@ pub struct TuneParams {
     pub fit_templates: FitTemplates,
     /// Seed of A's initialisation and of the minibatch shuffle.
     pub seed: u64,
+    /// k: fits averaged into the edit, with seeds `seed`, …, `seed + k − 1`; the edit is the
+    /// mean of their changes (each of rank ≤ r, so the mean has rank ≤ k·r and still maps the
+    /// protected keys to zero). Why: one fit's factual gender moves with its seed (findings
+    /// §6l). (Not written when 1, so the cache keys and delta records of earlier tune edits
+    /// stay as they were.)
+    #[serde(skip_serializing_if = "is_one")]
+    pub seeds: usize,
     /// α for the protected prompts whose base gap leans he (L₀ > 0), the side an edit of
     /// he-leaning professions erodes (findings §6c: the male controls carry the loss). None: α.
     /// (Not written when None, as `keep_above`.)
@@ -78,6 +85,10 @@ pub struct TuneParams {
 /// The default k of the corpus top-k term.
 pub const CORPUS_TOPK_K: usize = 16;
 
+fn is_one(k: &usize) -> bool {
+    *k == 1
+}
+
 fn is_default_topk_k(k: &usize) -> bool {
     *k == CORPUS_TOPK_K
 }
@@ -108,6 +119,7 @@ impl Default for TuneParams {
             word_source: WordSource::Project,
             fit_templates: FitTemplates::Vig,
             seed: 0,
+            seeds: 1,
             protect_weight_he: None,
             keep_above: None,
             corpus_gap: None,
@@ -129,6 +141,12 @@ impl TuneParams {
         }
     }
 
+    /// The seeds of the fits averaged into the edit: `seed`, …, `seed + seeds − 1`.
+    pub fn seed_list(&self) -> impl Iterator<Item = u64> {
+        let seed = self.seed;
+        (0..self.seeds as u64).map(move |i| seed + i)
+    }
+
     /// The layers of `heads`, sorted, each once: what a heads-only edit edits by default.
     pub fn head_layers(&self) -> Vec<usize> {
         let mut l: Vec<usize> = self.heads.iter().map(|&(l, _)| l).collect();
@@ -147,6 +165,13 @@ impl TuneParams {
         at_least_one("tune.steps", self.steps)?;
         at_least_one("tune.batch", self.batch)?;
         at_least_one("tune.prefixes", self.prefixes)?;
+        at_least_one("tune.seeds", self.seeds)?;
+        if self.seed.checked_add(self.seeds as u64 - 1).is_none() {
+            return Err(Error::param(
+                "tune.seeds",
+                format!("seed {} + {} seeds overflows u64", self.seed, self.seeds),
+            ));
+        }
         if let Some(t) = self.keep_above {
             non_negative("tune.keep_above", t)?;
         }
