@@ -18,7 +18,9 @@
 //! Adam on (A, B); each step one minibatch of fit prompts and one of protected prompts.
 
 mod lowrank;
+mod optimise;
 mod params;
+mod readings;
 
 pub use lowrank::{
     head_a, head_mask, low_rank_delta, prior_energy, protect_weights, threshold_targets,
@@ -35,11 +37,13 @@ use crate::model::stable_matmul::matmul as mm;
 use crate::model::{Model, ModelConfig, Site, Transformer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use lowrank::{centred, keeps_gap, Stage};
+use lowrank::Stage;
 use nalgebra::DMatrix;
+use optimise::{optimise, Histories};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
+use readings::{baseline, shifts, Baseline, Readers};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -145,25 +149,6 @@ fn weight(tr: &Transformer, l: usize, comp: Component) -> Tensor {
     }
 }
 
-/// Mean of `f(batch gaps, batch index)` over every batch of `reader`, without gradients.
-fn mean_over(
-    reader: &ProbeReader,
-    tr: &Transformer,
-    mut f: impl FnMut(&[f64], usize) -> f64,
-    n: usize,
-) -> Result<f64> {
-    let mut total = 0.0;
-    for i in 0..reader.n_batches() {
-        let g = reader
-            .batch_gaps(tr, i)?
-            .detach()
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
-        total += f(&g, i);
-    }
-    Ok(total / n.max(1) as f64)
-}
-
 /// One stage's protected words' mean keys [words, d_in] (f64, on the base model), an orthonormal
 /// basis of the directions its change must map to zero, and with heads the 0/1 mask [d_in] of
 /// the heads' columns.
@@ -234,99 +219,6 @@ fn protected_bases(
         .collect()
 }
 
-/// What the loss compares the edited model with, read once from the base model per minibatch.
-struct Baseline {
-    /// Gap L₀ of every fit batch.
-    fit: Vec<Tensor>,
-    /// The fit batches' targets with `keep_above` (None: zero for every prompt), and how many
-    /// fit prompts keep their gap.
-    fit_targets: Option<Vec<Tensor>>,
-    n_fit_kept: usize,
-    /// Gap L₀ of every protected batch, and α per protected prompt with `protect_weight_he`.
-    protect: Vec<Tensor>,
-    protect_alpha: Option<Vec<Tensor>>,
-    /// Gap at every position of every corpus batch, and the positions' count.
-    corpus: Vec<Tensor>,
-    corpus_positions: usize,
-    /// With δ: each corpus position's k most likely tokens and their centred logits.
-    topk: Vec<(Tensor, Tensor)>,
-}
-
-/// The minibatch readers: fit prompts, protected prompts, corpus windows (shuffled where a
-/// minibatch should mix professions and templates).
-struct Readers {
-    fit: ProbeReader,
-    protect: ProbeReader,
-    corpus: ProbeReader,
-}
-
-fn baseline(base: &Transformer, readers: &Readers, params: &TuneParams) -> Result<Baseline> {
-    let Readers {
-        fit: fit_reader,
-        protect: protect_reader,
-        corpus: corpus_reader,
-    } = readers;
-    let corpus: Vec<Tensor> = (0..corpus_reader.n_batches())
-        .map(|i| Ok(corpus_reader.batch_gaps_all(base, i)?.detach()))
-        .collect::<Result<_>>()?;
-    let corpus_positions: usize = corpus.iter().map(|t| t.elem_count()).sum();
-    // δ: each corpus position's k most likely tokens on the base model and their centred
-    // logits, computed once.
-    let topk: Vec<(Tensor, Tensor)> = match params.corpus_topk {
-        None => Vec::new(),
-        Some(_) => (0..corpus_reader.n_batches())
-            .map(|i| {
-                let ids = corpus_reader.batch_top_ids(base, i, params.corpus_topk_k)?;
-                let z = centred(&corpus_reader.batch_logits_at(base, i, &ids)?)?.detach();
-                Ok((ids, z))
-            })
-            .collect::<Result<_>>()?,
-    };
-    let protect: Vec<Tensor> = (0..protect_reader.n_batches())
-        .map(|i| Ok(protect_reader.batch_gaps(base, i)?.detach()))
-        .collect::<Result<_>>()?;
-    // α per protected prompt (α_he where L₀ > 0), or one α for all.
-    let protect_alpha: Option<Vec<Tensor>> = params
-        .protect_weight_he
-        .map(|he| {
-            protect
-                .iter()
-                .map(|g| protect_weights(g, he, params.protect_weight))
-                .collect()
-        })
-        .transpose()?;
-    let fit: Vec<Tensor> = (0..fit_reader.n_batches())
-        .map(|i| Ok(fit_reader.batch_gaps(base, i)?.detach()))
-        .collect::<Result<_>>()?;
-    let fit_targets: Option<Vec<Tensor>> = params
-        .keep_above
-        .map(|tau| fit.iter().map(|g| threshold_targets(g, tau)).collect())
-        .transpose()?;
-    // Counted by the rule `threshold_targets` applies.
-    let n_fit_kept = match params.keep_above {
-        None => 0,
-        Some(tau) => fit
-            .iter()
-            .map(|g| {
-                Ok(keeps_gap(g, tau)?
-                    .to_dtype(DType::F64)?
-                    .sum_all()?
-                    .to_scalar::<f64>()?)
-            })
-            .sum::<Result<f64>>()? as usize,
-    };
-    Ok(Baseline {
-        fit,
-        fit_targets,
-        n_fit_kept,
-        protect,
-        protect_alpha,
-        corpus,
-        corpus_positions,
-        topk,
-    })
-}
-
 /// The stages with their factors initialised: A random (N(0, 1/d_in), from `rng`), B zero, so
 /// the edit starts at ΔW = 0.
 fn init_stages(
@@ -381,191 +273,6 @@ fn init_stages(
         });
     }
     Ok(out)
-}
-
-/// Every 10 steps and the last: the losses the report keeps.
-#[derive(Default)]
-struct Histories {
-    main: Vec<(usize, f64, f64, f64)>,
-    corpus_gap: Vec<(usize, f64)>,
-    corpus_topk: Vec<(usize, f64)>,
-}
-
-/// Adam on every stage's (A, B) for `params.steps` steps, each one minibatch of fit, protected
-/// and (with γ or δ) corpus rows; `tr` holds the edited weights of the last step's factors.
-fn optimise(
-    tr: &mut Transformer,
-    stages: &[Stage],
-    readers: &Readers,
-    base: &Baseline,
-    params: &TuneParams,
-    log: &mut impl FnMut(&str),
-) -> Result<Histories> {
-    let device = Device::Cpu;
-    let alpha = params.protect_weight;
-    let vars: Vec<Var> = stages
-        .iter()
-        .flat_map(|s| [s.a.clone(), s.b.clone()])
-        .collect();
-    let mut adam: Vec<(Tensor, Tensor)> = vars
-        .iter()
-        .map(|v| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
-        .collect::<Result<_>>()?;
-    let mut hist = Histories::default();
-    let (nf, np) = (readers.fit.n_batches(), readers.protect.n_batches());
-    for step in 0..params.steps {
-        for s in stages {
-            set_weight(tr, s.layer, s.comp, (&s.w0 + s.delta()?)?);
-        }
-        let i = step % nf;
-        let fit_gaps = readers.fit.batch_gaps(tr, i)?;
-        let fit_loss = match &base.fit_targets {
-            None => fit_gaps.sqr()?.mean_all()?,
-            Some(t) => (fit_gaps - &t[i])?.sqr()?.mean_all()?,
-        };
-        let j = step % np;
-        let prot_sq = (readers.protect.batch_gaps(tr, j)? - &base.protect[j])?.sqr()?;
-        let prot_loss = prot_sq.mean_all()?;
-        // The weighted term that is optimised; `prot_loss` (unweighted) is what history logs.
-        let prot_term = match &base.protect_alpha {
-            None => (&prot_loss * alpha)?,
-            Some(w) => (prot_sq * &w[j])?.mean_all()?,
-        };
-        let mut prior = Tensor::zeros((), fit_loss.dtype(), &device)?;
-        for s in stages {
-            prior = (prior + s.relative_energy()?)?;
-        }
-        let mut total = ((&fit_loss + &prot_term)? + (&prior * params.prior)?)?;
-        let corpus_loss = match params.corpus_gap {
-            Some(gamma) => {
-                let k = step % base.corpus.len();
-                let sq = (readers.corpus.batch_gaps_all(tr, k)? - &base.corpus[k])?.sqr()?;
-                let loss = sq.mean_all()?;
-                total = (total + (&loss * gamma)?)?;
-                Some(loss)
-            }
-            None => None,
-        };
-        let topk_loss = match params.corpus_topk {
-            Some(weight) => {
-                let k = step % base.topk.len();
-                let (ids, z0) = &base.topk[k];
-                let z = centred(&readers.corpus.batch_logits_at(tr, k, ids)?)?;
-                let loss = (z - z0)?.sqr()?.mean_all()?;
-                total = (total + (&loss * weight)?)?;
-                Some(loss)
-            }
-            None => None,
-        };
-        if step % 10 == 0 || step + 1 == params.steps {
-            let v = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-            let row = (step, v(&fit_loss)?, v(&prot_loss)?, v(&prior)?);
-            // An optional term's minibatch loss: into its history and the log line.
-            let note = |loss: &Option<Tensor>,
-                        history: &mut Vec<(usize, f64)>,
-                        label: &str|
-             -> Result<String> {
-                let Some(c) = loss else {
-                    return Ok(String::new());
-                };
-                let c = v(c)?;
-                history.push((step, c));
-                Ok(format!(", {label} {c:.4}"))
-            };
-            let corpus_note = note(&corpus_loss, &mut hist.corpus_gap, "corpus (L−L₀)²")?;
-            let topk_note = note(&topk_loss, &mut hist.corpus_topk, "corpus top-k Δz²")?;
-            log(&format!(
-                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}",
-                row.1, row.2, row.3
-            ));
-            hist.main.push(row);
-        }
-        let grads = total.backward()?;
-        let t = (step + 1) as i32;
-        for (v, (m, s)) in vars.iter().zip(adam.iter_mut()) {
-            let Some(g) = grads.get(v.as_tensor()) else {
-                continue;
-            };
-            *m = ((&*m * 0.9)? + (g * 0.1)?)?;
-            *s = ((&*s * 0.999)? + (g.sqr()? * 0.001)?)?;
-            let upd = ((&*m / (1.0 - 0.9f64.powi(t)))?
-                / ((&*s / (1.0 - 0.999f64.powi(t)))?.sqrt()? + 1e-8)?)?;
-            v.set(&(v.as_tensor() - (upd * params.lr)?)?)?;
-        }
-    }
-    Ok(hist)
-}
-
-/// After the fit, on the edited model `tr`: mean |L| over the fit prompts, mean |L − L₀| over
-/// the protected prompts and over every corpus position, and with δ the mean |Δ| of the centred
-/// top-k logits.
-struct Shifts {
-    fit_after: f64,
-    protected: f64,
-    corpus: f64,
-    corpus_topk: Option<f64>,
-}
-
-fn shifts(
-    tr: &Transformer,
-    readers: &Readers,
-    base: &Baseline,
-    n_fit: usize,
-    n_protect: usize,
-) -> Result<Shifts> {
-    let fit_after = mean_over(
-        &readers.fit,
-        tr,
-        |g, _| g.iter().map(|x| x.abs()).sum(),
-        n_fit,
-    )?;
-    let base_vecs: Vec<Vec<f64>> = base
-        .protect
-        .iter()
-        .map(|t| Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?))
-        .collect::<Result<_>>()?;
-    let protected = mean_over(
-        &readers.protect,
-        tr,
-        |g, i| {
-            g.iter()
-                .zip(&base_vecs[i])
-                .map(|(x, y)| (x - y).abs())
-                .sum()
-        },
-        n_protect,
-    )?;
-    let mut corpus = 0.0;
-    for (k, base_gaps) in base.corpus.iter().enumerate() {
-        corpus += (readers.corpus.batch_gaps_all(tr, k)?.detach() - base_gaps)?
-            .abs()?
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-    }
-    let corpus = corpus / base.corpus_positions.max(1) as f64;
-    let corpus_topk = if base.topk.is_empty() {
-        None
-    } else {
-        let mut sum = 0.0;
-        let mut count = 0;
-        for (k, (ids, z0)) in base.topk.iter().enumerate() {
-            let z = centred(&readers.corpus.batch_logits_at(tr, k, ids)?)?.detach();
-            count += z.elem_count();
-            sum += (z - z0)?
-                .abs()?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()?;
-        }
-        Some(sum / count.max(1) as f64)
-    };
-    Ok(Shifts {
-        fit_after,
-        protected,
-        corpus,
-        corpus_topk,
-    })
 }
 
 /// One seed's fit: the prompts and readers it was fitted on (the shuffle is the seed's), the
