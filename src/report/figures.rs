@@ -261,8 +261,12 @@ fn draw_tradeoff<DB: DrawingBackend>(
     let e = |e| plot_err(id, e);
     // `check` has made sure every point has a finite x.
     let xs = |p: &TradeoffPoint| x.of(p).unwrap_or(f64::NAN);
-    let (x0, x1) = padded(points.iter().map(xs));
-    let (y0, y1) = padded(points.iter().map(|p| p.bias));
+    let goal = Goal::of(points, x);
+    // The axes reach the goal's lines, so a figure whose points all miss it still shows it.
+    let goal_xs = goal.iter().filter_map(|g| g.x);
+    let goal_ys = goal.iter().map(|g| g.y);
+    let (x0, x1) = padded(points.iter().map(xs).chain(goal_xs));
+    let (y0, y1) = padded(points.iter().map(|p| p.bias).chain(goal_ys));
     // Empty band above the data for the legend, so it never hides a point.
     let y1 = y1 + 0.4 * (y1 - y0);
     let mut chart = ChartBuilder::on(root)
@@ -279,6 +283,9 @@ fn draw_tradeoff<DB: DrawingBackend>(
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(e)?;
+    if let Some(g) = goal {
+        draw_goal(&mut chart, g, (x0, x1), y0).map_err(e)?;
+    }
     let mut methods: Vec<&str> = vec![];
     for p in points {
         if !methods.contains(&p.method.as_str()) {
@@ -322,6 +329,77 @@ fn draw_tradeoff<DB: DrawingBackend>(
         .label_font(("sans-serif", 14))
         .draw()
         .map_err(e)?;
+    Ok(())
+}
+
+/// The goal of issue 16 (docs/method.md §2b) in a trade-off figure's coordinates, from its Base
+/// point: bias at most [`GOAL_BIAS_SHARE`] of Base's (a cut of 80% or more) and, on the
+/// factual axis, the controls' gap at least [`GOAL_FACTUAL_SHARE`] of Base's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Goal {
+    /// The bias line.
+    y: f64,
+    /// The factual line; None on the capability axis, whose goal (every task within a point)
+    /// is not a line in the mean accuracy.
+    x: Option<f64>,
+}
+
+/// Largest residual bias, as a share of Base's, that meets the goal (−80%).
+pub const GOAL_BIAS_SHARE: f64 = 0.2;
+/// Smallest share of Base's gap toward their gender the controls must keep.
+pub const GOAL_FACTUAL_SHARE: f64 = 0.8;
+
+impl Goal {
+    /// None without a Base point (nothing to take shares of).
+    fn of(points: &[TradeoffPoint], x: TradeoffX) -> Option<Goal> {
+        let base = points
+            .iter()
+            .find(|p| ReportVariant::from_name(&p.method) == Some(ReportVariant::Base))?;
+        Some(Goal {
+            y: GOAL_BIAS_SHARE * base.bias,
+            x: match x {
+                TradeoffX::Capability => None,
+                TradeoffX::Factual => base.factual.map(|f| GOAL_FACTUAL_SHARE * f),
+            },
+        })
+    }
+}
+
+/// The goal's lines, dashed; on the factual axis the region that meets both is shaded and named
+/// (on the capability axis only the bias line is drawn: below it is not the goal's region, since
+/// a point there may have lost capability).
+fn draw_goal<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    g: Goal,
+    (x0, x1): (f64, f64),
+    y0: f64,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let grey = RGBColor(90, 90, 90);
+    let dashed =
+        |a: (f64, f64), b: (f64, f64)| DashedLineSeries::new([a, b], 6, 4, grey.stroke_width(1));
+    chart.draw_series(dashed((x0, g.y), (x1, g.y)))?;
+    let font = ("sans-serif", 13).into_font().color(&grey);
+    let (at, text, offset) = match g.x {
+        Some(gx) => {
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(gx, y0), (x1, g.y)],
+                RGBColor(0, 158, 115).mix(0.08).filled(),
+            )))?;
+            chart.draw_series(dashed((gx, y0), (gx, g.y.max(y0))))?;
+            // Above the region, against the right edge.
+            let text = "goal: bias -80%, controls keep >= 80%";
+            ((x1, g.y), text, (-label_size(text).0 - 4, -18))
+        }
+        // Above the line, at the left.
+        None => ((x0, g.y), "goal: bias -80%", (4, -18)),
+    };
+    chart.draw_series(std::iter::once(
+        EmptyElement::at(at) + Text::new(text, offset, font),
+    ))?;
     Ok(())
 }
 
@@ -383,7 +461,9 @@ pub fn standard_figures(inputs: &super::ReportInputs) -> Vec<Figure> {
             id: "fig2_tradeoff".into(),
             title: "Figure 2: Bias vs capability across methods and sweeps".into(),
             caption: "Each point is one edited model (labels: λ or number of edited layers for LSDM sweeps). \
-                      Lower bias at unchanged capability is better; Base marks the starting point."
+                      Lower bias at unchanged capability is better; Base marks the starting point. The dashed line \
+                      is the goal's bias, 20% of Base's (issue 16; its capability goal, every task within a point, \
+                      is in Table 5, not in this mean)."
                 .to_string()
                 + unfinished,
             kind: FigureKind::Tradeoff {
@@ -403,7 +483,8 @@ pub fn standard_figures(inputs: &super::ReportInputs) -> Vec<Figure> {
             caption: "Each point is one edited model, as in Figure 2; x is the definitional controls' \
                       (actress, policeman, ...) mean p(he) − p(she) toward their own gender on the same \
                       templates. An edit that removes the stereotype keeps x at Base's; one that erases \
-                      gender moves left."
+                      gender moves left. The shaded corner is the goal: bias at most 20% of Base's and at least \
+                      80% of Base's x kept."
                 .to_string()
                 + unfinished,
             kind: FigureKind::Tradeoff {
@@ -597,5 +678,38 @@ mod tests {
         for l in ["factual gender", FACTUAL_AXIS, "Base"] {
             assert!(svg.contains(l), "{l}");
         }
+        assert!(svg.contains("goal: bias -80%, controls keep &gt;= 80%"));
+    }
+
+    /// The goal's lines come from the Base point (bias × 0.2; controls × 0.8 on the factual
+    /// axis only) and are absent without one.
+    #[test]
+    fn goal_lines_are_shares_of_base() {
+        let p = |m: &str, b, k| TradeoffPoint {
+            method: m.into(),
+            label: m.into(),
+            bias: b,
+            capability: 0.5,
+            factual: Some(k),
+        };
+        let points = vec![p("tune", 0.05, 0.3), p("base", 0.25, 0.4)];
+        let g = Goal::of(&points, TradeoffX::Factual).unwrap();
+        assert!((g.y - 0.05).abs() < 1e-12 && (g.x.unwrap() - 0.32).abs() < 1e-12);
+        assert_eq!(Goal::of(&points, TradeoffX::Capability).unwrap().x, None);
+        assert_eq!(Goal::of(&points[..1], TradeoffX::Factual), None);
+        // Every point far above the goal: the axis still reaches its line (one label drawn).
+        let f = Figure {
+            id: "g".into(),
+            title: "".into(),
+            caption: "".into(),
+            kind: FigureKind::Tradeoff {
+                points: vec![p("base", 0.25, 0.4), p("lsdm", 0.24, 0.39)],
+                x: TradeoffX::Capability,
+                x_label: "cap".into(),
+                y_label: "bias".into(),
+            },
+        };
+        let svg = f.to_svg().unwrap();
+        assert_eq!(svg.matches("goal: bias -80%").count(), 1);
     }
 }
