@@ -8,7 +8,9 @@ The inputs' edit.json must name one base model (sha256). Every *.safetensors fil
 delta.safetensors is averaged tensor by tensor (tensors whose bytes are equal in every input
 are copied; an averaged tensor must be F32); the other files come from DIR1, edit.json left
 out since OUT is no single edit's record. Standard library only (an edit changes a few
-projections, so the averaging loop is short). Used for docs/findings.md §6l.
+projections, so the averaging loop is short). Used for docs/findings.md §6l. For gap tuning,
+`biaslens edit --tune-seeds k` fits k seeds and averages their changes in the library (one
+record, each seed's losses in edit.json); this script stays for edits made separately.
 """
 import json
 import os
