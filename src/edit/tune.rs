@@ -322,6 +322,9 @@ pub fn tune(
     let mut last: Option<SeedFit> = None;
     let mut statistics = None;
     for seed in params.seed_list() {
+        // Only the last fit is kept (the report reads its prompts): free the one before first,
+        // so k seeds need one fit's memory.
+        drop(last.take());
         if params.seeds > 1 {
             log(&format!(
                 "gap tuning: seed {seed} ({} of {})",
