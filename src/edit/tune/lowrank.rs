@@ -155,6 +155,46 @@ mod tests {
         Tensor::from_vec(v, (m.nrows(), m.ncols()), &Device::Cpu).unwrap()
     }
 
+    /// The report's energy of a given change (what a k-seed mean reports) is the factors'
+    /// energy when the change is the stage's own: ΔW = B (A − QQᵀA)ᵀ, each over tr(W₀ C W₀ᵀ).
+    #[test]
+    fn relative_energy_of_the_stages_own_change_matches_the_factors() {
+        let (d_out, d_in, r) = (5, 7, 2);
+        let (a, b) = (mat(d_in, r, 1), mat(d_out, r, 2));
+        let q = {
+            let m = mat(d_in, 2, 3);
+            m.qr().q()
+        };
+        let x = mat(d_in, 9, 4);
+        let c = &x * x.transpose() / 9.0;
+        let w0 = mat(d_out, d_in, 5);
+        let stage = Stage {
+            layer: 0,
+            comp: crate::edit::probe::Component::Mlp,
+            w0: tensor(&w0),
+            a: Var::from_tensor(&tensor(&a)).unwrap(),
+            b: Var::from_tensor(&tensor(&b)).unwrap(),
+            q: Some(tensor(&q)),
+            mask: None,
+            c: tensor(&c),
+            energy0: (&w0 * &c * w0.transpose()).trace(),
+            protected: DMatrix::zeros(0, d_in),
+        };
+        let factors = stage
+            .relative_energy()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let given = stage.relative_energy_of(&stage.delta().unwrap()).unwrap();
+        // f64 reference: ΔW from the formula.
+        let dw = &b * (&a - &q * (q.transpose() * &a)).transpose();
+        let want = (&dw * &c * dw.transpose()).trace() / stage.energy0;
+        assert!((given - want).abs() <= 1e-5 * want, "{given} vs {want}");
+        assert!((factors - want).abs() <= 1e-4 * want, "{factors} vs {want}");
+    }
+
     #[test]
     fn threshold_targets_zero_small_gaps_and_keep_large_ones() {
         let base = [-3.0f32, -2.4, -2.39, 0.0, 1.0, 2.4, 5.0];
