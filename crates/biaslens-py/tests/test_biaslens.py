@@ -58,12 +58,22 @@ def check_measure(r, cli_json_path):
 def test_error_is_the_cli_message(tiny, cli, tmp_path):
     assert issubclass(biaslens.BiaslensError, RuntimeError)
     m = biaslens.load(str(tiny))
+    # A failure while running: the CLI's exit code 1 and its message.
+    missing = str(tmp_path / "missing.txt")
+    with pytest.raises(biaslens.BiaslensError) as e:
+        m.measure(templates=missing)
+    p = cli(["measure", "--model", tiny, "--templates", missing], cwd=tmp_path, check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip() == f"error: {e.value}"
+    assert "missing.txt" in str(e.value)
+    # A flag's value is checked by the CLI's parser (usage error, exit code 2), with its message;
+    # --split is an enum, so a bad value never reaches the job.
     with pytest.raises(biaslens.BiaslensError) as e:
         m.measure(split="nope")
     p = cli(["measure", "--model", tiny, "--split", "nope"], cwd=tmp_path, check=False)
-    assert p.returncode == 1
-    assert p.stderr.strip() == f"error: {e.value}"
-    # A flag's value is checked by the CLI's parser, with its message.
+    assert p.returncode == 2
+    assert p.stderr.strip() == str(e.value)
+    assert "parameter `split`" in str(e.value)
     with pytest.raises(biaslens.BiaslensError, match="--batch-size"):
         m.measure(batch_size=0)
     with pytest.raises(biaslens.BiaslensError, match="unexpected argument '--no-such-flag'"):
@@ -194,7 +204,11 @@ def test_python_m_runs_the_cli(tiny, cli, tmp_path):
     assert p.stdout == c.stdout
     assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
     # Usage errors and failures keep the binary's exit codes and messages.
-    for bad, code in (("--batch-size", "0"), 2), (("--split", "x"), 1):
+    for bad, code in (
+        (("--batch-size", "0"), 2),
+        (("--split", "x"), 2),
+        (("--templates", str(tmp_path / "missing.txt")), 1),
+    ):
         bad = ["measure", "--model", str(tiny), *bad]
         p = subprocess.run([sys.executable, "-m", "biaslens", *bad], cwd=tmp_path,
                            capture_output=True, text=True)
