@@ -747,3 +747,82 @@ fn a_stored_only_render_that_finds_nothing_keeps_the_report_there() {
     assert_eq!(std::fs::read(&path).unwrap(), written, "manifest replaced");
     assert_eq!(std::fs::read(out.join("report.html")).unwrap(), html);
 }
+
+/// `measure --against BASE_JSON`: a base result of other prompts is refused before the model
+/// loads, naming the file; the same prompts give shares with profession-resampled intervals
+/// (a model against itself keeps everything: 1 with a zero-width interval), in the table and
+/// the JSON.
+#[test]
+fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_tok(tmp.path());
+    let base = ["measure", "--model", s(&model), "--split", "controls"];
+    ok(
+        &run(
+            tmp.path(),
+            &[&base[..], &["--json", "base.json"]].concat(),
+            &[],
+        ),
+        "base measure",
+    );
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            "no-such-model",
+            "--split",
+            "held-out",
+            "--against",
+            "base.json",
+        ],
+        &[],
+    );
+    let err = fails_with(
+        &o,
+        "--against a result of other prompts",
+        &[
+            "--against base.json",
+            "split controls",
+            "split held-out",
+            "same flags",
+        ],
+    );
+    assert!(
+        !err.contains("no-such-model"),
+        "checked after the model: {err}"
+    );
+    let o = run(
+        tmp.path(),
+        &[&base[..], &["--against", "base.json", "--json", "m.json"]].concat(),
+        &[],
+    );
+    ok(&o, "measure against itself");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("controls' gap kept   100.0% [100.0, 100.0]"),
+        "{table}"
+    );
+    let m = read_json(&tmp.path().join("m.json"));
+    let a = &m["against_base"];
+    let professions = read_json(&tmp.path().join("base.json"))["metrics"]["n_professions"].clone();
+    assert_eq!(a["n_professions"], professions);
+    assert_eq!(a["definitional_kept"]["n"], professions);
+    for e in [&a["abs_gap_ratio"], &a["definitional_kept"]] {
+        assert_eq!(
+            (e["value"].as_f64(), e["ci_high"].as_f64()),
+            (Some(1.0), Some(1.0))
+        );
+    }
+    // A JSON that is not a measure result is named too.
+    std::fs::write(tmp.path().join("other.json"), "{}").unwrap();
+    fails_with(
+        &run(
+            tmp.path(),
+            &[&base[..], &["--against", "other.json"]].concat(),
+            &[],
+        ),
+        "--against a file that is not a result",
+        &["other.json", "not a `biaslens measure --json` result"],
+    );
+}

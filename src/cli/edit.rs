@@ -431,8 +431,10 @@ fn print_subsets(
             data_dir: spec.data_dir.clone(),
             ..Default::default()
         };
-        let b = measure_occupations(base, &opts, |_| {})?.metrics;
-        let e = measure_occupations(edited, &opts, |_| {})?.metrics;
+        let base_result = measure_occupations(base, &opts, |_| {})?;
+        let edited_result = measure_occupations(edited, &opts, |_| {})?;
+        let against = edited_result.against(&base_result)?;
+        let (b, e) = (base_result.metrics, edited_result.metrics);
         let pct = |x: f64, y: f64| 100.0 * (y - x) / x.abs().max(1e-12);
         if subset == Subset::Controls {
             let toward = |m: &biaslens::measure::BiasMetrics| {
@@ -441,22 +443,37 @@ fn print_subsets(
                     .map_or(f64::NAN, |e| e.value)
             };
             let (bt, et) = (toward(&b), toward(&e));
+            let kept = against.definitional_kept.as_ref().map_or_else(
+                || "n/a".to_string(),
+                |k| {
+                    format!(
+                        "{:.0}% [{:.0}, {:.0}] over {} words",
+                        100.0 * k.value,
+                        100.0 * k.ci_low,
+                        100.0 * k.ci_high,
+                        k.n
+                    )
+                },
+            );
             println!(
-                "  controls  gap toward their gender {bt:.4} -> {et:.4} (kept {:.0}%), n = {}",
-                100.0 * et / bt,
+                "  controls  gap toward their gender {bt:.4} -> {et:.4} (kept {kept}), n = {}",
                 e.n_prompts
             );
         } else {
             let a_s = |m: &biaslens::measure::BiasMetrics| {
                 m.regression.as_ref().map_or(f64::NAN, |r| r.a_s.value)
             };
+            let r = &against.abs_gap_ratio;
             println!(
-                "  {}  mean |p(he)-p(she)| {:.4} -> {:.4} ({:+.0}%), a_s {:.4} -> {:.4} \
-                 ({:+.0}%), n = {}",
+                "  {}  mean |p(he)-p(she)| {:.4} -> {:.4} ({:+.0}% [{:+.0}, {:+.0}] over {} \
+                 professions), a_s {:.4} -> {:.4} ({:+.0}%), n = {}",
                 subset,
                 b.mean_abs_gap.value,
                 e.mean_abs_gap.value,
-                pct(b.mean_abs_gap.value, e.mean_abs_gap.value),
+                100.0 * (r.value - 1.0),
+                100.0 * (r.ci_low - 1.0),
+                100.0 * (r.ci_high - 1.0),
+                r.n,
                 a_s(&b),
                 a_s(&e),
                 pct(a_s(&b), a_s(&e)),

@@ -29,22 +29,35 @@ pub struct Args {
     /// docs/method.md §2b).
     #[arg(long, default_value = "all")]
     pub template_split: biaslens::data::TemplateSplit,
+    /// A base model's `measure --json` result of the same prompts (same --split,
+    /// --template-split, --templates and --seed): also print this model against it, the share
+    /// of mean |p(he)-p(she)| left and of the controls' gap toward their gender kept, with 95%
+    /// intervals that resample professions (docs/method.md §2b).
+    #[arg(long, value_name = "BASE_JSON")]
+    pub against: Option<PathBuf>,
     // --json: every prompt's probabilities and the metrics.
     #[command(flatten)]
     pub output: JsonOutArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let inputs: Vec<&std::path::Path> = a.templates.iter().map(PathBuf::as_path).collect();
+    let inputs: Vec<&std::path::Path> = a
+        .templates
+        .iter()
+        .chain(&a.against)
+        .map(PathBuf::as_path)
+        .collect();
     a.output.check(&inputs)?;
     let device = a.model.device()?;
     let job = job(&a)?;
+    let base = load_base(&a, &job)?;
     let model = Model::load(&a.model.model, &device)?;
     require_tokenizer(&model)?;
     let n = job.prompts()?.0.len();
     let pb = progress(n as u64, "prompts");
-    let result = job.run(&model, |k| pb.inc(k as u64))?;
+    let mut result = job.run(&model, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
+    attach_against(&mut result, base.as_ref(), &a)?;
     print!("{}", render_table(&result));
     if let Some(p) = &a.output.json {
         biaslens::io::write_json_atomic(p, &result)?;
@@ -65,6 +78,40 @@ pub fn job(a: &Args) -> anyhow::Result<MeasureJob> {
     opts.split.seed = a.rng.seed;
     opts.bootstrap.seed = a.rng.seed;
     Ok(MeasureJob::new(opts))
+}
+
+/// `--against`'s base result, read and checked against the job before any model loads.
+pub fn load_base(a: &Args, job: &MeasureJob) -> anyhow::Result<Option<MeasureResult>> {
+    let Some(path) = &a.against else {
+        return Ok(None);
+    };
+    let text = biaslens::io::read_text(path)?;
+    let base: MeasureResult = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a `biaslens measure --json` result: {e}",
+            path.display()
+        )
+    })?;
+    job.check_base(&base)
+        .map_err(|e| anyhow::anyhow!("--against {}: {e}", path.display()))?;
+    Ok(Some(base))
+}
+
+/// Pair the result with `--against`'s base result (a no-op without one).
+pub fn attach_against(
+    result: &mut MeasureResult,
+    base: Option<&MeasureResult>,
+    a: &Args,
+) -> anyhow::Result<()> {
+    if let Some(base) = base {
+        let path = a.against.as_deref().unwrap_or(std::path::Path::new("?"));
+        result.against_base = Some(
+            result
+                .against(base)
+                .map_err(|e| anyhow::anyhow!("--against {}: {e}", path.display()))?,
+        );
+    }
+    Ok(())
 }
 
 fn est(e: &Estimate) -> String {
@@ -119,6 +166,32 @@ pub fn render_table(r: &MeasureResult) -> String {
         "gap toward definitional gender".into(),
         opt(&m.gap_toward_definitional),
     ));
+    if let Some(ab) = &r.against_base {
+        let base = ab.base_model.as_ref().map_or("?", |m| m.name.as_str());
+        let e = &ab.abs_gap_ratio;
+        rows.push((
+            format!("vs base ({base}): mean |p(he)-p(she)|"),
+            format!(
+                "{:+.1}% [{:+.1}, {:+.1}] ({} professions resampled)",
+                100.0 * (e.value - 1.0),
+                100.0 * (e.ci_low - 1.0),
+                100.0 * (e.ci_high - 1.0),
+                e.n
+            ),
+        ));
+        if let Some(k) = &ab.definitional_kept {
+            rows.push((
+                format!("vs base ({base}): controls' gap kept"),
+                format!(
+                    "{:.1}% [{:.1}, {:.1}] ({} professions resampled)",
+                    100.0 * k.value,
+                    100.0 * k.ci_low,
+                    100.0 * k.ci_high,
+                    k.n
+                ),
+            ));
+        }
+    }
     let w = rows
         .iter()
         .map(|(k, _)| k.chars().count())

@@ -2,6 +2,7 @@
 //! professions. `biaslens measure`, the edit command's checks and the report's measure stages
 //! all run it, so a subset is measured one way everywhere.
 
+use super::against_base::{against_base, AgainstBase};
 use super::bias::bias_metrics;
 use super::occupations::{prompt_probs, subset_prompts, MeasureOptions, MeasureResult};
 use crate::data::{BlsTable, OccupationPrompt};
@@ -25,6 +26,41 @@ impl MeasureJob {
             options,
             max_professions: None,
         }
+    }
+
+    /// Check, before any work, that `base` (a base model's result) measured the prompts this
+    /// job measures, so that [`MeasureResult::against`] can pair them: the same subset, split,
+    /// templates, data and profession cap (batch size and bootstrap may differ).
+    pub fn check_base(&self, base: &MeasureResult) -> Result<()> {
+        let comparable = |o: &MeasureOptions| MeasureOptions {
+            batch_size: 0,
+            bootstrap: Default::default(),
+            ..o.clone()
+        };
+        if comparable(&base.options) != comparable(&self.options)
+            || base.max_professions != self.max_professions
+        {
+            return Err(Error::param(
+                "against",
+                format!(
+                    "the base result measured split {} with template split {} (templates {}, \
+                     data {}, split seed {}); this run measures split {} with template split \
+                     {} (templates {}, data {}, split seed {}): measure the base model with \
+                     the same flags",
+                    base.options.subset,
+                    base.options.template_split.name(),
+                    templates_name(&base.options),
+                    base.options.data_dir.display(),
+                    base.options.split.seed,
+                    self.options.subset,
+                    self.options.template_split.name(),
+                    templates_name(&self.options),
+                    self.options.data_dir.display(),
+                    self.options.split.seed,
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The measured prompts (profession-major) and the sha256 of the files they came from.
@@ -63,7 +99,35 @@ impl MeasureJob {
             data_hashes,
             metrics,
             prompts: out,
+            against_base: None,
         })
+    }
+}
+
+fn templates_name(o: &MeasureOptions) -> String {
+    o.templates
+        .as_ref()
+        .map_or_else(|| "Vig's".into(), |p| p.display().to_string())
+}
+
+impl MeasureResult {
+    /// This (edited) model against `base`'s result of the same prompts ([`AgainstBase`]):
+    /// the shares of mean |gap| and of the controls' gap toward their gender, with intervals
+    /// that resample professions (this result's bootstrap settings).
+    pub fn against(&self, base: &MeasureResult) -> Result<AgainstBase> {
+        MeasureJob {
+            options: self.options.clone(),
+            max_professions: self.max_professions,
+        }
+        .check_base(base)?;
+        let mut r = against_base(
+            &base.prompts,
+            &self.prompts,
+            self.options.split.definitional_threshold,
+            &self.options.bootstrap,
+        )?;
+        r.base_model = Some(base.model.clone());
+        Ok(r)
     }
 }
 

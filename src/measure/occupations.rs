@@ -112,6 +112,9 @@ pub struct MeasureResult {
     pub data_hashes: BTreeMap<String, String>,
     pub metrics: BiasMetrics,
     pub prompts: Vec<PromptProbs>,
+    /// Against a base model's result of the same prompts (`measure --against`), when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against_base: Option<super::AgainstBase>,
 }
 
 /// Occupation prompts of the chosen subset, with the hashes of the files they came from.

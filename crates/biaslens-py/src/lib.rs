@@ -304,18 +304,25 @@ impl PyModel {
         let Command::Measure(a) = parse(args)? else {
             unreachable!("parsed as measure")
         };
-        let inputs: Vec<&std::path::Path> = a.templates.iter().map(PathBuf::as_path).collect();
+        let inputs: Vec<&std::path::Path> = a
+            .templates
+            .iter()
+            .chain(&a.against)
+            .map(PathBuf::as_path)
+            .collect();
         a.output.check(&inputs).map_err(err)?;
         let job = cli::measure::job(&a).map_err(err)?;
+        let base = cli::measure::load_base(&a, &job).map_err(err)?;
         cli::common::require_tokenizer(&self.model).map_err(err)?;
         let n = job.prompts().map_err(err)?.0.len();
-        let result = interruptible(py, self.model.stop_flag(), progress, |notes| {
+        let mut result = interruptible(py, self.model.stop_flag(), progress, |notes| {
             let mut done = 0;
             Ok(job.run(&self.model, |k| {
                 done += k;
                 notes.step("measure: prompts", done, n);
             })?)
         })?;
+        cli::measure::attach_against(&mut result, base.as_ref(), &a).map_err(err)?;
         if let Some(p) = &a.output.json {
             biaslens::io::write_json_atomic(p, &result).map_err(err)?;
             stage(&format!("wrote {}", p.display()));
@@ -461,6 +468,25 @@ impl PyMeasureResult {
             m.gap_toward_definitional.as_ref(),
         )?;
         Ok(d)
+    }
+
+    /// With `against=BASE_JSON`: this model against the base result, as the CLI's JSON has it
+    /// (`abs_gap_ratio`, `definitional_kept` as {value, ci_low, ci_high, n, method} or None,
+    /// `n_prompts`, `n_professions`); None without it.
+    #[getter]
+    fn against_base<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(a) = &self.result.against_base else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("abs_gap_ratio", est_dict(py, &a.abs_gap_ratio)?)?;
+        match &a.definitional_kept {
+            Some(e) => d.set_item("definitional_kept", est_dict(py, e)?)?,
+            None => d.set_item("definitional_kept", py.None())?,
+        }
+        d.set_item("n_prompts", a.n_prompts)?;
+        d.set_item("n_professions", a.n_professions)?;
+        Ok(Some(d))
     }
 
     #[getter]

@@ -82,6 +82,26 @@ def test_error_is_the_cli_message(tiny, cli, tmp_path):
         biaslens.load(str(tmp_path / "missing"))
 
 
+def test_measure_against_a_base_result_matches_cli(tiny, cli, tmp_path):
+    m = biaslens.load(str(tiny))
+    m.measure(split="controls", json=str(tmp_path / "base.json"))
+    r = m.measure(split="controls", against=str(tmp_path / "base.json"),
+                  json=str(tmp_path / "py.json"))
+    cli(["measure", "--model", tiny, "--split", "controls", "--against", "base.json", "--json",
+         "cli.json"], cwd=tmp_path)
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    a = r.against_base
+    want = json.loads((tmp_path / "cli.json").read_text())["against_base"]
+    for k in ("abs_gap_ratio", "definitional_kept", "n_prompts", "n_professions"):
+        assert a[k] == want[k], k
+    for k in ("abs_gap_ratio", "definitional_kept"):
+        assert a[k]["value"] == a[k]["ci_low"] == a[k]["ci_high"] == 1.0
+        assert a[k]["n"] == a["n_professions"]
+    assert m.measure(split="controls").against_base is None
+    with pytest.raises(biaslens.BiaslensError, match="same flags"):
+        m.measure(split="edit", against=str(tmp_path / "base.json"))
+
+
 def test_measure_matches_cli_on_tiny(tiny, cli, tmp_path):
     m = biaslens.load(str(tiny))
     r = m.measure(split="edit", template_split="unseen", seed=3)
