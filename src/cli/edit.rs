@@ -90,6 +90,10 @@ pub struct EditArgs {
     /// tune: Adam learning rate (default 3e-3).
     #[arg(long, value_parser = non_negative)]
     pub tune_lr: Option<f64>,
+    /// tune: how the learning rate moves over the steps: `constant` (default) or `cosine`
+    /// (half a cosine from --tune-lr toward 0, so the last steps settle).
+    #[arg(long)]
+    pub tune_lr_schedule: Option<biaslens::edit::tune::LrSchedule>,
     /// tune: β, weight of the corpus prior (relative output energy of each change; default 1).
     #[arg(long, value_parser = non_negative)]
     pub tune_prior: Option<f64>,
@@ -253,6 +257,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
     set(&mut spec.tune.rank, a.tune_rank);
     set(&mut spec.tune.steps, a.tune_steps);
     set(&mut spec.tune.seeds, a.tune_seeds);
+    set(&mut spec.tune.lr_schedule, a.tune_lr_schedule);
     set(&mut spec.tune.lr, a.tune_lr);
     set(&mut spec.tune.prior, a.tune_prior);
     set(&mut spec.tune.protect_weight, a.tune_protect);
@@ -287,7 +292,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 23] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 24] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -304,6 +309,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
         ("--tune-rank", a.tune_rank.is_some(), &[Tune]),
         ("--tune-steps", a.tune_steps.is_some(), &[Tune]),
         ("--tune-seeds", a.tune_seeds.is_some(), &[Tune]),
+        ("--tune-lr-schedule", a.tune_lr_schedule.is_some(), &[Tune]),
         ("--tune-lr", a.tune_lr.is_some(), &[Tune]),
         ("--tune-prior", a.tune_prior.is_some(), &[Tune]),
         ("--tune-protect", a.tune_protect.is_some(), &[Tune]),

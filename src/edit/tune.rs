@@ -25,7 +25,7 @@ mod readings;
 pub use lowrank::{
     head_a, head_mask, low_rank_delta, prior_energy, protect_weights, threshold_targets,
 };
-pub use params::{TuneParams, CORPUS_GAP_TOKENS, CORPUS_GAP_WINDOWS, CORPUS_TOPK_K};
+pub use params::{LrSchedule, TuneParams, CORPUS_GAP_TOKENS, CORPUS_GAP_WINDOWS, CORPUS_TOPK_K};
 
 use super::context::{EditPrompt, EditSets};
 use super::corpus::{corpus_chunks, corpus_moments};

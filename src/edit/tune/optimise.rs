@@ -106,6 +106,7 @@ pub(super) fn optimise(
         }
         let grads = total.backward()?;
         let t = (step + 1) as i32;
+        let lr = params.lr_schedule.at(params.lr, step, params.steps);
         for (v, (m, s)) in vars.iter().zip(adam.iter_mut()) {
             let Some(g) = grads.get(v.as_tensor()) else {
                 continue;
@@ -114,7 +115,7 @@ pub(super) fn optimise(
             *s = ((&*s * 0.999)? + (g.sqr()? * 0.001)?)?;
             let upd = ((&*m / (1.0 - 0.9f64.powi(t)))?
                 / ((&*s / (1.0 - 0.999f64.powi(t)))?.sqrt()? + 1e-8)?)?;
-            v.set(&(v.as_tensor() - (upd * params.lr)?)?)?;
+            v.set(&(v.as_tensor() - (upd * lr)?)?)?;
         }
     }
     Ok(hist)
