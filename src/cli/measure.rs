@@ -41,16 +41,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let inputs: Vec<&std::path::Path> = a
-        .templates
-        .iter()
-        .chain(&a.against)
-        .map(PathBuf::as_path)
-        .collect();
-    a.output.check(&inputs)?;
+    let (job, base) = prepare(&a)?;
     let device = a.model.device()?;
-    let job = job(&a)?;
-    let base = load_base(&a, &job)?;
     let model = Model::load(&a.model.model, &device)?;
     require_tokenizer(&model)?;
     let n = job.prompts()?.0.len();
@@ -78,6 +70,22 @@ pub fn job(a: &Args) -> anyhow::Result<MeasureJob> {
     opts.split.seed = a.rng.seed;
     opts.bootstrap.seed = a.rng.seed;
     Ok(MeasureJob::new(opts))
+}
+
+/// Everything checked before a model loads: the --json target (none of the inputs), the job
+/// the flags describe and `--against`'s base result. The CLI and the Python module both start
+/// here.
+pub fn prepare(a: &Args) -> anyhow::Result<(MeasureJob, Option<MeasureResult>)> {
+    let inputs: Vec<&std::path::Path> = a
+        .templates
+        .iter()
+        .chain(&a.against)
+        .map(PathBuf::as_path)
+        .collect();
+    a.output.check(&inputs)?;
+    let job = job(a)?;
+    let base = load_base(a, &job)?;
+    Ok((job, base))
 }
 
 /// `--against`'s base result, read and checked against the job before any model loads.

@@ -304,15 +304,7 @@ impl PyModel {
         let Command::Measure(a) = parse(args)? else {
             unreachable!("parsed as measure")
         };
-        let inputs: Vec<&std::path::Path> = a
-            .templates
-            .iter()
-            .chain(&a.against)
-            .map(PathBuf::as_path)
-            .collect();
-        a.output.check(&inputs).map_err(err)?;
-        let job = cli::measure::job(&a).map_err(err)?;
-        let base = cli::measure::load_base(&a, &job).map_err(err)?;
+        let (job, base) = cli::measure::prepare(&a).map_err(err)?;
         cli::common::require_tokenizer(&self.model).map_err(err)?;
         let n = job.prompts().map_err(err)?.0.len();
         let mut result = interruptible(py, self.model.stop_flag(), progress, |notes| {
