@@ -814,6 +814,25 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
             (Some(1.0), Some(1.0))
         );
     }
+    // A base read from data files with other contents is refused (hashes, not paths).
+    let mut other = read_json(&tmp.path().join("base.json"));
+    let hashes = other["data_hashes"].as_object_mut().unwrap();
+    let first = hashes.keys().next().unwrap().clone();
+    hashes.insert(first, serde_json::json!("0".repeat(64)));
+    std::fs::write(
+        tmp.path().join("other-data.json"),
+        serde_json::to_vec(&other).unwrap(),
+    )
+    .unwrap();
+    fails_with(
+        &run(
+            tmp.path(),
+            &[&base[..], &["--against", "other-data.json"]].concat(),
+            &[],
+        ),
+        "--against a base of other data",
+        &["other-data.json", "other contents"],
+    );
     // A JSON that is not a measure result is named too.
     std::fs::write(tmp.path().join("other.json"), "{}").unwrap();
     fails_with(

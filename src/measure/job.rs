@@ -30,11 +30,13 @@ impl MeasureJob {
 
     /// Check, before any work, that `base` (a base model's result) measured the prompts this
     /// job measures, so that [`MeasureResult::against`] can pair them: the same subset, split,
-    /// templates, data and profession cap (batch size and bootstrap may differ).
+    /// templates and profession cap (batch size and bootstrap may differ; the data folder may
+    /// sit elsewhere, since `against` compares the data files' hashes).
     pub fn check_base(&self, base: &MeasureResult) -> Result<()> {
         let comparable = |o: &MeasureOptions| MeasureOptions {
             batch_size: 0,
             bootstrap: Default::default(),
+            data_dir: Default::default(),
             ..o.clone()
         };
         if comparable(&base.options) != comparable(&self.options)
@@ -120,6 +122,19 @@ impl MeasureResult {
             max_professions: self.max_professions,
         }
         .check_base(base)?;
+        // The same data files, wherever their folder is: the hashes, not the paths.
+        fn hashes(r: &MeasureResult) -> Vec<&String> {
+            let mut h: Vec<&String> = r.data_hashes.values().collect();
+            h.sort();
+            h
+        }
+        if hashes(base) != hashes(self) {
+            return Err(Error::param(
+                "against",
+                "the base result read data files with other contents (its data_hashes differ): \
+                 measure the base model with the same data",
+            ));
+        }
         let mut r = against_base(
             &base.prompts,
             &self.prompts,
