@@ -87,7 +87,7 @@ pub struct TuneParams {
 }
 
 /// The learning rate of each Adam step. With a constant rate a fit's last steps still move it
-/// (minibatches of 64; on Gemma-3 the fit loss swings by a factor of five over the last 50 of
+/// (minibatches of 64; on Gemma-3 the fit loss swings by a factor of seven over the last 50 of
 /// 400 steps, findings §6l), so where it stops on the trade-off is partly its last
 /// minibatches'; a rate that decays to zero lets the last steps settle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
