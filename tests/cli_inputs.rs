@@ -833,6 +833,52 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
         "--against a base of other data",
         &["other-data.json", "other contents"],
     );
+    // Custom templates are compared by content before the model loads: the same file by
+    // another path is the same prompts, another file is refused naming it.
+    std::fs::write(tmp.path().join("t.txt"), "The {} said that\n").unwrap();
+    std::fs::write(tmp.path().join("u.txt"), "The {} wrote that\n").unwrap();
+    let custom = [&base[..], &["--templates"]].concat();
+    ok(
+        &run(
+            tmp.path(),
+            &[&custom[..], &["t.txt", "--json", "base-t.json"]].concat(),
+            &[],
+        ),
+        "base measure on custom templates",
+    );
+    let abs = tmp.path().join("t.txt");
+    ok(
+        &run(
+            tmp.path(),
+            &[&custom[..], &[s(&abs), "--against", "base-t.json"]].concat(),
+            &[],
+        ),
+        "the same templates by an absolute path",
+    );
+    let o = run(
+        tmp.path(),
+        &[
+            "measure",
+            "--model",
+            "no-such-model",
+            "--split",
+            "controls",
+            "--templates",
+            "u.txt",
+            "--against",
+            "base-t.json",
+        ],
+        &[],
+    );
+    let err = fails_with(
+        &o,
+        "--against with other templates",
+        &["u.txt", "other contents"],
+    );
+    assert!(
+        !err.contains("no-such-model"),
+        "checked after the model: {err}"
+    );
     // A JSON that is not a measure result is named too.
     std::fs::write(tmp.path().join("other.json"), "{}").unwrap();
     fails_with(

@@ -30,35 +30,32 @@ impl MeasureJob {
 
     /// Check, before any work, that `base` (a base model's result) measured the prompts this
     /// job measures, so that [`MeasureResult::against`] can pair them: the same subset, split,
-    /// templates and profession cap (batch size and bootstrap may differ; the data folder may
-    /// sit elsewhere, since `against` compares the data files' hashes).
+    /// template split and profession cap (batch size and bootstrap may differ), and the same
+    /// data by content: every file this job reads (data folder, `--templates`) has its sha256
+    /// among the base's `data_hashes`, wherever the files sit, and the prompt counts agree.
     pub fn check_base(&self, base: &MeasureResult) -> Result<()> {
-        let comparable = |o: &MeasureOptions| MeasureOptions {
-            batch_size: 0,
-            bootstrap: Default::default(),
-            data_dir: Default::default(),
-            ..o.clone()
-        };
-        if comparable(&base.options) != comparable(&self.options)
-            || base.max_professions != self.max_professions
+        same_flags(&self.options, self.max_professions, base)?;
+        let (prompts, hashes) = self.prompts()?;
+        if let Some((path, _)) = hashes
+            .iter()
+            .find(|(_, h)| !base.data_hashes.values().any(|b| b == *h))
         {
             return Err(Error::param(
                 "against",
                 format!(
-                    "the base result measured split {} with template split {} (templates {}, \
-                     data {}, split seed {}); this run measures split {} with template split \
-                     {} (templates {}, data {}, split seed {}): measure the base model with \
-                     the same flags",
-                    base.options.subset,
-                    base.options.template_split.name(),
-                    templates_name(&base.options),
-                    base.options.data_dir.display(),
-                    base.options.split.seed,
-                    self.options.subset,
-                    self.options.template_split.name(),
-                    templates_name(&self.options),
-                    self.options.data_dir.display(),
-                    self.options.split.seed,
+                    "the base result read data files with other contents: none of them has \
+                     the sha256 of {path}; measure the base model with the same data"
+                ),
+            ));
+        }
+        if prompts.len() != base.prompts.len() {
+            return Err(Error::param(
+                "against",
+                format!(
+                    "the base result has {} prompts, this run {}: measure the base model with \
+                     the same flags and data",
+                    base.prompts.len(),
+                    prompts.len()
                 ),
             ));
         }
@@ -106,6 +103,37 @@ impl MeasureJob {
     }
 }
 
+/// The options that decide which prompts a result holds (subset, split, template split,
+/// whether custom templates, profession cap) agree with `base`'s.
+fn same_flags(options: &MeasureOptions, cap: Option<usize>, base: &MeasureResult) -> Result<()> {
+    let comparable = |o: &MeasureOptions| MeasureOptions {
+        batch_size: 0,
+        bootstrap: Default::default(),
+        data_dir: Default::default(),
+        templates: o.templates.as_ref().map(|_| Default::default()),
+        ..o.clone()
+    };
+    if comparable(&base.options) != comparable(options) || base.max_professions != cap {
+        return Err(Error::param(
+            "against",
+            format!(
+                "the base result measured split {} with template split {} (templates {}, \
+                 split seed {}); this run measures split {} with template split {} \
+                 (templates {}, split seed {}): measure the base model with the same flags",
+                base.options.subset,
+                base.options.template_split.name(),
+                templates_name(&base.options),
+                base.options.split.seed,
+                options.subset,
+                options.template_split.name(),
+                templates_name(options),
+                options.split.seed,
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn templates_name(o: &MeasureOptions) -> String {
     o.templates
         .as_ref()
@@ -117,11 +145,7 @@ impl MeasureResult {
     /// the shares of mean |gap| and of the controls' gap toward their gender, with intervals
     /// that resample professions (this result's bootstrap settings).
     pub fn against(&self, base: &MeasureResult) -> Result<AgainstBase> {
-        MeasureJob {
-            options: self.options.clone(),
-            max_professions: self.max_professions,
-        }
-        .check_base(base)?;
+        same_flags(&self.options, self.max_professions, base)?;
         // The same data files, wherever their folder is: the hashes, not the paths.
         fn hashes(r: &MeasureResult) -> Vec<&String> {
             let mut h: Vec<&String> = r.data_hashes.values().collect();
