@@ -803,12 +803,22 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
         table.contains("controls' gap kept   100.0% [100.0, 100.0]"),
         "{table}"
     );
+    assert!(
+        table.contains("|gap| at base mass   +0.0% [+0.0, +0.0]")
+            && table.contains("p(he) + p(she)       +0.0% [+0.0, +0.0]"),
+        "{table}"
+    );
     let m = read_json(&tmp.path().join("m.json"));
     let a = &m["against_base"];
     let professions = read_json(&tmp.path().join("base.json"))["metrics"]["n_professions"].clone();
     assert_eq!(a["n_professions"], professions);
     assert_eq!(a["definitional_kept"]["n"], professions);
-    for e in [&a["abs_gap_ratio"], &a["definitional_kept"]] {
+    for e in [
+        &a["abs_gap_ratio"],
+        &a["definitional_kept"],
+        &a["pronoun_mass_ratio"],
+        &a["abs_gap_ratio_at_base_mass"],
+    ] {
         assert_eq!(
             (e["value"].as_f64(), e["ci_high"].as_f64()),
             (Some(1.0), Some(1.0))

@@ -470,9 +470,15 @@ fn print_subsets(
                 m.regression.as_ref().map_or(f64::NAN, |r| r.a_s.value)
             };
             let r = &against.abs_gap_ratio;
+            let at_base_mass = against
+                .abs_gap_ratio_at_base_mass
+                .as_ref()
+                .map_or_else(String::new, |m| {
+                    format!("; {:+.0}% at base pronoun mass", 100.0 * (m.value - 1.0))
+                });
             println!(
                 "  {}  mean |p(he)-p(she)| {:.4} -> {:.4} ({:+.0}% [{:+.0}, {:+.0}] over {} \
-                 professions), a_s {:.4} -> {:.4} ({:+.0}%), n = {}",
+                 professions{}), a_s {:.4} -> {:.4} ({:+.0}%), n = {}",
                 subset,
                 b.mean_abs_gap.value,
                 e.mean_abs_gap.value,
@@ -480,6 +486,7 @@ fn print_subsets(
                 100.0 * (r.ci_low - 1.0),
                 100.0 * (r.ci_high - 1.0),
                 r.n,
+                at_base_mass,
                 a_s(&b),
                 a_s(&e),
                 pct(a_s(&b), a_s(&e)),

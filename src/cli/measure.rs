@@ -187,6 +187,28 @@ pub fn render_table(r: &MeasureResult) -> String {
                 e.n
             ),
         ));
+        if let Some(m) = &ab.abs_gap_ratio_at_base_mass {
+            rows.push((
+                format!("vs base ({base}): |gap| at base mass"),
+                format!(
+                    "{:+.1}% [{:+.1}, {:+.1}] (edited log-odds, base p(he) + p(she))",
+                    100.0 * (m.value - 1.0),
+                    100.0 * (m.ci_low - 1.0),
+                    100.0 * (m.ci_high - 1.0),
+                ),
+            ));
+        }
+        if let Some(m) = &ab.pronoun_mass_ratio {
+            rows.push((
+                format!("vs base ({base}): p(he) + p(she)"),
+                format!(
+                    "{:+.1}% [{:+.1}, {:+.1}]",
+                    100.0 * (m.value - 1.0),
+                    100.0 * (m.ci_low - 1.0),
+                    100.0 * (m.ci_high - 1.0),
+                ),
+            ));
+        }
         if let Some(k) = &ab.definitional_kept {
             rows.push((
                 format!("vs base ({base}): controls' gap kept"),

@@ -7,6 +7,12 @@
 //! none). A prompt-level interval treats 5 templates of one word as 5 independent draws and is
 //! too narrow; the unit the data were drawn in is the word. So the ratio of sums is
 //! bootstrapped over professions, each carrying all its prompts, base and edited paired.
+//!
+//! Why the cut at the base model's pronoun mass: |p(he) − p(she)| = (p(he) + p(she)) ·
+//! |tanh(L/2)| with L = ln p(he)/p(she), so an edit lowers the gap either by evening out the two
+//! pronouns (L → 0) or by making both less likely (the mass falls, the next word is something
+//! else). Only the first is the stereotype removed; the second also lowers the goal's metric.
+//! Putting the edited model's L at each prompt's base mass separates the two.
 
 use super::occupations::PromptProbs;
 use crate::stats::{bootstrap_many, BootstrapSpec, Estimate};
@@ -23,6 +29,16 @@ pub struct AgainstBase {
     pub n_professions: usize,
     /// Σ edited |p(he) − p(she)| / Σ base (1 = unchanged; the goal's −80% is 0.2).
     pub abs_gap_ratio: Estimate,
+    /// Σ edited (p(he) + p(she)) / Σ base: how much of the pronouns' probability the edit
+    /// leaves (None only in results written before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pronoun_mass_ratio: Option<Estimate>,
+    /// `abs_gap_ratio` with each prompt's edited |p(he) − p(she)| rescaled to the base model's
+    /// p(he) + p(she): Σ base mass · |p(he) − p(she)| / (p(he) + p(she)) over the edited
+    /// prompts, / Σ base |gap|. The share of the gap left by evening out the pronouns alone,
+    /// without the part that comes from making both less likely (None only in older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abs_gap_ratio_at_base_mass: Option<Estimate>,
     /// Σ edited gap toward the definitional gender / Σ base, over the prompts of professions
     /// with |definitional| ≥ the split's threshold (the controls; 1 = factual gender kept).
     /// None when no prompt has such a profession.
@@ -40,6 +56,9 @@ pub struct AgainstBase {
 struct Sums {
     base_abs: f64,
     edited_abs: f64,
+    base_mass: f64,
+    edited_mass: f64,
+    edited_abs_at_base_mass: f64,
     toward: Option<(f64, f64)>,
 }
 
@@ -97,10 +116,24 @@ pub fn against_base(
         let s = sums.entry(e.profession.as_str()).or_insert(Sums {
             base_abs: 0.0,
             edited_abs: 0.0,
+            base_mass: 0.0,
+            edited_mass: 0.0,
+            edited_abs_at_base_mass: 0.0,
             toward: None,
         });
         s.base_abs += (b.p_he - b.p_she).abs();
         s.edited_abs += (e.p_he - e.p_she).abs();
+        let (base_mass, edited_mass) = (b.p_he + b.p_she, e.p_he + e.p_she);
+        s.base_mass += base_mass;
+        s.edited_mass += edited_mass;
+        // Equal masses take the edited gap as it is, so an unchanged prompt gives exactly 1.
+        s.edited_abs_at_base_mass += if edited_mass == base_mass {
+            (e.p_he - e.p_she).abs()
+        } else if edited_mass > 0.0 {
+            base_mass * (e.p_he - e.p_she).abs() / edited_mass
+        } else {
+            0.0
+        };
         if b.definitional.abs() >= definitional_threshold && b.definitional != 0.0 {
             let sign = b.definitional.signum();
             let t = s.toward.get_or_insert((0.0, 0.0));
@@ -110,6 +143,12 @@ pub fn against_base(
     }
     let groups: Vec<&Sums> = sums.values().collect();
     let abs_gap_ratio = ratio_of_sums(&groups, |s| Some((s.base_abs, s.edited_abs)), boot)?;
+    let pronoun_mass_ratio = ratio_of_sums(&groups, |s| Some((s.base_mass, s.edited_mass)), boot)?;
+    let abs_gap_ratio_at_base_mass = ratio_of_sums(
+        &groups,
+        |s| Some((s.base_abs, s.edited_abs_at_base_mass)),
+        boot,
+    )?;
     let controls: Vec<&Sums> = groups
         .iter()
         .copied()
@@ -124,6 +163,8 @@ pub fn against_base(
         n_prompts: edited.len(),
         n_professions: groups.len(),
         abs_gap_ratio,
+        pronoun_mass_ratio: Some(pronoun_mass_ratio),
+        abs_gap_ratio_at_base_mass: Some(abs_gap_ratio_at_base_mass),
         definitional_kept,
         n_definitional_professions: controls.len(),
         bootstrap: boot.clone(),
@@ -211,8 +252,20 @@ mod tests {
         assert!(kept.ci_low >= 0.2 / 0.6 - 1e-12 && kept.ci_high <= 1.0 + 1e-12);
         assert!(kept.ci_low <= kept.value && kept.value <= kept.ci_high);
 
+        // Mass: base 0.6 + 0.6 + 0.7 + 0.4 = 2.3, edited 0.4 + 0.6 + 0.7 + 0.3 = 2.0.
+        assert!((r.pronoun_mass_ratio.as_ref().unwrap().value - 2.0 / 2.3).abs() < 1e-12);
+        // At base mass: actor 0 is 0.6 · 0.2/0.4 = 0.3, nurse 0.4 · 0.1/0.3; the rest as edited.
+        let at_base = (0.3 + 0.2 + 0.5 + 0.4 / 3.0) / 1.3;
+        let r_at = r.abs_gap_ratio_at_base_mass.as_ref().unwrap();
+        assert!((r_at.value - at_base).abs() < 1e-12);
+
         let same = against_base(&base, &base, 0.5, &boot()).unwrap();
-        for e in [same.abs_gap_ratio, same.definitional_kept.unwrap()] {
+        for e in [
+            same.abs_gap_ratio,
+            same.definitional_kept.unwrap(),
+            same.pronoun_mass_ratio.unwrap(),
+            same.abs_gap_ratio_at_base_mass.unwrap(),
+        ] {
             assert_eq!((e.value, e.ci_low, e.ci_high), (1.0, 1.0, 1.0));
         }
     }
@@ -250,6 +303,30 @@ mod tests {
             proptest::prop_assert!(lo - 1e-9 <= a.ci_low && a.ci_low <= a.value + 1e-12);
             proptest::prop_assert!(a.value <= a.ci_high + 1e-12 && a.ci_high <= hi + 1e-9);
             proptest::prop_assert_eq!(a.n, words.len());
+        }
+    }
+
+    proptest::proptest! {
+        /// An edit that only scales each prompt's two pronouns by one factor (the ratio kept,
+        /// the mass lowered) leaves the gap at base mass unchanged, while the plain ratio and
+        /// the mass ratio fall by the same amount.
+        #[test]
+        fn scaling_both_pronouns_only_moves_the_mass(
+            probs in proptest::collection::vec((0.01f64..0.5, 0.01f64..0.5, 0.05f64..1.0), 2..24),
+        ) {
+            let base: Vec<PromptProbs> = probs.iter().enumerate()
+                .map(|(i, &(h, s, _))| prompt(&format!("w{}", i / 3), i % 3, 0.0, h, s))
+                .collect();
+            let edited: Vec<PromptProbs> = base.iter().zip(&probs)
+                .map(|(b, &(_, _, c))| PromptProbs { p_he: c * b.p_he, p_she: c * b.p_she, ..b.clone() })
+                .collect();
+            let r = against_base(&base, &edited, 0.5, &boot()).unwrap();
+            let at = r.abs_gap_ratio_at_base_mass.unwrap();
+            proptest::prop_assert!((at.value - 1.0).abs() < 1e-9);
+            proptest::prop_assert!((at.ci_low - 1.0).abs() < 1e-9 && (at.ci_high - 1.0).abs() < 1e-9);
+            let mass = |ps: &[PromptProbs]| ps.iter().map(|p| p.p_he + p.p_she).sum::<f64>();
+            proptest::prop_assert!((r.pronoun_mass_ratio.unwrap().value - mass(&edited) / mass(&base)).abs() < 1e-12);
+            proptest::prop_assert!(r.abs_gap_ratio.value <= 1.0 + 1e-12);
         }
     }
 

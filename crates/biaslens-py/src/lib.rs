@@ -463,7 +463,8 @@ impl PyMeasureResult {
     }
 
     /// With `against=BASE_JSON`: this model against the base result, as the CLI's JSON has it
-    /// (`abs_gap_ratio`, `definitional_kept` as {value, ci_low, ci_high, n, method} or None,
+    /// (`abs_gap_ratio`, `pronoun_mass_ratio`, `abs_gap_ratio_at_base_mass`, `definitional_kept`
+    /// as {value, ci_low, ci_high, n, method} or None,
     /// `n_prompts`, `n_professions`); None without it.
     #[getter]
     fn against_base<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
@@ -475,6 +476,15 @@ impl PyMeasureResult {
         match &a.definitional_kept {
             Some(e) => d.set_item("definitional_kept", est_dict(py, e)?)?,
             None => d.set_item("definitional_kept", py.None())?,
+        }
+        for (name, e) in [
+            ("pronoun_mass_ratio", &a.pronoun_mass_ratio),
+            ("abs_gap_ratio_at_base_mass", &a.abs_gap_ratio_at_base_mass),
+        ] {
+            match e {
+                Some(e) => d.set_item(name, est_dict(py, e)?)?,
+                None => d.set_item(name, py.None())?,
+            }
         }
         d.set_item("n_prompts", a.n_prompts)?;
         d.set_item("n_professions", a.n_professions)?;

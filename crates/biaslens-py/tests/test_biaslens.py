@@ -92,9 +92,11 @@ def test_measure_against_a_base_result_matches_cli(tiny, cli, tmp_path):
     assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
     a = r.against_base
     want = json.loads((tmp_path / "cli.json").read_text())["against_base"]
-    for k in ("abs_gap_ratio", "definitional_kept", "n_prompts", "n_professions"):
+    for k in ("abs_gap_ratio", "pronoun_mass_ratio", "abs_gap_ratio_at_base_mass",
+              "definitional_kept", "n_prompts", "n_professions"):
         assert a[k] == want[k], k
-    for k in ("abs_gap_ratio", "definitional_kept"):
+    for k in ("abs_gap_ratio", "pronoun_mass_ratio", "abs_gap_ratio_at_base_mass",
+              "definitional_kept"):
         assert a[k]["value"] == a[k]["ci_low"] == a[k]["ci_high"] == 1.0
         assert a[k]["n"] == a["n_professions"]
     assert m.measure(split="controls").against_base is None
