@@ -580,3 +580,48 @@ fn tune_corpus_topk_zero_is_the_default_and_a_large_one_keeps_text_predictions()
             >= 2
     );
 }
+
+/// Gap tuning's preferred-pronoun term (`tune.hold_preferred`, ζ): ζ = 0 is bit for bit the
+/// default edit, and a large ζ moves each fit prompt's more likely pronoun less than ζ = 0 does
+/// (the report's `fit_preferred_mean_abs_shift`, read on the same prompts), while still closing
+/// the gap.
+#[test]
+fn tune_hold_preferred_zero_is_the_default_and_a_large_one_keeps_the_likely_pronoun() {
+    let model = common::real_model("smollm2-135m");
+    let l = 10;
+    let spec = small_tune_spec(l, 4, 6);
+    let run = |zeta: Option<f64>| {
+        let mut s = spec.clone();
+        s.tune.hold_preferred = zeta;
+        edit_model(&model, &s, |_| {}).unwrap()
+    };
+    let (default, zero) = (edit_model(&model, &spec, |_| {}).unwrap(), run(Some(0.0)));
+    assert_same_nonzero_delta(&default, &zero, "ζ = 0");
+    assert!(default.report.get("fit_preferred_mean_abs_shift").is_none());
+    let large = run(Some(1e3));
+    let shift = |o: &biaslens::edit::method::EditOutcome| {
+        o.report["fit_preferred_mean_abs_shift"].as_f64().unwrap()
+    };
+    assert!(
+        shift(&large) < 0.5 * shift(&zero),
+        "ζ = 1000 moved the preferred pronoun by {} against ζ = 0's {}",
+        shift(&large),
+        shift(&zero)
+    );
+    let gap = |o: &biaslens::edit::method::EditOutcome| {
+        let g = o.report["fit_mean_abs_gap"].as_array().unwrap().clone();
+        (g[0].as_f64().unwrap(), g[1].as_f64().unwrap())
+    };
+    let (before, after) = gap(&large);
+    assert!(
+        after < before,
+        "ζ = 1000: fit mean |gap| {before} -> {after}"
+    );
+    assert!(
+        large.report["hold_preferred_history"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    );
+}

@@ -143,3 +143,66 @@ fn readout_gaps_and_gradients_match_plain_forwards() {
         }
     }
 }
+
+/// Gap tuning's ζ term reads each pronoun's own log-probability (`batch_pronoun_log_probs`,
+/// resumed from a cached residual, the whole unembedding and its normaliser): equal to an
+/// ordinary full-vocabulary pass's, and their difference to `batch_gaps`.
+#[test]
+fn pronoun_log_probs_match_plain_forwards() {
+    for arch in ["llama", "gemma3"] {
+        let m = tiny(arch);
+        let pronouns = [5u32, 9u32];
+        let prompts: Vec<EditPrompt> = [vec![1u32, 20, 31, 7, 12], vec![1, 44, 3, 28], vec![1, 2]]
+            .into_iter()
+            .enumerate()
+            .map(|(g, ids)| EditPrompt {
+                group: g,
+                text: String::new(),
+                last_subject_token: ids.len() - 1,
+                ids,
+            })
+            .collect();
+        for start in [0, 1] {
+            let reader = ProbeReader::new(&m.transformer, &prompts, start, pronouns, 2).unwrap();
+            let mut i = 0;
+            for b in 0..reader.n_batches() {
+                let lp = reader
+                    .batch_pronoun_log_probs(&m.transformer, b)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let gaps = reader
+                    .batch_gaps(&m.transformer, b)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                for (row, g) in lp.iter().zip(gaps) {
+                    let plain = m
+                        .transformer
+                        .forward(
+                            std::slice::from_ref(&prompts[i].ids),
+                            &InterventionPlan::logits(LogitsRequest::LastToken),
+                        )
+                        .unwrap()
+                        .logprobs
+                        .unwrap()
+                        .to_dtype(candle_core::DType::F64)
+                        .unwrap()
+                        .to_vec2::<f64>()
+                        .unwrap();
+                    for (k, &id) in pronouns.iter().enumerate() {
+                        let want = plain[0][id as usize];
+                        assert!(
+                            (row[k] as f64 - want).abs() < 1e-4,
+                            "{arch} start {start} prompt {i}: log p({id}) {} vs {want}",
+                            row[k]
+                        );
+                    }
+                    assert!((row[0] - row[1] - g).abs() < 1e-4, "{arch}: gap {g}");
+                    i += 1;
+                }
+            }
+            assert_eq!(i, prompts.len());
+        }
+    }
+}

@@ -98,6 +98,13 @@ pub struct TuneReport {
     pub corpus_topk_mean_abs_shift: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corpus_topk_history: Vec<(usize, f64)>,
+    /// With ζ: the mean |Δ log p| of each fit prompt's preferred pronoun after the edit, and
+    /// every 10 steps and the last, (step, that fit minibatch's mean squared change of it).
+    /// Without ζ neither is computed (a full unembedding per fit prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_preferred_mean_abs_shift: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold_preferred_history: Vec<(usize, f64)>,
 }
 
 /// The stages of a tune edit: every component of every layer, or with `heads` the attention
@@ -526,6 +533,11 @@ fn finish(
             params.corpus_topk_k
         ));
     }
+    if let Some(shift) = after.fit_preferred {
+        log(&format!(
+            "gap tuning: fit prompts' preferred pronoun mean |Δ log p| {shift:.3}"
+        ));
+    }
     log(&format!(
         "gap tuning: fit mean |gap| {:.3} -> {:.3}, protected mean |shift| {:.3}, \
          corpus mean |shift| {:.3} ({} positions)",
@@ -556,6 +568,8 @@ fn finish(
         corpus_gap_history: fit.hist.corpus_gap.clone(),
         corpus_topk_mean_abs_shift: after.corpus_topk,
         corpus_topk_history: fit.hist.corpus_topk.clone(),
+        fit_preferred_mean_abs_shift: after.fit_preferred,
+        hold_preferred_history: fit.hist.fit_preferred.clone(),
     })
 }
 

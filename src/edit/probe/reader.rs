@@ -24,6 +24,7 @@ pub struct ProbeReader {
     start: usize,
     batches: Vec<(Tensor, Vec<usize>)>,
     gap_dir: Tensor,
+    pronouns: [u32; 2],
     n: usize,
 }
 
@@ -70,6 +71,7 @@ impl ProbeReader {
             start,
             batches,
             gap_dir,
+            pronouns,
             n: rows.len(),
         })
     }
@@ -140,6 +142,29 @@ impl ProbeReader {
         let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
         let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
         Ok(crate::model::stable_matmul::matmul(&last, &self.gap_dir)?.squeeze(1)?)
+    }
+
+    /// log p(he) and log p(she) at the last token of batch `i` on `tr`, [rows, 2], through the
+    /// whole unembedding and its softmax normaliser (a gap needs only two rows; a pronoun's own
+    /// probability needs them all), differentiable like [`Self::batch_gaps`].
+    pub fn batch_pronoun_log_probs(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
+        let (resid, pads) = self
+            .batches
+            .get(i)
+            .ok_or_else(|| Error::param("batch", format!("{i} >= {}", self.batches.len())))?;
+        let t = resid.dim(1)?;
+        let plan = InterventionPlan {
+            capture: vec![Site::FinalNorm],
+            ..Default::default()
+        };
+        let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
+        let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
+        let logits = crate::model::stable_matmul::matmul(&last, &tr.lm_head.t()?)?;
+        // The max only shifts the normaliser; held constant, it needs no gradient.
+        let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?;
+        let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+        let ids = Tensor::new(&self.pronouns, shifted.device())?;
+        Ok(shifted.index_select(&ids, 1)?.broadcast_sub(&lse)?)
     }
 
     /// The gaps of batch `i` at every position of its rows, [rows, tokens] (left padding

@@ -13,6 +13,7 @@ pub(super) struct Histories {
     pub(super) main: Vec<(usize, f64, f64, f64)>,
     pub(super) corpus_gap: Vec<(usize, f64)>,
     pub(super) corpus_topk: Vec<(usize, f64)>,
+    pub(super) fit_preferred: Vec<(usize, f64)>,
 }
 
 /// Adam on every stage's (A, B) for `params.steps` steps, each one minibatch of fit, protected
@@ -70,6 +71,16 @@ pub(super) fn optimise(
             }
             None => None,
         };
+        let preferred_loss = match params.hold_preferred {
+            Some(zeta) => {
+                let (idx, lp0) = &base.fit_preferred[i];
+                let lp = readers.fit.batch_pronoun_log_probs(tr, i)?;
+                let loss = (lp.gather(idx, 1)?.squeeze(1)? - lp0)?.sqr()?.mean_all()?;
+                total = (total + (&loss * zeta)?)?;
+                Some(loss)
+            }
+            None => None,
+        };
         let topk_loss = match params.corpus_topk {
             Some(weight) => {
                 let k = step % base.topk.len();
@@ -98,8 +109,13 @@ pub(super) fn optimise(
             };
             let corpus_note = note(&corpus_loss, &mut hist.corpus_gap, "corpus (L−L₀)²")?;
             let topk_note = note(&topk_loss, &mut hist.corpus_topk, "corpus top-k Δz²")?;
+            let preferred_note = note(
+                &preferred_loss,
+                &mut hist.fit_preferred,
+                "preferred pronoun Δlog p²",
+            )?;
             log(&format!(
-                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}",
+                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}{preferred_note}",
                 row.1, row.2, row.3
             ));
             hist.main.push(row);

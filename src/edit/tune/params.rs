@@ -80,6 +80,15 @@ pub struct TuneParams {
     /// object: findings §6e). None: no such term. (Not written when None.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corpus_topk: Option<f64>,
+    /// ζ: weight of keeping each fit prompt's preferred pronoun (the one the base model finds
+    /// more likely there) at its base log-probability, so the fit closes the gap by raising the
+    /// less likely pronoun rather than lowering the likely one. Why: a change shared by every
+    /// subject that takes from "he" costs a male definitional word much of its p(he), while one
+    /// that adds to "she" multiplies its small p(she) and costs it little; and lowering the
+    /// likely pronoun also lowers both pronouns' mass, which cuts the goal's metric without
+    /// evening them out (findings §6l). None: no such term. (Not written when None.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_preferred: Option<f64>,
     /// k of the corpus top-k term. (Not written when [`CORPUS_TOPK_K`], so the cache keys and
     /// delta records of earlier tune edits stay as they were.)
     #[serde(skip_serializing_if = "is_default_topk_k")]
@@ -180,6 +189,7 @@ impl Default for TuneParams {
             protect_weight_he: None,
             keep_above: None,
             corpus_gap: None,
+            hold_preferred: None,
             corpus_topk: None,
             corpus_topk_k: CORPUS_TOPK_K,
             heads: vec![],
@@ -234,6 +244,9 @@ impl TuneParams {
         }
         if let Some(w) = self.protect_weight_he {
             non_negative("tune.protect_weight_he", w)?;
+        }
+        if let Some(w) = self.hold_preferred {
+            non_negative("tune.hold_preferred", w)?;
         }
         if let Some(w) = self.corpus_gap {
             non_negative("tune.corpus_gap", w)?;
@@ -296,5 +309,24 @@ mod tests {
         assert!(j.contains("\"lr_schedule\":\"cosine\""), "{j}");
         let back: TuneParams = toml::from_str("lr_schedule = \"cosine\"").unwrap();
         assert_eq!(back.lr_schedule, LrSchedule::Cosine);
+    }
+
+    #[test]
+    fn hold_preferred_is_only_written_when_set_and_must_not_be_negative() {
+        let p = TuneParams::default();
+        assert!(!serde_json::to_string(&p)
+            .unwrap()
+            .contains("hold_preferred"));
+        let back: TuneParams = toml::from_str("hold_preferred = 2.0").unwrap();
+        assert_eq!(back.hold_preferred, Some(2.0));
+        assert!(serde_json::to_string(&back)
+            .unwrap()
+            .contains("\"hold_preferred\":2.0"));
+        let bad = TuneParams {
+            hold_preferred: Some(-1.0),
+            ..p
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("tune.hold_preferred"), "{e}");
     }
 }

@@ -35,6 +35,9 @@ pub(super) struct Baseline {
     /// fit prompts keep their gap.
     pub(super) fit_targets: Option<Vec<Tensor>>,
     pub(super) n_fit_kept: usize,
+    /// With ζ (`hold_preferred`): per fit batch, which pronoun each prompt prefers on the base
+    /// model ([rows, 1], 0 he, 1 she) and its base log-probability ([rows]).
+    pub(super) fit_preferred: Vec<(Tensor, Tensor)>,
     /// Gap L₀ of every protected batch, and α per protected prompt with `protect_weight_he`.
     pub(super) protect: Vec<Tensor>,
     pub(super) protect_alpha: Option<Vec<Tensor>>,
@@ -112,8 +115,18 @@ pub(super) fn baseline(
             })
             .sum::<Result<f64>>()? as usize,
     };
+    let fit_preferred: Vec<(Tensor, Tensor)> = match params.hold_preferred {
+        None => Vec::new(),
+        Some(_) => (0..fit_reader.n_batches())
+            .map(|i| {
+                let lp = fit_reader.batch_pronoun_log_probs(base, i)?.detach();
+                preferred(&lp)
+            })
+            .collect::<Result<_>>()?,
+    };
     Ok(Baseline {
         fit,
+        fit_preferred,
         fit_targets,
         n_fit_kept,
         protect,
@@ -124,6 +137,16 @@ pub(super) fn baseline(
     })
 }
 
+/// Of log-probabilities [rows, 2] (he, she): each row's larger column as [rows, 1] u32 indices
+/// and its value [rows] (he on a tie).
+pub(super) fn preferred(lp: &Tensor) -> Result<(Tensor, Tensor)> {
+    let rows = lp.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let idx: Vec<u32> = rows.iter().map(|r| u32::from(r[1] > r[0])).collect();
+    let idx = Tensor::from_vec(idx, (rows.len(), 1), lp.device())?;
+    let value = lp.gather(&idx, 1)?.squeeze(1)?;
+    Ok((idx, value))
+}
+
 /// After the fit, on the edited model `tr`: mean |L| over the fit prompts, mean |L − L₀| over
 /// the protected prompts and over every corpus position, and with δ the mean |Δ| of the centred
 /// top-k logits.
@@ -132,6 +155,8 @@ pub(super) struct Shifts {
     pub(super) protected: f64,
     pub(super) corpus: f64,
     pub(super) corpus_topk: Option<f64>,
+    /// With ζ: mean |log p − log p₀| of each fit prompt's preferred pronoun.
+    pub(super) fit_preferred: Option<f64>,
 }
 
 pub(super) fn shifts(
@@ -188,7 +213,22 @@ pub(super) fn shifts(
         }
         Some(sum / count.max(1) as f64)
     };
+    let fit_preferred = if base.fit_preferred.is_empty() {
+        None
+    } else {
+        let mut sum = 0.0;
+        for (i, (idx, lp0)) in base.fit_preferred.iter().enumerate() {
+            let lp = readers.fit.batch_pronoun_log_probs(tr, i)?.detach();
+            sum += (lp.gather(idx, 1)?.squeeze(1)? - lp0)?
+                .abs()?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+        Some(sum / n_fit.max(1) as f64)
+    };
     Ok(Shifts {
+        fit_preferred,
         fit_after,
         protected,
         corpus,
