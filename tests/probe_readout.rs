@@ -17,7 +17,27 @@ fn tiny(arch: &str) -> Model {
     Model::load_hf_dir(arch, &dir, &Device::Cpu).unwrap()
 }
 
+/// Prompts of the given token ids, the subject at each one's last token.
+fn prompts(rows: Vec<Vec<u32>>) -> Vec<EditPrompt> {
+    rows.into_iter()
+        .enumerate()
+        .map(|(g, ids)| EditPrompt {
+            group: g,
+            text: String::new(),
+            last_subject_token: ids.len() - 1,
+            ids,
+        })
+        .collect()
+}
+
 fn gap(m: &Model, ids: &[u32], pronouns: [u32; 2], patch: Option<(Site, Vec<f32>)>) -> f64 {
+    let lp = log_probs(m, ids, patch);
+    lp[pronouns[0] as usize] - lp[pronouns[1] as usize]
+}
+
+/// The last token's log-probabilities over the vocabulary from one ordinary forward (with an
+/// optional addition at one site of the last token).
+fn log_probs(m: &Model, ids: &[u32], patch: Option<(Site, Vec<f32>)>) -> Vec<f64> {
     let mut plan = InterventionPlan::logits(LogitsRequest::LastToken);
     if let Some((site, v)) = patch {
         let n = v.len();
@@ -40,7 +60,7 @@ fn gap(m: &Model, ids: &[u32], pronouns: [u32; 2], patch: Option<(Site, Vec<f32>
         .unwrap()
         .to_vec2::<f64>()
         .unwrap();
-    lp[0][pronouns[0] as usize] - lp[0][pronouns[1] as usize]
+    lp.into_iter().next().unwrap()
 }
 
 #[test]
@@ -49,16 +69,7 @@ fn readout_gaps_and_gradients_match_plain_forwards() {
         let m = tiny(arch);
         let d = m.transformer.cfg.hidden_size;
         let pronouns = [5u32, 9u32];
-        let prompts: Vec<EditPrompt> = [vec![1u32, 20, 31, 7, 12], vec![1, 44, 3, 28]]
-            .into_iter()
-            .enumerate()
-            .map(|(g, ids)| EditPrompt {
-                group: g,
-                text: String::new(),
-                last_subject_token: ids.len() - 1,
-                ids,
-            })
-            .collect();
+        let prompts = prompts(vec![vec![1u32, 20, 31, 7, 12], vec![1, 44, 3, 28]]);
         for (start, l, comp) in [
             (0, 1, Component::Mlp),
             (1, 1, Component::Mlp),
@@ -152,16 +163,11 @@ fn pronoun_log_probs_match_plain_forwards() {
     for arch in ["llama", "gemma3"] {
         let m = tiny(arch);
         let pronouns = [5u32, 9u32];
-        let prompts: Vec<EditPrompt> = [vec![1u32, 20, 31, 7, 12], vec![1, 44, 3, 28], vec![1, 2]]
-            .into_iter()
-            .enumerate()
-            .map(|(g, ids)| EditPrompt {
-                group: g,
-                text: String::new(),
-                last_subject_token: ids.len() - 1,
-                ids,
-            })
-            .collect();
+        let prompts = prompts(vec![
+            vec![1u32, 20, 31, 7, 12],
+            vec![1, 44, 3, 28],
+            vec![1, 2],
+        ]);
         for start in [0, 1] {
             let reader = ProbeReader::new(&m.transformer, &prompts, start, pronouns, 2).unwrap();
             let mut i = 0;
@@ -177,21 +183,9 @@ fn pronoun_log_probs_match_plain_forwards() {
                     .to_vec1::<f32>()
                     .unwrap();
                 for (row, g) in lp.iter().zip(gaps) {
-                    let plain = m
-                        .transformer
-                        .forward(
-                            std::slice::from_ref(&prompts[i].ids),
-                            &InterventionPlan::logits(LogitsRequest::LastToken),
-                        )
-                        .unwrap()
-                        .logprobs
-                        .unwrap()
-                        .to_dtype(candle_core::DType::F64)
-                        .unwrap()
-                        .to_vec2::<f64>()
-                        .unwrap();
+                    let plain = log_probs(&m, &prompts[i].ids, None);
                     for (k, &id) in pronouns.iter().enumerate() {
-                        let want = plain[0][id as usize];
+                        let want = plain[id as usize];
                         assert!(
                             (row[k] as f64 - want).abs() < 1e-4,
                             "{arch} start {start} prompt {i}: log p({id}) {} vs {want}",

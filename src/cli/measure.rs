@@ -176,38 +176,28 @@ pub fn render_table(r: &MeasureResult) -> String {
     ));
     if let Some(ab) = &r.against_base {
         let base = ab.base_model.as_ref().map_or("?", |m| m.name.as_str());
+        // A ratio to base as a change in % with its interval, and a share kept in %.
+        let change = |e: &Estimate| {
+            format!(
+                "{:+.1}% [{:+.1}, {:+.1}]",
+                100.0 * (e.value - 1.0),
+                100.0 * (e.ci_low - 1.0),
+                100.0 * (e.ci_high - 1.0)
+            )
+        };
         let e = &ab.abs_gap_ratio;
         rows.push((
             format!("vs base ({base}): mean |p(he)-p(she)|"),
-            format!(
-                "{:+.1}% [{:+.1}, {:+.1}] ({} professions resampled)",
-                100.0 * (e.value - 1.0),
-                100.0 * (e.ci_low - 1.0),
-                100.0 * (e.ci_high - 1.0),
-                e.n
-            ),
+            format!("{} ({} professions resampled)", change(e), e.n),
         ));
         if let Some(m) = &ab.abs_gap_ratio_at_base_mass {
             rows.push((
                 format!("vs base ({base}): |gap| at base mass"),
-                format!(
-                    "{:+.1}% [{:+.1}, {:+.1}] (edited log-odds, base p(he) + p(she))",
-                    100.0 * (m.value - 1.0),
-                    100.0 * (m.ci_low - 1.0),
-                    100.0 * (m.ci_high - 1.0),
-                ),
+                format!("{} (edited log-odds, base p(he) + p(she))", change(m)),
             ));
         }
         if let Some(m) = &ab.pronoun_mass_ratio {
-            rows.push((
-                format!("vs base ({base}): p(he) + p(she)"),
-                format!(
-                    "{:+.1}% [{:+.1}, {:+.1}]",
-                    100.0 * (m.value - 1.0),
-                    100.0 * (m.ci_low - 1.0),
-                    100.0 * (m.ci_high - 1.0),
-                ),
-            ));
+            rows.push((format!("vs base ({base}): p(he) + p(she)"), change(m)));
         }
         if let Some(k) = &ab.definitional_kept {
             rows.push((

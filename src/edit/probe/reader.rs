@@ -130,6 +130,12 @@ impl ProbeReader {
     /// The gaps L = log p(he) − log p(she) of batch `i` on `tr`, `[rows]`, differentiable in
     /// `tr`'s weights above the cached layer (gap tuning backpropagates through it).
     pub fn batch_gaps(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
+        let last = self.batch_last_states(tr, i)?;
+        Ok(crate::model::stable_matmul::matmul(&last, &self.gap_dir)?.squeeze(1)?)
+    }
+
+    /// The final-norm states of batch `i` at each row's last token, [rows, width].
+    fn batch_last_states(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
         let (resid, pads) = self
             .batches
             .get(i)
@@ -140,25 +146,14 @@ impl ProbeReader {
             ..Default::default()
         };
         let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
-        let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
-        Ok(crate::model::stable_matmul::matmul(&last, &self.gap_dir)?.squeeze(1)?)
+        Ok(out.captures[&Site::FinalNorm].i((.., t - 1, ..))?)
     }
 
     /// log p(he) and log p(she) at the last token of batch `i` on `tr`, [rows, 2], through the
     /// whole unembedding and its softmax normaliser (a gap needs only two rows; a pronoun's own
     /// probability needs them all), differentiable like [`Self::batch_gaps`].
     pub fn batch_pronoun_log_probs(&self, tr: &Transformer, i: usize) -> Result<Tensor> {
-        let (resid, pads) = self
-            .batches
-            .get(i)
-            .ok_or_else(|| Error::param("batch", format!("{i} >= {}", self.batches.len())))?;
-        let t = resid.dim(1)?;
-        let plan = InterventionPlan {
-            capture: vec![Site::FinalNorm],
-            ..Default::default()
-        };
-        let out = tr.forward_from_layer(self.start, resid, pads, &plan)?;
-        let last = out.captures[&Site::FinalNorm].i((.., t - 1, ..))?;
+        let last = self.batch_last_states(tr, i)?;
         let logits = crate::model::stable_matmul::matmul(&last, &tr.lm_head.t()?)?;
         // The max only shifts the normaliser; held constant, it needs no gradient.
         let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?;
