@@ -139,7 +139,7 @@ pub(super) fn baseline(
 
 /// Of log-probabilities [rows, 2] (he, she): each row's larger column as [rows, 1] u32 indices
 /// and its value [rows] (he on a tie).
-pub(super) fn preferred(lp: &Tensor) -> Result<(Tensor, Tensor)> {
+fn preferred(lp: &Tensor) -> Result<(Tensor, Tensor)> {
     let rows = lp.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     let idx: Vec<u32> = rows.iter().map(|r| u32::from(r[1] > r[0])).collect();
     let idx = Tensor::from_vec(idx, (rows.len(), 1), lp.device())?;
