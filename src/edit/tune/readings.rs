@@ -235,3 +235,20 @@ pub(super) fn shifts(
         corpus_topk,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn preferred_is_each_rows_larger_pronoun_and_he_on_a_tie() {
+        let lp = Tensor::new(&[[-1.0f32, -2.0], [-3.0, -0.5], [-1.0, -1.0]], &Device::Cpu).unwrap();
+        let (idx, value) = preferred(&lp).unwrap();
+        assert_eq!(
+            idx.to_vec2::<u32>().unwrap(),
+            vec![vec![0], vec![1], vec![0]]
+        );
+        assert_eq!(value.to_vec1::<f32>().unwrap(), vec![-1.0, -0.5, -1.0]);
+    }
+}
