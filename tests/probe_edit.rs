@@ -585,8 +585,9 @@ fn tune_corpus_topk_zero_is_the_default_and_a_large_one_keeps_text_predictions()
 /// default edit, and a large ζ moves each fit prompt's more likely pronoun less than ζ = 0 does
 /// (the report's `fit_preferred_mean_abs_shift`, read on the same prompts), while still closing
 /// the gap.
+/// The pronoun-mass term (`tune.hold_mass`, η) likewise, on `fit_mass_mean_abs_shift`.
 #[test]
-fn tune_hold_preferred_zero_is_the_default_and_a_large_one_keeps_the_likely_pronoun() {
+fn tune_hold_preferred_or_mass_zero_is_the_default_and_a_large_one_holds_it() {
     let model = common::real_model("smollm2-135m");
     let l = 10;
     let spec = small_tune_spec(l, 4, 6);
@@ -624,4 +625,25 @@ fn tune_hold_preferred_zero_is_the_default_and_a_large_one_keeps_the_likely_pron
             .len()
             >= 2
     );
+
+    // The mass term (η) the same way: η = 0 is the default, η = 1000 keeps p(he) + p(she)
+    // closer than η = 0 does.
+    let run_mass = |eta: f64| {
+        let mut s = spec.clone();
+        s.tune.hold_mass = Some(eta);
+        edit_model(&model, &s, |_| {}).unwrap()
+    };
+    let (zero, large) = (run_mass(0.0), run_mass(1e3));
+    assert_same_nonzero_delta(&default, &zero, "η = 0");
+    assert!(default.report.get("fit_mass_mean_abs_shift").is_none());
+    let mass = |o: &biaslens::edit::method::EditOutcome| {
+        o.report["fit_mass_mean_abs_shift"].as_f64().unwrap()
+    };
+    assert!(
+        mass(&large) < 0.5 * mass(&zero),
+        "η = 1000 moved the pronoun mass by {} against η = 0's {}",
+        mass(&large),
+        mass(&zero)
+    );
+    assert!(large.report["hold_mass_history"].as_array().unwrap().len() >= 2);
 }

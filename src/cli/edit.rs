@@ -108,6 +108,10 @@ pub struct EditArgs {
     /// log-probability, so the gap closes by raising the other one (default: no such term).
     #[arg(long, value_parser = non_negative)]
     pub tune_hold_preferred: Option<f64>,
+    /// tune: η, weight of keeping each fit prompt's p(he) + p(she) at the base model's, so the
+    /// gap closes by moving probability between the pronouns (default: no such term).
+    #[arg(long, value_parser = non_negative)]
+    pub tune_hold_mass: Option<f64>,
     /// tune: τ in nats; fit prompts whose base |log p(he) − log p(she)| is at least τ keep their
     /// gap, the rest are pulled to zero (default: every fit prompt to zero).
     #[arg(long, value_parser = non_negative)]
@@ -280,6 +284,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
         &mut spec.tune.hold_preferred,
         a.tune_hold_preferred.map(Some),
     );
+    set(&mut spec.tune.hold_mass, a.tune_hold_mass.map(Some));
     set(&mut spec.tune.components, a.probe_components);
     set(&mut spec.tune.heads, a.tune_heads.clone());
     set(&mut spec.lsdm.post_norm, a.post_norm);
@@ -300,7 +305,7 @@ pub fn edit_spec(a: &EditArgs) -> anyhow::Result<biaslens::edit::method::EditSpe
 /// ignored without a word.
 fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> anyhow::Result<()> {
     use biaslens::edit::method::Method::{Dama, Lsdm, Probe, Tune};
-    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 25] = [
+    let flags: [(&str, bool, &[biaslens::edit::method::Method]); 26] = [
         ("--lambda", a.lambda.is_some(), &[Lsdm, Probe]),
         ("--scale", a.scale.is_some(), &[Probe]),
         (
@@ -327,6 +332,7 @@ fn method_flags_apply(a: &EditArgs, method: biaslens::edit::method::Method) -> a
             a.tune_hold_preferred.is_some(),
             &[Tune],
         ),
+        ("--tune-hold-mass", a.tune_hold_mass.is_some(), &[Tune]),
         ("--tune-keep-above", a.tune_keep_above.is_some(), &[Tune]),
         ("--tune-corpus-gap", a.tune_corpus_gap.is_some(), &[Tune]),
         ("--tune-corpus-topk", a.tune_corpus_topk.is_some(), &[Tune]),

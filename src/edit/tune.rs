@@ -105,6 +105,12 @@ pub struct TuneReport {
     pub fit_preferred_mean_abs_shift: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hold_preferred_history: Vec<(usize, f64)>,
+    /// With η: the mean |Δ log(p(he) + p(she))| over the fit prompts after the edit, and every
+    /// 10 steps and the last, (step, that minibatch's mean squared change of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_mass_mean_abs_shift: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold_mass_history: Vec<(usize, f64)>,
 }
 
 /// The stages of a tune edit: every component of every layer, or with `heads` the attention
@@ -533,6 +539,11 @@ fn finish(
             params.corpus_topk_k
         ));
     }
+    if let Some(shift) = after.fit_mass {
+        log(&format!(
+            "gap tuning: fit prompts' pronoun mass mean |Δ log(p(he) + p(she))| {shift:.3}"
+        ));
+    }
     if let Some(shift) = after.fit_preferred {
         log(&format!(
             "gap tuning: fit prompts' preferred pronoun mean |Δ log p| {shift:.3}"
@@ -570,6 +581,8 @@ fn finish(
         corpus_topk_history: fit.hist.corpus_topk.clone(),
         fit_preferred_mean_abs_shift: after.fit_preferred,
         hold_preferred_history: fit.hist.fit_preferred.clone(),
+        fit_mass_mean_abs_shift: after.fit_mass,
+        hold_mass_history: fit.hist.fit_mass.clone(),
     })
 }
 

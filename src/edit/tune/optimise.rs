@@ -1,7 +1,7 @@
 //! Gap tuning's optimiser: Adam on every stage's low-rank factors.
 
 use super::lowrank::{centred, Stage};
-use super::readings::{Baseline, Readers};
+use super::readings::{log_mass, Baseline, Readers};
 use super::{set_weight, TuneParams};
 use crate::model::Transformer;
 use crate::Result;
@@ -14,6 +14,7 @@ pub(super) struct Histories {
     pub(super) corpus_gap: Vec<(usize, f64)>,
     pub(super) corpus_topk: Vec<(usize, f64)>,
     pub(super) fit_preferred: Vec<(usize, f64)>,
+    pub(super) fit_mass: Vec<(usize, f64)>,
 }
 
 /// Adam on every stage's (A, B) for `params.steps` steps, each one minibatch of fit, protected
@@ -71,15 +72,28 @@ pub(super) fn optimise(
             }
             None => None,
         };
-        let preferred_loss = match params.hold_preferred {
-            Some(zeta) => {
+        // ζ and η read the same pronoun log-probabilities: one full unembedding for both.
+        let fit_lp = if params.hold_preferred.is_some() || params.hold_mass.is_some() {
+            Some(readers.fit.batch_pronoun_log_probs(tr, i)?)
+        } else {
+            None
+        };
+        let preferred_loss = match (params.hold_preferred, &fit_lp) {
+            (Some(zeta), Some(lp)) => {
                 let (idx, lp0) = &base.fit_preferred[i];
-                let lp = readers.fit.batch_pronoun_log_probs(tr, i)?;
                 let loss = (lp.gather(idx, 1)?.squeeze(1)? - lp0)?.sqr()?.mean_all()?;
                 total = (total + (&loss * zeta)?)?;
                 Some(loss)
             }
-            None => None,
+            _ => None,
+        };
+        let mass_loss = match (params.hold_mass, &fit_lp) {
+            (Some(eta), Some(lp)) => {
+                let loss = (log_mass(lp)? - &base.fit_mass[i])?.sqr()?.mean_all()?;
+                total = (total + (&loss * eta)?)?;
+                Some(loss)
+            }
+            _ => None,
         };
         let topk_loss = match params.corpus_topk {
             Some(weight) => {
@@ -114,8 +128,9 @@ pub(super) fn optimise(
                 &mut hist.fit_preferred,
                 "preferred pronoun Δlog p²",
             )?;
+            let mass_note = note(&mass_loss, &mut hist.fit_mass, "pronoun mass Δlog²")?;
             log(&format!(
-                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}{preferred_note}",
+                "  step {step}: fit L² {:.4}, protected (L−L₀)² {:.4}, prior {:.5}{corpus_note}{topk_note}{preferred_note}{mass_note}",
                 row.1, row.2, row.3
             ));
             hist.main.push(row);

@@ -89,6 +89,13 @@ pub struct TuneParams {
     /// evening them out (findings §6l). None: no such term. (Not written when None.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_preferred: Option<f64>,
+    /// η: weight of keeping each fit prompt's pronoun mass, log(p(he) + p(she)), at the base
+    /// model's, so the fit closes the gap by moving probability from one pronoun to the other,
+    /// neither taking it from both (which lowers |p(he) − p(she)| without evening them out) nor
+    /// adding to both (as ζ alone does, findings §6l). None: no such term. (Not written when
+    /// None.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_mass: Option<f64>,
     /// k of the corpus top-k term. (Not written when [`CORPUS_TOPK_K`], so the cache keys and
     /// delta records of earlier tune edits stay as they were.)
     #[serde(skip_serializing_if = "is_default_topk_k")]
@@ -190,6 +197,7 @@ impl Default for TuneParams {
             keep_above: None,
             corpus_gap: None,
             hold_preferred: None,
+            hold_mass: None,
             corpus_topk: None,
             corpus_topk_k: CORPUS_TOPK_K,
             heads: vec![],
@@ -247,6 +255,9 @@ impl TuneParams {
         }
         if let Some(w) = self.hold_preferred {
             non_negative("tune.hold_preferred", w)?;
+        }
+        if let Some(w) = self.hold_mass {
+            non_negative("tune.hold_mass", w)?;
         }
         if let Some(w) = self.corpus_gap {
             non_negative("tune.corpus_gap", w)?;
@@ -312,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn hold_preferred_is_only_written_when_set_and_must_not_be_negative() {
+    fn hold_terms_are_only_written_when_set_and_must_not_be_negative() {
         let p = TuneParams::default();
         assert!(!serde_json::to_string(&p)
             .unwrap()
@@ -328,5 +339,13 @@ mod tests {
         };
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("tune.hold_preferred"), "{e}");
+        let default = serde_json::to_string(&TuneParams::default()).unwrap();
+        assert!(!default.contains("hold_mass"));
+        let bad = TuneParams {
+            hold_mass: Some(-1.0),
+            ..TuneParams::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("tune.hold_mass"), "{e}");
     }
 }

@@ -38,6 +38,8 @@ pub(super) struct Baseline {
     /// With ζ (`hold_preferred`): per fit batch, which pronoun each prompt prefers on the base
     /// model ([rows, 1], 0 he, 1 she) and its base log-probability ([rows]).
     pub(super) fit_preferred: Vec<(Tensor, Tensor)>,
+    /// With η (`hold_mass`): per fit batch, each prompt's base log(p(he) + p(she)) ([rows]).
+    pub(super) fit_mass: Vec<Tensor>,
     /// Gap L₀ of every protected batch, and α per protected prompt with `protect_weight_he`.
     pub(super) protect: Vec<Tensor>,
     pub(super) protect_alpha: Option<Vec<Tensor>>,
@@ -124,9 +126,16 @@ pub(super) fn baseline(
             })
             .collect::<Result<_>>()?,
     };
+    let fit_mass: Vec<Tensor> = match params.hold_mass {
+        None => Vec::new(),
+        Some(_) => (0..fit_reader.n_batches())
+            .map(|i| log_mass(&fit_reader.batch_pronoun_log_probs(base, i)?.detach()))
+            .collect::<Result<_>>()?,
+    };
     Ok(Baseline {
         fit,
         fit_preferred,
+        fit_mass,
         fit_targets,
         n_fit_kept,
         protect,
@@ -147,6 +156,11 @@ fn preferred(lp: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((idx, value))
 }
 
+/// Of log-probabilities [rows, 2] (he, she): log(p(he) + p(she)) per row, [rows].
+pub(super) fn log_mass(lp: &Tensor) -> Result<Tensor> {
+    Ok(lp.exp()?.sum(1)?.log()?)
+}
+
 /// After the fit, on the edited model `tr`: mean |L| over the fit prompts, mean |L − L₀| over
 /// the protected prompts and over every corpus position, and with δ the mean |Δ| of the centred
 /// top-k logits.
@@ -157,6 +171,8 @@ pub(super) struct Shifts {
     pub(super) corpus_topk: Option<f64>,
     /// With ζ: mean |log p − log p₀| of each fit prompt's preferred pronoun.
     pub(super) fit_preferred: Option<f64>,
+    /// With η: mean |Δ log(p(he) + p(she))| over the fit prompts.
+    pub(super) fit_mass: Option<f64>,
 }
 
 pub(super) fn shifts(
@@ -227,7 +243,22 @@ pub(super) fn shifts(
         }
         Some(sum / n_fit.max(1) as f64)
     };
+    let fit_mass = if base.fit_mass.is_empty() {
+        None
+    } else {
+        let mut sum = 0.0;
+        for (i, m0) in base.fit_mass.iter().enumerate() {
+            let m = log_mass(&readers.fit.batch_pronoun_log_probs(tr, i)?.detach())?;
+            sum += (m - m0)?
+                .abs()?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+        Some(sum / n_fit.max(1) as f64)
+    };
     Ok(Shifts {
+        fit_mass,
         fit_preferred,
         fit_after,
         protected,
@@ -240,6 +271,13 @@ pub(super) fn shifts(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn log_mass_is_the_log_of_the_two_probabilities_sum() {
+        let lp = Tensor::new(&[[0.3f32.ln(), 0.1f32.ln()]], &Device::Cpu).unwrap();
+        let m = log_mass(&lp).unwrap().to_vec1::<f32>().unwrap();
+        assert!((m[0] - 0.4f32.ln()).abs() < 1e-6, "{m:?}");
+    }
 
     #[test]
     fn preferred_is_each_rows_larger_pronoun_and_he_on_a_tie() {
