@@ -156,6 +156,14 @@ fn preferred(lp: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((idx, value))
 }
 
+/// Σ |t| over every element, in f64.
+fn abs_sum(t: Tensor) -> Result<f64> {
+    Ok(t.abs()?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?)
+}
+
 /// Of log-probabilities [rows, 2] (he, she): log(p(he) + p(she)) per row, [rows].
 pub(super) fn log_mass(lp: &Tensor) -> Result<Tensor> {
     Ok(lp.exp()?.sum(1)?.log()?)
@@ -206,11 +214,7 @@ pub(super) fn shifts(
     )?;
     let mut corpus = 0.0;
     for (k, base_gaps) in base.corpus.iter().enumerate() {
-        corpus += (readers.corpus.batch_gaps_all(tr, k)?.detach() - base_gaps)?
-            .abs()?
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+        corpus += abs_sum((readers.corpus.batch_gaps_all(tr, k)?.detach() - base_gaps)?)?;
     }
     let corpus = corpus / base.corpus_positions.max(1) as f64;
     let corpus_topk = if base.topk.is_empty() {
@@ -221,11 +225,7 @@ pub(super) fn shifts(
         for (k, (ids, z0)) in base.topk.iter().enumerate() {
             let z = centred(&readers.corpus.batch_logits_at(tr, k, ids)?)?.detach();
             count += z.elem_count();
-            sum += (z - z0)?
-                .abs()?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sum += abs_sum((z - z0)?)?;
         }
         Some(sum / count.max(1) as f64)
     };
@@ -235,11 +235,7 @@ pub(super) fn shifts(
         let mut sum = 0.0;
         for (i, (idx, lp0)) in base.fit_preferred.iter().enumerate() {
             let lp = readers.fit.batch_pronoun_log_probs(tr, i)?.detach();
-            sum += (lp.gather(idx, 1)?.squeeze(1)? - lp0)?
-                .abs()?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sum += abs_sum((lp.gather(idx, 1)?.squeeze(1)? - lp0)?)?;
         }
         Some(sum / n_fit.max(1) as f64)
     };
@@ -249,11 +245,7 @@ pub(super) fn shifts(
         let mut sum = 0.0;
         for (i, m0) in base.fit_mass.iter().enumerate() {
             let m = log_mass(&readers.fit.batch_pronoun_log_probs(tr, i)?.detach())?;
-            sum += (m - m0)?
-                .abs()?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sum += abs_sum((m - m0)?)?;
         }
         Some(sum / n_fit.max(1) as f64)
     };
