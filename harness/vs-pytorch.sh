@@ -25,6 +25,8 @@
 #   ROWS=e LM_EVAL_TASKS=boolq,lambada_openai LM_EVAL_LIMIT=300 ...
 #                                          row e's tasks and items per task (the defaults;
 #                                          LM_EVAL_LIMIT=0: every item)
+#   EVAL_PRODUCTS=bf16x3 ...               row e: biaslens eval --products bf16x3 (compensated
+#                                          bf16 products; an mkl build, fast with AMX)
 #
 # The venv ($VS_VENV, default /tmp/biaslens-torch-venv) is created with
 # `pip install torch transformers accelerate gguf numpy safetensors` (from PyPI; large) when missing.
@@ -82,6 +84,7 @@ args=(--bin "$BIN" --bench-exe "$BENCH" --threads "$THREADS" --rows "$ROWS" --to
 [ -n "${NAIVE:-}" ] && [ "${NAIVE}" != 0 ] && args+=(--naive)
 [ -n "${LM_EVAL_TASKS:-}" ] && args+=(--lm-eval-tasks "$LM_EVAL_TASKS")
 [ -n "${LM_EVAL_LIMIT:-}" ] && args+=(--lm-eval-limit "$LM_EVAL_LIMIT")
+[ -n "${EVAL_PRODUCTS:-}" ] && args+=(--eval-products "$EVAL_PRODUCTS")
 
 cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -130,8 +130,9 @@ def deviation(ours, theirs, sizes, tasks):
     return worst_pts, worst_ppl, compared
 
 
-def row_lm_eval(ts, env, run, bin_, model, work, tasks, limit, data_dir, batch=16):
-    """Time both sides on `tasks` (first `limit` items each); return the times and deviations."""
+def row_lm_eval(ts, env, run, bin_, model, work, tasks, limit, data_dir, batch=16, products="f32"):
+    """Time both sides on `tasks` (first `limit` items each); return the times and deviations.
+    `products`: biaslens's `eval --products` (f32, or bf16x3 in an mkl build)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -142,6 +143,8 @@ def row_lm_eval(ts, env, run, bin_, model, work, tasks, limit, data_dir, batch=1
     cmd = [bin_, "eval", "--model", model, "--tasks", ",".join(tasks), "--no-cache", "--out", out]
     if limit:
         cmd += ["--limit", str(limit)]
+    if products != "f32":
+        cmd += ["--products", products]
     _, t_b = run(cmd, env)
     ours = json.load(open(os.path.join(out, "results.json")))
     items = sum(m["n"] for t in ours["tasks"] for m in t["metrics"][:1])

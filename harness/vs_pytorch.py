@@ -453,6 +453,8 @@ def main():
     ap.add_argument("--tol-p", type=float, default=1e-4, help="largest |dp| allowed")
     ap.add_argument("--lm-eval-tasks", default=vs_lm_eval.DEFAULT_TASKS,
                     help="row e's tasks (biaslens names)")
+    ap.add_argument("--eval-products", default="f32", choices=["f32", "bf16x3"],
+                    help="row e: biaslens eval's --products (bf16x3 needs an mkl build)")
     ap.add_argument("--lm-eval-limit", type=int, default=300,
                     help="row e's items per task (0: every item)")
     ap.add_argument("--data-dir", default="fixtures/data", help="row e's data files")
@@ -513,8 +515,9 @@ def main():
     lm_eval_bad = []
     if "e" in rows:
         r = vs_lm_eval.row_lm_eval(ts, env, run, a.bin, a.model, a.work, a.lm_eval_tasks,
-                                   a.lm_eval_limit, a.data_dir)
+                                   a.lm_eval_limit, a.data_dir, products=a.eval_products)
         per = f"first {a.lm_eval_limit} items each" if a.lm_eval_limit else "every item"
+        per += f", biaslens --products {a.eval_products}" if a.eval_products != "f32" else ""
         table.append(("e", f"eval {','.join(r['tasks'])}, {per} ({r['items']} items; both "
                       "sides: whole job, model load included) vs lm-evaluation-harness",
                       f"{r['biaslens_s']:.1f} s", f"{r['lm_eval_s']:.1f} s",

@@ -5,7 +5,7 @@
 mod common;
 use biaslens::eval::cache::{cache_path, request_key, CachedLm};
 use biaslens::eval::lm::{LanguageModel, LlRequest, LlResult};
-use biaslens::eval::model_lm::{LmOptions, ModelLm};
+use biaslens::eval::model_lm::{LmOptions, ModelLm, Products};
 use biaslens::model::{InterventionPlan, LogitsRequest, Model};
 use candle_core::{DType, Device, D};
 
@@ -136,6 +136,7 @@ fn check_batched_equals_plain(arch: &str) {
             row_tokens: 0,
             fast_kernels: false,
             parallel_batches: 1,
+            products: Products::F32,
         },
         LmOptions {
             batch_tokens: 64,
@@ -146,6 +147,7 @@ fn check_batched_equals_plain(arch: &str) {
             row_tokens: 0,
             fast_kernels: false,
             parallel_batches: 3,
+            products: Products::F32,
         },
         LmOptions {
             batch_tokens: 100_000,
@@ -156,6 +158,7 @@ fn check_batched_equals_plain(arch: &str) {
             row_tokens: 0,
             fast_kernels: true,
             parallel_batches: 1,
+            products: Products::F32,
         },
         LmOptions {
             batch_tokens: 100_000,
@@ -166,6 +169,7 @@ fn check_batched_equals_plain(arch: &str) {
             row_tokens: 70,
             fast_kernels: true,
             parallel_batches: 3,
+            products: Products::F32,
         },
         LmOptions {
             batch_tokens: 100,
@@ -176,6 +180,7 @@ fn check_batched_equals_plain(arch: &str) {
             row_tokens: 50,
             fast_kernels: true,
             parallel_batches: 1,
+            products: Products::F32,
         },
         LmOptions {
             batch_tokens: 97,
@@ -201,6 +206,39 @@ fn batched_and_shared_prefix_scores_equal_plain_forward_llama() {
 #[test]
 fn batched_and_shared_prefix_scores_equal_plain_forward_gemma3_sliding_window() {
     check_batched_equals_plain("gemma3");
+}
+
+/// The compensated bf16 products (`--products bf16x3`, `mkl` builds) score like the plain
+/// forward within 1e-3 nats, with the same greedy flags, on both tiny models; a build without
+/// MKL refuses them before scoring, naming the option.
+#[test]
+fn bf16x3_products_score_like_the_plain_forward_or_are_refused() {
+    for arch in ["llama", "gemma3"] {
+        let model = tiny(arch);
+        let reqs = requests();
+        let opts = LmOptions {
+            batch_tokens: 100_000,
+            max_length: 64,
+            products: Products::Bf16x3,
+            ..LmOptions::default()
+        };
+        let lm = ModelLm::new(&model, opts);
+        if !cfg!(feature = "mkl") {
+            let err = lm.err().expect("bf16x3 accepted without MKL").to_string();
+            assert!(err.contains("products") && err.contains("mkl"), "{err}");
+            continue;
+        }
+        let got = lm.unwrap().loglikelihood(&reqs).unwrap();
+        let want = Plain(&model).loglikelihood(&reqs).unwrap();
+        let mut worst = 0f64;
+        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+            worst = worst.max((x.logprob - y.logprob).abs());
+            assert_eq!(x.is_greedy, y.is_greedy, "{arch}: request {i} greedy");
+        }
+        assert!(worst < 1e-3, "{arch}: largest difference {worst} nats");
+        // Not the f32 path in disguise: the products' rounding shows.
+        assert!(worst > 0.0, "{arch}: bf16x3 gave f32's numbers exactly");
+    }
 }
 
 #[test]
@@ -324,7 +362,7 @@ fn smollm2_choice_scoring_equals_plain_forward() {
 
 /// The fused kernels and candle's composed ops differ in their last bits, and the composed
 /// path is the CPU-independent one the report's snapshots use: their results go to different
-/// cache files for the same weights, so neither reads the other's.
+/// cache files for the same weights, so neither reads the other's (nor the bf16x3 products').
 #[test]
 fn fused_and_composed_scorers_keep_separate_caches() {
     use biaslens::eval::cache::model_cache_path;
@@ -353,4 +391,14 @@ fn fused_and_composed_scorers_keep_separate_caches() {
     let mut inner = lm(false);
     let cached = CachedLm::new(&mut inner, None, 40);
     assert_eq!(cached.cache_scope(), composed.cache_scope());
+    // The compensated bf16 products (mkl builds) differ from both: a third folder.
+    if cfg!(feature = "mkl") {
+        let opts = LmOptions {
+            products: Products::Bf16x3,
+            ..LmOptions::default()
+        };
+        let bf = ModelLm::new(&model, opts).unwrap();
+        assert_eq!(bf.cache_scope(), "bf16x3");
+        assert_ne!(path(&bf), path(&fused));
+    }
 }

@@ -7,7 +7,7 @@ use super::common::{
 use anyhow::{bail, Context};
 use biaslens::eval::compare::{compare, markdown as compare_markdown};
 use biaslens::eval::load::LoadOptions;
-use biaslens::eval::model_lm::{LmOptions, ModelLm};
+use biaslens::eval::model_lm::{LmOptions, ModelLm, Products};
 use biaslens::eval::registry::TaskRegistry;
 use biaslens::eval::suite::{
     markdown, parse_tasks_in, run_suite, suite_tasks_in, SuiteOptions, SuiteResult,
@@ -79,6 +79,10 @@ pub struct EvalArgs {
     /// Batches scored at once on separate threads (keeps every core busy between matmuls).
     #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub parallel_batches: usize,
+    /// The projections' arithmetic: f32, or bf16x3 (three bf16 products with f32
+    /// accumulation; `mkl` builds, fast on CPUs with AMX; docs/method.md §7).
+    #[arg(long, default_value = "f32")]
+    pub products: Products,
     // --out: results.json and results.md (a shard: eval-shard.json and cache/).
     #[command(flatten)]
     #[serde(flatten)]
@@ -224,9 +228,15 @@ pub fn run_eval_with(
         row_tokens: a.row_tokens,
         fast_kernels: !a.candle_ops,
         parallel_batches: a.parallel_batches,
+        products: a.products,
         ..LmOptions::default()
     };
     let mut lm = ModelLm::new(model, lm_opts)?;
+    if a.products == Products::Bf16x3 && !biaslens::model::bf16x3::amx_available() {
+        eprintln!(
+            "note: --products bf16x3 on a CPU without AMX-BF16: MKL computes it, more slowly than f32"
+        );
+    }
     let opts = SuiteOptions {
         data_dir: data,
         load: LoadOptions {

@@ -60,6 +60,49 @@ pub struct LmOptions {
     /// Batches scored at once on separate threads (1: one after the other).
     #[serde(default)]
     pub parallel_batches: usize,
+    /// How the fused path multiplies the projections: f32, or compensated bf16 (`mkl` builds;
+    /// `model::bf16x3`). Left out of records when f32, so existing cache keys stay.
+    #[serde(default, skip_serializing_if = "Products::is_f32")]
+    pub products: Products,
+}
+
+/// The arithmetic of the eval path's projection products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Products {
+    /// f32 products (MKL's sgemm in `mkl` builds): the reference.
+    #[default]
+    F32,
+    /// Three bf16 products with f32 accumulation per f32 product (about 2⁻¹⁸ relative error
+    /// instead of 2⁻²⁴), several times faster on CPUs with AMX; needs the `mkl` feature. The
+    /// unembedding stays f32.
+    Bf16x3,
+}
+
+impl Products {
+    /// The spelling in records and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Products::F32 => "f32",
+            Products::Bf16x3 => "bf16x3",
+        }
+    }
+
+    pub fn is_f32(&self) -> bool {
+        *self == Products::F32
+    }
+}
+
+impl std::str::FromStr for Products {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_named(
+            "products",
+            s,
+            &[Products::F32, Products::Bf16x3],
+            Products::name,
+        )
+    }
 }
 
 impl Default for LmOptions {
@@ -73,6 +116,7 @@ impl Default for LmOptions {
             row_tokens: 128,
             fast_kernels: true,
             parallel_batches: 2,
+            products: Products::F32,
         }
     }
 }
@@ -97,6 +141,21 @@ impl<'a> ModelLm<'a> {
         }
         let mut transformer = model.transformer.clone();
         transformer.fast_kernels = opts.fast_kernels;
+        if opts.products == Products::Bf16x3 {
+            if !cfg!(feature = "mkl") {
+                return Err(Error::param(
+                    "products",
+                    "bf16x3 needs a build with the `mkl` feature (docs/performance.md)",
+                ));
+            }
+            if !opts.fast_kernels {
+                return Err(Error::param(
+                    "products",
+                    "bf16x3 runs on the fused path only (not with candle's composed ops)",
+                ));
+            }
+            transformer.use_bf16x3_products()?;
+        }
         Ok(ModelLm {
             model,
             transformer,
@@ -409,10 +468,11 @@ impl ModelLm<'_> {
 
 impl LanguageModel for ModelLm<'_> {
     fn cache_scope(&self) -> &'static str {
-        if self.opts.fast_kernels {
-            ""
-        } else {
-            "composed"
+        match (self.opts.fast_kernels, self.opts.products) {
+            (false, _) => "composed",
+            (true, Products::F32) => "",
+            // Its last bits differ from the f32 products': a cache of its own.
+            (true, Products::Bf16x3) => "bf16x3",
         }
     }
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {

@@ -1,7 +1,7 @@
 //! Attention: RoPE tables and rotation, and the two attention paths (the fused CPU kernel and
 //! candle's composed ops, which gradients flow through), with their head and output sites.
 
-use super::layer::Layer;
+use super::layer::{Layer, Linear};
 use super::seam::PassState;
 use super::sites::Site;
 use super::stable_matmul::matmul as mm;
@@ -169,14 +169,22 @@ impl Transformer {
         let fast = self.fast_kernels;
         // Queries from the read positions only when the caller reads no others (the mask
         // holds their rows only); keys and values from every token.
-        let hq = match read {
-            Some(read) => gather_positions(h, read)?,
-            None => h.clone(),
+        // q, k and v of one input in one call (the bf16x3 products split it once).
+        let (q, k, v) = match read {
+            Some(read) => {
+                let q = layer.q.forward(&gather_positions(h, read)?, fast)?;
+                let kv = Linear::forward_many(&[&layer.k, &layer.v], h, fast)?;
+                (q, kv[0].clone(), kv[1].clone())
+            }
+            None => {
+                let qkv = Linear::forward_many(&[&layer.q, &layer.k, &layer.v], h, fast)?;
+                (qkv[0].clone(), qkv[1].clone(), qkv[2].clone())
+            }
         };
-        let t = hq.dim(1)?;
-        let mut q = split(layer.q.forward(&hq, fast)?, c.num_heads)?;
-        let mut k = split(layer.k.forward(h, fast)?, c.num_kv_heads)?;
-        let v = split(layer.v.forward(h, fast)?, c.num_kv_heads)?;
+        let t = q.dim(1)?;
+        let mut q = split(q, c.num_heads)?;
+        let mut k = split(k, c.num_kv_heads)?;
+        let v = split(v, c.num_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = qn.forward_fast(&q, fast)?;
             k = kn.forward_fast(&k, fast)?;

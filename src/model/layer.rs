@@ -2,6 +2,7 @@
 //! weights ([`Layer`]) and the layer loop every entry point ends in (norms, attention, MLP).
 
 use super::attention::{gather_positions, ReadIndex, RopeTables};
+use super::bf16x3::SplitWeight;
 use super::config::{Activation, AttnKind};
 use super::norm::Norm;
 use super::seam::PassState;
@@ -13,38 +14,73 @@ use super::unembed::check_finite;
 use crate::Result;
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// y = x Wᵀ + b with W stored as [out, in] (HF layout).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// `weight` split for the compensated bf16 products (`Transformer::use_bf16x3_products`),
+    /// used on the eval path only and only while `weight` is the tensor it was made from.
+    pub bf16x3: Option<Arc<SplitWeight>>,
 }
 
 impl Linear {
-    /// `fast`: the eval path's product ([`super::matmul::x_wt`]).
+    /// `fast`: the eval path's product ([`super::matmul::x_wt`], or the compensated bf16
+    /// products where the weight is split).
     pub(super) fn forward(&self, x: &Tensor, fast: bool) -> Result<Tensor> {
+        let mut ys = Linear::forward_many(&[self], x, fast)?;
+        Ok(ys.remove(0))
+    }
+
+    /// Several projections of one input (q, k, v; gate, up), in order: with the compensated
+    /// bf16 products the input is split once for all of them.
+    pub(super) fn forward_many(lins: &[&Linear], x: &Tensor, fast: bool) -> Result<Vec<Tensor>> {
         let (b, t, i) = x.dims3()?;
         let x2 = x.reshape((b * t, i))?;
+        let finish = |lin: &Linear, y: Tensor| -> Result<Tensor> {
+            let y = match &lin.bias {
+                Some(bias) => y.broadcast_add(bias)?,
+                None => y,
+            };
+            Ok(y.reshape((b, t, ()))?)
+        };
+        let splits: Option<Vec<&SplitWeight>> = lins.iter().map(|l| l.split(fast)).collect();
+        if let Some(ws) = splits {
+            if let Some(ys) = super::bf16x3::x_wts(&x2, &ws)? {
+                return lins.iter().zip(ys).map(|(l, y)| finish(l, y)).collect();
+            }
+        }
+        lins.iter()
+            .map(|l| finish(l, l.product(&x2, fast)?))
+            .collect()
+    }
+
+    /// The split weight, where the eval path uses it and it still belongs to `weight`.
+    fn split(&self, fast: bool) -> Option<&SplitWeight> {
+        match &self.bf16x3 {
+            Some(s) if fast && s.source == self.weight.id() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `x2 [rows, in] · Wᵀ` without the bias.
+    fn product(&self, x2: &Tensor, fast: bool) -> Result<Tensor> {
         // Reduced-precision weights (see `Transformer::with_weight_dtype`): the matmul runs in the
         // weight dtype, everything around it stays in the activations' dtype (f32).
-        let y = if self.weight.dtype() == x.dtype() {
-            super::matmul::x_wt(&x2, &self.weight, fast)?
-        } else if self.weight.dtype() == DType::BF16 && x.device().is_cpu() {
+        Ok(if self.weight.dtype() == x2.dtype() {
+            super::matmul::x_wt(x2, &self.weight, fast)?
+        } else if self.weight.dtype() == DType::BF16 && x2.device().is_cpu() {
             // candle's CPU matmul has no bf16 kernel: emulate one (bf16 operands and output,
             // f32 accumulation, as cuBLAS does).
             let bf = |t: &Tensor| -> Result<Tensor> {
-                Ok(t.to_dtype(DType::BF16)?.to_dtype(x.dtype())?)
+                Ok(t.to_dtype(DType::BF16)?.to_dtype(x2.dtype())?)
             };
-            bf(&mm(&bf(&x2)?, &self.weight.to_dtype(x.dtype())?.t()?)?)?
+            bf(&mm(&bf(x2)?, &self.weight.to_dtype(x2.dtype())?.t()?)?)?
         } else {
-            mm(&x2.to_dtype(self.weight.dtype())?, &self.weight.t()?)?.to_dtype(x.dtype())?
-        };
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
-        };
-        Ok(y.reshape((b, t, ()))?)
+            mm(&x2.to_dtype(self.weight.dtype())?, &self.weight.t()?)?.to_dtype(x2.dtype())?
+        })
     }
 }
 
@@ -209,12 +245,12 @@ impl Transformer {
             let fast = self.fast_kernels;
             let key = match (&layer.gate, self.cfg.activation) {
                 (Some(g), Activation::Silu) => {
-                    let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
-                    silu_key(&g, &u, fast)?
+                    let gu = Linear::forward_many(&[g, &layer.up], &h, fast)?;
+                    silu_key(&gu[0], &gu[1], fast)?
                 }
                 (Some(g), Activation::GeluTanhGated) => {
-                    let (g, u) = (g.forward(&h, fast)?, layer.up.forward(&h, fast)?);
-                    gelu_tanh_key(&g, Some(&u), fast)?
+                    let gu = Linear::forward_many(&[g, &layer.up], &h, fast)?;
+                    gelu_tanh_key(&gu[0], Some(&gu[1]), fast)?
                 }
                 (_, _) => gelu_tanh_key(&layer.up.forward(&h, fast)?, None, fast)?,
             };

@@ -1,6 +1,7 @@
 //! Models: where weights come from (GGUF or HF directory), the config, the tokenizer and the
 //! instrumented transformer. `Model::load("smollm2-135m")` is the entry point.
 
+pub mod bf16x3;
 pub mod config;
 pub mod export;
 pub mod fused;

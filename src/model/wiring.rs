@@ -43,6 +43,7 @@ impl Transformer {
                 } else {
                     None
                 },
+                bf16x3: None,
             })
         };
         // GPT-2 stores Conv1D weights as [in, out]; transpose to HF Linear layout.
@@ -52,6 +53,7 @@ impl Transformer {
                     .t()?
                     .contiguous()?,
                 bias: Some(take(w, &format!("{name}.bias"), &[out])?),
+                bf16x3: None,
             })
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -71,6 +73,7 @@ impl Transformer {
                         Ok(Linear {
                             weight: qkv.weight.narrow(0, i * d, d)?.contiguous()?,
                             bias: Some(bias.narrow(0, i * d, d)?.contiguous()?),
+                            bf16x3: None,
                         })
                     };
                     layers.push(Layer {
@@ -180,6 +183,7 @@ impl Transformer {
             Ok(Linear {
                 weight: l.weight.to_dtype(dtype)?,
                 bias: l.bias.clone(),
+                bf16x3: None,
             })
         };
         let mut out = self.clone();
@@ -189,5 +193,25 @@ impl Transformer {
             }
         }
         Ok(out)
+    }
+}
+
+// --- Compensated bf16 products (issue 13) ----------------------------------------------------
+impl Transformer {
+    /// Split every f32 CPU projection weight for the compensated bf16 products
+    /// (`model::bf16x3`; the `mkl` feature): the eval path (`fast_kernels`) then runs q, k, v,
+    /// o, gate, up and down as three bf16 products with f32 accumulation (about 2⁻¹⁸ relative
+    /// error per product instead of f32's 2⁻²⁴), which AMX runs faster than f32. The
+    /// unembedding keeps f32. Returns how many weights were split; a weight replaced later is
+    /// read in f32 again (the split remembers its source tensor).
+    pub fn use_bf16x3_products(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                lin.bf16x3 = super::bf16x3::SplitWeight::new(&lin.weight)?.map(std::sync::Arc::new);
+                n += usize::from(lin.bf16x3.is_some());
+            }
+        }
+        Ok(n)
     }
 }
