@@ -757,14 +757,9 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_tok(tmp.path());
     let base = ["measure", "--model", s(&model), "--split", "controls"];
-    ok(
-        &run(
-            tmp.path(),
-            &[&base[..], &["--json", "base.json"]].concat(),
-            &[],
-        ),
-        "base measure",
-    );
+    // `measure` on the tiny model's controls with these extra flags.
+    let measure = |extra: &[&str]| run(tmp.path(), &[&base[..], extra].concat(), &[]);
+    ok(&measure(&["--json", "base.json"]), "base measure");
     let o = run(
         tmp.path(),
         &[
@@ -792,11 +787,7 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
         !err.contains("no-such-model"),
         "checked after the model: {err}"
     );
-    let o = run(
-        tmp.path(),
-        &[&base[..], &["--against", "base.json", "--json", "m.json"]].concat(),
-        &[],
-    );
+    let o = measure(&["--against", "base.json", "--json", "m.json"]);
     ok(&o, "measure against itself");
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -835,11 +826,7 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
     )
     .unwrap();
     fails_with(
-        &run(
-            tmp.path(),
-            &[&base[..], &["--against", "other-data.json"]].concat(),
-            &[],
-        ),
+        &measure(&["--against", "other-data.json"]),
         "--against a base of other data",
         &["other-data.json", "other contents"],
     );
@@ -847,22 +834,13 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
     // another path is the same prompts, another file is refused naming it.
     std::fs::write(tmp.path().join("t.txt"), "The {} said that\n").unwrap();
     std::fs::write(tmp.path().join("u.txt"), "The {} wrote that\n").unwrap();
-    let custom = [&base[..], &["--templates"]].concat();
     ok(
-        &run(
-            tmp.path(),
-            &[&custom[..], &["t.txt", "--json", "base-t.json"]].concat(),
-            &[],
-        ),
+        &measure(&["--templates", "t.txt", "--json", "base-t.json"]),
         "base measure on custom templates",
     );
     let abs = tmp.path().join("t.txt");
     ok(
-        &run(
-            tmp.path(),
-            &[&custom[..], &[s(&abs), "--against", "base-t.json"]].concat(),
-            &[],
-        ),
+        &measure(&["--templates", s(&abs), "--against", "base-t.json"]),
         "the same templates by an absolute path",
     );
     let o = run(
@@ -892,11 +870,7 @@ fn measure_against_a_base_result_checks_it_first_and_pairs_prompts() {
     // A JSON that is not a measure result is named too.
     std::fs::write(tmp.path().join("other.json"), "{}").unwrap();
     fails_with(
-        &run(
-            tmp.path(),
-            &[&base[..], &["--against", "other.json"]].concat(),
-            &[],
-        ),
+        &measure(&["--against", "other.json"]),
         "--against a file that is not a result",
         &["other.json", "not a `biaslens measure --json` result"],
     );

@@ -1,6 +1,6 @@
 //! Compensated bf16 products (`mkl` feature; `biaslens eval --products bf16x3`): an f32 product
-//! `x · Wᵀ` as three bf16 products with f32 accumulation, which CPUs with AMX run several times
-//! faster than f32 FMA.
+//! `x · Wᵀ` as three bf16 products with f32 accumulation, which CPUs with AMX run faster than
+//! one f32 product (docs/performance.md, "Evaluation").
 //!
 //! Each f32 operand is split into two bf16 numbers, `a = a_hi + a_lo + r` with `a_hi = bf16(a)`
 //! and `a_lo = bf16(a − a_hi)`, so `|r| ≤ 2⁻¹⁸ |a|`. The product keeps the three terms that
@@ -10,7 +10,8 @@
 //! calls: `[x_hi, x_lo] · [W_hi, W_hi]ᵀ` (inner dimension 2k) and `x_hi · W_loᵀ`.
 //!
 //! The weight's halves are made once per weight ([`SplitWeight`], stored on the
-//! [`super::layer::Linear`]); an activation's halves are made per product.
+//! [`super::layer::Linear`]); an activation's halves once per input, shared by the projections
+//! that read it (q, k and v; gate and up).
 
 use crate::Result;
 use candle_core::{DType, Tensor, TensorId};
@@ -113,7 +114,7 @@ fn split_rows_fast(src: &[f32], dst: &mut [MaybeUninit<u16>], k: usize) {
     split_rows(src, dst, k)
 }
 
-/// A weight `W [n, k]` split for [`x_wt`]: `W_hi` twice per row (`[n, 2k]`) and `W_lo` (`[n, k]`).
+/// A weight `W [n, k]` split for [`x_wts`]: `W_hi` twice per row (`[n, 2k]`) and `W_lo` (`[n, k]`).
 #[derive(Debug)]
 // Without MKL nothing multiplies by it (`x_wts` declines, and the eval refuses bf16x3 first).
 #[cfg_attr(not(feature = "mkl"), allow(dead_code))]
@@ -127,12 +128,15 @@ pub struct SplitWeight {
 }
 
 impl SplitWeight {
-    /// `None` for a weight that is not a 2-D f32 CPU tensor.
+    /// `None` for a weight that is not a non-empty 2-D f32 CPU tensor.
     pub fn new(w: &Tensor) -> Result<Option<SplitWeight>> {
         if w.dtype() != DType::F32 || !w.device().is_cpu() || w.rank() != 2 {
             return Ok(None);
         }
         let (n, k) = w.dims2()?;
+        if n == 0 || k == 0 {
+            return Ok(None);
+        }
         let data: Vec<f32> = w.flatten_all()?.to_vec1()?;
         let halves = split_matrix(&data, k);
         let mut hi_hi = vec![0u16; n * 2 * k];
@@ -277,7 +281,7 @@ impl SplitActivation {
 #[cfg(feature = "mkl")]
 #[derive(Clone, Copy)]
 struct SharedRows(*mut MaybeUninit<u16>);
-// SAFETY: used only for disjoint writes while the owning Vec is alive (see `x_wt`).
+// SAFETY: used only for disjoint writes while the owning Vec is alive (see `SplitActivation::new`).
 #[cfg(feature = "mkl")]
 unsafe impl Sync for SharedRows {}
 #[cfg(feature = "mkl")]
