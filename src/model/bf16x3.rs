@@ -236,43 +236,33 @@ impl SplitActivation {
         let (m, n, k) = (self.m, w.n, self.k);
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
-        // SAFETY: `halves` is m × 2k, `hi_hi` n × 2k, `lo` n × k (k equal, checked in `new`),
-        // `out` m × n; the first call writes every element of `out` (β = 0), the second adds.
-        unsafe {
-            cblas_gemm_bf16bf16f32(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                mi,
-                ni,
-                2 * ki,
-                1.0,
-                self.halves.as_ptr(),
-                2 * ki,
-                w.hi_hi.as_ptr(),
-                2 * ki,
-                0.0,
-                out.as_mut_ptr(),
-                ni,
-            );
-            out.set_len(m * n);
-            cblas_gemm_bf16bf16f32(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                mi,
-                ni,
-                ki,
-                1.0,
-                self.halves.as_ptr(),
-                2 * ki,
-                w.lo.as_ptr(),
-                ki,
-                1.0,
-                out.as_mut_ptr(),
-                ni,
-            );
-        }
+        // out (+)= [x_hi, x_lo][.., ..depth] · bᵀ, b being n × depth with leading dimension ldb.
+        let gemm = |depth: i32, b: &[u16], ldb: i32, beta: f32, out: *mut f32| {
+            // SAFETY: `halves` is m × 2k (depth ≤ 2k, row stride 2k), `b` holds n rows of `ldb`
+            // ≥ depth, `out` has room for m × n (β = 0 writes every element, β = 1 reads them).
+            unsafe {
+                cblas_gemm_bf16bf16f32(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    mi,
+                    ni,
+                    depth,
+                    1.0,
+                    self.halves.as_ptr(),
+                    2 * ki,
+                    b.as_ptr(),
+                    ldb,
+                    beta,
+                    out,
+                    ni,
+                )
+            }
+        };
+        gemm(2 * ki, &w.hi_hi, 2 * ki, 0.0, out.as_mut_ptr());
+        // SAFETY: the β = 0 call wrote all m × n elements.
+        unsafe { out.set_len(m * n) };
+        gemm(ki, &w.lo, ki, 1.0, out.as_mut_ptr());
         out
     }
 }
