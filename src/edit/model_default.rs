@@ -117,11 +117,13 @@ mod tests {
             ..TuneParams::default()
         };
         assert_eq!(gemma.tune, want);
-        // SmolLM2's: WordNet's words and 400 steps (§6l); the rest are the library's.
+        // SmolLM2's: WordNet's words, 400 steps and the pronouns' mass held (η = 1; §6l); the
+        // rest are the library's.
         let smol = default_spec(&data, "smollm2-135m").unwrap();
         let want = TuneParams {
             word_source: crate::edit::probe::WordSource::Wordnet,
             steps: 400,
+            hold_mass: Some(1.0),
             ..TuneParams::default()
         };
         assert_eq!(smol.tune, want);
