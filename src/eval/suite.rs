@@ -7,7 +7,7 @@ use crate::eval::cache::{model_cache_path, CacheStats, CachedLm};
 use crate::eval::lm::LanguageModel;
 use crate::eval::load::LoadOptions;
 use crate::eval::metrics::Metric;
-use crate::eval::model_lm::LmOptions;
+use crate::eval::model_lm::{LmOptions, Products};
 use crate::eval::registry::{run_task, TaskOutput, TaskRegistry, TaskScores, TaskSpec};
 use crate::model::ModelInfo;
 use crate::stats::BootstrapSpec;
@@ -141,6 +141,9 @@ pub struct SuiteResult {
     pub data_dir: PathBuf,
     pub seconds: f64,
     pub tasks: Vec<TaskRun>,
+    /// The projections' arithmetic the scores were made with; absent (f32) in older results.
+    #[serde(default, skip_serializing_if = "Products::is_f32")]
+    pub products: Products,
 }
 
 impl SuiteResult {
@@ -399,6 +402,7 @@ pub fn run_suite(
         data_dir: opts.data_dir.clone(),
         seconds: start.elapsed().as_secs_f64(),
         tasks: runs,
+        products: opts.lm.products,
     })
 }
 

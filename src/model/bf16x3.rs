@@ -107,7 +107,9 @@ unsafe fn split_rows_avx512(src: &[f32], dst: &mut [MaybeUninit<u16>], k: usize)
 
 fn split_rows_fast(src: &[f32], dst: &mut [MaybeUninit<u16>], k: usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw") {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
         // SAFETY: the features it is compiled for were detected.
         return unsafe { split_rows_avx512(src, dst, k) };
     }
